@@ -273,9 +273,7 @@ impl Runtime {
             unsafe { libc::kill(-pg, libc::SIGTERM) };
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline
-            && pgids.iter().any(|pg| unsafe { libc::kill(-pg, 0) } == 0)
-        {
+        while tokio::time::Instant::now() < deadline && pgids.iter().any(|pg| process_alive(*pg)) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         for pg in &pgids {
@@ -285,6 +283,17 @@ impl Runtime {
         for n in names {
             self.delete_netns(&n).await;
         }
+    }
+}
+
+/// True while `pid` runs; a zombie (exited, not yet reaped) counts as gone.
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
     }
 }
 
