@@ -231,7 +231,10 @@ impl PodWorker {
         // Teardown: processes are gone; the namespace and the pod's own folders go too.
         runtime.delete_netns(&netns).await;
         runtime.release_ip(&ip);
-        let _ = std::fs::remove_dir_all(&pod_dir);
+        // Pid files go now; the folder (logs, emptyDirs) stays until the pod is deleted.
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten())) {
+            let _ = std::fs::remove_file(pod_dir.join(format!("{}.pid", c.name)));
+        }
         changed.notify_one();
         tokio::time::sleep(Duration::from_millis(300)).await;
         status_task.abort();
@@ -247,6 +250,7 @@ impl PodWorker {
             push_status(&self.node, &pod, &shared).await.ok();
             self.wait_deleted_then_finish().await;
         }
+        let _ = std::fs::remove_dir_all(&pod_dir);
         Ok(())
     }
 
@@ -611,8 +615,6 @@ async fn container_loop(mut ctx: PodCtx, c: Container, idx: usize, init: bool) -
         }
         // Resolve everything first so a configuration error is reported as the kubelet would.
         let prepared: Result<ProcessSpec, (&str, String)> = async {
-            let binary = resolve_image(&args.state_dir.join("images"), &image)
-                .map_err(|e| ("ErrImagePull", format!("{e:#}")))?;
             let env = container_env(&ctx, &c)
                 .await
                 .map_err(|e| ("CreateContainerConfigError", format!("{e:#}")))?;
@@ -627,11 +629,11 @@ async fn container_loop(mut ctx: PodCtx, c: Container, idx: usize, init: bool) -
                     if first.starts_with('/') && Path::new(&first).is_file() {
                         argv.push(first);
                     } else {
-                        argv.push(binary.display().to_string());
+                        argv.push(image_binary(&args.state_dir, &image)?);
                     }
                     argv.extend(cmd[1..].iter().map(|a| expand(a, &env)));
                 }
-                None => argv.push(binary.display().to_string()),
+                None => argv.push(image_binary(&args.state_dir, &image)?),
             }
             argv.extend(c.args.iter().flatten().map(|a| expand(a, &env)));
             let hostname =
@@ -766,6 +768,12 @@ async fn container_loop(mut ctx: PodCtx, c: Container, idx: usize, init: bool) -
         }
         backoff = (backoff * 2).min(Duration::from_secs(args.max_backoff));
     }
+}
+
+fn image_binary(state_dir: &Path, image: &str) -> Result<String, (&'static str, String)> {
+    resolve_image(&state_dir.join("images"), image)
+        .map(|p| p.display().to_string())
+        .map_err(|e| ("ErrImagePull", format!("{e:#}")))
 }
 
 fn c_grace(pod: &Pod) -> i64 {
