@@ -1,0 +1,154 @@
+//! Probes, cluster status, metrics and operations on the cluster.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use concordance_client::ClusterStatus;
+use concordance_client::HealthResponse;
+use concordance_client::ReadyResponse;
+
+use super::ApiError;
+use super::JsonBody;
+use crate::membership::JoinRequest;
+use crate::membership::MembershipReply;
+use crate::membership::RemoveRequest;
+use crate::membership::TransferReply;
+use crate::membership::TransferRequest;
+use crate::service::SharedNode;
+
+/// Liveness: the process answers and its storage can be read.
+pub async fn health(State(node): State<SharedNode>) -> Result<Json<HealthResponse>, ApiError> {
+    node.store
+        .identity()
+        .map_err(|e| ApiError::unavailable("storage_error", format!("storage is not readable: {e}")))?;
+    if let Err(e) = &crate::raft::metrics_of(&node.raft).running_state {
+        return Err(ApiError::unavailable("raft_stopped", format!("raft has stopped: {e}")));
+    }
+    Ok(Json(HealthResponse {
+        status: "ok".into(),
+        node_id: node.identity.name.clone(),
+    }))
+}
+
+pub async fn ready(State(node): State<SharedNode>) -> (StatusCode, Json<ReadyResponse>) {
+    match node.ready() {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(ReadyResponse {
+                ready: true,
+                reason: None,
+            }),
+        ),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ReadyResponse {
+                ready: false,
+                reason: Some(reason),
+            }),
+        ),
+    }
+}
+
+pub async fn status(State(node): State<SharedNode>) -> Json<ClusterStatus> {
+    Json(node.status())
+}
+
+pub async fn metrics(State(node): State<SharedNode>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        node.render_metrics(),
+    )
+}
+
+/// Takes a snapshot now (and so compacts the log).
+pub async fn snapshot(State(node): State<SharedNode>) -> Result<Json<serde_json::Value>, ApiError> {
+    node.raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({"triggered": true})))
+}
+
+/// Runs a membership operation here if this node leads, else on the leader.
+async fn on_leader<B, T, F, Fut>(node: &SharedNode, path: &str, body: B, op: F) -> Result<Json<T>, ApiError>
+where
+    B: serde::Serialize,
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(B) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let leader = crate::raft::metrics_of(&node.raft).current_leader;
+    if leader == Some(node.identity.raft_id) {
+        return op(body).await.map(Json);
+    }
+    let not_leader = node.not_leader_error(leader);
+    node.forward_to_leader(path, &body, not_leader).await.map(Json)
+}
+
+pub async fn join(
+    State(node): State<SharedNode>,
+    JsonBody(req): JsonBody<JoinRequest>,
+) -> Result<Json<MembershipReply>, ApiError> {
+    on_leader(&node, "cluster/join", req, |req| node.join(req)).await
+}
+
+pub async fn remove(
+    State(node): State<SharedNode>,
+    JsonBody(req): JsonBody<RemoveRequest>,
+) -> Result<Json<MembershipReply>, ApiError> {
+    on_leader(&node, "cluster/remove", req, |req| node.remove(req)).await
+}
+
+/// The body is optional: no body (or `{}`) picks the most caught-up voter.
+pub async fn transfer_leader(
+    State(node): State<SharedNode>,
+    body: axum::body::Bytes,
+) -> Result<Json<TransferReply>, ApiError> {
+    let req: TransferRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TransferRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("request body is not valid: {e}")))?
+    };
+    on_leader(&node, "cluster/transfer-leader", req, |req| {
+        node.transfer_leader(req, std::time::Duration::from_secs(10))
+    })
+    .await
+}
+
+/// A consistent online backup: the state machine as of one applied index, as a
+/// self-checking file that `concordance restore` turns into a new data dir.
+pub async fn backup(State(node): State<SharedNode>) -> Result<impl IntoResponse, ApiError> {
+    let dir = node.store.dir().join("backups");
+    std::fs::create_dir_all(&dir).map_err(ApiError::storage)?;
+    let path = dir.join(format!("backup-{}.snap", uuid::Uuid::new_v4()));
+    let store = node.store.clone();
+    let p = path.clone();
+    let (meta, applied) = tokio::task::spawn_blocking(move || crate::store::snapshot::write_file(&store, &p))
+        .await
+        .map_err(ApiError::internal_from)?
+        .map_err(ApiError::storage)?;
+    let file = tokio::fs::File::open(&path).await.map_err(ApiError::storage)?;
+    // Unlinked at once: the open handle keeps the data readable until the download ends.
+    let _ = std::fs::remove_file(&path);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    let name = format!(
+        "attachment; filename=\"concordance-backup-rev{}.snap\"",
+        applied.revision
+    );
+    Ok((
+        [
+            (CONTENT_TYPE, "application/octet-stream".to_string()),
+            (axum::http::header::CONTENT_DISPOSITION, name),
+            (
+                axum::http::HeaderName::from_static("x-concordance-revision"),
+                applied.revision.to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, meta.size.to_string()),
+        ],
+        body,
+    ))
+}

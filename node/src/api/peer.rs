@@ -1,0 +1,207 @@
+//! Routes peers call: Raft RPCs, forwarded writes and read-index requests. All need the
+//! admin key and a message from this cluster in a protocol this binary speaks.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+
+use super::ApiError;
+use super::JsonBody;
+use crate::raft::wire;
+use crate::raft::wire::PeerMessage;
+use crate::service::SharedNode;
+use crate::store::snapshot::SnapshotFile;
+
+fn check<T>(node: &SharedNode, msg: &PeerMessage<T>) -> Result<(), ApiError> {
+    if msg.protocol > wire::PROTOCOL_VERSION {
+        return Err(ApiError::bad_request(
+            "protocol_unsupported",
+            format!(
+                "peer protocol {} is newer than this node's {}; upgrade this node",
+                msg.protocol,
+                wire::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    let ours = node.peers.cluster();
+    if ours.is_empty() || msg.cluster != ours {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cluster_mismatch",
+            format!("message from cluster {:?}, this node is in cluster {ours:?}", msg.cluster),
+        ));
+    }
+    Ok(())
+}
+
+fn fatal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable("raft_stopped", e.to_string())
+}
+
+async fn rpc<Req, Resp, F, Fut>(node: SharedNode, msg: PeerMessage<Req>, f: F) -> Result<Json<Resp>, ApiError>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(SharedNode, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, ApiError>>,
+{
+    check(&node, &msg)?;
+    f(node, msg.body).await.map(Json)
+}
+
+pub async fn append(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<wire::AppendRequest>>,
+) -> Result<Json<wire::AppendResponse>, ApiError> {
+    rpc(node, msg, |node, req| async move {
+        let req = req.into_raft().map_err(|e| ApiError::bad_request("invalid_entry", e.to_string()))?;
+        let r = node.raft.append_entries(req).await.map_err(fatal)?;
+        Ok(wire::AppendResponse::from_raft(&r))
+    })
+    .await
+}
+
+pub async fn vote(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<wire::VoteRequest>>,
+) -> Result<Json<wire::VoteResponse>, ApiError> {
+    rpc(node, msg, |node, req| async move {
+        let r = node.raft.vote(req.into_raft()).await.map_err(fatal)?;
+        Ok(wire::VoteResponse::from_raft(&r))
+    })
+    .await
+}
+
+pub async fn pre_vote(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<wire::VoteRequest>>,
+) -> Result<Json<wire::VoteResponse>, ApiError> {
+    rpc(node, msg, |node, req| async move {
+        let r = node.raft.pre_vote(req.into_raft()).await.map_err(fatal)?;
+        Ok(wire::VoteResponse::from_raft(&r))
+    })
+    .await
+}
+
+pub async fn transfer_leader(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<wire::TransferLeaderRequest>>,
+) -> Result<Json<Result<(), String>>, ApiError> {
+    rpc(node, msg, |node, req| async move {
+        let r = node.raft.handle_transfer_leader(req.into_raft()).await.map_err(fatal)?;
+        Ok(r.map_err(|e| e.to_string()))
+    })
+    .await
+}
+
+pub async fn write(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<wire::ForwardedWrite>>,
+) -> Result<Json<wire::ForwardedWriteReply>, ApiError> {
+    rpc(node, msg, |node, req| async move {
+        let response = node.propose_local(req.command).await?;
+        Ok(wire::ForwardedWriteReply { response })
+    })
+    .await
+}
+
+pub async fn read_index(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<()>>,
+) -> Result<Json<wire::ReadIndexReply>, ApiError> {
+    rpc(node, msg, |node, ()| async move {
+        let index = node.read_index_local().await?;
+        let m = crate::raft::metrics_of(&node.raft);
+        let term = m.current_term;
+        Ok(wire::ReadIndexReply {
+            read_log_id: crate::store::records::LogIdRecord {
+                term,
+                leader: m.id,
+                index,
+            },
+        })
+    })
+    .await
+}
+
+/// Receives a whole snapshot: `[header length u32 LE][header JSON][snapshot file]`, written
+/// to a file, verified end to end, then installed.
+pub async fn snapshot(State(node): State<SharedNode>, body: Body) -> Result<Json<wire::SnapshotReply>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut head = Vec::new();
+    let mut header_len: Option<usize> = None;
+    let dir = node.store.dir().join("snapshots");
+    let tmp = dir.join(format!("incoming-{}.part", uuid::Uuid::new_v4()));
+    let mut file: Option<tokio::fs::File> = None;
+    let mut header: Option<PeerMessage<wire::SnapshotHeader>> = None;
+    let io = |e: std::io::Error| ApiError::storage(format!("writing a received snapshot: {e}"));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("snapshot_interrupted", e.to_string()))?;
+        let mut data: &[u8] = &chunk;
+        if header.is_none() {
+            head.extend_from_slice(data);
+            data = &[];
+            if header_len.is_none() && head.len() >= 4 {
+                header_len = Some(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize);
+            }
+            if let Some(n) = header_len
+                && head.len() >= 4 + n
+            {
+                let h: PeerMessage<wire::SnapshotHeader> = serde_json::from_slice(&head[4..4 + n])
+                    .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?;
+                check(&node, &h)?;
+                header = Some(h);
+                let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
+                f.write_all(&head[4 + n..]).await.map_err(io)?;
+                file = Some(f);
+            }
+        }
+        if let Some(f) = file.as_mut()
+            && !data.is_empty()
+        {
+            f.write_all(data).await.map_err(io)?;
+        }
+    }
+    let (Some(header), Some(f)) = (header, file) else {
+        return Err(ApiError::bad_request("invalid_snapshot", "the snapshot body ended before its header"));
+    };
+    f.sync_all().await.map_err(io)?;
+    drop(f);
+    let result = install(&node, header.body, tmp.clone()).await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    result
+}
+
+async fn install(
+    node: &SharedNode,
+    h: wire::SnapshotHeader,
+    path: std::path::PathBuf,
+) -> Result<Json<wire::SnapshotReply>, ApiError> {
+    let verify_path = path.clone();
+    tokio::task::spawn_blocking(move || crate::store::snapshot::verify(&verify_path))
+        .await
+        .map_err(ApiError::internal_from)?
+        .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?;
+    let meta = crate::raft::SnapshotMeta {
+        last_log_id: h.last_log_id.as_ref().map(crate::raft::log_id_from_record),
+        last_membership: crate::raft::stored_membership_from_record(&h.membership)
+            .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?,
+    };
+    let snapshot = crate::store::snapshot::Snapshot {
+        meta,
+        snapshot: SnapshotFile { path },
+    };
+    let r = node
+        .raft
+        .install_full_snapshot(wire::vote_of(&h.vote), snapshot)
+        .await
+        .map_err(fatal)?;
+    Ok(Json(wire::SnapshotReply {
+        vote: crate::raft::vote_to_record(&r.vote),
+    }))
+}

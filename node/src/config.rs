@@ -1,0 +1,271 @@
+//! Command line and environment: every flag also reads an environment variable.
+
+use std::net::SocketAddr;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+
+use clap::Args;
+use clap::Parser;
+use clap::Subcommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "concordance",
+    version,
+    about = "A Raft-replicated coordination store: keys with revisions, leases, locks, watches.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Print a data dir's identity, cluster UUID and last log entry, without starting it.
+    Inspect {
+        #[arg(long, env = "CONCORDANCE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// After losing quorum: turn a stopped node's data dir into a one-member cluster with a new
+    /// cluster UUID, keeping everything it applied, and say which writes may be lost.
+    Recover {
+        #[arg(long, env = "CONCORDANCE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address peers will use to reach it (default: its address in the old membership).
+        #[arg(long, env = "CONCORDANCE_ADVERTISE")]
+        advertise: Option<String>,
+    },
+    /// Create a new data dir from a backup (from GET /api/v1/cluster/backup), as a one-member
+    /// cluster with a new cluster UUID.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        backup: PathBuf,
+        /// An empty (or absent) data dir to create.
+        #[arg(long, env = "CONCORDANCE_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long, env = "CONCORDANCE_NODE_ID")]
+        node_id: String,
+        /// Address peers will use to reach it.
+        #[arg(long, env = "CONCORDANCE_ADVERTISE")]
+        advertise: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, env = "CONCORDANCE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address to serve HTTP (clients and peers) on.
+    #[arg(long, env = "CONCORDANCE_LISTEN", default_value = "127.0.0.1:4100")]
+    pub listen: String,
+    /// Address peers use to reach this node (default: the listen address, or
+    /// `<hostname>:<port>` when listening on all interfaces).
+    #[arg(long, env = "CONCORDANCE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Where this node keeps its data (default: a per-node folder under the user's data dir).
+    #[arg(long, env = "CONCORDANCE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// On an empty data dir, start a new one-member cluster.
+    #[arg(long, env = "CONCORDANCE_BOOTSTRAP", conflicts_with = "join")]
+    pub bootstrap: bool,
+    /// On an empty data dir, ask this member (`host:port`) to add this node to its cluster.
+    #[arg(long, env = "CONCORDANCE_JOIN", value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// Admin key: may do everything.
+    #[arg(long, env = "CONCORDANCE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Agent key: may use the data API only.
+    #[arg(long, env = "CONCORDANCE_AGENT_API_KEY", hide_env_values = true)]
+    pub agent_key: Option<String>,
+    /// Serve a non-loopback address without keys. Anyone who can reach the port can do anything.
+    #[arg(long, env = "CONCORDANCE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "CONCORDANCE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `concordance=debug,openraft=info`.
+    #[arg(long, env = "CONCORDANCE_LOG", default_value = "info,openraft=warn")]
+    pub log: String,
+    /// Take a snapshot (and compact the log) after this many entries.
+    #[arg(long, env = "CONCORDANCE_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A validated configuration: what the node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub bootstrap: bool,
+    pub join: Option<String>,
+    pub api_key: Option<String>,
+    pub agent_key: Option<String>,
+    pub snapshot_entries: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{flag} is empty; set {env} (or pass {flag}=<key>)")]
+    EmptyKey { flag: &'static str, env: &'static str },
+    #[error("--agent-key needs --api-key too: without an admin key nobody could manage the cluster")]
+    AgentKeyWithoutAdmin,
+    #[error(
+        "refusing to serve {0} without keys: anyone who can reach it could read and change everything. \
+         Set CONCORDANCE_API_KEY (and CONCORDANCE_AGENT_API_KEY), listen on 127.0.0.1, \
+         or pass --insecure-no-auth"
+    )]
+    OpenWithoutKeys(SocketAddr),
+    #[error("--listen {0:?} is not an address: {1}")]
+    BadListen(String, String),
+    #[error("--node-id {0:?} is not a valid name: use 1-63 letters, digits, '.', '-' or '_'")]
+    BadName(String),
+    #[error("--join {0:?} is not host:port")]
+    BadJoin(String),
+    #[error("cannot determine a default for {0}; pass it explicitly")]
+    NoDefault(&'static str),
+    #[error("--snapshot-entries must be at least 1")]
+    BadSnapshotEntries,
+}
+
+pub fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+fn key(value: Option<String>, flag: &'static str, env: &'static str) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(v) if v.is_empty() => Err(ConfigError::EmptyKey { flag, env }),
+        Some(v) => Ok(Some(v)),
+        // clap treats an empty variable as unset; an empty variable is still a mistake.
+        None if std::env::var_os(env).is_some_and(|v| v.is_empty()) => Err(ConfigError::EmptyKey { flag, env }),
+        None => Ok(None),
+    }
+}
+
+fn hostname() -> Option<String> {
+    gethostname::gethostname().into_string().ok().filter(|h| !h.is_empty())
+}
+
+impl ServeArgs {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let api_key = key(self.api_key, "--api-key", "CONCORDANCE_API_KEY")?;
+        let agent_key = key(self.agent_key, "--agent-key", "CONCORDANCE_AGENT_API_KEY")?;
+        if agent_key.is_some() && api_key.is_none() {
+            return Err(ConfigError::AgentKeyWithoutAdmin);
+        }
+        let listen = self
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| ConfigError::BadListen(self.listen.clone(), e.to_string()))?
+            .next()
+            .ok_or_else(|| ConfigError::BadListen(self.listen.clone(), "resolves to nothing".into()))?;
+        if api_key.is_none() && !listen.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(ConfigError::OpenWithoutKeys(listen));
+        }
+        let node_name = match self.node_id {
+            Some(n) => n,
+            None => hostname()
+                .map(|h| h.split('.').next().unwrap_or(&h).to_string())
+                .ok_or(ConfigError::NoDefault("--node-id"))?,
+        };
+        if !valid_name(&node_name) {
+            return Err(ConfigError::BadName(node_name));
+        }
+        let advertise = match self.advertise {
+            Some(a) => a,
+            None if listen.ip().is_unspecified() => {
+                format!("{}:{}", hostname().ok_or(ConfigError::NoDefault("--advertise"))?, listen.port())
+            }
+            None => listen.to_string(),
+        };
+        if let Some(j) = &self.join
+            && (j.is_empty() || !j.contains(':'))
+        {
+            return Err(ConfigError::BadJoin(j.clone()));
+        }
+        let data_dir = match self.data_dir {
+            Some(d) => d,
+            None => dirs::data_dir()
+                .ok_or(ConfigError::NoDefault("--data-dir"))?
+                .join("concordance")
+                .join(&node_name),
+        };
+        if self.snapshot_entries == 0 {
+            return Err(ConfigError::BadSnapshotEntries);
+        }
+        Ok(Config {
+            node_name,
+            listen,
+            advertise,
+            data_dir,
+            bootstrap: self.bootstrap,
+            join: self.join,
+            api_key,
+            agent_key,
+            snapshot_entries: self.snapshot_entries,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["concordance"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("clap parses").serve.validate()
+    }
+
+    #[test]
+    fn both_flag_spellings_work() {
+        let c = parse(&["--node-id=a", "--listen", "127.0.0.1:5000", "--data-dir=/tmp/x"]).unwrap();
+        assert_eq!(c.node_name, "a");
+        assert_eq!(c.listen.port(), 5000);
+        assert_eq!(c.advertise, "127.0.0.1:5000");
+    }
+
+    #[test]
+    fn empty_key_names_the_variable() {
+        let err = parse(&["--node-id=a", "--api-key="]).unwrap_err().to_string();
+        assert!(err.contains("CONCORDANCE_API_KEY"), "{err}");
+        let err = parse(&["--node-id=a", "--api-key=k", "--agent-key="]).unwrap_err().to_string();
+        assert!(err.contains("CONCORDANCE_AGENT_API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn open_address_without_keys_is_refused_unless_insecure() {
+        let err = parse(&["--node-id=a", "--listen=0.0.0.0:4100"]).unwrap_err();
+        assert!(matches!(err, ConfigError::OpenWithoutKeys(_)));
+        assert!(parse(&["--node-id=a", "--listen=0.0.0.0:4100", "--insecure-no-auth"]).is_ok());
+        let c = parse(&["--node-id=a", "--listen=0.0.0.0:4100", "--api-key=k"]).unwrap();
+        assert!(c.advertise.ends_with(":4100") && !c.advertise.starts_with("0.0.0.0"));
+    }
+
+    #[test]
+    fn bad_names_and_joins_are_refused() {
+        assert!(matches!(parse(&["--node-id=a b"]), Err(ConfigError::BadName(_))));
+        assert!(matches!(parse(&["--node-id=a", "--join=nohost"]), Err(ConfigError::BadJoin(_))));
+        assert!(Cli::try_parse_from(["concordance", "--bootstrap", "--join=a:1"]).is_err());
+    }
+}

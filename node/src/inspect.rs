@@ -1,0 +1,101 @@
+//! `concordance inspect`: what a data dir holds, without starting a node.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::store::CF_LOG;
+use crate::store::CF_META;
+use crate::store::KEY_PURGED;
+use crate::store::KEY_VOTE;
+use crate::store::Store;
+use crate::store::codec;
+use crate::store::codec::RecordKind;
+use crate::store::records::AppliedStateRecord;
+use crate::store::records::LogEntryRecord;
+use crate::store::records::LogIdRecord;
+use crate::store::records::VoteRecord;
+use crate::store::snapshot;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inspection {
+    pub node_id: String,
+    pub raft_id: u64,
+    pub cluster_uuid: Option<String>,
+    pub vote: Option<VoteRecord>,
+    pub last_log: Option<LogIdRecord>,
+    pub purged: Option<LogIdRecord>,
+    pub last_applied: Option<LogIdRecord>,
+    pub revision: u64,
+    pub snapshot: Option<LogIdRecord>,
+    pub members: Vec<String>,
+}
+
+pub fn inspect(dir: &Path) -> Result<Inspection, crate::server::BoxError> {
+    let store = Store::open_read_only(dir)?;
+    let identity = store
+        .identity()?
+        .ok_or_else(|| format!("{} has a database but no node identity", dir.display()))?;
+    let vote: Option<VoteRecord> = store.get_record(CF_META, KEY_VOTE, RecordKind::Vote, "vote")?;
+    let purged: Option<LogIdRecord> = store.get_record(CF_META, KEY_PURGED, RecordKind::LogPointer, "purged log id")?;
+    let mut it = store.db().raw_iterator_cf(store.cf(CF_LOG));
+    it.seek_to_last();
+    let last_log = match it.value() {
+        Some(v) => Some(codec::decode::<LogEntryRecord>(RecordKind::LogEntry, v)?.log_id),
+        None => purged,
+    };
+    let applied: AppliedStateRecord = store
+        .get_record(
+            crate::store::CF_APPLIED,
+            crate::store::KEY_APPLIED,
+            RecordKind::AppliedState,
+            "applied state",
+        )?
+        .unwrap_or_default();
+    let members = applied
+        .membership
+        .as_ref()
+        .map(|m| {
+            let voters: Vec<u64> = m.membership.configs.iter().flatten().copied().collect();
+            m.membership
+                .nodes
+                .iter()
+                .map(|(id, n)| {
+                    let role = if voters.contains(id) { "voter" } else { "learner" };
+                    format!("{} ({role}, {})", n.name, n.addr)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Inspection {
+        node_id: identity.name,
+        raft_id: identity.raft_id,
+        cluster_uuid: identity.cluster_uuid,
+        vote,
+        last_log,
+        purged,
+        last_applied: applied.last_applied,
+        revision: applied.revision,
+        snapshot: snapshot::current_meta(&store)?.and_then(|m| m.last_log_id),
+        members,
+    })
+}
+
+pub fn run(dir: &Path, json: bool) -> Result<(), crate::server::BoxError> {
+    let i = inspect(dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(());
+    }
+    let fmt = |l: &Option<LogIdRecord>| l.map_or("none".to_string(), |l| format!("term {} index {}", l.term, l.index));
+    println!("node id:       {}", i.node_id);
+    println!("raft id:       {:016x}", i.raft_id);
+    println!("cluster uuid:  {}", i.cluster_uuid.as_deref().unwrap_or("none (never joined a cluster)"));
+    println!("last log:      {}", fmt(&i.last_log));
+    println!("last applied:  {}", fmt(&i.last_applied));
+    println!("snapshot:      {}", fmt(&i.snapshot));
+    println!("revision:      {}", i.revision);
+    println!("members:       {}", if i.members.is_empty() { "none".into() } else { i.members.join(", ") });
+    Ok(())
+}

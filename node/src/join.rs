@@ -1,0 +1,88 @@
+//! `--join`: ask a member (any; it follows to the leader) to add this node, retrying with
+//! backoff until the target answers.
+
+use std::time::Duration;
+
+use concordance_client::ClusterStatus;
+
+use crate::membership::JoinRequest;
+use crate::membership::MembershipReply;
+use crate::raft::network::PeerError;
+use crate::service::Node;
+
+pub async fn join_cluster(node: &Node, target: &str, advertise: &str) -> Result<(), String> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match try_join(node, target, advertise).await {
+            Ok(reply) => {
+                tracing::info!(target, cluster = %reply.cluster_id, "{}", reply.message);
+                return Ok(());
+            }
+            Err(JoinError::Refused(why)) => return Err(why),
+            Err(JoinError::Retry(why)) => {
+                if attempt == 1 || attempt % 10 == 0 {
+                    tracing::warn!(target, attempt, "cannot join yet, retrying: {why}");
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+enum JoinError {
+    /// The target answered no: retrying would not help.
+    Refused(String),
+    Retry(String),
+}
+
+async fn try_join(node: &Node, target: &str, advertise: &str) -> Result<MembershipReply, JoinError> {
+    let status: ClusterStatus = node
+        .peers
+        .http
+        .get(format!("http://{target}/api/v1/cluster/status"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .map_err(|e| JoinError::Retry(e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| JoinError::Retry(format!("undecodable status: {e}")))?;
+    let Some(cluster) = status.cluster_id else {
+        return Err(JoinError::Retry(format!("{target} is not in a cluster yet")));
+    };
+    let ours = node.peers.cluster();
+    if !ours.is_empty() && ours != cluster {
+        return Err(JoinError::Refused(format!(
+            "this data dir belongs to cluster {ours}, but {target} is in cluster {cluster}; \
+             start with an empty data dir to join it as a new member"
+        )));
+    }
+    if ours.is_empty() {
+        let mut identity = node.identity.clone();
+        identity.cluster_uuid = Some(cluster.clone());
+        node.store.save_identity(&identity).map_err(|e| JoinError::Refused(e.to_string()))?;
+        node.peers.set_cluster(&cluster);
+    }
+    let req = JoinRequest {
+        node_id: node.identity.name.clone(),
+        address: advertise.to_string(),
+        raft_id: node.identity.raft_id,
+        cluster_id: Some(cluster),
+        expected_version: None,
+    };
+    node.peers
+        .post(target, "cluster/join", &req, Duration::from_secs(40))
+        .await
+        .map_err(|e| match &e {
+            PeerError::Api(_, status, code, _)
+                if matches!(code.as_str(), "name_in_use" | "cluster_mismatch" | "unauthorized" | "forbidden" | "invalid_node_id")
+                    || *status == 400 =>
+            {
+                JoinError::Refused(e.to_string())
+            }
+            _ => JoinError::Retry(e.to_string()),
+        })
+}

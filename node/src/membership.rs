@@ -1,0 +1,303 @@
+//! Membership changes on the leader: join (as learner), automatic promotion to voter,
+//! remove, leadership transfer. Each change can name the membership version it expects,
+//! so two actors (an operator and a person) cannot race; a change that would leave the
+//! remaining voters without a reachable majority is refused.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use openraft::Precondition;
+use openraft::ServerState;
+use openraft::async_runtime::Instant as _;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::api::ApiError;
+use crate::raft::Member;
+use crate::raft::TypeConfig;
+use crate::service::Node;
+
+/// A learner within this many entries of the leader's log is promoted to voter.
+pub const PROMOTE_LAG_ENTRIES: u64 = 100;
+/// A voter that acknowledged a heartbeat this recently counts as reachable.
+pub const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinRequest {
+    pub node_id: String,
+    pub address: String,
+    pub raft_id: u64,
+    /// The joiner's cluster UUID, when its data dir already belongs to a cluster.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoveRequest {
+    pub node_id: String,
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransferRequest {
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipReply {
+    pub cluster_id: String,
+    pub membership_version: Option<u64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferReply {
+    pub leader: String,
+    pub term: u64,
+}
+
+impl Node {
+    /// The precondition for "membership is still at `expected`", or a 409 if it moved.
+    fn expect_version(&self, expected: Option<u64>) -> Result<Vec<Precondition<TypeConfig>>, ApiError> {
+        let Some(expected) = expected else {
+            return Ok(vec![]);
+        };
+        let m = crate::raft::metrics_of(&self.raft).membership_config.clone();
+        let current = *m.log_id();
+        if current.map(|l| l.index) != Some(expected) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "membership_changed",
+                format!(
+                    "membership is at version {}, not the expected {expected}; read cluster/status and decide again",
+                    current.map_or("none".into(), |l| l.index.to_string())
+                ),
+            ));
+        }
+        Ok(vec![Precondition::LastMembershipLogId {
+            last_membership_log_id: current,
+        }])
+    }
+
+    async fn change(
+        &self,
+        change: ChangeMembers<u64, Member>,
+        retain: bool,
+        pre: Vec<Precondition<TypeConfig>>,
+    ) -> Result<(), ApiError> {
+        let r = tokio::time::timeout(CHANGE_TIMEOUT, self.raft.change_membership_if(change, retain, pre)).await;
+        match r {
+            Err(_) => Err(ApiError::unavailable(
+                "no_quorum",
+                "the membership change did not commit in time: no quorum",
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                if let Some(f) = e.forward_to_leader() {
+                    return Err(self.not_leader_error(f.leader_id));
+                }
+                let msg = e.to_string();
+                let code = if msg.contains("recondition") {
+                    "membership_changed"
+                } else {
+                    "membership_error"
+                };
+                Err(ApiError::new(axum::http::StatusCode::CONFLICT, code, msg))
+            }
+        }
+    }
+
+    fn reply(&self, message: String) -> MembershipReply {
+        MembershipReply {
+            cluster_id: self.peers.cluster(),
+            membership_version: crate::raft::metrics_of(&self.raft).membership_config.log_id().map(|l| l.index),
+            message,
+        }
+    }
+
+    /// Adds a node as a learner; the promoter makes it a voter once it has caught up.
+    pub async fn join(&self, req: JoinRequest) -> Result<MembershipReply, ApiError> {
+        if !crate::config::valid_name(&req.node_id) {
+            return Err(ApiError::bad_request("invalid_node_id", format!("{:?} is not a valid node name", req.node_id)));
+        }
+        if let Some(theirs) = &req.cluster_id
+            && *theirs != self.peers.cluster()
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "cluster_mismatch",
+                format!(
+                    "{}'s data belongs to cluster {theirs}, this is cluster {}; give it an empty data dir",
+                    req.node_id,
+                    self.peers.cluster()
+                ),
+            ));
+        }
+        let _guard = self.membership_lock.lock().await;
+        let m = crate::raft::metrics_of(&self.raft).membership_config.clone();
+        let membership = m.membership();
+        if let Some(existing) = membership.get_node(&req.raft_id) {
+            if existing.name == req.node_id {
+                return Ok(self.reply(format!("{} is already a member", req.node_id)));
+            }
+        }
+        if let Some((id, _)) = membership.nodes().find(|(id, n)| n.name == req.node_id && **id != req.raft_id) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "name_in_use",
+                format!(
+                    "the name {} is still bound to another member (raft id {id:016x}); remove it first with cluster/remove",
+                    req.node_id
+                ),
+            ));
+        }
+        let pre = self.expect_version(req.expected_version)?;
+        let member = Member {
+            name: req.node_id.clone(),
+            addr: req.address.clone(),
+        };
+        self.change(ChangeMembers::AddNodes(BTreeMap::from([(req.raft_id, member)])), true, pre)
+            .await?;
+        tracing::info!(node = %req.node_id, address = %req.address, "added a learner");
+        Ok(self.reply(format!("{} joined as a learner; it becomes a voter once caught up", req.node_id)))
+    }
+
+    fn id_of(&self, name: &str) -> Result<u64, ApiError> {
+        let m = crate::raft::metrics_of(&self.raft).membership_config.clone();
+        m.membership()
+            .nodes()
+            .find(|(_, n)| n.name == name)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| ApiError::not_found("member_not_found", format!("no member is named {name:?}")))
+    }
+
+    /// Voters that acknowledged the leader recently (the leader itself included).
+    fn reachable_voters(&self) -> BTreeSet<u64> {
+        let m = crate::raft::metrics_of(&self.raft);
+        let mut out = BTreeSet::new();
+        if let Some(hb) = &m.heartbeat {
+            for (id, at) in hb {
+                if at.as_ref().is_some_and(|t| t.clone().into_inner().elapsed() < REACHABLE_WITHIN) {
+                    out.insert(*id);
+                }
+            }
+        }
+        out.insert(m.id);
+        out
+    }
+
+    pub async fn remove(&self, req: RemoveRequest) -> Result<MembershipReply, ApiError> {
+        let _guard = self.membership_lock.lock().await;
+        let id = self.id_of(&req.node_id)?;
+        let m = crate::raft::metrics_of(&self.raft);
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let pre = self.expect_version(req.expected_version)?;
+        if voters.contains(&id) {
+            let remaining: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+            if remaining.is_empty() {
+                return Err(ApiError::bad_request("last_voter", "cannot remove the last voter"));
+            }
+            let reachable = self.reachable_voters();
+            let up = remaining.intersection(&reachable).count();
+            if up * 2 <= remaining.len() {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "would_lose_quorum",
+                    format!(
+                        "removing {} would leave {} voters of which only {up} are reachable: no quorum",
+                        req.node_id,
+                        remaining.len()
+                    ),
+                ));
+            }
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false, pre)
+                .await?;
+        } else {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false, pre)
+                .await?;
+        }
+        tracing::info!(node = %req.node_id, "removed a member");
+        Ok(self.reply(format!("{} was removed", req.node_id)))
+    }
+
+    /// Hands leadership to `target` (default: the most caught-up other voter) and waits until
+    /// it leads.
+    pub async fn transfer_leader(&self, req: TransferRequest, timeout: Duration) -> Result<TransferReply, ApiError> {
+        let m = crate::raft::metrics_of(&self.raft);
+        if m.state != ServerState::Leader {
+            return Err(self.not_leader_error(m.current_leader));
+        }
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let target = match &req.node_id {
+            Some(name) => {
+                let id = self.id_of(name)?;
+                if !voters.contains(&id) {
+                    return Err(ApiError::bad_request("not_a_voter", format!("{name} is not a voter")));
+                }
+                id
+            }
+            None => {
+                let repl = m.replication.clone().unwrap_or_default();
+                voters
+                    .iter()
+                    .filter(|v| **v != m.id)
+                    .max_by_key(|v| repl.get(v).cloned().flatten().map_or(0, |l| l.index))
+                    .copied()
+                    .ok_or_else(|| ApiError::bad_request("no_other_voter", "there is no other voter to lead"))?
+            }
+        };
+        if target != m.id {
+            self.raft
+                .trigger()
+                .transfer_leader(target)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            self.raft
+                .wait(Some(timeout))
+                .metrics(|x| x.current_leader == Some(target), "leadership transfer")
+                .await
+                .map_err(|e| ApiError::unavailable("transfer_timeout", format!("the new leader did not take over: {e}")))?;
+        }
+        let m = crate::raft::metrics_of(&self.raft);
+        Ok(TransferReply {
+            leader: self.member_name(target).unwrap_or_default(),
+            term: m.current_term,
+        })
+    }
+
+    /// On the leader: promote caught-up learners to voters, one change at a time.
+    pub async fn promote_caught_up_learners(&self) {
+        let m = crate::raft::metrics_of(&self.raft);
+        if m.state != ServerState::Leader || m.membership_config != m.committed_membership_config {
+            return;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let repl = m.replication.clone().unwrap_or_default();
+        let learners: Vec<u64> = m.membership_config.membership().learner_ids().collect();
+        for id in learners {
+            let matched = repl.get(&id).cloned().flatten().map_or(0, |l| l.index);
+            if matched + PROMOTE_LAG_ENTRIES < last {
+                continue;
+            }
+            let _guard = self.membership_lock.lock().await;
+            let name = self.member_name(id).unwrap_or_default();
+            match self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true, vec![]).await {
+                Ok(()) => tracing::info!(node = %name, "promoted a caught-up learner to voter"),
+                Err(e) => tracing::warn!(node = %name, error = %e, "could not promote learner"),
+            }
+            return;
+        }
+    }
+}

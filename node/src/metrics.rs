@@ -1,0 +1,157 @@
+//! Prometheus metrics: Raft role, term and indexes, leader changes, proposal, apply and log
+//! sync latency, HTTP latency by route, storage size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    pub role: Family<RoleLabels, Gauge>,
+    pub term: Gauge,
+    pub last_log_index: Gauge,
+    pub commit_index: Gauge,
+    pub applied_index: Gauge,
+    pub revision: Gauge,
+    pub leader_changes: Counter,
+    pub storage_bytes: Gauge,
+    pub proposal_seconds: Histogram,
+    pub apply_seconds: Histogram,
+    pub apply_batch_entries: Histogram,
+    pub log_sync_seconds: Histogram,
+    pub log_sync_batch_appends: Histogram,
+    pub http_seconds: Family<HttpLabels, Histogram>,
+}
+
+fn latency() -> Histogram {
+    // 50 µs .. ~ 26 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+fn sizes() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
+}
+
+/// A snapshot of Raft state, pushed into the gauges before each scrape.
+pub struct RaftGauges {
+    pub role: &'static str,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub revision: u64,
+    pub storage_bytes: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("concordance");
+        let inner = Inner {
+            role: Family::default(),
+            term: Gauge::default(),
+            last_log_index: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            revision: Gauge::default(),
+            leader_changes: Counter::default(),
+            storage_bytes: Gauge::default(),
+            proposal_seconds: latency(),
+            apply_seconds: latency(),
+            apply_batch_entries: sizes(),
+            log_sync_seconds: latency(),
+            log_sync_batch_appends: sizes(),
+            http_seconds: Family::new_with_constructor(latency),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("raft_role", "1 for this node's current Raft role", inner.role.clone());
+        r.register("raft_term", "Current Raft term", inner.term.clone());
+        r.register("raft_last_log_index", "Index of the last log entry", inner.last_log_index.clone());
+        r.register("raft_commit_index", "Index of the last committed entry", inner.commit_index.clone());
+        r.register("raft_applied_index", "Index of the last applied entry", inner.applied_index.clone());
+        r.register("revision", "Cluster-wide revision of the last applied change", inner.revision.clone());
+        r.register("raft_leader_changes", "Leader changes seen by this node", inner.leader_changes.clone());
+        r.register("storage_size_bytes", "Bytes of live data on disk and in memtables", inner.storage_bytes.clone());
+        r.register("proposal_duration_seconds", "Time from proposing a write to its applied answer", inner.proposal_seconds.clone());
+        r.register("apply_duration_seconds", "Time to apply one batch of entries", inner.apply_seconds.clone());
+        r.register("apply_batch_entries", "Entries per applied batch", inner.apply_batch_entries.clone());
+        r.register("log_sync_duration_seconds", "Time of one fsync of the Raft log", inner.log_sync_seconds.clone());
+        r.register("log_sync_batch_appends", "Appends acknowledged by one log fsync", inner.log_sync_batch_appends.clone());
+        r.register("http_request_duration_seconds", "HTTP request latency by route", inner.http_seconds.clone());
+        Self {
+            inner: Arc::new(Inner { registry, ..inner }),
+        }
+    }
+
+    pub fn observe_proposal(&self, d: Duration) {
+        self.inner.proposal_seconds.observe(d.as_secs_f64());
+    }
+
+    pub fn observe_apply(&self, d: Duration, entries: usize) {
+        self.inner.apply_seconds.observe(d.as_secs_f64());
+        self.inner.apply_batch_entries.observe(entries as f64);
+    }
+
+    pub fn observe_log_sync(&self, d: Duration, appends: usize) {
+        self.inner.log_sync_seconds.observe(d.as_secs_f64());
+        self.inner.log_sync_batch_appends.observe(appends as f64);
+    }
+
+    pub fn observe_http(&self, labels: HttpLabels, d: Duration) {
+        self.inner.http_seconds.get_or_create(&labels).observe(d.as_secs_f64());
+    }
+
+    pub fn leader_changed(&self) {
+        self.inner.leader_changes.inc();
+    }
+
+    /// Prometheus text exposition, with the Raft gauges set from `g` first.
+    pub fn render(&self, g: RaftGauges) -> String {
+        let i = &self.inner;
+        for role in ["leader", "follower", "candidate", "learner", "shutdown"] {
+            i.role
+                .get_or_create(&RoleLabels { role: role.into() })
+                .set(i64::from(role == g.role));
+        }
+        let set = |gauge: &Gauge, v: u64| gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
+        set(&i.term, g.term);
+        set(&i.last_log_index, g.last_log_index);
+        set(&i.commit_index, g.commit_index);
+        set(&i.applied_index, g.applied_index);
+        set(&i.revision, g.revision);
+        set(&i.storage_bytes, g.storage_bytes);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &i.registry).expect("writing to a String");
+        out
+    }
+}

@@ -1,0 +1,173 @@
+//! Offline tools on a stopped node's data dir: `recover` (quorum loss) and `restore` (from a
+//! backup). Both leave a one-member cluster with a new cluster UUID, so the old cluster's
+//! members can never mistake it for themselves; other nodes then join it with empty data dirs.
+
+use std::path::Path;
+
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+
+use crate::config::valid_name;
+use crate::service::now_ms;
+use crate::store::CF_APPLIED;
+use crate::store::CF_LOG;
+use crate::store::CF_META;
+use crate::store::KEY_APPLIED;
+use crate::store::KEY_COMMITTED;
+use crate::store::KEY_PURGED;
+use crate::store::KEY_VOTE;
+use crate::store::Store;
+use crate::store::codec;
+use crate::store::codec::RecordKind;
+use crate::store::io_err;
+use crate::store::records::AppliedStateRecord;
+use crate::store::records::IdentityRecord;
+use crate::store::records::LogEntryRecord;
+use crate::store::records::Member;
+use crate::store::records::MembershipRecord;
+use crate::store::records::StoredMembershipRecord;
+use crate::store::records::VoteRecord;
+use crate::store::snapshot;
+use crate::store::u64_key;
+
+pub use crate::server::BoxError;
+
+/// Rewrites the applied state so that `identity` is the only voter, snapshots it, clears the
+/// log and vote, and stamps a new cluster UUID. Returns the new UUID.
+fn make_single_member(store: &Store, identity: &mut IdentityRecord, addr: &str) -> Result<String, BoxError> {
+    let mut applied: AppliedStateRecord = store
+        .get_record(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, "applied state")?
+        .unwrap_or_default();
+    applied.membership = Some(StoredMembershipRecord {
+        log_id: applied.last_applied,
+        membership: MembershipRecord {
+            configs: vec![vec![identity.raft_id]],
+            nodes: vec![(
+                identity.raft_id,
+                Member {
+                    name: identity.name.clone(),
+                    addr: addr.to_string(),
+                },
+            )],
+        },
+    });
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    store
+        .db()
+        .put_cf_opt(
+            store.cf(CF_APPLIED),
+            KEY_APPLIED,
+            codec::encode(RecordKind::AppliedState, &applied),
+            &wo,
+        )
+        .map_err(io_err)?;
+    snapshot::build(store)?;
+
+    let mut wb = WriteBatch::default();
+    wb.delete_range_cf(store.cf(CF_LOG), u64_key(0), u64_key(u64::MAX));
+    wb.delete_cf(store.cf(CF_META), KEY_COMMITTED);
+    match applied.last_applied {
+        Some(last) => {
+            wb.put_cf(store.cf(CF_META), KEY_PURGED, codec::encode(RecordKind::LogPointer, &last));
+            // Terms only grow: the next election must be above every entry kept.
+            let vote = VoteRecord {
+                term: last.term,
+                node: identity.raft_id,
+                committed: false,
+            };
+            wb.put_cf(store.cf(CF_META), KEY_VOTE, codec::encode(RecordKind::Vote, &vote));
+        }
+        None => {
+            wb.delete_cf(store.cf(CF_META), KEY_PURGED);
+            wb.delete_cf(store.cf(CF_META), KEY_VOTE);
+        }
+    }
+    store.db().write_opt(wb, &wo).map_err(io_err)?;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    identity.cluster_uuid = Some(uuid.clone());
+    store.save_identity(identity)?;
+    Ok(uuid)
+}
+
+/// `concordance recover`: rebuild a one-member cluster from a surviving data dir.
+pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
+    let store = Store::open(dir).map_err(|e| {
+        format!("{e}\n(is the node still running? stop it first: recover works on a stopped node's data dir)")
+    })?;
+    let mut identity = store
+        .identity()?
+        .ok_or_else(|| format!("{} holds no node identity", dir.display()))?;
+    let applied: AppliedStateRecord = store
+        .get_record(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, "applied state")?
+        .unwrap_or_default();
+    let old_addr = applied.membership.as_ref().and_then(|m| {
+        m.membership
+            .nodes
+            .iter()
+            .find(|(id, _)| *id == identity.raft_id)
+            .map(|(_, n)| n.addr.clone())
+    });
+    let addr = advertise
+        .map(str::to_string)
+        .or(old_addr)
+        .ok_or("this node is not in its last known membership; pass --advertise=<host:port>")?;
+
+    let mut it = store.db().raw_iterator_cf(store.cf(CF_LOG));
+    it.seek_to_last();
+    let last_log = match it.value() {
+        Some(v) => Some(codec::decode::<LogEntryRecord>(RecordKind::LogEntry, v)?.log_id),
+        None => None,
+    };
+    drop(it);
+    let applied_index = applied.last_applied.map_or(0, |l| l.index);
+    let old_cluster = identity.cluster_uuid.clone().unwrap_or_default();
+    let uuid = make_single_member(&store, &mut identity, &addr)?;
+    println!("recovered {} as the only member of a new cluster {uuid}", identity.name);
+    println!("  kept: every write applied here, up to log index {applied_index} (revision {})", applied.revision);
+    match last_log {
+        Some(l) if l.index > applied_index => println!(
+            "  MAY BE LOST: log entries {}..={} were in this node's log but not applied here; \
+             writes the old cluster acknowledged there are not in the new cluster",
+            applied_index + 1,
+            l.index
+        ),
+        _ => println!("  this node had applied its whole log"),
+    }
+    println!(
+        "  also lost: any write the old cluster ({old_cluster}) committed on other members but never replicated here"
+    );
+    println!("start it with its usual flags, then join new members with empty data dirs (--join={addr})");
+    Ok(())
+}
+
+/// `concordance restore`: a new data dir holding a backup, as a one-member cluster.
+pub fn restore(backup: &Path, dir: &Path, name: &str, advertise: &str) -> Result<(), BoxError> {
+    if !valid_name(name) {
+        return Err(format!("--node-id {name:?} is not a valid name").into());
+    }
+    if dir.join("db").exists() {
+        return Err(format!("{} already holds data; restore needs an empty data dir", dir.display()).into());
+    }
+    let meta = snapshot::verify(backup).map_err(|e| format!("backup {}: {e}", backup.display()))?;
+    let store = Store::open(dir)?;
+    let mut identity = IdentityRecord {
+        raft_id: rand::random::<u64>().max(1),
+        name: name.to_string(),
+        cluster_uuid: None,
+        created_at_ms: now_ms(),
+    };
+    store.save_identity(&identity)?;
+    snapshot::load_file_into_state_machine(&store, backup, &meta)?;
+    let uuid = make_single_member(&store, &mut identity, advertise)?;
+    let applied: AppliedStateRecord = store
+        .get_record(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, "applied state")?
+        .unwrap_or_default();
+    println!(
+        "restored {} (revision {}) into {} as node {name} of a new cluster {uuid}",
+        backup.display(),
+        applied.revision,
+        dir.display()
+    );
+    Ok(())
+}

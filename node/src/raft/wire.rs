@@ -1,0 +1,226 @@
+//! Messages between nodes: our own versioned types, converted to and from the Raft library's.
+//!
+//! Every message travels in a [`PeerMessage`] naming the protocol version, the cluster UUID
+//! and the sender; a node refuses messages from another cluster or a newer protocol.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::LogId;
+use super::TypeConfig;
+use super::Vote;
+use super::entry_from_record;
+use super::entry_to_record;
+use super::log_id_from_record;
+use super::log_id_to_record;
+use super::vote_from_record;
+use super::vote_to_record;
+use crate::store::records::Command;
+use crate::store::records::LogEntryRecord;
+use crate::store::records::LogIdRecord;
+use crate::store::records::Response;
+use crate::store::records::StoredMembershipRecord;
+use crate::store::records::VoteRecord;
+
+/// The peer protocol this binary speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerMessage<T> {
+    pub protocol: u32,
+    /// The sender's cluster UUID.
+    pub cluster: String,
+    /// The sender's Raft id.
+    pub from: u64,
+    pub body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppendRequest {
+    pub vote: VoteRecord,
+    pub prev_log_id: Option<LogIdRecord>,
+    pub entries: Vec<LogEntryRecord>,
+    pub leader_commit: Option<LogIdRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum AppendResponse {
+    Success,
+    PartialSuccess { matching: Option<LogIdRecord> },
+    Conflict,
+    HigherVote { vote: VoteRecord },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VoteRequest {
+    pub vote: VoteRecord,
+    pub last_log_id: Option<LogIdRecord>,
+    #[serde(default)]
+    pub leadership_transfer: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VoteResponse {
+    pub vote: VoteRecord,
+    pub granted: bool,
+    pub last_log_id: Option<LogIdRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    pub from_leader: VoteRecord,
+    pub to: u64,
+    pub last_log_id: Option<LogIdRecord>,
+}
+
+/// Sent in a header beside a snapshot file's bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotHeader {
+    pub vote: VoteRecord,
+    pub last_log_id: Option<LogIdRecord>,
+    pub membership: StoredMembershipRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotReply {
+    pub vote: VoteRecord,
+}
+
+/// A write forwarded by a follower to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardedWrite {
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardedWriteReply {
+    pub response: Response,
+}
+
+/// The leader's answer to a follower's read-index request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadIndexReply {
+    pub read_log_id: LogIdRecord,
+}
+
+pub type RaftAppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub type RaftAppendResponse = openraft::raft::AppendEntriesResponse<TypeConfig>;
+pub type RaftVoteRequest = openraft::raft::VoteRequest<TypeConfig>;
+pub type RaftVoteResponse = openraft::raft::VoteResponse<TypeConfig>;
+
+fn opt(l: &Option<LogId>) -> Option<LogIdRecord> {
+    l.as_ref().map(log_id_to_record)
+}
+
+fn unopt(l: &Option<LogIdRecord>) -> Option<LogId> {
+    l.as_ref().map(log_id_from_record)
+}
+
+impl AppendRequest {
+    pub fn from_raft(r: &RaftAppendRequest) -> Self {
+        Self {
+            vote: vote_to_record(&r.vote),
+            prev_log_id: opt(&r.prev_log_id),
+            entries: r.entries.iter().map(entry_to_record).collect(),
+            leader_commit: opt(&r.leader_commit),
+        }
+    }
+
+    pub fn into_raft(self) -> std::io::Result<RaftAppendRequest> {
+        Ok(RaftAppendRequest {
+            vote: vote_from_record(&self.vote),
+            prev_log_id: unopt(&self.prev_log_id),
+            entries: self
+                .entries
+                .into_iter()
+                .map(entry_from_record)
+                .collect::<std::io::Result<_>>()?,
+            leader_commit: unopt(&self.leader_commit),
+        })
+    }
+}
+
+impl AppendResponse {
+    pub fn from_raft(r: &RaftAppendResponse) -> Self {
+        match r {
+            RaftAppendResponse::Success => Self::Success,
+            RaftAppendResponse::PartialSuccess(m) => Self::PartialSuccess { matching: opt(m) },
+            RaftAppendResponse::Conflict => Self::Conflict,
+            RaftAppendResponse::HigherVote(v) => Self::HigherVote {
+                vote: vote_to_record(v),
+            },
+        }
+    }
+
+    pub fn into_raft(self) -> RaftAppendResponse {
+        match self {
+            Self::Success => RaftAppendResponse::Success,
+            Self::PartialSuccess { matching } => RaftAppendResponse::PartialSuccess(unopt(&matching)),
+            Self::Conflict => RaftAppendResponse::Conflict,
+            Self::HigherVote { vote } => RaftAppendResponse::HigherVote(vote_from_record(&vote)),
+        }
+    }
+}
+
+impl VoteRequest {
+    pub fn from_raft(r: &RaftVoteRequest) -> Self {
+        Self {
+            vote: vote_to_record(&r.vote),
+            last_log_id: opt(&r.last_log_id),
+            leadership_transfer: r.leadership_transfer,
+        }
+    }
+
+    pub fn into_raft(self) -> RaftVoteRequest {
+        let mut r = RaftVoteRequest::new(vote_from_record(&self.vote), unopt(&self.last_log_id));
+        r.leadership_transfer = self.leadership_transfer;
+        r
+    }
+}
+
+impl VoteResponse {
+    pub fn from_raft(r: &RaftVoteResponse) -> Self {
+        Self {
+            vote: vote_to_record(&r.vote),
+            granted: r.vote_granted,
+            last_log_id: opt(&r.last_log_id),
+        }
+    }
+
+    pub fn into_raft(self) -> RaftVoteResponse {
+        RaftVoteResponse::new(vote_from_record(&self.vote), unopt(&self.last_log_id), self.granted)
+    }
+}
+
+impl TransferLeaderRequest {
+    pub fn from_raft(r: &openraft::raft::TransferLeaderRequest<TypeConfig>) -> Self {
+        Self {
+            from_leader: vote_to_record(r.from_leader()),
+            to: *r.to_node_id(),
+            last_log_id: r.last_log_id().map(log_id_to_record),
+        }
+    }
+
+    pub fn into_raft(self) -> openraft::raft::TransferLeaderRequest<TypeConfig> {
+        openraft::raft::TransferLeaderRequest::new(
+            vote_from_record(&self.from_leader),
+            self.to,
+            unopt(&self.last_log_id),
+        )
+    }
+}
+
+pub fn vote_of(v: &VoteRecord) -> Vote {
+    vote_from_record(v)
+}

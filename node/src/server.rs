@@ -1,0 +1,240 @@
+//! Starting and stopping a node: identity, storage, Raft, HTTP, graceful SIGTERM.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::signal::unix::SignalKind;
+use tokio::signal::unix::signal;
+
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::config::LogFormat;
+use crate::config::ServeArgs;
+use crate::metrics::Metrics;
+use crate::raft::Member;
+use crate::raft::Raft;
+use crate::raft::network::Network;
+use crate::raft::network::PeerContext;
+use crate::service::Node;
+use crate::service::now_ms;
+use crate::store::LogStore;
+use crate::store::StateMachine;
+use crate::store::Store;
+use crate::store::records::IdentityRecord;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1000;
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<(), BoxError> {
+    init_logging(args.log_format, &args.log);
+    let config = args.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(config))
+}
+
+/// Loads the identity stored in the data dir, or draws a new one for an empty dir.
+fn load_identity(store: &Store, config: &Config) -> Result<IdentityRecord, BoxError> {
+    match store.identity()? {
+        Some(id) if id.name != config.node_name => Err(format!(
+            "data dir {} belongs to node {:?}, not {:?}: pass --node-id={} or use an empty data dir for a new member",
+            config.data_dir.display(),
+            id.name,
+            config.node_name,
+            id.name
+        )
+        .into()),
+        Some(id) => Ok(id),
+        None => {
+            let id = IdentityRecord {
+                // Never zero, so a zeroed record can never pass for a real id.
+                raft_id: rand::random::<u64>().max(1),
+                name: config.node_name.clone(),
+                cluster_uuid: None,
+                created_at_ms: now_ms(),
+            };
+            store.save_identity(&id)?;
+            tracing::info!(node = %id.name, raft_id = %format!("{:016x}", id.raft_id), "new node identity");
+            Ok(id)
+        }
+    }
+}
+
+fn raft_config(config: &Config) -> Result<openraft::Config, BoxError> {
+    let c = openraft::Config {
+        cluster_name: "concordance".into(),
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        enable_pre_vote: Some(true),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+        max_in_snapshot_log_to_keep: config.snapshot_entries.min(1000),
+        ..Default::default()
+    };
+    Ok(c.validate()?)
+}
+
+pub async fn serve(config: Config) -> Result<(), BoxError> {
+    let store = Store::open(&config.data_dir)?;
+    let mut identity = load_identity(&store, &config)?;
+    let metrics = Metrics::new();
+    let log_store = LogStore::new(store.clone(), metrics.clone());
+    let state_machine = StateMachine::open(store.clone(), metrics.clone())?;
+    let reader = state_machine.reader();
+    let peers = PeerContext::new(config.api_key.clone(), identity.cluster_uuid.clone(), identity.raft_id);
+    let raft = Raft::new(
+        identity.raft_id,
+        Arc::new(raft_config(&config)?),
+        Network { ctx: peers.clone() },
+        log_store,
+        state_machine,
+    )
+    .await?;
+    let mut join_target = None;
+
+    if raft.is_initialized().await? {
+        if config.bootstrap {
+            tracing::info!(
+                cluster = identity.cluster_uuid.as_deref().unwrap_or("?"),
+                "the data dir already holds a cluster member; resuming it and ignoring --bootstrap"
+            );
+        }
+        // A member removed while it was down rejoins; for a current member this is a no-op.
+        join_target = config.join.clone();
+    } else if config.bootstrap {
+        let uuid = identity
+            .cluster_uuid
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        identity.cluster_uuid = Some(uuid.clone());
+        store.save_identity(&identity)?;
+        peers.set_cluster(&uuid);
+        let mut members = BTreeMap::new();
+        members.insert(
+            identity.raft_id,
+            Member {
+                name: identity.name.clone(),
+                addr: config.advertise.clone(),
+            },
+        );
+        raft.initialize(members).await?;
+        tracing::info!(cluster = %uuid, "bootstrapped a new one-member cluster");
+    } else if config.join.is_some() {
+        join_target = config.join.clone();
+    } else {
+        tracing::warn!(
+            "empty data dir and neither --bootstrap nor --join: this node is in no cluster and will not be ready"
+        );
+    }
+
+    let node = Arc::new(Node {
+        raft: raft.clone(),
+        reader,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        identity,
+        peers,
+        membership_lock: tokio::sync::Mutex::new(()),
+    });
+    spawn_leader_change_counter(&raft, metrics);
+    spawn_promoter(node.clone());
+    if let Some(target) = join_target {
+        let joiner = node.clone();
+        let advertise = config.advertise.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::join::join_cluster(&joiner, &target, &advertise).await {
+                tracing::error!(error = %e, "cannot join the cluster; stopping");
+                std::process::exit(2);
+            }
+        });
+    }
+
+    let keys = Keys::new(config.api_key.as_deref(), config.agent_key.as_deref());
+    let app = crate::api::router(node.clone(), keys);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(
+        node = %node.identity.name,
+        listen = %config.listen,
+        advertise = %config.advertise,
+        data_dir = %config.data_dir.display(),
+        auth = if config.api_key.is_some() { "keys" } else { "none (loopback only)" },
+        "serving"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+
+    hand_over_leadership(&node).await;
+    tracing::info!("stopping: shutting down raft");
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(10), raft.shutdown()).await {
+        tracing::warn!(error = %e, "raft did not stop in time");
+    }
+    store.db().flush_wal(true)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A leader about to stop hands leadership to a caught-up voter first, so clients see one
+/// quick leader change instead of an election timeout.
+async fn hand_over_leadership(node: &Node) {
+    let m = crate::raft::metrics_of(&node.raft);
+    if m.state != openraft::ServerState::Leader || m.membership_config.membership().voter_ids().count() < 2 {
+        return;
+    }
+    match node
+        .transfer_leader(crate::membership::TransferRequest::default(), Duration::from_secs(3))
+        .await
+    {
+        Ok(r) => tracing::info!(leader = %r.leader, "handed leadership over before stopping"),
+        Err(e) => tracing::warn!(error = %e, "could not hand leadership over before stopping"),
+    }
+}
+
+fn spawn_promoter(node: Arc<Node>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            node.promote_caught_up_learners().await;
+        }
+    });
+}
+
+fn spawn_leader_change_counter(raft: &Raft, metrics: Metrics) {
+    use openraft::async_runtime::watch::WatchReceiver;
+    let mut rx = raft.metrics();
+    tokio::spawn(async move {
+        let mut leader = rx.borrow_watched().current_leader;
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_watched().current_leader;
+            if now != leader && now.is_some() {
+                metrics.leader_changed();
+            }
+            leader = now;
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}

@@ -1,0 +1,316 @@
+//! What the HTTP API asks of a node: propose commands, make reads linearizable, report
+//! status and readiness. Keeps the API layer free of Raft details.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+
+use concordance_client::ClusterStatus;
+use concordance_client::Consistency;
+use concordance_client::MemberStatus;
+use openraft::ReadPolicy;
+use openraft::ServerState;
+use openraft::async_runtime::Instant as _;
+
+use crate::api::ApiError;
+use crate::metrics::Metrics;
+use crate::metrics::RaftGauges;
+use crate::raft::Raft;
+use crate::raft::network::PeerContext;
+use crate::raft::network::PeerError;
+use crate::raft::wire;
+use crate::store::Store;
+use crate::store::records::Command;
+use crate::store::records::IdentityRecord;
+use crate::store::records::Operation;
+use crate::store::records::Response;
+use crate::store::state_machine::KvReader;
+
+/// How long a write or a linearizable read waits for a quorum before failing.
+pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(5);
+/// A leader that heard from no quorum for this long refuses writes at once.
+pub const STALE_QUORUM_ACK: Duration = Duration::from_millis(2500);
+/// A voter is "caught up" (ready) when it has applied within this many entries of the commit.
+pub const READY_LAG_ENTRIES: u64 = 100;
+
+pub struct Node {
+    pub raft: Raft,
+    pub reader: KvReader,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub identity: IdentityRecord,
+    /// How this node reaches its peers (and the cluster UUID it stamps on messages).
+    pub peers: PeerContext,
+    /// Serializes membership changes made through this node.
+    pub membership_lock: tokio::sync::Mutex<()>,
+}
+
+pub type SharedNode = Arc<Node>;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl Node {
+    pub(crate) fn member_name(&self, id: u64) -> Option<String> {
+        let m = crate::raft::metrics_of(&self.raft).membership_config.clone();
+        m.membership().get_node(&id).map(|n| n.name.clone())
+    }
+
+    pub(crate) fn not_leader_error(&self, leader: Option<u64>) -> ApiError {
+        let metrics = crate::raft::metrics_of(&self.raft);
+        let node = leader.and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
+        match node {
+            Some(n) => ApiError::unavailable(
+                "not_leader",
+                format!("this node is not the leader; the leader is {}", n.name),
+            )
+            .with_leader(Some(n.name), Some(n.addr)),
+            None => ApiError::unavailable("no_quorum", "no leader is known: the cluster has no quorum right now"),
+        }
+    }
+
+    /// The leader's address, if a leader other than this node is known.
+    fn leader_addr(&self) -> Option<(u64, String)> {
+        let m = crate::raft::metrics_of(&self.raft);
+        let leader = m.current_leader.filter(|l| *l != m.id)?;
+        let node = m.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node.addr))
+    }
+
+    /// Maps a peer's failure to the error a client should see.
+    fn peer_failure(&self, e: PeerError) -> ApiError {
+        match e {
+            PeerError::Api(_, status, code, message) => ApiError::new(
+                axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
+                &code,
+                message,
+            ),
+            PeerError::Unreachable(addr, why) => ApiError::unavailable(
+                "no_quorum",
+                format!("the leader at {addr} is unreachable ({why}); the cluster may have no quorum"),
+            ),
+            other => ApiError::unavailable("no_quorum", other.to_string()),
+        }
+    }
+
+    /// Fails fast when this leader has not heard from a quorum lately (it is partitioned).
+    fn check_leader_quorum(&self) -> Result<(), ApiError> {
+        let m = crate::raft::metrics_of(&self.raft);
+        if m.state != ServerState::Leader {
+            return Ok(());
+        }
+        let stale = m
+            .last_quorum_acked
+            .as_ref()
+            .is_none_or(|t| t.clone().into_inner().elapsed() > STALE_QUORUM_ACK);
+        let alone = m.membership_config.membership().voter_ids().count() == 1;
+        if stale && !alone {
+            return Err(ApiError::unavailable(
+                "no_quorum",
+                "this leader has not heard from a quorum lately: writes cannot commit",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Proposes one command through Raft and waits for its applied answer. A follower
+    /// forwards it to the leader.
+    pub async fn propose(&self, op: Operation, idempotency_key: Option<String>) -> Result<Response, ApiError> {
+        let cmd = Command {
+            op,
+            idempotency_key,
+            proposed_at_ms: now_ms(),
+        };
+        match self.propose_local(cmd.clone()).await {
+            Err(e) if e.detail.code == "not_leader" => {
+                let Some((_, addr)) = self.leader_addr() else { return Err(e) };
+                let msg = self.peers.envelope(wire::ForwardedWrite { command: cmd });
+                let reply: wire::ForwardedWriteReply = self
+                    .peers
+                    .post(&addr, "raft/write", &msg, QUORUM_TIMEOUT + Duration::from_secs(1))
+                    .await
+                    .map_err(|e| self.peer_failure(e))?;
+                match reply.response {
+                    Response::Rejected { code, message } => Err(ApiError::bad_request(&code, message)),
+                    other => Ok(other),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Proposes on this node only (the leader's side of a forwarded write).
+    pub async fn propose_local(&self, cmd: Command) -> Result<Response, ApiError> {
+        self.check_leader_quorum()?;
+        let started = Instant::now();
+        let result = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(cmd)).await;
+        self.metrics.observe_proposal(started.elapsed());
+        match result {
+            Err(_) => Err(ApiError::unavailable(
+                "no_quorum",
+                format!("the write was not committed within {QUORUM_TIMEOUT:?}: no quorum; it may still apply later"),
+            )),
+            Ok(Ok(resp)) => match resp.data {
+                Response::Rejected { code, message } => Err(ApiError::bad_request(&code, message)),
+                other => Ok(other),
+            },
+            Ok(Err(e)) => {
+                if let Some(f) = e.forward_to_leader() {
+                    return Err(self.not_leader_error(f.leader_id));
+                }
+                Err(ApiError::unavailable("raft_error", e.to_string()))
+            }
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index a read must see.
+    pub async fn read_index_local(&self) -> Result<u64, ApiError> {
+        self.check_leader_quorum()?;
+        let r = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.get_read_linearizer(ReadPolicy::ReadIndex)).await;
+        match r {
+            Err(_) => Err(ApiError::unavailable("no_quorum", "could not confirm leadership with a quorum")),
+            Ok(Ok(lin)) => Ok(lin.read_log_id().index()),
+            Ok(Err(e)) => {
+                if let Some(f) = e.forward_to_leader() {
+                    return Err(self.not_leader_error(f.leader_id));
+                }
+                Err(ApiError::unavailable("no_quorum", e.to_string()))
+            }
+        }
+    }
+
+    /// Returns once the local state machine reflects every write acknowledged before the call
+    /// (for linearizable reads: read index from the leader, then wait for local apply), or at
+    /// once for serializable reads.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), ApiError> {
+        if consistency == Consistency::Serializable {
+            return Ok(());
+        }
+        let index = match self.read_index_local().await {
+            Ok(i) => i,
+            Err(e) if e.detail.code == "not_leader" => {
+                let Some((_, addr)) = self.leader_addr() else { return Err(e) };
+                let msg = self.peers.envelope(());
+                let reply: wire::ReadIndexReply = self
+                    .peers
+                    .post(&addr, "raft/read-index", &msg, QUORUM_TIMEOUT + Duration::from_secs(1))
+                    .await
+                    .map_err(|e| self.peer_failure(e))?;
+                reply.read_log_id.index
+            }
+            Err(e) => return Err(e),
+        };
+        self.raft
+            .wait(Some(QUORUM_TIMEOUT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| ApiError::unavailable("no_quorum", format!("this replica did not catch up in time: {e}")))?;
+        Ok(())
+    }
+
+    /// Sends an admin request (membership change) to the leader, as this node.
+    pub async fn forward_to_leader<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        not_leader: ApiError,
+    ) -> Result<T, ApiError> {
+        let Some((_, addr)) = self.leader_addr() else { return Err(not_leader) };
+        self.peers
+            .post(&addr, path, body, Duration::from_secs(40))
+            .await
+            .map_err(|e| self.peer_failure(e))
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let m = crate::raft::metrics_of(&self.raft);
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.clone();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned())
+                    .map(|l| l.map_or(0, |l| l.index));
+                MemberStatus {
+                    node_id: node.name.clone(),
+                    address: node.addr.clone(),
+                    role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+                    voter: voters.contains(id),
+                    lag: matched.map(|mi| last.saturating_sub(mi)),
+                    matched_index: matched,
+                }
+            })
+            .collect();
+        #[allow(deprecated)]
+        let commit = m.committed.map(|c| c.index);
+        ClusterStatus {
+            node_id: self.identity.name.clone(),
+            cluster_id: Some(self.peers.cluster()).filter(|c| !c.is_empty()),
+            role: role_name(m.state).into(),
+            leader: m.current_leader.and_then(|l| self.member_name(l)),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            commit_index: commit,
+            applied_index: m.last_applied.map(|l| l.index),
+            revision: self.reader.revision(),
+            membership_version: m.membership_config.log_id().map(|l| l.index),
+            members,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// `Ok` when a leader is known and this node is a voter that has caught up.
+    pub fn ready(&self) -> Result<(), String> {
+        let m = crate::raft::metrics_of(&self.raft);
+        if let Err(e) = &m.running_state {
+            return Err(format!("raft has stopped: {e}"));
+        }
+        let Some(_leader) = m.current_leader else {
+            return Err("no leader is known".into());
+        };
+        if !m.membership_config.membership().voter_ids().any(|v| v == m.id) {
+            return Err("this node is not a voter (yet)".into());
+        }
+        #[allow(deprecated)]
+        let commit = m.committed.map_or(0, |c| c.index);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        if commit.saturating_sub(applied) > READY_LAG_ENTRIES {
+            return Err(format!("catching up: applied {applied} of {commit}"));
+        }
+        Ok(())
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let m = crate::raft::metrics_of(&self.raft);
+        #[allow(deprecated)]
+        let commit = m.committed.map_or(0, |c| c.index);
+        self.metrics.render(RaftGauges {
+            role: role_name(m.state),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: commit,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            revision: self.reader.revision(),
+            storage_bytes: self.store.size_bytes(),
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! Storage: one RocksDB database per data dir holding the node's identity, the Raft log and
+//! vote, and the state machine (keys, revision history, leases, idempotency table).
+//!
+//! Layout by column family:
+//! - `meta`: identity, vote, committed and purged log ids, current snapshot.
+//! - `log`: Raft entries by index (big-endian u64 keys keep them in order).
+//! - `kv`: live keys. `history`: one event per change, by revision. `leases`, `idempotency`.
+//! - `applied`: the state machine's last applied log id, membership and revision.
+
+pub mod codec;
+pub mod log_store;
+pub mod records;
+pub mod snapshot;
+pub mod state_machine;
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rocksdb::ColumnFamilyDescriptor;
+use rocksdb::DB;
+use rocksdb::Options;
+
+pub use self::log_store::LogStore;
+pub use self::state_machine::StateMachine;
+use self::codec::DecodeError;
+use self::codec::RecordKind;
+use self::records::IdentityRecord;
+
+pub const CF_META: &str = "meta";
+pub const CF_LOG: &str = "log";
+pub const CF_KV: &str = "kv";
+pub const CF_HISTORY: &str = "history";
+pub const CF_LEASES: &str = "leases";
+pub const CF_IDEMPOTENCY: &str = "idempotency";
+pub const CF_APPLIED: &str = "applied";
+
+/// Column families that make up the state machine (and so a snapshot).
+pub const STATE_MACHINE_CFS: [&str; 5] = [CF_KV, CF_HISTORY, CF_LEASES, CF_IDEMPOTENCY, CF_APPLIED];
+const ALL_CFS: [&str; 7] = [
+    CF_META,
+    CF_LOG,
+    CF_KV,
+    CF_HISTORY,
+    CF_LEASES,
+    CF_IDEMPOTENCY,
+    CF_APPLIED,
+];
+
+pub const KEY_IDENTITY: &[u8] = b"identity";
+pub const KEY_VOTE: &[u8] = b"vote";
+pub const KEY_COMMITTED: &[u8] = b"committed";
+pub const KEY_PURGED: &[u8] = b"purged";
+pub const KEY_SNAPSHOT: &[u8] = b"snapshot";
+pub const KEY_APPLIED: &[u8] = b"applied";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage at {path}: {source}")]
+    Rocks {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("{what} in {path} is unreadable: {source}")]
+    Corrupt {
+        what: String,
+        path: PathBuf,
+        source: DecodeError,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A shared handle to the node's database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Checks every block's checksum on read, so corruption is reported, never served.
+        opts.set_paranoid_checks(true);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db_path = dir.join("db");
+        let db = DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|source| StoreError::Rocks {
+            path: db_path.clone(),
+            source,
+        })?;
+        std::fs::create_dir_all(dir.join("snapshots"))?;
+        Ok(Self {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing database read-only (for `inspect`, safe beside a running node).
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let db_path = dir.join("db");
+        if !db_path.join("CURRENT").exists() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} holds no Concordance data", dir.display()),
+            )));
+        }
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, &db_path, ALL_CFS, false).map_err(|source| {
+            StoreError::Rocks {
+                path: db_path.clone(),
+                source,
+            }
+        })?;
+        Ok(Self {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn rocks_err(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            path: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// Reads and decodes one record, naming what was unreadable on failure.
+    pub fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &str,
+        key: &[u8],
+        kind: RecordKind,
+        what: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.db.get_pinned_cf(self.cf(cf), key).map_err(|e| self.rocks_err(e))? else {
+            return Ok(None);
+        };
+        codec::decode(kind, &bytes).map(Some).map_err(|source| StoreError::Corrupt {
+            what: what.to_string(),
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    /// Writes one record and syncs it to disk before returning.
+    pub fn put_record_synced<T: serde::Serialize>(
+        &self,
+        cf: &str,
+        key: &[u8],
+        kind: RecordKind,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(cf), key, codec::encode(kind, value), &wo)
+            .map_err(|e| self.rocks_err(e))
+    }
+
+    pub fn identity(&self) -> Result<Option<IdentityRecord>, StoreError> {
+        self.get_record(CF_META, KEY_IDENTITY, RecordKind::Identity, "node identity")
+    }
+
+    pub fn save_identity(&self, identity: &IdentityRecord) -> Result<(), StoreError> {
+        self.put_record_synced(CF_META, KEY_IDENTITY, RecordKind::Identity, identity)
+    }
+
+    /// Approximate bytes on disk of live data (SST files plus memtables).
+    pub fn size_bytes(&self) -> u64 {
+        ALL_CFS
+            .iter()
+            .map(|cf| {
+                let h = self.cf(cf);
+                let sst = self
+                    .db
+                    .property_int_value_cf(h, "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let mem = self
+                    .db
+                    .property_int_value_cf(h, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                sst + mem
+            })
+            .sum()
+    }
+}
+
+/// Big-endian index key: keeps log entries and revisions in numeric order.
+pub fn u64_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn u64_from_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(..8)?.try_into().ok()?))
+}
+
+pub fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}

@@ -1,0 +1,222 @@
+//! Our own stored record types. Each is written inside the versioned, checksummed envelope
+//! of [`super::codec`]; none of them is a library's internal type, so an upgrade of the Raft
+//! library can never change what is on disk.
+//!
+//! Enums are closed: a record or command of a kind this binary does not know fails to decode,
+//! and the node stops with that error instead of skipping it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The identity a node draws at first start. An empty data dir always means a new identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityRecord {
+    /// Random Raft id: never reused, so a node that lost its disk can never vote as its old self.
+    pub raft_id: u64,
+    /// The name users see (`--node-id`).
+    pub name: String,
+    /// Set once the node bootstrapped a cluster or was admitted to one.
+    pub cluster_uuid: Option<String>,
+    /// Unix milliseconds of the first start, for `inspect`.
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogIdRecord {
+    pub term: u64,
+    /// Raft id of the leader that proposed the entry.
+    pub leader: u64,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteRecord {
+    pub term: u64,
+    pub node: u64,
+    pub committed: bool,
+}
+
+/// A member as the cluster knows it: its user-facing name and the address peers dial.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub name: String,
+    pub addr: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipRecord {
+    /// One voter set, or two during a joint change.
+    pub configs: Vec<Vec<u64>>,
+    /// Every member, voters and learners, by Raft id.
+    pub nodes: Vec<(u64, Member)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredMembershipRecord {
+    pub log_id: Option<LogIdRecord>,
+    pub membership: MembershipRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum PayloadRecord {
+    Blank,
+    Command { command: Command },
+    Membership { membership: MembershipRecord },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogEntryRecord {
+    pub log_id: LogIdRecord,
+    pub payload: PayloadRecord,
+}
+
+/// A state-machine command: what a client asked for, stamped by the proposing node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Command {
+    pub op: Operation,
+    /// A retried write with the same key applies once (see the idempotency table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The proposer's wall clock in Unix ms. Replicated, so every replica derives the same
+    /// expiry decisions from the log rather than from its own clock.
+    pub proposed_at_ms: u64,
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.op {
+            Operation::Put { key, .. } => write!(f, "put {key}"),
+            Operation::Delete { key } => write!(f, "delete {key}"),
+        }
+    }
+}
+
+/// The operations a command carries. New variants are proposed only once every member runs
+/// a binary that knows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Operation {
+    Put {
+        key: String,
+        value: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+/// What applying a command answers. Stored in the idempotency table, so it is a record too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Response {
+    /// Entries that carry no command (blank, membership).
+    None,
+    Put {
+        revision: u64,
+        prev: Option<KeyRecord>,
+    },
+    Delete {
+        revision: u64,
+        prev: Option<KeyRecord>,
+    },
+    /// The command was refused as a whole and changed nothing.
+    Rejected {
+        code: String,
+        message: String,
+    },
+}
+
+/// A live key's value and its revisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRecord {
+    pub value: Value,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    /// Number of writes since creation (1 on create).
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change in the revision history, kept for watches until compacted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventRecord {
+    pub revision: u64,
+    pub key: String,
+    pub kind: EventKind,
+    /// The key after the change (absent for deletes).
+    pub kv: Option<KeyRecord>,
+}
+
+/// A lease: keys attached to it vanish when it expires. Expiry is decided by the leader
+/// and replicated, so `expires_at_ms` is only ever compared with replicated clocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseRecord {
+    pub id: u64,
+    pub ttl_ms: u64,
+    pub expires_at_ms: u64,
+    pub keys: Vec<String>,
+}
+
+/// The answer to an applied command carrying an idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdempotencyRecord {
+    pub response: Response,
+    pub applied_at_ms: u64,
+}
+
+/// The state machine's own bookkeeping, written atomically with every applied batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppliedStateRecord {
+    pub last_applied: Option<LogIdRecord>,
+    pub membership: Option<StoredMembershipRecord>,
+    /// The cluster-wide revision: bumped once by every change.
+    pub revision: u64,
+    /// History below this revision has been compacted away.
+    pub compacted_revision: u64,
+}
+
+/// Describes a snapshot file: what it covers, for `inspect` and for installing it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotMetaRecord {
+    pub last_log_id: Option<LogIdRecord>,
+    pub membership: StoredMembershipRecord,
+    pub file: String,
+    pub size: u64,
+}
+
+/// Keeps `BTreeMap` in the public surface for callers that build membership maps.
+pub type MemberMap = BTreeMap<u64, Member>;

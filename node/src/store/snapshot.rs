@@ -1,0 +1,364 @@
+//! Snapshot files: a point-in-time copy of the state machine's column families.
+//!
+//! File layout: `CONCSNAP` magic, format version byte, then length-prefixed frames
+//! (`[len u32 LE][bytes]`): first the meta record, then one frame per stored pair
+//! (`[cf u8][key len u32 LE][key][value]`), then an empty frame and the CRC32 of every byte
+//! before it. Values keep their own record envelopes, so each is checked again on load.
+
+use std::fs::File;
+use std::io;
+use std::io::BufReader;
+use std::io::BufWriter;
+use std::io::Read;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+
+use super::CF_APPLIED;
+use super::CF_META;
+use super::KEY_APPLIED;
+use super::KEY_SNAPSHOT;
+use super::STATE_MACHINE_CFS;
+use super::Store;
+use super::StoreError;
+use super::codec;
+use super::codec::RecordKind;
+use super::io_err;
+use super::records::AppliedStateRecord;
+use super::records::SnapshotMetaRecord;
+use super::records::StoredMembershipRecord;
+use crate::raft::SnapshotMeta;
+use crate::raft::TypeConfig;
+use crate::raft::log_id_from_record;
+use crate::raft::log_id_to_record;
+use crate::raft::stored_membership_from_record;
+use crate::raft::stored_membership_to_record;
+
+const MAGIC: &[u8; 8] = b"CONCSNAP";
+const FILE_VERSION: u8 = 1;
+const KEY_INSTALLING: &[u8] = b"snapshot-installing";
+/// Bytes per write batch when loading a snapshot, to bound memory on large states.
+const LOAD_BATCH_BYTES: usize = 8 << 20;
+
+/// The state machine's snapshot data: a verified file on disk.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+}
+
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("snapshot {} is corrupted: {why}", path.display()),
+    )
+}
+
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn frame(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(bytes.len()).map_err(|_| io_err("snapshot frame over 4 GiB"))?;
+        self.write_all(&len.to_le_bytes())?;
+        self.write_all(bytes)
+    }
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct CrcReader<R: Read> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> CrcReader<R> {
+    fn exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; n];
+        self.inner.read_exact(&mut buf)?;
+        self.crc.update(&buf);
+        Ok(buf)
+    }
+    fn frame(&mut self) -> io::Result<Vec<u8>> {
+        let len = u32::from_le_bytes(self.exact(4)?.try_into().expect("4 bytes"));
+        self.exact(len as usize)
+    }
+}
+
+fn snapshot_path(store: &Store, meta: &SnapshotMetaRecord) -> PathBuf {
+    let (term, index) = meta.last_log_id.map_or((0, 0), |l| (l.term, l.index));
+    store.dir().join("snapshots").join(format!("snap-{term:020}-{index:020}.snap"))
+}
+
+fn to_openraft_meta(rec: &SnapshotMetaRecord) -> io::Result<SnapshotMeta> {
+    Ok(SnapshotMeta {
+        last_log_id: rec.last_log_id.as_ref().map(log_id_from_record),
+        last_membership: stored_membership_from_record(&rec.membership)?,
+    })
+}
+
+/// Writes a consistent copy of the applied state as of now to `path` (fsynced), returning
+/// what it covers. Used for snapshots and for online backups.
+pub fn write_file(store: &Store, path: &Path) -> Result<(SnapshotMetaRecord, AppliedStateRecord), StoreError> {
+    let view = store.db().snapshot();
+    let applied: AppliedStateRecord = match view.get_cf(store.cf(CF_APPLIED), KEY_APPLIED).map_err(io_err)? {
+        Some(b) => codec::decode(RecordKind::AppliedState, &b).map_err(|source| StoreError::Corrupt {
+            what: "applied state".into(),
+            path: store.dir().to_path_buf(),
+            source,
+        })?,
+        None => AppliedStateRecord::default(),
+    };
+    let mut meta = SnapshotMetaRecord {
+        last_log_id: applied.last_applied,
+        membership: applied.membership.clone().unwrap_or(StoredMembershipRecord {
+            log_id: None,
+            membership: crate::store::records::MembershipRecord {
+                configs: vec![],
+                nodes: vec![],
+            },
+        }),
+        file: String::new(),
+        size: 0,
+    };
+    let tmp = path.with_extension(format!("part-{}", std::process::id()));
+    let mut w = CrcWriter {
+        inner: BufWriter::with_capacity(1 << 20, File::create(&tmp)?),
+        crc: crc32fast::Hasher::new(),
+    };
+    w.write_all(MAGIC)?;
+    w.write_all(&[FILE_VERSION])?;
+    w.frame(&codec::encode(RecordKind::SnapshotMeta, &meta))?;
+    for (i, cf) in STATE_MACHINE_CFS.iter().enumerate() {
+        let mut it = view.raw_iterator_cf(store.cf(cf));
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let mut frame = Vec::with_capacity(5 + k.len() + v.len());
+            frame.push(i as u8);
+            frame.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            frame.extend_from_slice(k);
+            frame.extend_from_slice(v);
+            w.frame(&frame)?;
+            it.next();
+        }
+        it.status().map_err(io_err)?;
+    }
+    w.frame(&[])?;
+    let crc = w.crc.clone().finalize();
+    let mut inner = w.inner.into_inner().map_err(|e| e.into_error())?;
+    inner.write_all(&crc.to_le_bytes())?;
+    inner.sync_all()?;
+    drop(inner);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    meta.file = file_name(path);
+    meta.size = std::fs::metadata(path)?.len();
+    Ok((meta, applied))
+}
+
+/// Writes a snapshot of the applied state as of now and makes it the current one.
+pub fn build(store: &Store) -> Result<Snapshot, StoreError> {
+    // Named after what it covers, which is known only once written: write, then rename.
+    let staging = store
+        .dir()
+        .join("snapshots")
+        .join(format!("staging-{}.snap", uuid::Uuid::new_v4()));
+    let (mut meta, applied) = write_file(store, &staging)?;
+    let final_path = snapshot_path(store, &meta);
+    std::fs::rename(&staging, &final_path)?;
+    sync_dir(final_path.parent().expect("snapshots dir"))?;
+    meta.file = file_name(&final_path);
+    set_current(store, &meta)?;
+    tracing::info!(file = %meta.file, bytes = meta.size, revision = applied.revision, "snapshot built");
+    Ok(Snapshot {
+        meta: to_openraft_meta(&meta)?,
+        snapshot: SnapshotFile { path: final_path },
+    })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Records `meta` as the current snapshot and removes older snapshot files.
+fn set_current(store: &Store, meta: &SnapshotMetaRecord) -> Result<(), StoreError> {
+    store.put_record_synced(CF_META, KEY_SNAPSHOT, RecordKind::SnapshotMeta, meta)?;
+    let dir = store.dir().join("snapshots");
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != meta.file && (name.starts_with("snap-") || name.starts_with("staging-")) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+pub fn current_meta(store: &Store) -> Result<Option<SnapshotMetaRecord>, StoreError> {
+    store.get_record(CF_META, KEY_SNAPSHOT, RecordKind::SnapshotMeta, "current snapshot")
+}
+
+pub fn current(store: &Store) -> Result<Option<Snapshot>, StoreError> {
+    let Some(meta) = current_meta(store)? else {
+        return Ok(None);
+    };
+    let path = store.dir().join("snapshots").join(&meta.file);
+    Ok(Some(Snapshot {
+        meta: to_openraft_meta(&meta)?,
+        snapshot: SnapshotFile { path },
+    }))
+}
+
+/// The snapshot whose install a crash interrupted, if any.
+pub fn installing(store: &Store) -> Result<Option<SnapshotMetaRecord>, StoreError> {
+    store.get_record(CF_META, KEY_INSTALLING, RecordKind::SnapshotMeta, "snapshot install marker")
+}
+
+/// Reads a whole snapshot file, checking its structure and checksum, calling `each` per pair.
+fn read_file(
+    path: &Path,
+    mut each: impl FnMut(usize, &[u8], &[u8]) -> io::Result<()>,
+) -> io::Result<SnapshotMetaRecord> {
+    let mut r = CrcReader {
+        inner: BufReader::with_capacity(1 << 20, File::open(path)?),
+        crc: crc32fast::Hasher::new(),
+    };
+    let head = r.exact(9).map_err(|e| corrupt(path, format!("no header: {e}")))?;
+    if &head[..8] != MAGIC {
+        return Err(corrupt(path, "not a snapshot file"));
+    }
+    if head[8] != FILE_VERSION {
+        return Err(corrupt(path, format!("unknown snapshot version {}", head[8])));
+    }
+    let meta: SnapshotMetaRecord = codec::decode(RecordKind::SnapshotMeta, &r.frame().map_err(|e| corrupt(path, e))?)
+        .map_err(|e| corrupt(path, e))?;
+    loop {
+        let frame = r.frame().map_err(|e| corrupt(path, format!("truncated: {e}")))?;
+        if frame.is_empty() {
+            break;
+        }
+        if frame.len() < 5 {
+            return Err(corrupt(path, "short frame"));
+        }
+        let cf = frame[0] as usize;
+        if cf >= STATE_MACHINE_CFS.len() {
+            return Err(corrupt(path, format!("unknown column family {cf}")));
+        }
+        let klen = u32::from_le_bytes(frame[1..5].try_into().expect("4 bytes")) as usize;
+        if 5 + klen > frame.len() {
+            return Err(corrupt(path, "key overruns its frame"));
+        }
+        each(cf, &frame[5..5 + klen], &frame[5 + klen..])?;
+    }
+    let computed = r.crc.clone().finalize();
+    let mut stored = [0u8; 4];
+    r.inner
+        .read_exact(&mut stored)
+        .map_err(|e| corrupt(path, format!("no checksum: {e}")))?;
+    if u32::from_le_bytes(stored) != computed {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    let mut rest = [0u8; 1];
+    if r.inner.read(&mut rest)? != 0 {
+        return Err(corrupt(path, "trailing bytes after checksum"));
+    }
+    Ok(meta)
+}
+
+/// Checks a received snapshot file end to end without loading it.
+pub fn verify(path: &Path) -> io::Result<SnapshotMetaRecord> {
+    read_file(path, |_, _, _| Ok(()))
+}
+
+/// Replaces the state machine with a received snapshot. Crash-safe: the install is marked
+/// first and redone at the next start if it did not finish.
+pub fn install(store: &Store, meta: &SnapshotMeta, file: SnapshotFile) -> Result<(), StoreError> {
+    let mut rec = verify(&file.path)?;
+    let expected = meta.last_log_id.as_ref().map(log_id_to_record);
+    if rec.last_log_id != expected {
+        return Err(StoreError::Io(corrupt(
+            &file.path,
+            format!("covers {:?}, expected {:?}", rec.last_log_id, expected),
+        )));
+    }
+    rec.membership = stored_membership_to_record(&meta.last_membership);
+    let final_path = snapshot_path(store, &rec);
+    if file.path != final_path {
+        std::fs::rename(&file.path, &final_path)?;
+        sync_dir(final_path.parent().expect("snapshots dir"))?;
+    }
+    rec.file = file_name(&final_path);
+    rec.size = std::fs::metadata(&final_path)?.len();
+    store.put_record_synced(CF_META, KEY_INSTALLING, RecordKind::SnapshotMeta, &rec)?;
+    load_into_state_machine(store, &rec)?;
+    set_current(store, &rec)?;
+    Ok(())
+}
+
+/// Clears the state machine and loads the snapshot `meta` names, then clears the install mark.
+pub fn load_into_state_machine(store: &Store, meta: &SnapshotMetaRecord) -> Result<(), StoreError> {
+    let path = store.dir().join("snapshots").join(&meta.file);
+    load_file_into_state_machine(store, &path, meta)
+}
+
+/// Like [`load_into_state_machine`], from any file (a backup being restored).
+pub fn load_file_into_state_machine(store: &Store, path: &Path, meta: &SnapshotMetaRecord) -> Result<(), StoreError> {
+    let path = path.to_path_buf();
+    let db = store.db();
+    let mut wb = WriteBatch::default();
+    for cf in STATE_MACHINE_CFS {
+        // Stored keys are UTF-8 or big-endian revisions: none starts with 0xFF bytes like these.
+        wb.delete_range_cf(store.cf(cf), &[][..], &[0xFFu8; 16][..]);
+    }
+    db.write(wb).map_err(io_err)?;
+    let mut wb = WriteBatch::default();
+    let mut applied_bytes: Option<Vec<u8>> = None;
+    read_file(&path, |cf, k, v| {
+        let name = STATE_MACHINE_CFS[cf];
+        if name == CF_APPLIED && k == KEY_APPLIED {
+            // Written last, so a half-loaded state never claims to be applied.
+            applied_bytes = Some(v.to_vec());
+            return Ok(());
+        }
+        wb.put_cf(store.cf(name), k, v);
+        if wb.size_in_bytes() > LOAD_BATCH_BYTES {
+            db.write(std::mem::take(&mut wb)).map_err(io_err)?;
+        }
+        Ok(())
+    })?;
+    let applied = match applied_bytes {
+        Some(b) => codec::decode::<AppliedStateRecord>(RecordKind::AppliedState, &b).map_err(|e| corrupt(&path, e))?,
+        None => AppliedStateRecord::default(),
+    };
+    let applied = AppliedStateRecord {
+        last_applied: meta.last_log_id,
+        membership: Some(meta.membership.clone()),
+        ..applied
+    };
+    wb.put_cf(store.cf(CF_APPLIED), KEY_APPLIED, codec::encode(RecordKind::AppliedState, &applied));
+    wb.delete_cf(store.cf(CF_META), KEY_INSTALLING);
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(wb, &wo).map_err(io_err)?;
+    tracing::info!(file = %meta.file, revision = applied.revision, "snapshot installed");
+    Ok(())
+}

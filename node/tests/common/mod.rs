@@ -1,0 +1,221 @@
+//! Test harness: real `concordance` processes on unique ports and folders, killed on drop.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use concordance_client::Client;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+pub const AGENT_KEY: &str = "test-agent-key";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_concordance")
+}
+
+/// A free loopback port (bound then released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct NodeProc {
+    pub name: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    /// Starts `concordance` with `--node-id`, `--listen`, `--data-dir` plus `extra`.
+    pub fn start(name: &str, dir: &Path, extra: &[&str]) -> Self {
+        Self::start_env(name, dir, extra, &[])
+    }
+
+    /// Like [`start`], with extra environment variables (e.g. keys).
+    pub fn start_env(name: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let data_dir = dir.join(name);
+        let mut args = vec![
+            format!("--node-id={name}"),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--data-dir={}", data_dir.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut n = Self {
+            name: name.into(),
+            port,
+            log: dir.join(format!("{name}.log")),
+            data_dir,
+            args,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(&self.args)
+            .env_remove("CONCORDANCE_API_KEY")
+            .env_remove("CONCORDANCE_AGENT_API_KEY")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn concordance");
+        self.child = Some(child);
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&format!("127.0.0.1:{}", self.port)).unwrap()
+    }
+
+    pub fn admin(&self) -> Client {
+        self.client().with_key(ADMIN_KEY)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut c = self.child.take().unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node {} did not stop after SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the same node again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Waits for the process to exit by itself; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("node {} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        let c = self.client();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = c.ready().await
+                && r.ready
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} not ready within {WAIT:?}; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the binary to completion (for subcommands and refused starts).
+pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_remove("CONCORDANCE_API_KEY")
+        .env_remove("CONCORDANCE_AGENT_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // Bounded: a refused start exits at once; a start that wrongly serves is killed.
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

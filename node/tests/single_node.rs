@@ -1,0 +1,243 @@
+//! A single-node cluster as a real process: durability across restarts, data API semantics,
+//! corruption detection, refused starts and inspect.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use concordance_client::Consistency;
+use concordance_client::PutRequest;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
+    node.wait_ready().await;
+    let c = node.client();
+
+    // Concurrent writers: every acknowledged write must survive SIGKILL.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..50 {
+                let key = format!("w{w}/k{i:03}");
+                let r = c.put(&key, &json!({"w": w, "i": i})).await.unwrap();
+                acked.push((key, r.revision));
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let revisions: std::collections::HashSet<u64> = acked.iter().map(|(_, r)| *r).collect();
+    assert_eq!(revisions.len(), acked.len(), "every put gets its own revision");
+
+    node.kill();
+    node.restart();
+    node.wait_ready().await;
+    for (key, rev) in &acked {
+        let got = c.get(key).await.unwrap().unwrap_or_else(|| panic!("{key} lost after SIGKILL"));
+        assert_eq!(got.kv.mod_revision, *rev, "{key}");
+    }
+    let status = c.status().await.unwrap();
+    assert_eq!(status.revision, acked.len() as u64);
+
+    // And after a graceful stop, started again without --bootstrap: it resumes as itself.
+    assert!(node.stop().success(), "SIGTERM exits cleanly");
+    node.args.retain(|a| a != "--bootstrap");
+    node.restart();
+    node.wait_ready().await;
+    assert_eq!(c.list("w3/", None, None, Consistency::Linearizable).await.unwrap().kvs.len(), 50);
+    assert!(node.log_text().contains("SIGTERM received"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revisions_reads_and_lists_behave_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
+    node.wait_ready().await;
+    let c = node.client();
+
+    let r1 = c.put("agents/a1/state", &json!({"step": 1})).await.unwrap();
+    assert!(r1.prev_kv.is_none());
+    let r2 = c.put("agents/a1/state", &json!({"step": 2})).await.unwrap();
+    assert_eq!(r2.revision, r1.revision + 1);
+    assert_eq!(r2.prev_kv.as_ref().unwrap().value, json!({"step": 1}));
+    let got = c.get("agents/a1/state").await.unwrap().unwrap();
+    assert_eq!(got.kv.value, json!({"step": 2}));
+    assert_eq!((got.kv.create_revision, got.kv.mod_revision, got.kv.version), (r1.revision, r2.revision, 2));
+    let ser = c.get_with("agents/a1/state", Consistency::Serializable).await.unwrap().unwrap();
+    assert_eq!(ser.kv, got.kv);
+
+    // Deleting bumps the revision once; deleting nothing does not.
+    let d = c.delete("agents/a1/state").await.unwrap();
+    assert_eq!((d.deleted, d.revision), (1, r2.revision + 1));
+    let d2 = c.delete("agents/a1/state").await.unwrap();
+    assert_eq!((d2.deleted, d2.revision), (0, d.revision));
+    assert!(c.get("agents/a1/state").await.unwrap().is_none());
+    let again = c.put("agents/a1/state", &json!(3)).await.unwrap();
+    let kv = c.get("agents/a1/state").await.unwrap().unwrap().kv;
+    assert_eq!((kv.create_revision, kv.version), (again.revision, 1), "recreated key starts over");
+
+    // Prefix list with limit and continuation, in key order, prefix respected.
+    for i in 0..25 {
+        c.put(&format!("list/{i:02}"), &json!(i)).await.unwrap();
+    }
+    c.put("listx", &json!("outside")).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = c.list("list/", after.as_deref(), Some(10), Consistency::Linearizable).await.unwrap();
+        seen.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+        if !page.more {
+            break;
+        }
+        after = page.next;
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("list/{i:02}")).collect();
+    assert_eq!(seen, expected);
+
+    // Keys with spaces and non-ASCII survive the URL.
+    c.put("odd key/ü?#", &json!(true)).await.unwrap();
+    assert_eq!(c.get("odd key/ü?#").await.unwrap().unwrap().kv.key, "odd key/ü?#");
+
+    // Idempotent retries apply once.
+    let body = PutRequest { value: json!("once"), lease: None };
+    let a = c.put_with("idem", &body, Some("retry-1")).await.unwrap();
+    let b = c.put_with("idem", &body, Some("retry-1")).await.unwrap();
+    assert_eq!(a.revision, b.revision);
+    assert_eq!(c.get("idem").await.unwrap().unwrap().kv.version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_records_are_reported_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
+    node.wait_ready().await;
+    let c = node.client();
+    c.put("good", &json!("fine")).await.unwrap();
+    c.put("victim", &json!("original")).await.unwrap();
+    assert!(node.stop().success());
+
+    // Flip one byte inside the stored record of `victim`.
+    {
+        let store = concordance::store::Store::open(&node.data_dir).unwrap();
+        let cf = store.cf(concordance::store::CF_KV);
+        let mut bytes = store.db().get_cf(cf, b"victim").unwrap().unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x20;
+        store.db().put_cf(cf, b"victim", bytes).unwrap();
+        store.db().flush_wal(true).unwrap();
+    }
+    node.restart();
+    node.wait_ready().await;
+    let err = c.get("victim").await.unwrap_err();
+    assert_eq!(err.code(), Some("storage_error"), "{err}");
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert_eq!(c.get("good").await.unwrap().unwrap().kv.value, json!("fine"));
+    let list_err = c.list("", None, None, Consistency::Serializable).await.unwrap_err();
+    assert_eq!(list_err.code(), Some("storage_error"));
+    assert!(node.stop().success());
+
+    // A corrupted log entry stops the node at start with a clear error.
+    {
+        let store = concordance::store::Store::open(&node.data_dir).unwrap();
+        let cf = store.cf(concordance::store::CF_LOG);
+        let mut it = store.db().raw_iterator_cf(cf);
+        it.seek_to_last();
+        let (k, mut v) = (it.key().unwrap().to_vec(), it.value().unwrap().to_vec());
+        drop(it);
+        let mid = v.len() / 2;
+        v[mid] ^= 0x01;
+        store.db().put_cf(cf, k, v).unwrap();
+        store.db().flush_wal(true).unwrap();
+    }
+    node.restart();
+    let status = node.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let log = node.log_text();
+    assert!(log.contains("log entry") && log.contains("checksum"), "log:\n{log}");
+}
+
+#[test]
+fn refused_starts_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = format!("--data-dir={}", dir.path().join("x").display());
+    let out = run_bin(&["--node-id=n1", "--listen=0.0.0.0:0", &d], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without keys") && err.contains("--insecure-no-auth"), "{err}");
+
+    let out = run_bin(&["--node-id=n1", "--api-key=", &d], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CONCORDANCE_API_KEY"));
+
+    let out = run_bin(&["--node-id=n1", &d], &[("CONCORDANCE_AGENT_API_KEY", "")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CONCORDANCE_AGENT_API_KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_keeps_its_identity_and_inspect_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
+    node.wait_ready().await;
+    node.client().put("k", &json!(1)).await.unwrap();
+    let status = node.client().status().await.unwrap();
+    let uuid = status.cluster_id.clone().expect("a bootstrapped node has a cluster id");
+    assert_eq!(status.role, "leader");
+    assert_eq!(status.members.len(), 1);
+    assert!(node.stop().success());
+
+    let d = format!("--data-dir={}", node.data_dir.display());
+    let out = run_bin(&["inspect", &d, "--json"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodeId"], "n1");
+    assert_eq!(v["clusterUuid"], uuid.as_str());
+    assert_eq!(v["revision"], 1);
+    assert!(v["lastLog"]["index"].as_u64().unwrap() >= 2);
+
+    // The same data dir under another name is refused: it would be another member's disk.
+    let out = run_bin(&["--node-id=other", &d], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to node \"n1\""));
+
+    // Restarted with --bootstrap again, it resumes the same cluster, not a new one.
+    node.restart();
+    node.wait_ready().await;
+    assert_eq!(node.client().status().await.unwrap().cluster_id.unwrap(), uuid);
+    assert_eq!(node.client().get("k").await.unwrap().unwrap().kv.value, json!(1));
+
+    let out = run_bin(&["inspect", &format!("--data-dir={}", dir.path().join("nothing").display())], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Concordance data"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_expose_raft_and_http_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
+    node.wait_ready().await;
+    node.client().put("m", &json!(1)).await.unwrap();
+    let text = reqwest::get(node.url("/metrics")).await.unwrap().text().await.unwrap();
+    for name in [
+        "concordance_raft_role{role=\"leader\"} 1",
+        "concordance_raft_term",
+        "concordance_raft_applied_index",
+        "concordance_proposal_duration_seconds",
+        "concordance_apply_duration_seconds",
+        "concordance_log_sync_duration_seconds",
+        "concordance_storage_size_bytes",
+        "route=\"/api/v1/kv/{*key}\"",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}:\n{text}");
+    }
+    assert!(!text.contains("route=\"/api/v1/kv/m\""), "raw keys must not become labels");
+}
