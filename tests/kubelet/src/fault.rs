@@ -272,14 +272,11 @@ pub async fn run(fault: Fault) -> Result<()> {
                     if !file.starts_with(&format!("{ns}_")) {
                         continue;
                     }
-                    // The pod's volume folders point at claims by name in its spec; the
-                    // kubelet records nothing more, so match on the claim's mount in the spec
-                    // through the API.
+                    // Folders are <ns>_<pod>_<uid>; which claims a pod mounts is in its spec.
                     let pod_name = file[ns.len() + 1..]
-                        .rsplitn(2, '_')
-                        .nth(1)
-                        .unwrap_or("")
-                        .to_string();
+                        .rsplit_once('_')
+                        .map(|(name, _uid)| name.to_string())
+                        .unwrap_or_default();
                     let client = crate::client_from(&state.join("kubeconfig")).await?;
                     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &ns);
                     if let Some(p) = pods.get_opt(&pod_name).await?

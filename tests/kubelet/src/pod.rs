@@ -232,7 +232,11 @@ impl PodWorker {
         runtime.delete_netns(&netns).await;
         runtime.release_ip(&ip);
         // Pid files go now; the folder (logs, emptyDirs) stays until the pod is deleted.
-        for c in pod.spec.iter().flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten())) {
+        for c in pod.spec.iter().flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        }) {
             let _ = std::fs::remove_file(pod_dir.join(format!("{}.pid", c.name)));
         }
         changed.notify_one();
