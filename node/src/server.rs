@@ -149,6 +149,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         identity,
         peers,
         membership_lock: tokio::sync::Mutex::new(()),
+        last_leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
     });
     spawn_leader_change_counter(&raft, metrics);
     spawn_promoter(node.clone());

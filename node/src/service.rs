@@ -44,6 +44,8 @@ pub struct Node {
     pub peers: PeerContext,
     /// Serializes membership changes made through this node.
     pub membership_lock: tokio::sync::Mutex<()>,
+    /// Unix ms of the last append or snapshot accepted from a leader.
+    pub last_leader_contact_ms: std::sync::atomic::AtomicU64,
 }
 
 pub type SharedNode = Arc<Node>;
@@ -284,11 +286,29 @@ impl Node {
         if let Err(e) = &m.running_state {
             return Err(format!("raft has stopped: {e}"));
         }
-        let Some(_leader) = m.current_leader else {
+        let Some(leader) = m.current_leader else {
             return Err("no leader is known".into());
         };
         if !m.membership_config.membership().voter_ids().any(|v| v == m.id) {
             return Err("this node is not a voter (yet)".into());
+        }
+        // A leader or follower cut off from the others (or removed while it was down and
+        // remembering an old membership) is not ready, whatever its stored state says.
+        if leader == m.id {
+            let alone = m.membership_config.membership().voter_ids().count() == 1;
+            let fresh = m
+                .last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| t.clone().into_inner().elapsed() < STALE_QUORUM_ACK);
+            if !alone && !fresh {
+                return Err("this leader has not heard from a quorum lately".into());
+            }
+        } else {
+            let last = self.last_leader_contact_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let since = now_ms().saturating_sub(last);
+            if since > STALE_QUORUM_ACK.as_millis() as u64 {
+                return Err(format!("no message from the leader for {since} ms"));
+            }
         }
         #[allow(deprecated)]
         let commit = m.committed.map_or(0, |c| c.index);
@@ -297,6 +317,12 @@ impl Node {
             return Err(format!("catching up: applied {applied} of {commit}"));
         }
         Ok(())
+    }
+
+    /// Called when a leader's append or snapshot was accepted.
+    pub fn leader_contacted(&self) {
+        self.last_leader_contact_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn render_metrics(&self) -> String {

@@ -324,7 +324,7 @@ async fn backup_restores_into_a_fresh_cluster_and_recover_survives_losing_two_of
     let backup = cl.dir.path().join("backup.snap");
     std::fs::write(&backup, resp.bytes().await.unwrap()).unwrap();
 
-    let restored_dir = cl.dir.path().join("restored");
+    let restored_dir = cl.dir.path().join("r1");
     let port = free_port();
     let out = run_bin(
         &[
@@ -337,7 +337,7 @@ async fn backup_restores_into_a_fresh_cluster_and_recover_survives_losing_two_of
         &[],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r1 = NodeProc::start_env("r1", cl.dir.path(), &[&format!("--data-dir={}", restored_dir.display())], KEYS);
+    let r1 = NodeProc::start_on(port, "r1", cl.dir.path(), &[], KEYS);
     r1.wait_ready().await;
     let rc = r1.admin();
     let original = c.list("b/", None, None, Consistency::Linearizable).await.unwrap();

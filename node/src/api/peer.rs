@@ -61,6 +61,9 @@ pub async fn append(
     rpc(node, msg, |node, req| async move {
         let req = req.into_raft().map_err(|e| ApiError::bad_request("invalid_entry", e.to_string()))?;
         let r = node.raft.append_entries(req).await.map_err(fatal)?;
+        if matches!(r, openraft::raft::AppendEntriesResponse::Success | openraft::raft::AppendEntriesResponse::PartialSuccess(_)) {
+            node.leader_contacted();
+        }
         Ok(wire::AppendResponse::from_raft(&r))
     })
     .await
@@ -201,6 +204,7 @@ async fn install(
         .install_full_snapshot(wire::vote_of(&h.vote), snapshot)
         .await
         .map_err(fatal)?;
+    node.leader_contacted();
     Ok(Json(wire::SnapshotReply {
         vote: crate::raft::vote_to_record(&r.vote),
     }))

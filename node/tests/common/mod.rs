@@ -43,7 +43,11 @@ impl NodeProc {
 
     /// Like [`start`], with extra environment variables (e.g. keys).
     pub fn start_env(name: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), name, dir, extra, env)
+    }
+
+    /// Like [`start_env`], on a given port.
+    pub fn start_on(port: u16, name: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data_dir = dir.join(name);
         let mut args = vec![
             format!("--node-id={name}"),
