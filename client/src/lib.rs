@@ -107,7 +107,9 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.http.request(method, format!("{}/api/v1/{}", self.base, path));
+        let rb = self
+            .http
+            .request(method, format!("{}/api/v1/{}", self.base, path));
         match &self.key {
             Some(k) => rb.bearer_auth(k),
             None => rb,
@@ -134,8 +136,15 @@ impl Client {
     }
 
     pub async fn put(&self, key: &str, value: &Value) -> Result<PutResponse, Error> {
-        self.put_with(key, &PutRequest { value: value.clone(), lease: None }, None)
-            .await
+        self.put_with(
+            key,
+            &PutRequest {
+                value: value.clone(),
+                lease: None,
+            },
+            None,
+        )
+        .await
     }
 
     /// A put with every option: a lease, and an idempotency key so a retry applies once.
@@ -145,7 +154,9 @@ impl Client {
         body: &PutRequest,
         idempotency_key: Option<&str>,
     ) -> Result<PutResponse, Error> {
-        let mut rb = self.request(Method::PUT, &format!("kv/{}", key_path(key))).json(body);
+        let mut rb = self
+            .request(Method::PUT, &format!("kv/{}", key_path(key)))
+            .json(body);
         if let Some(ik) = idempotency_key {
             rb = rb.header("Idempotency-Key", ik);
         }
@@ -157,7 +168,11 @@ impl Client {
         self.get_with(key, Consistency::Linearizable).await
     }
 
-    pub async fn get_with(&self, key: &str, consistency: Consistency) -> Result<Option<GetResponse>, Error> {
+    pub async fn get_with(
+        &self,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<GetResponse>, Error> {
         let rb = self
             .request(Method::GET, &format!("kv/{}", key_path(key)))
             .query(&[("consistency", consistency.as_str())]);
@@ -239,7 +254,10 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(Client::new("node1:4100").unwrap().endpoint(), "http://node1:4100");
+        assert_eq!(
+            Client::new("node1:4100").unwrap().endpoint(),
+            "http://node1:4100"
+        );
         assert_eq!(Client::new("http://x:1/").unwrap().endpoint(), "http://x:1");
     }
 }

@@ -82,7 +82,9 @@ impl Keys {
             return Ok(Role::Admin);
         }
         let Some(h) = header else {
-            return Err(ApiError::unauthorized("missing Authorization: Bearer <key> header"));
+            return Err(ApiError::unauthorized(
+                "missing Authorization: Bearer <key> header",
+            ));
         };
         let token = h
             .strip_prefix("Bearer ")
@@ -99,7 +101,10 @@ pub async fn require(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let header = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
     let role = keys.authenticate(header)?;
     if role < required {
         return Err(ApiError::forbidden(format!(
@@ -124,7 +129,10 @@ mod tests {
         assert_eq!(k.role_of(""), None);
         assert!(k.authenticate(None).is_err());
         assert!(k.authenticate(Some("Basic admin-secret")).is_err());
-        assert_eq!(k.authenticate(Some("Bearer admin-secret")).unwrap(), Role::Admin);
+        assert_eq!(
+            k.authenticate(Some("Bearer admin-secret")).unwrap(),
+            Role::Admin
+        );
     }
 
     #[test]

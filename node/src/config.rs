@@ -124,8 +124,13 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{flag} is empty; set {env} (or pass {flag}=<key>)")]
-    EmptyKey { flag: &'static str, env: &'static str },
-    #[error("--agent-key needs --api-key too: without an admin key nobody could manage the cluster")]
+    EmptyKey {
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error(
+        "--agent-key needs --api-key too: without an admin key nobody could manage the cluster"
+    )]
     AgentKeyWithoutAdmin,
     #[error(
         "refusing to serve {0} without keys: anyone who can reach it could read and change everything. \
@@ -152,18 +157,27 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
 
-fn key(value: Option<String>, flag: &'static str, env: &'static str) -> Result<Option<String>, ConfigError> {
+fn key(
+    value: Option<String>,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<Option<String>, ConfigError> {
     match value {
         Some(v) if v.is_empty() => Err(ConfigError::EmptyKey { flag, env }),
         Some(v) => Ok(Some(v)),
         // clap treats an empty variable as unset; an empty variable is still a mistake.
-        None if std::env::var_os(env).is_some_and(|v| v.is_empty()) => Err(ConfigError::EmptyKey { flag, env }),
+        None if std::env::var_os(env).is_some_and(|v| v.is_empty()) => {
+            Err(ConfigError::EmptyKey { flag, env })
+        }
         None => Ok(None),
     }
 }
 
 fn hostname() -> Option<String> {
-    gethostname::gethostname().into_string().ok().filter(|h| !h.is_empty())
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|h| !h.is_empty())
 }
 
 impl ServeArgs {
@@ -178,7 +192,9 @@ impl ServeArgs {
             .to_socket_addrs()
             .map_err(|e| ConfigError::BadListen(self.listen.clone(), e.to_string()))?
             .next()
-            .ok_or_else(|| ConfigError::BadListen(self.listen.clone(), "resolves to nothing".into()))?;
+            .ok_or_else(|| {
+                ConfigError::BadListen(self.listen.clone(), "resolves to nothing".into())
+            })?;
         if api_key.is_none() && !listen.ip().is_loopback() && !self.insecure_no_auth {
             return Err(ConfigError::OpenWithoutKeys(listen));
         }
@@ -194,7 +210,11 @@ impl ServeArgs {
         let advertise = match self.advertise {
             Some(a) => a,
             None if listen.ip().is_unspecified() => {
-                format!("{}:{}", hostname().ok_or(ConfigError::NoDefault("--advertise"))?, listen.port())
+                format!(
+                    "{}:{}",
+                    hostname().ok_or(ConfigError::NoDefault("--advertise"))?,
+                    listen.port()
+                )
             }
             None => listen.to_string(),
         };
@@ -234,12 +254,21 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut all = vec!["concordance"];
         all.extend_from_slice(args);
-        Cli::try_parse_from(all).expect("clap parses").serve.validate()
+        Cli::try_parse_from(all)
+            .expect("clap parses")
+            .serve
+            .validate()
     }
 
     #[test]
     fn both_flag_spellings_work() {
-        let c = parse(&["--node-id=a", "--listen", "127.0.0.1:5000", "--data-dir=/tmp/x"]).unwrap();
+        let c = parse(&[
+            "--node-id=a",
+            "--listen",
+            "127.0.0.1:5000",
+            "--data-dir=/tmp/x",
+        ])
+        .unwrap();
         assert_eq!(c.node_name, "a");
         assert_eq!(c.listen.port(), 5000);
         assert_eq!(c.advertise, "127.0.0.1:5000");
@@ -247,9 +276,13 @@ mod tests {
 
     #[test]
     fn empty_key_names_the_variable() {
-        let err = parse(&["--node-id=a", "--api-key="]).unwrap_err().to_string();
+        let err = parse(&["--node-id=a", "--api-key="])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("CONCORDANCE_API_KEY"), "{err}");
-        let err = parse(&["--node-id=a", "--api-key=k", "--agent-key="]).unwrap_err().to_string();
+        let err = parse(&["--node-id=a", "--api-key=k", "--agent-key="])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("CONCORDANCE_AGENT_API_KEY"), "{err}");
     }
 
@@ -264,8 +297,14 @@ mod tests {
 
     #[test]
     fn bad_names_and_joins_are_refused() {
-        assert!(matches!(parse(&["--node-id=a b"]), Err(ConfigError::BadName(_))));
-        assert!(matches!(parse(&["--node-id=a", "--join=nohost"]), Err(ConfigError::BadJoin(_))));
+        assert!(matches!(
+            parse(&["--node-id=a b"]),
+            Err(ConfigError::BadName(_))
+        ));
+        assert!(matches!(
+            parse(&["--node-id=a", "--join=nohost"]),
+            Err(ConfigError::BadJoin(_))
+        ));
         assert!(Cli::try_parse_from(["concordance", "--bootstrap", "--join=a:1"]).is_err());
     }
 }

@@ -38,7 +38,8 @@ pub fn inspect(dir: &Path) -> Result<Inspection, crate::server::BoxError> {
         .identity()?
         .ok_or_else(|| format!("{} has a database but no node identity", dir.display()))?;
     let vote: Option<VoteRecord> = store.get_record(CF_META, KEY_VOTE, RecordKind::Vote, "vote")?;
-    let purged: Option<LogIdRecord> = store.get_record(CF_META, KEY_PURGED, RecordKind::LogPointer, "purged log id")?;
+    let purged: Option<LogIdRecord> =
+        store.get_record(CF_META, KEY_PURGED, RecordKind::LogPointer, "purged log id")?;
     let mut it = store.db().raw_iterator_cf(store.cf(CF_LOG));
     it.seek_to_last();
     let last_log = match it.value() {
@@ -62,7 +63,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection, crate::server::BoxError> {
                 .nodes
                 .iter()
                 .map(|(id, n)| {
-                    let role = if voters.contains(id) { "voter" } else { "learner" };
+                    let role = if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
                     format!("{} ({role}, {})", n.name, n.addr)
                 })
                 .collect()
@@ -88,14 +93,30 @@ pub fn run(dir: &Path, json: bool) -> Result<(), crate::server::BoxError> {
         println!("{}", serde_json::to_string_pretty(&i)?);
         return Ok(());
     }
-    let fmt = |l: &Option<LogIdRecord>| l.map_or("none".to_string(), |l| format!("term {} index {}", l.term, l.index));
+    let fmt = |l: &Option<LogIdRecord>| {
+        l.map_or("none".to_string(), |l| {
+            format!("term {} index {}", l.term, l.index)
+        })
+    };
     println!("node id:       {}", i.node_id);
     println!("raft id:       {:016x}", i.raft_id);
-    println!("cluster uuid:  {}", i.cluster_uuid.as_deref().unwrap_or("none (never joined a cluster)"));
+    println!(
+        "cluster uuid:  {}",
+        i.cluster_uuid
+            .as_deref()
+            .unwrap_or("none (never joined a cluster)")
+    );
     println!("last log:      {}", fmt(&i.last_log));
     println!("last applied:  {}", fmt(&i.last_applied));
     println!("snapshot:      {}", fmt(&i.snapshot));
     println!("revision:      {}", i.revision);
-    println!("members:       {}", if i.members.is_empty() { "none".into() } else { i.members.join(", ") });
+    println!(
+        "members:       {}",
+        if i.members.is_empty() {
+            "none".into()
+        } else {
+            i.members.join(", ")
+        }
+    );
     Ok(())
 }

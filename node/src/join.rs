@@ -22,7 +22,7 @@ pub async fn join_cluster(node: &Node, target: &str, advertise: &str) -> Result<
             }
             Err(JoinError::Refused(why)) => return Err(why),
             Err(JoinError::Retry(why)) => {
-                if attempt == 1 || attempt % 10 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(target, attempt, "cannot join yet, retrying: {why}");
                 }
             }
@@ -38,7 +38,11 @@ enum JoinError {
     Retry(String),
 }
 
-async fn try_join(node: &Node, target: &str, advertise: &str) -> Result<MembershipReply, JoinError> {
+async fn try_join(
+    node: &Node,
+    target: &str,
+    advertise: &str,
+) -> Result<MembershipReply, JoinError> {
     let status: ClusterStatus = node
         .peers
         .http
@@ -51,7 +55,9 @@ async fn try_join(node: &Node, target: &str, advertise: &str) -> Result<Membersh
         .await
         .map_err(|e| JoinError::Retry(format!("undecodable status: {e}")))?;
     let Some(cluster) = status.cluster_id else {
-        return Err(JoinError::Retry(format!("{target} is not in a cluster yet")));
+        return Err(JoinError::Retry(format!(
+            "{target} is not in a cluster yet"
+        )));
     };
     let ours = node.peers.cluster();
     if !ours.is_empty() && ours != cluster {
@@ -63,7 +69,9 @@ async fn try_join(node: &Node, target: &str, advertise: &str) -> Result<Membersh
     if ours.is_empty() {
         let mut identity = node.identity.clone();
         identity.cluster_uuid = Some(cluster.clone());
-        node.store.save_identity(&identity).map_err(|e| JoinError::Refused(e.to_string()))?;
+        node.store
+            .save_identity(&identity)
+            .map_err(|e| JoinError::Refused(e.to_string()))?;
         node.peers.set_cluster(&cluster);
     }
     let req = JoinRequest {
@@ -78,8 +86,14 @@ async fn try_join(node: &Node, target: &str, advertise: &str) -> Result<Membersh
         .await
         .map_err(|e| match &e {
             PeerError::Api(_, status, code, _)
-                if matches!(code.as_str(), "name_in_use" | "cluster_mismatch" | "unauthorized" | "forbidden" | "invalid_node_id")
-                    || *status == 400 =>
+                if matches!(
+                    code.as_str(),
+                    "name_in_use"
+                        | "cluster_mismatch"
+                        | "unauthorized"
+                        | "forbidden"
+                        | "invalid_node_id"
+                ) || *status == 400 =>
             {
                 JoinError::Refused(e.to_string())
             }

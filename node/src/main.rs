@@ -11,7 +11,10 @@ fn main() -> ExitCode {
         None => concordance::server::run(cli.serve),
         Some(Command::Serve(args)) => concordance::server::run(args),
         Some(Command::Inspect { data_dir, json }) => concordance::inspect::run(&data_dir, json),
-        Some(Command::Recover { data_dir, advertise }) => concordance::offline::recover(&data_dir, advertise.as_deref()),
+        Some(Command::Recover {
+            data_dir,
+            advertise,
+        }) => concordance::offline::recover(&data_dir, advertise.as_deref()),
         Some(Command::Restore {
             backup,
             data_dir,

@@ -70,11 +70,16 @@ pub struct TransferReply {
 
 impl Node {
     /// The precondition for "membership is still at `expected`", or a 409 if it moved.
-    fn expect_version(&self, expected: Option<u64>) -> Result<Vec<Precondition<TypeConfig>>, ApiError> {
+    fn expect_version(
+        &self,
+        expected: Option<u64>,
+    ) -> Result<Vec<Precondition<TypeConfig>>, ApiError> {
         let Some(expected) = expected else {
             return Ok(vec![]);
         };
-        let m = crate::raft::metrics_of(&self.raft).membership_config.clone();
+        let m = crate::raft::metrics_of(&self.raft)
+            .membership_config
+            .clone();
         let current = *m.log_id();
         if current.map(|l| l.index) != Some(expected) {
             return Err(ApiError::new(
@@ -97,7 +102,11 @@ impl Node {
         retain: bool,
         pre: Vec<Precondition<TypeConfig>>,
     ) -> Result<(), ApiError> {
-        let r = tokio::time::timeout(CHANGE_TIMEOUT, self.raft.change_membership_if(change, retain, pre)).await;
+        let r = tokio::time::timeout(
+            CHANGE_TIMEOUT,
+            self.raft.change_membership_if(change, retain, pre),
+        )
+        .await;
         match r {
             Err(_) => Err(ApiError::unavailable(
                 "no_quorum",
@@ -122,7 +131,10 @@ impl Node {
     fn reply(&self, message: String) -> MembershipReply {
         MembershipReply {
             cluster_id: self.peers.cluster(),
-            membership_version: crate::raft::metrics_of(&self.raft).membership_config.log_id().map(|l| l.index),
+            membership_version: crate::raft::metrics_of(&self.raft)
+                .membership_config
+                .log_id()
+                .map(|l| l.index),
             message,
         }
     }
@@ -130,7 +142,10 @@ impl Node {
     /// Adds a node as a learner; the promoter makes it a voter once it has caught up.
     pub async fn join(&self, req: JoinRequest) -> Result<MembershipReply, ApiError> {
         if !crate::config::valid_name(&req.node_id) {
-            return Err(ApiError::bad_request("invalid_node_id", format!("{:?} is not a valid node name", req.node_id)));
+            return Err(ApiError::bad_request(
+                "invalid_node_id",
+                format!("{:?} is not a valid node name", req.node_id),
+            ));
         }
         if let Some(theirs) = &req.cluster_id
             && *theirs != self.peers.cluster()
@@ -146,14 +161,19 @@ impl Node {
             ));
         }
         let _guard = self.membership_lock.lock().await;
-        let m = crate::raft::metrics_of(&self.raft).membership_config.clone();
+        let m = crate::raft::metrics_of(&self.raft)
+            .membership_config
+            .clone();
         let membership = m.membership();
-        if let Some(existing) = membership.get_node(&req.raft_id) {
-            if existing.name == req.node_id {
-                return Ok(self.reply(format!("{} is already a member", req.node_id)));
-            }
+        if let Some(existing) = membership.get_node(&req.raft_id)
+            && existing.name == req.node_id
+        {
+            return Ok(self.reply(format!("{} is already a member", req.node_id)));
         }
-        if let Some((id, _)) = membership.nodes().find(|(id, n)| n.name == req.node_id && **id != req.raft_id) {
+        if let Some((id, _)) = membership
+            .nodes()
+            .find(|(id, n)| n.name == req.node_id && **id != req.raft_id)
+        {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
                 "name_in_use",
@@ -168,19 +188,30 @@ impl Node {
             name: req.node_id.clone(),
             addr: req.address.clone(),
         };
-        self.change(ChangeMembers::AddNodes(BTreeMap::from([(req.raft_id, member)])), true, pre)
-            .await?;
+        self.change(
+            ChangeMembers::AddNodes(BTreeMap::from([(req.raft_id, member)])),
+            true,
+            pre,
+        )
+        .await?;
         tracing::info!(node = %req.node_id, address = %req.address, "added a learner");
-        Ok(self.reply(format!("{} joined as a learner; it becomes a voter once caught up", req.node_id)))
+        Ok(self.reply(format!(
+            "{} joined as a learner; it becomes a voter once caught up",
+            req.node_id
+        )))
     }
 
     fn id_of(&self, name: &str) -> Result<u64, ApiError> {
-        let m = crate::raft::metrics_of(&self.raft).membership_config.clone();
+        let m = crate::raft::metrics_of(&self.raft)
+            .membership_config
+            .clone();
         m.membership()
             .nodes()
             .find(|(_, n)| n.name == name)
             .map(|(id, _)| *id)
-            .ok_or_else(|| ApiError::not_found("member_not_found", format!("no member is named {name:?}")))
+            .ok_or_else(|| {
+                ApiError::not_found("member_not_found", format!("no member is named {name:?}"))
+            })
     }
 
     /// Voters that acknowledged the leader recently (the leader itself included).
@@ -189,7 +220,10 @@ impl Node {
         let mut out = BTreeSet::new();
         if let Some(hb) = &m.heartbeat {
             for (id, at) in hb {
-                if at.as_ref().is_some_and(|t| t.clone().into_inner().elapsed() < REACHABLE_WITHIN) {
+                if at
+                    .as_ref()
+                    .is_some_and(|t| (*t).into_inner().elapsed() < REACHABLE_WITHIN)
+                {
                     out.insert(*id);
                 }
             }
@@ -207,7 +241,10 @@ impl Node {
         if voters.contains(&id) {
             let remaining: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
             if remaining.is_empty() {
-                return Err(ApiError::bad_request("last_voter", "cannot remove the last voter"));
+                return Err(ApiError::bad_request(
+                    "last_voter",
+                    "cannot remove the last voter",
+                ));
             }
             let reachable = self.reachable_voters();
             let up = remaining.intersection(&reachable).count();
@@ -222,8 +259,12 @@ impl Node {
                     ),
                 ));
             }
-            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false, pre)
-                .await?;
+            self.change(
+                ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                false,
+                pre,
+            )
+            .await?;
         } else {
             self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false, pre)
                 .await?;
@@ -234,7 +275,11 @@ impl Node {
 
     /// Hands leadership to `target` (default: the most caught-up other voter) and waits until
     /// it leads.
-    pub async fn transfer_leader(&self, req: TransferRequest, timeout: Duration) -> Result<TransferReply, ApiError> {
+    pub async fn transfer_leader(
+        &self,
+        req: TransferRequest,
+        timeout: Duration,
+    ) -> Result<TransferReply, ApiError> {
         let m = crate::raft::metrics_of(&self.raft);
         if m.state != ServerState::Leader {
             return Err(self.not_leader_error(m.current_leader));
@@ -244,7 +289,10 @@ impl Node {
             Some(name) => {
                 let id = self.id_of(name)?;
                 if !voters.contains(&id) {
-                    return Err(ApiError::bad_request("not_a_voter", format!("{name} is not a voter")));
+                    return Err(ApiError::bad_request(
+                        "not_a_voter",
+                        format!("{name} is not a voter"),
+                    ));
                 }
                 id
             }
@@ -255,7 +303,9 @@ impl Node {
                     .filter(|v| **v != m.id)
                     .max_by_key(|v| repl.get(v).cloned().flatten().map_or(0, |l| l.index))
                     .copied()
-                    .ok_or_else(|| ApiError::bad_request("no_other_voter", "there is no other voter to lead"))?
+                    .ok_or_else(|| {
+                        ApiError::bad_request("no_other_voter", "there is no other voter to lead")
+                    })?
             }
         };
         if target != m.id {
@@ -268,7 +318,12 @@ impl Node {
                 .wait(Some(timeout))
                 .metrics(|x| x.current_leader == Some(target), "leadership transfer")
                 .await
-                .map_err(|e| ApiError::unavailable("transfer_timeout", format!("the new leader did not take over: {e}")))?;
+                .map_err(|e| {
+                    ApiError::unavailable(
+                        "transfer_timeout",
+                        format!("the new leader did not take over: {e}"),
+                    )
+                })?;
         }
         let m = crate::raft::metrics_of(&self.raft);
         Ok(TransferReply {
@@ -293,7 +348,14 @@ impl Node {
             }
             let _guard = self.membership_lock.lock().await;
             let name = self.member_name(id).unwrap_or_default();
-            match self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true, vec![]).await {
+            match self
+                .change(
+                    ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                    true,
+                    vec![],
+                )
+                .await
+            {
                 Ok(()) => tracing::info!(node = %name, "promoted a caught-up learner to voter"),
                 Err(e) => tracing::warn!(node = %name, error = %e, "could not promote learner"),
             }

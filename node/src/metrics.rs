@@ -94,20 +94,72 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("raft_role", "1 for this node's current Raft role", inner.role.clone());
+        r.register(
+            "raft_role",
+            "1 for this node's current Raft role",
+            inner.role.clone(),
+        );
         r.register("raft_term", "Current Raft term", inner.term.clone());
-        r.register("raft_last_log_index", "Index of the last log entry", inner.last_log_index.clone());
-        r.register("raft_commit_index", "Index of the last committed entry", inner.commit_index.clone());
-        r.register("raft_applied_index", "Index of the last applied entry", inner.applied_index.clone());
-        r.register("revision", "Cluster-wide revision of the last applied change", inner.revision.clone());
-        r.register("raft_leader_changes", "Leader changes seen by this node", inner.leader_changes.clone());
-        r.register("storage_size_bytes", "Bytes of live data on disk and in memtables", inner.storage_bytes.clone());
-        r.register("proposal_duration_seconds", "Time from proposing a write to its applied answer", inner.proposal_seconds.clone());
-        r.register("apply_duration_seconds", "Time to apply one batch of entries", inner.apply_seconds.clone());
-        r.register("apply_batch_entries", "Entries per applied batch", inner.apply_batch_entries.clone());
-        r.register("log_sync_duration_seconds", "Time of one fsync of the Raft log", inner.log_sync_seconds.clone());
-        r.register("log_sync_batch_appends", "Appends acknowledged by one log fsync", inner.log_sync_batch_appends.clone());
-        r.register("http_request_duration_seconds", "HTTP request latency by route", inner.http_seconds.clone());
+        r.register(
+            "raft_last_log_index",
+            "Index of the last log entry",
+            inner.last_log_index.clone(),
+        );
+        r.register(
+            "raft_commit_index",
+            "Index of the last committed entry",
+            inner.commit_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Index of the last applied entry",
+            inner.applied_index.clone(),
+        );
+        r.register(
+            "revision",
+            "Cluster-wide revision of the last applied change",
+            inner.revision.clone(),
+        );
+        r.register(
+            "raft_leader_changes",
+            "Leader changes seen by this node",
+            inner.leader_changes.clone(),
+        );
+        r.register(
+            "storage_size_bytes",
+            "Bytes of live data on disk and in memtables",
+            inner.storage_bytes.clone(),
+        );
+        r.register(
+            "proposal_duration_seconds",
+            "Time from proposing a write to its applied answer",
+            inner.proposal_seconds.clone(),
+        );
+        r.register(
+            "apply_duration_seconds",
+            "Time to apply one batch of entries",
+            inner.apply_seconds.clone(),
+        );
+        r.register(
+            "apply_batch_entries",
+            "Entries per applied batch",
+            inner.apply_batch_entries.clone(),
+        );
+        r.register(
+            "log_sync_duration_seconds",
+            "Time of one fsync of the Raft log",
+            inner.log_sync_seconds.clone(),
+        );
+        r.register(
+            "log_sync_batch_appends",
+            "Appends acknowledged by one log fsync",
+            inner.log_sync_batch_appends.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            inner.http_seconds.clone(),
+        );
         Self {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -128,7 +180,10 @@ impl Metrics {
     }
 
     pub fn observe_http(&self, labels: HttpLabels, d: Duration) {
-        self.inner.http_seconds.get_or_create(&labels).observe(d.as_secs_f64());
+        self.inner
+            .http_seconds
+            .get_or_create(&labels)
+            .observe(d.as_secs_f64());
     }
 
     pub fn leader_changed(&self) {
@@ -151,7 +206,8 @@ impl Metrics {
         set(&i.revision, g.revision);
         set(&i.storage_bytes, g.storage_bytes);
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &i.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &i.registry)
+            .expect("writing to a String");
         out
     }
 }

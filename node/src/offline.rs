@@ -34,9 +34,18 @@ pub use crate::server::BoxError;
 
 /// Rewrites the applied state so that `identity` is the only voter, snapshots it, clears the
 /// log and vote, and stamps a new cluster UUID. Returns the new UUID.
-fn make_single_member(store: &Store, identity: &mut IdentityRecord, addr: &str) -> Result<String, BoxError> {
+fn make_single_member(
+    store: &Store,
+    identity: &mut IdentityRecord,
+    addr: &str,
+) -> Result<String, BoxError> {
     let mut applied: AppliedStateRecord = store
-        .get_record(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, "applied state")?
+        .get_record(
+            CF_APPLIED,
+            KEY_APPLIED,
+            RecordKind::AppliedState,
+            "applied state",
+        )?
         .unwrap_or_default();
     applied.membership = Some(StoredMembershipRecord {
         log_id: applied.last_applied,
@@ -69,14 +78,22 @@ fn make_single_member(store: &Store, identity: &mut IdentityRecord, addr: &str) 
     wb.delete_cf(store.cf(CF_META), KEY_COMMITTED);
     match applied.last_applied {
         Some(last) => {
-            wb.put_cf(store.cf(CF_META), KEY_PURGED, codec::encode(RecordKind::LogPointer, &last));
+            wb.put_cf(
+                store.cf(CF_META),
+                KEY_PURGED,
+                codec::encode(RecordKind::LogPointer, &last),
+            );
             // Terms only grow: the next election must be above every entry kept.
             let vote = VoteRecord {
                 term: last.term,
                 node: identity.raft_id,
                 committed: false,
             };
-            wb.put_cf(store.cf(CF_META), KEY_VOTE, codec::encode(RecordKind::Vote, &vote));
+            wb.put_cf(
+                store.cf(CF_META),
+                KEY_VOTE,
+                codec::encode(RecordKind::Vote, &vote),
+            );
         }
         None => {
             wb.delete_cf(store.cf(CF_META), KEY_PURGED);
@@ -99,7 +116,12 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
         .identity()?
         .ok_or_else(|| format!("{} holds no node identity", dir.display()))?;
     let applied: AppliedStateRecord = store
-        .get_record(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, "applied state")?
+        .get_record(
+            CF_APPLIED,
+            KEY_APPLIED,
+            RecordKind::AppliedState,
+            "applied state",
+        )?
         .unwrap_or_default();
     let old_addr = applied.membership.as_ref().and_then(|m| {
         m.membership
@@ -123,8 +145,14 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
     let applied_index = applied.last_applied.map_or(0, |l| l.index);
     let old_cluster = identity.cluster_uuid.clone().unwrap_or_default();
     let uuid = make_single_member(&store, &mut identity, &addr)?;
-    println!("recovered {} as the only member of a new cluster {uuid}", identity.name);
-    println!("  kept: every write applied here, up to log index {applied_index} (revision {})", applied.revision);
+    println!(
+        "recovered {} as the only member of a new cluster {uuid}",
+        identity.name
+    );
+    println!(
+        "  kept: every write applied here, up to log index {applied_index} (revision {})",
+        applied.revision
+    );
     match last_log {
         Some(l) if l.index > applied_index => println!(
             "  MAY BE LOST: log entries {}..={} were in this node's log but not applied here; \
@@ -137,7 +165,9 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
     println!(
         "  also lost: any write the old cluster ({old_cluster}) committed on other members but never replicated here"
     );
-    println!("start it with its usual flags, then join new members with empty data dirs (--join={addr})");
+    println!(
+        "start it with its usual flags, then join new members with empty data dirs (--join={addr})"
+    );
     Ok(())
 }
 
@@ -147,7 +177,11 @@ pub fn restore(backup: &Path, dir: &Path, name: &str, advertise: &str) -> Result
         return Err(format!("--node-id {name:?} is not a valid name").into());
     }
     if dir.join("db").exists() {
-        return Err(format!("{} already holds data; restore needs an empty data dir", dir.display()).into());
+        return Err(format!(
+            "{} already holds data; restore needs an empty data dir",
+            dir.display()
+        )
+        .into());
     }
     let meta = snapshot::verify(backup).map_err(|e| format!("backup {}: {e}", backup.display()))?;
     let store = Store::open(dir)?;
@@ -161,7 +195,12 @@ pub fn restore(backup: &Path, dir: &Path, name: &str, advertise: &str) -> Result
     snapshot::load_file_into_state_machine(&store, backup, &meta)?;
     let uuid = make_single_member(&store, &mut identity, advertise)?;
     let applied: AppliedStateRecord = store
-        .get_record(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, "applied state")?
+        .get_record(
+            CF_APPLIED,
+            KEY_APPLIED,
+            RecordKind::AppliedState,
+            "applied state",
+        )?
         .unwrap_or_default();
     println!(
         "restored {} (revision {}) into {} as node {name} of a new cluster {uuid}",

@@ -33,7 +33,9 @@ pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1000;
 
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -43,7 +45,9 @@ fn init_logging(format: LogFormat, filter: &str) {
 pub fn run(args: ServeArgs) -> Result<(), BoxError> {
     init_logging(args.log_format, &args.log);
     let config = args.validate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(serve(config))
 }
 
@@ -95,7 +99,11 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let log_store = LogStore::new(store.clone(), metrics.clone());
     let state_machine = StateMachine::open(store.clone(), metrics.clone())?;
     let reader = state_machine.reader();
-    let peers = PeerContext::new(config.api_key.clone(), identity.cluster_uuid.clone(), identity.raft_id);
+    let peers = PeerContext::new(
+        config.api_key.clone(),
+        identity.cluster_uuid.clone(),
+        identity.raft_id,
+    );
     let raft = Raft::new(
         identity.raft_id,
         Arc::new(raft_config(&config)?),
@@ -195,11 +203,16 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
 /// quick leader change instead of an election timeout.
 async fn hand_over_leadership(node: &Node) {
     let m = crate::raft::metrics_of(&node.raft);
-    if m.state != openraft::ServerState::Leader || m.membership_config.membership().voter_ids().count() < 2 {
+    if m.state != openraft::ServerState::Leader
+        || m.membership_config.membership().voter_ids().count() < 2
+    {
         return;
     }
     match node
-        .transfer_leader(crate::membership::TransferRequest::default(), Duration::from_secs(3))
+        .transfer_leader(
+            crate::membership::TransferRequest::default(),
+            Duration::from_secs(3),
+        )
         .await
     {
         Ok(r) => tracing::info!(leader = %r.leader, "handed leadership over before stopping"),

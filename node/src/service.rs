@@ -69,20 +69,26 @@ pub fn role_name(state: ServerState) -> &'static str {
 
 impl Node {
     pub(crate) fn member_name(&self, id: u64) -> Option<String> {
-        let m = crate::raft::metrics_of(&self.raft).membership_config.clone();
+        let m = crate::raft::metrics_of(&self.raft)
+            .membership_config
+            .clone();
         m.membership().get_node(&id).map(|n| n.name.clone())
     }
 
     pub(crate) fn not_leader_error(&self, leader: Option<u64>) -> ApiError {
         let metrics = crate::raft::metrics_of(&self.raft);
-        let node = leader.and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
+        let node =
+            leader.and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
         match node {
             Some(n) => ApiError::unavailable(
                 "not_leader",
                 format!("this node is not the leader; the leader is {}", n.name),
             )
             .with_leader(Some(n.name), Some(n.addr)),
-            None => ApiError::unavailable("no_quorum", "no leader is known: the cluster has no quorum right now"),
+            None => ApiError::unavailable(
+                "no_quorum",
+                "no leader is known: the cluster has no quorum right now",
+            ),
         }
     }
 
@@ -98,13 +104,16 @@ impl Node {
     fn peer_failure(&self, e: PeerError) -> ApiError {
         match e {
             PeerError::Api(_, status, code, message) => ApiError::new(
-                axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
+                axum::http::StatusCode::from_u16(status)
+                    .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
                 &code,
                 message,
             ),
             PeerError::Unreachable(addr, why) => ApiError::unavailable(
                 "no_quorum",
-                format!("the leader at {addr} is unreachable ({why}); the cluster may have no quorum"),
+                format!(
+                    "the leader at {addr} is unreachable ({why}); the cluster may have no quorum"
+                ),
             ),
             other => ApiError::unavailable("no_quorum", other.to_string()),
         }
@@ -119,7 +128,7 @@ impl Node {
         let stale = m
             .last_quorum_acked
             .as_ref()
-            .is_none_or(|t| t.clone().into_inner().elapsed() > STALE_QUORUM_ACK);
+            .is_none_or(|t| (*t).into_inner().elapsed() > STALE_QUORUM_ACK);
         let alone = m.membership_config.membership().voter_ids().count() == 1;
         if stale && !alone {
             return Err(ApiError::unavailable(
@@ -132,7 +141,11 @@ impl Node {
 
     /// Proposes one command through Raft and waits for its applied answer. A follower
     /// forwards it to the leader.
-    pub async fn propose(&self, op: Operation, idempotency_key: Option<String>) -> Result<Response, ApiError> {
+    pub async fn propose(
+        &self,
+        op: Operation,
+        idempotency_key: Option<String>,
+    ) -> Result<Response, ApiError> {
         let cmd = Command {
             op,
             idempotency_key,
@@ -140,15 +153,24 @@ impl Node {
         };
         match self.propose_local(cmd.clone()).await {
             Err(e) if e.detail.code == "not_leader" => {
-                let Some((_, addr)) = self.leader_addr() else { return Err(e) };
+                let Some((_, addr)) = self.leader_addr() else {
+                    return Err(e);
+                };
                 let msg = self.peers.envelope(wire::ForwardedWrite { command: cmd });
                 let reply: wire::ForwardedWriteReply = self
                     .peers
-                    .post(&addr, "raft/write", &msg, QUORUM_TIMEOUT + Duration::from_secs(1))
+                    .post(
+                        &addr,
+                        "raft/write",
+                        &msg,
+                        QUORUM_TIMEOUT + Duration::from_secs(1),
+                    )
                     .await
                     .map_err(|e| self.peer_failure(e))?;
                 match reply.response {
-                    Response::Rejected { code, message } => Err(ApiError::bad_request(&code, message)),
+                    Response::Rejected { code, message } => {
+                        Err(ApiError::bad_request(&code, message))
+                    }
                     other => Ok(other),
                 }
             }
@@ -165,7 +187,9 @@ impl Node {
         match result {
             Err(_) => Err(ApiError::unavailable(
                 "no_quorum",
-                format!("the write was not committed within {QUORUM_TIMEOUT:?}: no quorum; it may still apply later"),
+                format!(
+                    "the write was not committed within {QUORUM_TIMEOUT:?}: no quorum; it may still apply later"
+                ),
             )),
             Ok(Ok(resp)) => match resp.data {
                 Response::Rejected { code, message } => Err(ApiError::bad_request(&code, message)),
@@ -183,9 +207,16 @@ impl Node {
     /// On the leader: confirms leadership with a quorum and returns the index a read must see.
     pub async fn read_index_local(&self) -> Result<u64, ApiError> {
         self.check_leader_quorum()?;
-        let r = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.get_read_linearizer(ReadPolicy::ReadIndex)).await;
+        let r = tokio::time::timeout(
+            QUORUM_TIMEOUT,
+            self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
+        )
+        .await;
         match r {
-            Err(_) => Err(ApiError::unavailable("no_quorum", "could not confirm leadership with a quorum")),
+            Err(_) => Err(ApiError::unavailable(
+                "no_quorum",
+                "could not confirm leadership with a quorum",
+            )),
             Ok(Ok(lin)) => Ok(lin.read_log_id().index()),
             Ok(Err(e)) => {
                 if let Some(f) = e.forward_to_leader() {
@@ -206,11 +237,18 @@ impl Node {
         let index = match self.read_index_local().await {
             Ok(i) => i,
             Err(e) if e.detail.code == "not_leader" => {
-                let Some((_, addr)) = self.leader_addr() else { return Err(e) };
+                let Some((_, addr)) = self.leader_addr() else {
+                    return Err(e);
+                };
                 let msg = self.peers.envelope(());
                 let reply: wire::ReadIndexReply = self
                     .peers
-                    .post(&addr, "raft/read-index", &msg, QUORUM_TIMEOUT + Duration::from_secs(1))
+                    .post(
+                        &addr,
+                        "raft/read-index",
+                        &msg,
+                        QUORUM_TIMEOUT + Duration::from_secs(1),
+                    )
                     .await
                     .map_err(|e| self.peer_failure(e))?;
                 reply.read_log_id.index
@@ -221,7 +259,12 @@ impl Node {
             .wait(Some(QUORUM_TIMEOUT))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map_err(|e| ApiError::unavailable("no_quorum", format!("this replica did not catch up in time: {e}")))?;
+            .map_err(|e| {
+                ApiError::unavailable(
+                    "no_quorum",
+                    format!("this replica did not catch up in time: {e}"),
+                )
+            })?;
         Ok(())
     }
 
@@ -232,7 +275,9 @@ impl Node {
         body: &B,
         not_leader: ApiError,
     ) -> Result<T, ApiError> {
-        let Some((_, addr)) = self.leader_addr() else { return Err(not_leader) };
+        let Some((_, addr)) = self.leader_addr() else {
+            return Err(not_leader);
+        };
         self.peers
             .post(&addr, path, body, Duration::from_secs(40))
             .await
@@ -255,7 +300,12 @@ impl Node {
                 MemberStatus {
                     node_id: node.name.clone(),
                     address: node.addr.clone(),
-                    role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+                    role: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
                     voter: voters.contains(id),
                     lag: matched.map(|mi| last.saturating_sub(mi)),
                     matched_index: matched,
@@ -289,7 +339,12 @@ impl Node {
         let Some(leader) = m.current_leader else {
             return Err("no leader is known".into());
         };
-        if !m.membership_config.membership().voter_ids().any(|v| v == m.id) {
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == m.id)
+        {
             return Err("this node is not a voter (yet)".into());
         }
         // A leader or follower cut off from the others (or removed while it was down and
@@ -299,12 +354,14 @@ impl Node {
             let fresh = m
                 .last_quorum_acked
                 .as_ref()
-                .is_some_and(|t| t.clone().into_inner().elapsed() < STALE_QUORUM_ACK);
+                .is_some_and(|t| (*t).into_inner().elapsed() < STALE_QUORUM_ACK);
             if !alone && !fresh {
                 return Err("this leader has not heard from a quorum lately".into());
             }
         } else {
-            let last = self.last_leader_contact_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let last = self
+                .last_leader_contact_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
             let since = now_ms().saturating_sub(last);
             if since > STALE_QUORUM_ACK.as_millis() as u64 {
                 return Err(format!("no message from the leader for {since} ms"));

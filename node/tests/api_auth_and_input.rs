@@ -20,8 +20,18 @@ const ROUTES: &[(&str, &str, Option<&str>, Needs)] = &[
     ("GET", "/api/v1/health", None, Needs::Nothing),
     ("GET", "/api/v1/ready", None, Needs::Nothing),
     ("GET", "/api/v1/cluster/status", None, Needs::Nothing),
-    ("PUT", "/api/v1/kv/auth/k", Some(r#"{"value": 1}"#), Needs::Agent),
-    ("POST", "/api/v1/kv/auth/k", Some(r#"{"value": 2}"#), Needs::Agent),
+    (
+        "PUT",
+        "/api/v1/kv/auth/k",
+        Some(r#"{"value": 1}"#),
+        Needs::Agent,
+    ),
+    (
+        "POST",
+        "/api/v1/kv/auth/k",
+        Some(r#"{"value": 2}"#),
+        Needs::Agent,
+    ),
     ("GET", "/api/v1/kv/auth/k", None, Needs::Agent),
     ("GET", "/api/v1/kv?prefix=auth/", None, Needs::Agent),
     ("DELETE", "/api/v1/kv/auth/k", None, Needs::Agent),
@@ -30,9 +40,18 @@ const ROUTES: &[(&str, &str, Option<&str>, Needs)] = &[
     ("POST", "/api/v1/cluster/snapshot", None, Needs::Admin),
 ];
 
-async fn call(node: &NodeProc, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> (StatusCode, String) {
+async fn call(
+    node: &NodeProc,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> (StatusCode, String) {
     let http = reqwest::Client::new();
-    let mut rb = http.request(Method::from_bytes(method.as_bytes()).unwrap(), node.url(path));
+    let mut rb = http.request(
+        Method::from_bytes(method.as_bytes()).unwrap(),
+        node.url(path),
+    );
     if let Some(k) = key {
         rb = rb.bearer_auth(k);
     }
@@ -45,8 +64,14 @@ async fn call(node: &NodeProc, method: &str, path: &str, body: Option<&str>, key
 }
 
 fn error_code(body: &str) -> String {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("error body is not JSON: {body}"));
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "no message: {body}");
+    let v: Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("error body is not JSON: {body}"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "no message: {body}"
+    );
     v["error"]["code"].as_str().unwrap().to_string()
 }
 
@@ -87,7 +112,10 @@ async fn every_route_checks_the_callers_role() {
     // Public answers reveal no secret.
     let (_, status) = call(&node, "GET", "/api/v1/cluster/status", None, None).await;
     assert!(!status.contains(ADMIN_KEY) && !status.contains(AGENT_KEY));
-    assert!(!node.log_text().contains(ADMIN_KEY), "keys must never be logged");
+    assert!(
+        !node.log_text().contains(ADMIN_KEY),
+        "keys must never be logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,19 +126,97 @@ async fn bad_input_gets_a_clear_4xx() {
     let long_key = "k".repeat(1025);
     let big_value = format!(r#"{{"value": "{}"}}"#, "x".repeat((1 << 20) + 10));
     let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
-        ("PUT", "/api/v1/kv/a".into(), Some("{not json".into()), 400, "invalid_body"),
-        ("PUT", "/api/v1/kv/a".into(), Some("".into()), 400, "invalid_body"),
-        ("PUT", "/api/v1/kv/a".into(), Some(r#"{"valu": 1}"#.into()), 400, "invalid_body"),
-        ("PUT", "/api/v1/kv/a".into(), Some(r#"{"value": 1, "extra": 2}"#.into()), 400, "invalid_body"),
-        ("PUT", "/api/v1/kv/a".into(), Some(r#"[1, 2]"#.into()), 400, "invalid_body"),
-        ("PUT", format!("/api/v1/kv/{long_key}"), Some(r#"{"value": 1}"#.into()), 400, "invalid_key"),
-        ("PUT", "/api/v1/kv/a%0Ab".into(), Some(r#"{"value": 1}"#.into()), 400, "invalid_key"),
-        ("PUT", "/api/v1/kv/a".into(), Some(big_value), 400, "value_too_large"),
-        ("GET", "/api/v1/kv/a?consistency=sometimes".into(), None, 400, "invalid_query"),
-        ("GET", "/api/v1/kv?limit=0".into(), None, 400, "invalid_limit"),
-        ("GET", "/api/v1/kv?limit=-1".into(), None, 400, "invalid_query"),
-        ("GET", "/api/v1/kv?bogus=1".into(), None, 400, "invalid_query"),
-        ("GET", "/api/v1/kv/missing".into(), None, 404, "key_not_found"),
+        (
+            "PUT",
+            "/api/v1/kv/a".into(),
+            Some("{not json".into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "PUT",
+            "/api/v1/kv/a".into(),
+            Some("".into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "PUT",
+            "/api/v1/kv/a".into(),
+            Some(r#"{"valu": 1}"#.into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "PUT",
+            "/api/v1/kv/a".into(),
+            Some(r#"{"value": 1, "extra": 2}"#.into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "PUT",
+            "/api/v1/kv/a".into(),
+            Some(r#"[1, 2]"#.into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "PUT",
+            format!("/api/v1/kv/{long_key}"),
+            Some(r#"{"value": 1}"#.into()),
+            400,
+            "invalid_key",
+        ),
+        (
+            "PUT",
+            "/api/v1/kv/a%0Ab".into(),
+            Some(r#"{"value": 1}"#.into()),
+            400,
+            "invalid_key",
+        ),
+        (
+            "PUT",
+            "/api/v1/kv/a".into(),
+            Some(big_value),
+            400,
+            "value_too_large",
+        ),
+        (
+            "GET",
+            "/api/v1/kv/a?consistency=sometimes".into(),
+            None,
+            400,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/v1/kv?limit=0".into(),
+            None,
+            400,
+            "invalid_limit",
+        ),
+        (
+            "GET",
+            "/api/v1/kv?limit=-1".into(),
+            None,
+            400,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/v1/kv?bogus=1".into(),
+            None,
+            400,
+            "invalid_query",
+        ),
+        (
+            "GET",
+            "/api/v1/kv/missing".into(),
+            None,
+            404,
+            "key_not_found",
+        ),
         ("GET", "/api/v1/nope".into(), None, 404, "not_found"),
     ];
     for (method, path, body, status, code) in cases {
@@ -136,6 +242,12 @@ async fn bad_input_gets_a_clear_4xx() {
         .unwrap();
     assert!(resp.status().is_success());
     let status = node.client().status().await.unwrap();
-    assert_eq!(status.revision, 1, "only the one good write changed anything");
-    assert_eq!(node.client().get("form").await.unwrap().unwrap().kv.value, json!({"ok": true}));
+    assert_eq!(
+        status.revision, 1,
+        "only the one good write changed anything"
+    );
+    assert_eq!(
+        node.client().get("form").await.unwrap().unwrap().kv.value,
+        json!({"ok": true})
+    );
 }

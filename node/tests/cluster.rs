@@ -61,7 +61,12 @@ impl Cluster {
 
 async fn voters(c: &Client) -> Vec<String> {
     let s = c.status().await.unwrap();
-    let mut v: Vec<String> = s.members.iter().filter(|m| m.voter).map(|m| m.node_id.clone()).collect();
+    let mut v: Vec<String> = s
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.node_id.clone())
+        .collect();
     v.sort();
     v
 }
@@ -78,22 +83,41 @@ async fn three_nodes_replicate_and_any_node_serves_any_request() {
     let mut revs = Vec::new();
     for n in &cl.nodes {
         let agent = n.client().with_key(AGENT_KEY);
-        revs.push(agent.put(&format!("via/{}", n.name), &json!(n.name)).await.unwrap().revision);
+        revs.push(
+            agent
+                .put(&format!("via/{}", n.name), &json!(n.name))
+                .await
+                .unwrap()
+                .revision,
+        );
     }
-    assert!(revs.windows(2).all(|w| w[0] < w[1]), "one revision order: {revs:?}");
+    assert!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "one revision order: {revs:?}"
+    );
     // Linearizable reads on every node see every acknowledged write, at once.
     for n in &cl.nodes {
         let agent = n.client().with_key(AGENT_KEY);
         for m in &cl.nodes {
-            let got = agent.get(&format!("via/{}", m.name)).await.unwrap().unwrap();
+            let got = agent
+                .get(&format!("via/{}", m.name))
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(got.kv.value, json!(m.name), "read on {}", n.name);
         }
-        let list = agent.list("via/", None, None, Consistency::Linearizable).await.unwrap();
+        let list = agent
+            .list("via/", None, None, Consistency::Linearizable)
+            .await
+            .unwrap();
         assert_eq!(list.kvs.len(), 3);
     }
     // Status on a follower names the leader and every member with its lag on the leader.
     let s = cl.node("node2").client().status().await.unwrap();
-    assert_eq!((s.role.as_str(), s.leader.as_deref()), ("follower", Some("node1")));
+    assert_eq!(
+        (s.role.as_str(), s.leader.as_deref()),
+        ("follower", Some("node1"))
+    );
     let s = c1.status().await.unwrap();
     assert!(s.members.iter().all(|m| m.lag.is_some()), "{s:?}");
 }
@@ -126,7 +150,12 @@ async fn leader_sigkill_a_new_leader_and_writes_within_3s_then_the_old_leader_ca
     let back = cl.node(&old).admin();
     eventually("the old leader to catch up", WAIT, || {
         let back = back.clone();
-        async move { back.get_with("after", Consistency::Serializable).await.ok().flatten() }
+        async move {
+            back.get_with("after", Consistency::Serializable)
+                .await
+                .ok()
+                .flatten()
+        }
     })
     .await;
     let got = back.get("after").await.unwrap().unwrap();
@@ -137,7 +166,12 @@ async fn leader_sigkill_a_new_leader_and_writes_within_3s_then_the_old_leader_ca
 async fn two_of_three_down_refuses_writes_fast_and_heals_on_restart() {
     let mut cl = Cluster::start(3, &[]).await;
     let leader = cl.leader().await;
-    let others: Vec<String> = cl.nodes.iter().map(|n| n.name.clone()).filter(|n| *n != leader).collect();
+    let others: Vec<String> = cl
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != leader)
+        .collect();
     // Keep the leader, stop both followers: the leader alone has no quorum.
     for o in &others {
         cl.node_mut(o).kill();
@@ -147,10 +181,15 @@ async fn two_of_three_down_refuses_writes_fast_and_heals_on_restart() {
     let started = Instant::now();
     let err = c.put("lonely", &json!(1)).await.unwrap_err();
     let took = started.elapsed();
-    assert!(matches!(err.code(), Some("no_quorum") | Some("not_leader")), "{err}");
+    assert!(
+        matches!(err.code(), Some("no_quorum") | Some("not_leader")),
+        "{err}"
+    );
     assert!(took < Duration::from_secs(6), "refusal took {took:?}");
     // Serializable reads still work on the lone node.
-    c.get_with("lonely", Consistency::Serializable).await.unwrap();
+    c.get_with("lonely", Consistency::Serializable)
+        .await
+        .unwrap();
 
     for o in &others {
         cl.node_mut(o).restart();
@@ -171,7 +210,12 @@ async fn a_replacement_with_a_new_name_catches_up_by_snapshot() {
     let mut cl = Cluster::start(3, &["--snapshot-entries=50"]).await;
     let c = cl.node("node1").admin();
     for i in 0..300 {
-        c.put(&format!("bulk/{i:04}"), &json!({"i": i, "pad": "x".repeat(100)})).await.unwrap();
+        c.put(
+            &format!("bulk/{i:04}"),
+            &json!({"i": i, "pad": "x".repeat(100)}),
+        )
+        .await
+        .unwrap();
     }
     // The dead node is removed through the leader, as the runbook's curl does (form-labelled JSON).
     cl.node_mut("node2").kill();
@@ -188,13 +232,24 @@ async fn a_replacement_with_a_new_name_catches_up_by_snapshot() {
 
     // Keys only in the environment, as in the runbook's replacement line.
     let join = format!("--join={}", cl.node("node1").addr());
-    let newbie = NodeProc::start_env("node2-new", cl.dir.path(), &[&join, "--snapshot-entries=50"], KEYS);
+    let newbie = NodeProc::start_env(
+        "node2-new",
+        cl.dir.path(),
+        &[&join, "--snapshot-entries=50"],
+        KEYS,
+    );
     newbie.wait_ready().await;
     assert_eq!(voters(&c).await, ["node1", "node2-new", "node3"]);
     let nc = newbie.admin();
-    let all = nc.list("bulk/", None, Some(1000), Consistency::Serializable).await.unwrap();
+    let all = nc
+        .list("bulk/", None, Some(1000), Consistency::Serializable)
+        .await
+        .unwrap();
     assert_eq!(all.kvs.len(), 300);
-    assert!(newbie.log_text().contains("snapshot installed"), "caught up by snapshot");
+    assert!(
+        newbie.log_text().contains("snapshot installed"),
+        "caught up by snapshot"
+    );
     cl.nodes.push(newbie);
 }
 
@@ -217,7 +272,11 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
     };
     for name in ["node3", "node2"] {
         let r: serde_json::Value = c1
-            .call(reqwest::Method::POST, "cluster/remove", Some(&json!({"nodeId": name})))
+            .call(
+                reqwest::Method::POST,
+                "cluster/remove",
+                Some(&json!({"nodeId": name})),
+            )
             .await
             .unwrap();
         assert!(r["message"].as_str().unwrap().contains("removed"));
@@ -233,13 +292,21 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
     }
     assert_eq!(voters(&c1).await, ["node1", "node2", "node3"]);
     let r: serde_json::Value = c1
-        .call(reqwest::Method::POST, "cluster/transfer-leader", Some(&json!({"nodeId": "node2"})))
+        .call(
+            reqwest::Method::POST,
+            "cluster/transfer-leader",
+            Some(&json!({"nodeId": "node2"})),
+        )
         .await
         .unwrap();
     assert_eq!(r["leader"], "node2");
     let c2 = cl.node("node2").admin();
     let _: serde_json::Value = c2
-        .call(reqwest::Method::POST, "cluster/remove", Some(&json!({"nodeId": "node1"})))
+        .call(
+            reqwest::Method::POST,
+            "cluster/remove",
+            Some(&json!({"nodeId": "node1"})),
+        )
         .await
         .unwrap();
     let join = format!("--join=127.0.0.1:{}", cl.node("node2").port);
@@ -252,9 +319,17 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
     assert_eq!(voters(&c2).await, ["node1", "node2", "node3"]);
 
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 100, "writes kept flowing: {} acknowledged", acked.len());
+    assert!(
+        acked.len() > 100,
+        "writes kept flowing: {} acknowledged",
+        acked.len()
+    );
     for (i, rev) in acked {
-        let got = c2.get(&format!("roll/{i:04}")).await.unwrap().expect("acknowledged write lost");
+        let got = c2
+            .get(&format!("roll/{i:04}"))
+            .await
+            .unwrap()
+            .expect("acknowledged write lost");
         assert_eq!(got.kv.mod_revision, rev);
     }
 }
@@ -272,16 +347,28 @@ async fn a_wiped_node_under_its_old_name_is_refused_and_a_removed_node_cannot_di
     let status = n3.wait_exit(WAIT);
     assert!(!status.success());
     assert!(n3.log_text().contains("name_in_use"), "{}", n3.log_text());
-    assert_eq!(voters(&c1).await, ["node1", "node2", "node3"], "the old member is untouched");
+    assert_eq!(
+        voters(&c1).await,
+        ["node1", "node2", "node3"],
+        "the old member is untouched"
+    );
 
     // Remove node2, restart it without --join: it stays out, not ready, and the leader's
     // term does not move.
     let _: serde_json::Value = c1
-        .call(reqwest::Method::POST, "cluster/remove", Some(&json!({"nodeId": "node3"})))
+        .call(
+            reqwest::Method::POST,
+            "cluster/remove",
+            Some(&json!({"nodeId": "node3"})),
+        )
         .await
         .unwrap();
     let _: serde_json::Value = c1
-        .call(reqwest::Method::POST, "cluster/remove", Some(&json!({"nodeId": "node2"})))
+        .call(
+            reqwest::Method::POST,
+            "cluster/remove",
+            Some(&json!({"nodeId": "node2"})),
+        )
         .await
         .unwrap();
     let term = c1.status().await.unwrap().term;
@@ -292,7 +379,11 @@ async fn a_wiped_node_under_its_old_name_is_refused_and_a_removed_node_cannot_di
     let r = cl.node("node2").client().ready().await.unwrap();
     assert!(!r.ready);
     let s = c1.status().await.unwrap();
-    assert_eq!((s.term, s.leader.as_deref()), (term, Some("node1")), "the removed node disturbed the leader");
+    assert_eq!(
+        (s.term, s.leader.as_deref()),
+        (term, Some("node1")),
+        "the removed node disturbed the leader"
+    );
     c1.put("still", &json!("leading")).await.unwrap();
 
     // An expected membership version that moved is refused.
@@ -336,14 +427,30 @@ async fn backup_restores_into_a_fresh_cluster_and_recover_survives_losing_two_of
         ],
         &[],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r1 = NodeProc::start_on(port, "r1", cl.dir.path(), &[], KEYS);
     r1.wait_ready().await;
     let rc = r1.admin();
-    let original = c.list("b/", None, None, Consistency::Linearizable).await.unwrap();
-    let copy = rc.list("b/", None, None, Consistency::Linearizable).await.unwrap();
-    assert_eq!(original.kvs, copy.kvs, "the restored state equals the original");
-    assert_ne!(rc.status().await.unwrap().cluster_id, c.status().await.unwrap().cluster_id);
+    let original = c
+        .list("b/", None, None, Consistency::Linearizable)
+        .await
+        .unwrap();
+    let copy = rc
+        .list("b/", None, None, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        original.kvs, copy.kvs,
+        "the restored state equals the original"
+    );
+    assert_ne!(
+        rc.status().await.unwrap().cluster_id,
+        c.status().await.unwrap().cluster_id
+    );
     drop(r1);
 
     // Lose two of three for good; recover the survivor.
@@ -351,14 +458,31 @@ async fn backup_restores_into_a_fresh_cluster_and_recover_survives_losing_two_of
     cl.node_mut("node3").kill();
     let n2 = cl.node_mut("node2");
     n2.kill();
-    let out = run_bin(&["recover", &format!("--data-dir={}", n2.data_dir.display())], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_bin(
+        &["recover", &format!("--data-dir={}", n2.data_dir.display())],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("new cluster") && text.contains("lost"), "{text}");
+    assert!(
+        text.contains("new cluster") && text.contains("lost"),
+        "{text}"
+    );
     n2.restart();
     n2.wait_ready().await;
     let c = n2.admin();
     assert_eq!(voters(&c).await, ["node2"]);
-    assert_eq!(c.list("b/", None, None, Consistency::Linearizable).await.unwrap().kvs.len(), 50);
+    assert_eq!(
+        c.list("b/", None, None, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .kvs
+            .len(),
+        50
+    );
     c.put("after-recover", &json!(1)).await.unwrap();
 }

@@ -36,13 +36,21 @@ async fn restart_keeps_every_acknowledged_write() {
         acked.extend(t.await.unwrap());
     }
     let revisions: std::collections::HashSet<u64> = acked.iter().map(|(_, r)| *r).collect();
-    assert_eq!(revisions.len(), acked.len(), "every put gets its own revision");
+    assert_eq!(
+        revisions.len(),
+        acked.len(),
+        "every put gets its own revision"
+    );
 
     node.kill();
     node.restart();
     node.wait_ready().await;
     for (key, rev) in &acked {
-        let got = c.get(key).await.unwrap().unwrap_or_else(|| panic!("{key} lost after SIGKILL"));
+        let got = c
+            .get(key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{key} lost after SIGKILL"));
         assert_eq!(got.kv.mod_revision, *rev, "{key}");
     }
     let status = c.status().await.unwrap();
@@ -53,7 +61,14 @@ async fn restart_keeps_every_acknowledged_write() {
     node.args.retain(|a| a != "--bootstrap");
     node.restart();
     node.wait_ready().await;
-    assert_eq!(c.list("w3/", None, None, Consistency::Linearizable).await.unwrap().kvs.len(), 50);
+    assert_eq!(
+        c.list("w3/", None, None, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .kvs
+            .len(),
+        50
+    );
     assert!(node.log_text().contains("SIGTERM received"));
 }
 
@@ -71,8 +86,15 @@ async fn revisions_reads_and_lists_behave_as_documented() {
     assert_eq!(r2.prev_kv.as_ref().unwrap().value, json!({"step": 1}));
     let got = c.get("agents/a1/state").await.unwrap().unwrap();
     assert_eq!(got.kv.value, json!({"step": 2}));
-    assert_eq!((got.kv.create_revision, got.kv.mod_revision, got.kv.version), (r1.revision, r2.revision, 2));
-    let ser = c.get_with("agents/a1/state", Consistency::Serializable).await.unwrap().unwrap();
+    assert_eq!(
+        (got.kv.create_revision, got.kv.mod_revision, got.kv.version),
+        (r1.revision, r2.revision, 2)
+    );
+    let ser = c
+        .get_with("agents/a1/state", Consistency::Serializable)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ser.kv, got.kv);
 
     // Deleting bumps the revision once; deleting nothing does not.
@@ -83,7 +105,11 @@ async fn revisions_reads_and_lists_behave_as_documented() {
     assert!(c.get("agents/a1/state").await.unwrap().is_none());
     let again = c.put("agents/a1/state", &json!(3)).await.unwrap();
     let kv = c.get("agents/a1/state").await.unwrap().unwrap().kv;
-    assert_eq!((kv.create_revision, kv.version), (again.revision, 1), "recreated key starts over");
+    assert_eq!(
+        (kv.create_revision, kv.version),
+        (again.revision, 1),
+        "recreated key starts over"
+    );
 
     // Prefix list with limit and continuation, in key order, prefix respected.
     for i in 0..25 {
@@ -93,7 +119,15 @@ async fn revisions_reads_and_lists_behave_as_documented() {
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = c.list("list/", after.as_deref(), Some(10), Consistency::Linearizable).await.unwrap();
+        let page = c
+            .list(
+                "list/",
+                after.as_deref(),
+                Some(10),
+                Consistency::Linearizable,
+            )
+            .await
+            .unwrap();
         seen.extend(page.kvs.iter().map(|kv| kv.key.clone()));
         if !page.more {
             break;
@@ -105,10 +139,16 @@ async fn revisions_reads_and_lists_behave_as_documented() {
 
     // Keys with spaces and non-ASCII survive the URL.
     c.put("odd key/ü?#", &json!(true)).await.unwrap();
-    assert_eq!(c.get("odd key/ü?#").await.unwrap().unwrap().kv.key, "odd key/ü?#");
+    assert_eq!(
+        c.get("odd key/ü?#").await.unwrap().unwrap().kv.key,
+        "odd key/ü?#"
+    );
 
     // Idempotent retries apply once.
-    let body = PutRequest { value: json!("once"), lease: None };
+    let body = PutRequest {
+        value: json!("once"),
+        lease: None,
+    };
     let a = c.put_with("idem", &body, Some("retry-1")).await.unwrap();
     let b = c.put_with("idem", &body, Some("retry-1")).await.unwrap();
     assert_eq!(a.revision, b.revision);
@@ -140,8 +180,14 @@ async fn corrupted_records_are_reported_not_served() {
     let err = c.get("victim").await.unwrap_err();
     assert_eq!(err.code(), Some("storage_error"), "{err}");
     assert!(err.to_string().contains("checksum"), "{err}");
-    assert_eq!(c.get("good").await.unwrap().unwrap().kv.value, json!("fine"));
-    let list_err = c.list("", None, None, Consistency::Serializable).await.unwrap_err();
+    assert_eq!(
+        c.get("good").await.unwrap().unwrap().kv.value,
+        json!("fine")
+    );
+    let list_err = c
+        .list("", None, None, Consistency::Serializable)
+        .await
+        .unwrap_err();
     assert_eq!(list_err.code(), Some("storage_error"));
     assert!(node.stop().success());
 
@@ -162,7 +208,10 @@ async fn corrupted_records_are_reported_not_served() {
     let status = node.wait_exit(Duration::from_secs(20));
     assert!(!status.success());
     let log = node.log_text();
-    assert!(log.contains("log entry") && log.contains("checksum"), "log:\n{log}");
+    assert!(
+        log.contains("log entry") && log.contains("checksum"),
+        "log:\n{log}"
+    );
 }
 
 #[test]
@@ -172,7 +221,10 @@ fn refused_starts_name_the_problem() {
     let out = run_bin(&["--node-id=n1", "--listen=0.0.0.0:0", &d], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("without keys") && err.contains("--insecure-no-auth"), "{err}");
+    assert!(
+        err.contains("without keys") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
 
     let out = run_bin(&["--node-id=n1", "--api-key=", &d], &[]);
     assert!(!out.status.success());
@@ -190,14 +242,21 @@ async fn a_data_dir_keeps_its_identity_and_inspect_shows_it() {
     node.wait_ready().await;
     node.client().put("k", &json!(1)).await.unwrap();
     let status = node.client().status().await.unwrap();
-    let uuid = status.cluster_id.clone().expect("a bootstrapped node has a cluster id");
+    let uuid = status
+        .cluster_id
+        .clone()
+        .expect("a bootstrapped node has a cluster id");
     assert_eq!(status.role, "leader");
     assert_eq!(status.members.len(), 1);
     assert!(node.stop().success());
 
     let d = format!("--data-dir={}", node.data_dir.display());
     let out = run_bin(&["inspect", &d, "--json"], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["nodeId"], "n1");
     assert_eq!(v["clusterUuid"], uuid.as_str());
@@ -212,10 +271,22 @@ async fn a_data_dir_keeps_its_identity_and_inspect_shows_it() {
     // Restarted with --bootstrap again, it resumes the same cluster, not a new one.
     node.restart();
     node.wait_ready().await;
-    assert_eq!(node.client().status().await.unwrap().cluster_id.unwrap(), uuid);
-    assert_eq!(node.client().get("k").await.unwrap().unwrap().kv.value, json!(1));
+    assert_eq!(
+        node.client().status().await.unwrap().cluster_id.unwrap(),
+        uuid
+    );
+    assert_eq!(
+        node.client().get("k").await.unwrap().unwrap().kv.value,
+        json!(1)
+    );
 
-    let out = run_bin(&["inspect", &format!("--data-dir={}", dir.path().join("nothing").display())], &[]);
+    let out = run_bin(
+        &[
+            "inspect",
+            &format!("--data-dir={}", dir.path().join("nothing").display()),
+        ],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Concordance data"));
 }
@@ -226,7 +297,12 @@ async fn metrics_expose_raft_and_http_figures() {
     let node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
     node.wait_ready().await;
     node.client().put("m", &json!(1)).await.unwrap();
-    let text = reqwest::get(node.url("/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "concordance_raft_role{role=\"leader\"} 1",
         "concordance_raft_term",
@@ -239,5 +315,8 @@ async fn metrics_expose_raft_and_http_figures() {
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
-    assert!(!text.contains("route=\"/api/v1/kv/m\""), "raw keys must not become labels");
+    assert!(
+        !text.contains("route=\"/api/v1/kv/m\""),
+        "raw keys must not become labels"
+    );
 }

@@ -24,15 +24,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             )
         })?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("invalid_body", "request body is empty; send a JSON object"));
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "request body is empty; send a JSON object",
+            ));
         }
         // Structs would also accept a JSON array of their fields; bodies are objects only.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::bad_request("invalid_body", "request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "request body must be a JSON object",
+            ));
         }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request("invalid_body", format!("request body is not valid: {e}")))
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("request body is not valid: {e}"))
+        })
     }
 }
 
@@ -42,7 +48,10 @@ pub struct QueryParams<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for QueryParams<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| QueryParams(q.0))
@@ -56,7 +65,10 @@ pub struct KeyPath(pub String);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for KeyPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
         axum::extract::Path::<String>::from_request_parts(parts, state)
             .await
             .map(|p| KeyPath(p.0))

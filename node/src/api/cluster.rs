@@ -20,11 +20,14 @@ use crate::service::SharedNode;
 
 /// Liveness: the process answers and its storage can be read.
 pub async fn health(State(node): State<SharedNode>) -> Result<Json<HealthResponse>, ApiError> {
-    node.store
-        .identity()
-        .map_err(|e| ApiError::unavailable("storage_error", format!("storage is not readable: {e}")))?;
+    node.store.identity().map_err(|e| {
+        ApiError::unavailable("storage_error", format!("storage is not readable: {e}"))
+    })?;
     if let Err(e) = &crate::raft::metrics_of(&node.raft).running_state {
-        return Err(ApiError::unavailable("raft_stopped", format!("raft has stopped: {e}")));
+        return Err(ApiError::unavailable(
+            "raft_stopped",
+            format!("raft has stopped: {e}"),
+        ));
     }
     Ok(Json(HealthResponse {
         status: "ok".into(),
@@ -57,7 +60,10 @@ pub async fn status(State(node): State<SharedNode>) -> Json<ClusterStatus> {
 
 pub async fn metrics(State(node): State<SharedNode>) -> impl IntoResponse {
     (
-        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         node.render_metrics(),
     )
 }
@@ -73,7 +79,12 @@ pub async fn snapshot(State(node): State<SharedNode>) -> Result<Json<serde_json:
 }
 
 /// Runs a membership operation here if this node leads, else on the leader.
-async fn on_leader<B, T, F, Fut>(node: &SharedNode, path: &str, body: B, op: F) -> Result<Json<T>, ApiError>
+async fn on_leader<B, T, F, Fut>(
+    node: &SharedNode,
+    path: &str,
+    body: B,
+    op: F,
+) -> Result<Json<T>, ApiError>
 where
     B: serde::Serialize,
     T: serde::de::DeserializeOwned,
@@ -85,7 +96,9 @@ where
         return op(body).await.map(Json);
     }
     let not_leader = node.not_leader_error(leader);
-    node.forward_to_leader(path, &body, not_leader).await.map(Json)
+    node.forward_to_leader(path, &body, not_leader)
+        .await
+        .map(Json)
 }
 
 pub async fn join(
@@ -110,8 +123,9 @@ pub async fn transfer_leader(
     let req: TransferRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TransferRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("invalid_body", format!("request body is not valid: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("request body is not valid: {e}"))
+        })?
     };
     on_leader(&node, "cluster/transfer-leader", req, |req| {
         node.transfer_leader(req, std::time::Duration::from_secs(10))
@@ -127,14 +141,18 @@ pub async fn backup(State(node): State<SharedNode>) -> Result<impl IntoResponse,
     let path = dir.join(format!("backup-{}.snap", uuid::Uuid::new_v4()));
     let store = node.store.clone();
     let p = path.clone();
-    let (meta, applied) = tokio::task::spawn_blocking(move || crate::store::snapshot::write_file(&store, &p))
+    let (meta, applied) =
+        tokio::task::spawn_blocking(move || crate::store::snapshot::write_file(&store, &p))
+            .await
+            .map_err(ApiError::internal_from)?
+            .map_err(ApiError::storage)?;
+    let file = tokio::fs::File::open(&path)
         .await
-        .map_err(ApiError::internal_from)?
         .map_err(ApiError::storage)?;
-    let file = tokio::fs::File::open(&path).await.map_err(ApiError::storage)?;
     // Unlinked at once: the open handle keeps the data readable until the download ends.
     let _ = std::fs::remove_file(&path);
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
     let name = format!(
         "attachment; filename=\"concordance-backup-rev{}.snap\"",
         applied.revision

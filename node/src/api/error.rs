@@ -57,7 +57,11 @@ impl ApiError {
     /// Storage failures: reported (and logged), never papered over with a guess.
     pub fn storage(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "storage error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e.to_string())
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        )
     }
 
     pub fn with_leader(mut self, name: Option<String>, address: Option<String>) -> Self {

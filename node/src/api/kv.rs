@@ -34,11 +34,17 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::bad_request(
             "invalid_key",
-            format!("the key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len()),
+            format!(
+                "the key is {} bytes; the limit is {MAX_KEY_BYTES}",
+                key.len()
+            ),
         ));
     }
     if key.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("invalid_key", "the key contains control characters"));
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "the key contains control characters",
+        ));
     }
     Ok(())
 }
@@ -58,9 +64,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .map_err(|_| ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII"))?;
+    let s = v.to_str().map_err(|_| {
+        ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+    })?;
     if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY_BYTES {
         return Err(ApiError::bad_request(
             "invalid_idempotency_key",
@@ -121,7 +127,10 @@ pub async fn get(
             kv: to_kv(key, r),
             revision,
         })),
-        None => Err(ApiError::not_found("key_not_found", format!("key {key:?} does not exist"))),
+        None => Err(ApiError::not_found(
+            "key_not_found",
+            format!("key {key:?} does not exist"),
+        )),
     }
 }
 
@@ -132,7 +141,10 @@ pub async fn delete(
 ) -> Result<Json<DeleteResponse>, ApiError> {
     validate_key(&key)?;
     let ik = idempotency_key(&headers)?;
-    match node.propose(Operation::Delete { key: key.clone() }, ik).await? {
+    match node
+        .propose(Operation::Delete { key: key.clone() }, ik)
+        .await?
+    {
         Response::Delete { revision, prev } => Ok(Json(DeleteResponse {
             revision,
             deleted: u64::from(prev.is_some()),
@@ -167,7 +179,10 @@ pub async fn list(
         ));
     }
     if params.prefix.len() > MAX_KEY_BYTES {
-        return Err(ApiError::bad_request("invalid_key", "the prefix is longer than a key may be"));
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "the prefix is longer than a key may be",
+        ));
     }
     node.read_barrier(params.consistency).await?;
     let revision = node.reader.revision();
@@ -175,7 +190,11 @@ pub async fn list(
         .reader
         .list(&params.prefix, params.after.as_deref(), limit)
         .map_err(ApiError::storage)?;
-    let next = if more { items.last().map(|(k, _)| k.clone()) } else { None };
+    let next = if more {
+        items.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
     Ok(Json(ListResponse {
         kvs: items.into_iter().map(|(k, r)| to_kv(k, r)).collect(),
         revision,

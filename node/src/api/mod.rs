@@ -40,8 +40,14 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
 
     let data = Router::new()
         .route("/api/v1/kv", get(kv::list))
-        .route("/api/v1/kv/{*key}", get(kv::get).put(kv::put).post(kv::put).delete(kv::delete))
-        .route_layer(middleware::from_fn_with_state((keys.clone(), Role::Agent), auth::require));
+        .route(
+            "/api/v1/kv/{*key}",
+            get(kv::get).put(kv::put).post(kv::put).delete(kv::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            (keys.clone(), Role::Agent),
+            auth::require,
+        ));
 
     // Peers' messages may carry many entries of up to a value's size each.
     let peer_limit = axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES);
@@ -52,15 +58,33 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
         .route("/api/v1/cluster/backup", get(cluster::backup))
         .route("/api/v1/cluster/join", post(cluster::join))
         .route("/api/v1/cluster/remove", post(cluster::remove))
-        .route("/api/v1/cluster/transfer-leader", post(cluster::transfer_leader))
-        .route("/api/v1/raft/append", post(peer::append).layer(peer_limit.clone()))
-        .route("/api/v1/raft/vote", post(peer::vote).layer(peer_limit.clone()))
-        .route("/api/v1/raft/pre-vote", post(peer::pre_vote).layer(peer_limit.clone()))
-        .route("/api/v1/raft/transfer-leader", post(peer::transfer_leader).layer(peer_limit.clone()))
-        .route("/api/v1/raft/snapshot", post(peer::snapshot).layer(axum::extract::DefaultBodyLimit::disable()))
-        .route("/api/v1/raft/write", post(peer::write).layer(peer_limit.clone()))
-        .route("/api/v1/raft/read-index", post(peer::read_index).layer(peer_limit.clone()))
-        .route_layer(middleware::from_fn_with_state((keys, Role::Admin), auth::require));
+        .route(
+            "/api/v1/cluster/transfer-leader",
+            post(cluster::transfer_leader),
+        )
+        .route("/api/v1/raft/append", post(peer::append).layer(peer_limit))
+        .route("/api/v1/raft/vote", post(peer::vote).layer(peer_limit))
+        .route(
+            "/api/v1/raft/pre-vote",
+            post(peer::pre_vote).layer(peer_limit),
+        )
+        .route(
+            "/api/v1/raft/transfer-leader",
+            post(peer::transfer_leader).layer(peer_limit),
+        )
+        .route(
+            "/api/v1/raft/snapshot",
+            post(peer::snapshot).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/raft/write", post(peer::write).layer(peer_limit))
+        .route(
+            "/api/v1/raft/read-index",
+            post(peer::read_index).layer(peer_limit),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            (keys, Role::Admin),
+            auth::require,
+        ));
 
     public
         .merge(data)

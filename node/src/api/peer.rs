@@ -33,7 +33,10 @@ fn check<T>(node: &SharedNode, msg: &PeerMessage<T>) -> Result<(), ApiError> {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "cluster_mismatch",
-            format!("message from cluster {:?}, this node is in cluster {ours:?}", msg.cluster),
+            format!(
+                "message from cluster {:?}, this node is in cluster {ours:?}",
+                msg.cluster
+            ),
         ));
     }
     Ok(())
@@ -43,7 +46,11 @@ fn fatal(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable("raft_stopped", e.to_string())
 }
 
-async fn rpc<Req, Resp, F, Fut>(node: SharedNode, msg: PeerMessage<Req>, f: F) -> Result<Json<Resp>, ApiError>
+async fn rpc<Req, Resp, F, Fut>(
+    node: SharedNode,
+    msg: PeerMessage<Req>,
+    f: F,
+) -> Result<Json<Resp>, ApiError>
 where
     Req: DeserializeOwned,
     Resp: Serialize,
@@ -59,9 +66,15 @@ pub async fn append(
     JsonBody(msg): JsonBody<PeerMessage<wire::AppendRequest>>,
 ) -> Result<Json<wire::AppendResponse>, ApiError> {
     rpc(node, msg, |node, req| async move {
-        let req = req.into_raft().map_err(|e| ApiError::bad_request("invalid_entry", e.to_string()))?;
+        let req = req
+            .into_raft()
+            .map_err(|e| ApiError::bad_request("invalid_entry", e.to_string()))?;
         let r = node.raft.append_entries(req).await.map_err(fatal)?;
-        if matches!(r, openraft::raft::AppendEntriesResponse::Success | openraft::raft::AppendEntriesResponse::PartialSuccess(_)) {
+        if matches!(
+            r,
+            openraft::raft::AppendEntriesResponse::Success
+                | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
+        ) {
             node.leader_contacted();
         }
         Ok(wire::AppendResponse::from_raft(&r))
@@ -96,7 +109,11 @@ pub async fn transfer_leader(
     JsonBody(msg): JsonBody<PeerMessage<wire::TransferLeaderRequest>>,
 ) -> Result<Json<Result<(), String>>, ApiError> {
     rpc(node, msg, |node, req| async move {
-        let r = node.raft.handle_transfer_leader(req.into_raft()).await.map_err(fatal)?;
+        let r = node
+            .raft
+            .handle_transfer_leader(req.into_raft())
+            .await
+            .map_err(fatal)?;
         Ok(r.map_err(|e| e.to_string()))
     })
     .await
@@ -134,7 +151,10 @@ pub async fn read_index(
 
 /// Receives a whole snapshot: `[header length u32 LE][header JSON][snapshot file]`, written
 /// to a file, verified end to end, then installed.
-pub async fn snapshot(State(node): State<SharedNode>, body: Body) -> Result<Json<wire::SnapshotReply>, ApiError> {
+pub async fn snapshot(
+    State(node): State<SharedNode>,
+    body: Body,
+) -> Result<Json<wire::SnapshotReply>, ApiError> {
     let mut stream = body.into_data_stream();
     let mut head = Vec::new();
     let mut header_len: Option<usize> = None;
@@ -144,13 +164,15 @@ pub async fn snapshot(State(node): State<SharedNode>, body: Body) -> Result<Json
     let mut header: Option<PeerMessage<wire::SnapshotHeader>> = None;
     let io = |e: std::io::Error| ApiError::storage(format!("writing a received snapshot: {e}"));
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("snapshot_interrupted", e.to_string()))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("snapshot_interrupted", e.to_string()))?;
         let mut data: &[u8] = &chunk;
         if header.is_none() {
             head.extend_from_slice(data);
             data = &[];
             if header_len.is_none() && head.len() >= 4 {
-                header_len = Some(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize);
+                header_len =
+                    Some(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize);
             }
             if let Some(n) = header_len
                 && head.len() >= 4 + n
@@ -171,7 +193,10 @@ pub async fn snapshot(State(node): State<SharedNode>, body: Body) -> Result<Json
         }
     }
     let (Some(header), Some(f)) = (header, file) else {
-        return Err(ApiError::bad_request("invalid_snapshot", "the snapshot body ended before its header"));
+        return Err(ApiError::bad_request(
+            "invalid_snapshot",
+            "the snapshot body ended before its header",
+        ));
     };
     f.sync_all().await.map_err(io)?;
     drop(f);

@@ -13,12 +13,12 @@ use openraft::StoredMembership;
 use openraft::impls::leader_id_adv::LeaderId;
 
 pub use crate::store::records::Command;
-pub use crate::store::records::Member;
-pub use crate::store::records::Response;
 use crate::store::records::LogEntryRecord;
 use crate::store::records::LogIdRecord;
+pub use crate::store::records::Member;
 use crate::store::records::MembershipRecord;
 use crate::store::records::PayloadRecord;
+pub use crate::store::records::Response;
 use crate::store::records::StoredMembershipRecord;
 use crate::store::records::VoteRecord;
 
@@ -92,7 +92,8 @@ pub fn membership_from_record(r: &MembershipRecord) -> std::io::Result<Membershi
         .map(|c| c.iter().copied().collect())
         .collect();
     let nodes: BTreeMap<u64, Member> = r.nodes.iter().cloned().collect();
-    Membership::new(configs, nodes).map_err(|e| std::io::Error::other(format!("membership record: {e}")))
+    Membership::new(configs, nodes)
+        .map_err(|e| std::io::Error::other(format!("membership record: {e}")))
 }
 
 pub fn stored_membership_to_record(m: &StoredMembershipOf) -> StoredMembershipRecord {

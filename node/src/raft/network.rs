@@ -131,11 +131,21 @@ async fn decode<T: DeserializeOwned>(addr: &str, resp: reqwest::Response) -> Res
         .await
         .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes)
-            .map_err(|e| PeerError::Refused(addr.into(), status.as_u16(), format!("undecodable answer: {e}")));
+        return serde_json::from_slice(&bytes).map_err(|e| {
+            PeerError::Refused(
+                addr.into(),
+                status.as_u16(),
+                format!("undecodable answer: {e}"),
+            )
+        });
     }
     match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(b) => Err(PeerError::Api(addr.into(), status.as_u16(), b.error.code, b.error.message)),
+        Ok(b) => Err(PeerError::Api(
+            addr.into(),
+            status.as_u16(),
+            b.error.code,
+            b.error.message,
+        )),
         Err(_) => Err(PeerError::Refused(
             addr.into(),
             status.as_u16(),
@@ -181,7 +191,9 @@ impl PeerConnection {
         option: &RPCOption,
     ) -> Result<T, PeerError> {
         let msg = self.ctx.envelope(body);
-        self.ctx.post(&self.member.addr, path, &msg, option.hard_ttl()).await
+        self.ctx
+            .post(&self.member.addr, path, &msg, option.hard_ttl())
+            .await
     }
 }
 
@@ -230,7 +242,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         let accepted: Result<(), String> = self
-            .call("raft/transfer-leader", wire::TransferLeaderRequest::from_raft(&req), &option)
+            .call(
+                "raft/transfer-leader",
+                wire::TransferLeaderRequest::from_raft(&req),
+                &option,
+            )
             .await
             .map_err(rpc_error)?;
         // The receiver's refusal reasons are diagnostics; retrying is the leader's call.
@@ -259,8 +275,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             // Body: [header length u32 LE][header JSON][snapshot file bytes].
             let mut prefix = (header.len() as u32).to_le_bytes().to_vec();
             prefix.extend_from_slice(&header);
-            let head = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(prefix)) });
-            let body = futures::StreamExt::chain(head, tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+            let head = futures::stream::once(async move {
+                Ok::<_, std::io::Error>(bytes::Bytes::from(prefix))
+            });
+            let body = futures::StreamExt::chain(
+                head,
+                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+            );
             let mut rb = self
                 .ctx
                 .http

@@ -166,7 +166,9 @@ impl AppendResponse {
     pub fn into_raft(self) -> RaftAppendResponse {
         match self {
             Self::Success => RaftAppendResponse::Success,
-            Self::PartialSuccess { matching } => RaftAppendResponse::PartialSuccess(unopt(&matching)),
+            Self::PartialSuccess { matching } => {
+                RaftAppendResponse::PartialSuccess(unopt(&matching))
+            }
             Self::Conflict => RaftAppendResponse::Conflict,
             Self::HigherVote { vote } => RaftAppendResponse::HigherVote(vote_from_record(&vote)),
         }
@@ -199,7 +201,11 @@ impl VoteResponse {
     }
 
     pub fn into_raft(self) -> RaftVoteResponse {
-        RaftVoteResponse::new(vote_from_record(&self.vote), unopt(&self.last_log_id), self.granted)
+        RaftVoteResponse::new(
+            vote_from_record(&self.vote),
+            unopt(&self.last_log_id),
+            self.granted,
+        )
     }
 }
 

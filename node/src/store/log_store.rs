@@ -192,7 +192,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         for entry in entries {
             let rec = entry_to_record(&entry);
-            batch.put_cf(cf, u64_key(entry.log_id.index), codec::encode(RecordKind::LogEntry, &rec));
+            batch.put_cf(
+                cf,
+                u64_key(entry.log_id.index),
+                codec::encode(RecordKind::LogEntry, &rec),
+            );
         }
         self.store.db().write(batch).map_err(io_err)?;
         self.syncer

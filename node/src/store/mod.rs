@@ -21,11 +21,11 @@ use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::DB;
 use rocksdb::Options;
 
-pub use self::log_store::LogStore;
-pub use self::state_machine::StateMachine;
 use self::codec::DecodeError;
 use self::codec::RecordKind;
+pub use self::log_store::LogStore;
 use self::records::IdentityRecord;
+pub use self::state_machine::StateMachine;
 
 pub const CF_META: &str = "meta";
 pub const CF_LOG: &str = "log";
@@ -91,10 +91,11 @@ impl Store {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db_path = dir.join("db");
-        let db = DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|source| StoreError::Rocks {
-            path: db_path.clone(),
-            source,
-        })?;
+        let db =
+            DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|source| StoreError::Rocks {
+                path: db_path.clone(),
+                source,
+            })?;
         std::fs::create_dir_all(dir.join("snapshots"))?;
         Ok(Self {
             db: Arc::new(db),
@@ -133,7 +134,9 @@ impl Store {
     }
 
     pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     fn rocks_err(&self, source: rocksdb::Error) -> StoreError {
@@ -151,14 +154,20 @@ impl Store {
         kind: RecordKind,
         what: &str,
     ) -> Result<Option<T>, StoreError> {
-        let Some(bytes) = self.db.get_pinned_cf(self.cf(cf), key).map_err(|e| self.rocks_err(e))? else {
+        let Some(bytes) = self
+            .db
+            .get_pinned_cf(self.cf(cf), key)
+            .map_err(|e| self.rocks_err(e))?
+        else {
             return Ok(None);
         };
-        codec::decode(kind, &bytes).map(Some).map_err(|source| StoreError::Corrupt {
-            what: what.to_string(),
-            path: self.dir.clone(),
-            source,
-        })
+        codec::decode(kind, &bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                what: what.to_string(),
+                path: self.dir.clone(),
+                source,
+            })
     }
 
     /// Writes one record and syncs it to disk before returning.

@@ -140,10 +140,7 @@ pub enum Response {
         prev: Option<KeyRecord>,
     },
     /// The command was refused as a whole and changed nothing.
-    Rejected {
-        code: String,
-        message: String,
-    },
+    Rejected { code: String, message: String },
 }
 
 /// A live key's value and its revisions.

@@ -102,7 +102,10 @@ impl<R: Read> CrcReader<R> {
 
 fn snapshot_path(store: &Store, meta: &SnapshotMetaRecord) -> PathBuf {
     let (term, index) = meta.last_log_id.map_or((0, 0), |l| (l.term, l.index));
-    store.dir().join("snapshots").join(format!("snap-{term:020}-{index:020}.snap"))
+    store
+        .dir()
+        .join("snapshots")
+        .join(format!("snap-{term:020}-{index:020}.snap"))
 }
 
 fn to_openraft_meta(rec: &SnapshotMetaRecord) -> io::Result<SnapshotMeta> {
@@ -114,25 +117,36 @@ fn to_openraft_meta(rec: &SnapshotMetaRecord) -> io::Result<SnapshotMeta> {
 
 /// Writes a consistent copy of the applied state as of now to `path` (fsynced), returning
 /// what it covers. Used for snapshots and for online backups.
-pub fn write_file(store: &Store, path: &Path) -> Result<(SnapshotMetaRecord, AppliedStateRecord), StoreError> {
+pub fn write_file(
+    store: &Store,
+    path: &Path,
+) -> Result<(SnapshotMetaRecord, AppliedStateRecord), StoreError> {
     let view = store.db().snapshot();
-    let applied: AppliedStateRecord = match view.get_cf(store.cf(CF_APPLIED), KEY_APPLIED).map_err(io_err)? {
-        Some(b) => codec::decode(RecordKind::AppliedState, &b).map_err(|source| StoreError::Corrupt {
-            what: "applied state".into(),
-            path: store.dir().to_path_buf(),
-            source,
-        })?,
+    let applied: AppliedStateRecord = match view
+        .get_cf(store.cf(CF_APPLIED), KEY_APPLIED)
+        .map_err(io_err)?
+    {
+        Some(b) => {
+            codec::decode(RecordKind::AppliedState, &b).map_err(|source| StoreError::Corrupt {
+                what: "applied state".into(),
+                path: store.dir().to_path_buf(),
+                source,
+            })?
+        }
         None => AppliedStateRecord::default(),
     };
     let mut meta = SnapshotMetaRecord {
         last_log_id: applied.last_applied,
-        membership: applied.membership.clone().unwrap_or(StoredMembershipRecord {
-            log_id: None,
-            membership: crate::store::records::MembershipRecord {
-                configs: vec![],
-                nodes: vec![],
-            },
-        }),
+        membership: applied
+            .membership
+            .clone()
+            .unwrap_or(StoredMembershipRecord {
+                log_id: None,
+                membership: crate::store::records::MembershipRecord {
+                    configs: vec![],
+                    nodes: vec![],
+                },
+            }),
         file: String::new(),
         size: 0,
     };
@@ -192,7 +206,9 @@ pub fn build(store: &Store) -> Result<Snapshot, StoreError> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -214,7 +230,12 @@ fn set_current(store: &Store, meta: &SnapshotMetaRecord) -> Result<(), StoreErro
 }
 
 pub fn current_meta(store: &Store) -> Result<Option<SnapshotMetaRecord>, StoreError> {
-    store.get_record(CF_META, KEY_SNAPSHOT, RecordKind::SnapshotMeta, "current snapshot")
+    store.get_record(
+        CF_META,
+        KEY_SNAPSHOT,
+        RecordKind::SnapshotMeta,
+        "current snapshot",
+    )
 }
 
 pub fn current(store: &Store) -> Result<Option<Snapshot>, StoreError> {
@@ -230,7 +251,12 @@ pub fn current(store: &Store) -> Result<Option<Snapshot>, StoreError> {
 
 /// The snapshot whose install a crash interrupted, if any.
 pub fn installing(store: &Store) -> Result<Option<SnapshotMetaRecord>, StoreError> {
-    store.get_record(CF_META, KEY_INSTALLING, RecordKind::SnapshotMeta, "snapshot install marker")
+    store.get_record(
+        CF_META,
+        KEY_INSTALLING,
+        RecordKind::SnapshotMeta,
+        "snapshot install marker",
+    )
 }
 
 /// Reads a whole snapshot file, checking its structure and checksum, calling `each` per pair.
@@ -242,17 +268,27 @@ fn read_file(
         inner: BufReader::with_capacity(1 << 20, File::open(path)?),
         crc: crc32fast::Hasher::new(),
     };
-    let head = r.exact(9).map_err(|e| corrupt(path, format!("no header: {e}")))?;
+    let head = r
+        .exact(9)
+        .map_err(|e| corrupt(path, format!("no header: {e}")))?;
     if &head[..8] != MAGIC {
         return Err(corrupt(path, "not a snapshot file"));
     }
     if head[8] != FILE_VERSION {
-        return Err(corrupt(path, format!("unknown snapshot version {}", head[8])));
+        return Err(corrupt(
+            path,
+            format!("unknown snapshot version {}", head[8]),
+        ));
     }
-    let meta: SnapshotMetaRecord = codec::decode(RecordKind::SnapshotMeta, &r.frame().map_err(|e| corrupt(path, e))?)
-        .map_err(|e| corrupt(path, e))?;
+    let meta: SnapshotMetaRecord = codec::decode(
+        RecordKind::SnapshotMeta,
+        &r.frame().map_err(|e| corrupt(path, e))?,
+    )
+    .map_err(|e| corrupt(path, e))?;
     loop {
-        let frame = r.frame().map_err(|e| corrupt(path, format!("truncated: {e}")))?;
+        let frame = r
+            .frame()
+            .map_err(|e| corrupt(path, format!("truncated: {e}")))?;
         if frame.is_empty() {
             break;
         }
@@ -321,7 +357,11 @@ pub fn load_into_state_machine(store: &Store, meta: &SnapshotMetaRecord) -> Resu
 }
 
 /// Like [`load_into_state_machine`], from any file (a backup being restored).
-pub fn load_file_into_state_machine(store: &Store, path: &Path, meta: &SnapshotMetaRecord) -> Result<(), StoreError> {
+pub fn load_file_into_state_machine(
+    store: &Store,
+    path: &Path,
+    meta: &SnapshotMetaRecord,
+) -> Result<(), StoreError> {
     let path = path.to_path_buf();
     let db = store.db();
     let mut wb = WriteBatch::default();
@@ -346,7 +386,8 @@ pub fn load_file_into_state_machine(store: &Store, path: &Path, meta: &SnapshotM
         Ok(())
     })?;
     let applied = match applied_bytes {
-        Some(b) => codec::decode::<AppliedStateRecord>(RecordKind::AppliedState, &b).map_err(|e| corrupt(&path, e))?,
+        Some(b) => codec::decode::<AppliedStateRecord>(RecordKind::AppliedState, &b)
+            .map_err(|e| corrupt(&path, e))?,
         None => AppliedStateRecord::default(),
     };
     let applied = AppliedStateRecord {
@@ -354,7 +395,11 @@ pub fn load_file_into_state_machine(store: &Store, path: &Path, meta: &SnapshotM
         membership: Some(meta.membership.clone()),
         ..applied
     };
-    wb.put_cf(store.cf(CF_APPLIED), KEY_APPLIED, codec::encode(RecordKind::AppliedState, &applied));
+    wb.put_cf(
+        store.cf(CF_APPLIED),
+        KEY_APPLIED,
+        codec::encode(RecordKind::AppliedState, &applied),
+    );
     wb.delete_cf(store.cf(CF_META), KEY_INSTALLING);
     let mut wo = WriteOptions::default();
     wo.set_sync(true);

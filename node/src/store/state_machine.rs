@@ -74,7 +74,12 @@ impl StateMachine {
     /// Opens the state machine, finishing an interrupted snapshot install if there was one.
     pub fn open(store: Store, metrics: Metrics) -> Result<Self, StoreError> {
         let applied: AppliedStateRecord = store
-            .get_record(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, "applied state")?
+            .get_record(
+                CF_APPLIED,
+                KEY_APPLIED,
+                RecordKind::AppliedState,
+                "applied state",
+            )?
             .unwrap_or_default();
         if let Some(meta) = snapshot::installing(&store)? {
             tracing::warn!(snapshot = %meta.file, "finishing a snapshot install interrupted by a crash");
@@ -107,10 +112,17 @@ impl StateMachine {
     fn reload_applied(&mut self) -> io::Result<()> {
         self.applied = self
             .store
-            .get_record(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, "applied state")
+            .get_record(
+                CF_APPLIED,
+                KEY_APPLIED,
+                RecordKind::AppliedState,
+                "applied state",
+            )
             .map_err(io_err)?
             .unwrap_or_default();
-        self.reader.revision.store(self.applied.revision, Ordering::Release);
+        self.reader
+            .revision
+            .store(self.applied.revision, Ordering::Release);
         Ok(())
     }
 }
@@ -123,7 +135,12 @@ impl KvReader {
 
     pub fn get(&self, key: &str) -> io::Result<Option<KeyRecord>> {
         self.store
-            .get_record(CF_KV, key.as_bytes(), RecordKind::KeyValue, &format!("key {key:?}"))
+            .get_record(
+                CF_KV,
+                key.as_bytes(),
+                RecordKind::KeyValue,
+                &format!("key {key:?}"),
+            )
             .map_err(io_err)
     }
 
@@ -153,7 +170,8 @@ impl KvReader {
             if out.len() == limit {
                 return Ok((out, true));
             }
-            let key = String::from_utf8(k.to_vec()).map_err(|_| io_err("stored key is not UTF-8"))?;
+            let key =
+                String::from_utf8(k.to_vec()).map_err(|_| io_err("stored key is not UTF-8"))?;
             let rec: KeyRecord = codec::decode(RecordKind::KeyValue, v)
                 .map_err(|e| io_err(format!("key {key:?} is unreadable: {e}")))?;
             out.push((key, rec));
@@ -179,15 +197,23 @@ impl Batch<'_> {
             return Ok(v.clone());
         }
         self.store
-            .get_record(CF_KV, key.as_bytes(), RecordKind::KeyValue, &format!("key {key:?}"))
+            .get_record(
+                CF_KV,
+                key.as_bytes(),
+                RecordKind::KeyValue,
+                &format!("key {key:?}"),
+            )
             .map_err(io_err)
     }
 
     fn record_event(&mut self, event: &EventRecord) {
         let mut k = u64_key(event.revision).to_vec();
         k.extend_from_slice(event.key.as_bytes());
-        self.wb
-            .put_cf(self.store.cf(CF_HISTORY), k, codec::encode(RecordKind::Event, event));
+        self.wb.put_cf(
+            self.store.cf(CF_HISTORY),
+            k,
+            codec::encode(RecordKind::Event, event),
+        );
     }
 
     fn put(&mut self, key: String, value: Value, lease: Option<u64>) -> io::Result<Response> {
@@ -246,7 +272,12 @@ impl Batch<'_> {
         if let Some(ik) = &cmd.idempotency_key {
             let seen: Option<IdempotencyRecord> = self
                 .store
-                .get_record(CF_IDEMPOTENCY, ik.as_bytes(), RecordKind::Idempotency, "idempotency record")
+                .get_record(
+                    CF_IDEMPOTENCY,
+                    ik.as_bytes(),
+                    RecordKind::Idempotency,
+                    "idempotency record",
+                )
                 .map_err(io_err)?;
             if let Some(seen) = seen {
                 return Ok(seen.response);
@@ -303,10 +334,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(cmd) => batch.apply(cmd)?,
                 EntryPayload::Membership(m) => {
-                    applied.membership = Some(stored_membership_to_record(&StoredMembershipOf::new(
-                        Some(entry.log_id),
-                        m,
-                    )));
+                    applied.membership = Some(stored_membership_to_record(
+                        &StoredMembershipOf::new(Some(entry.log_id), m),
+                    ));
                     Response::None
                 }
             };
@@ -315,7 +345,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.revision = batch.revision;
         let mut wb = batch.wb;
         // Deterministic history compaction: a function of the revision alone.
-        if applied.revision > applied.compacted_revision + HISTORY_RETAINED_REVISIONS + HISTORY_COMPACTION_STEP {
+        if applied.revision
+            > applied.compacted_revision + HISTORY_RETAINED_REVISIONS + HISTORY_COMPACTION_STEP
+        {
             let upto = applied.revision - HISTORY_RETAINED_REVISIONS;
             wb.delete_range_cf(self.store.cf(CF_HISTORY), u64_key(0), u64_key(upto));
             applied.compacted_revision = upto;
@@ -328,7 +360,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Not synced here: the log is synced, and a lost tail of applied state is re-applied.
         self.store.db().write(wb).map_err(io_err)?;
         self.applied = applied;
-        self.reader.revision.store(self.applied.revision, Ordering::Release);
+        self.reader
+            .revision
+            .store(self.applied.revision, Ordering::Release);
         let n = responses.len();
         for (responder, response) in responses {
             if let Some(r) = responder {
@@ -345,12 +379,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> io::Result<()> {
         snapshot::install(&self.store, meta, snapshot).map_err(io_err)?;
         self.reload_applied()
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>> {
         snapshot::current(&self.store).map_err(io_err)
     }
 }
@@ -362,7 +402,9 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
-    async fn build_snapshot(&mut self) -> io::Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> io::Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || snapshot::build(&store))
             .await

@@ -22,7 +22,11 @@ pub fn bin() -> &'static str {
 
 /// A free loopback port (bound then released; the OS does not hand it out again at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct NodeProc {
@@ -47,7 +51,13 @@ impl NodeProc {
     }
 
     /// Like [`start_env`], on a given port.
-    pub fn start_on(port: u16, name: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start_on(
+        port: u16,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let data_dir = dir.join(name);
         let mut args = vec![
             format!("--node-id={name}"),
@@ -61,7 +71,10 @@ impl NodeProc {
             log: dir.join(format!("{name}.log")),
             data_dir,
             args,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         n.spawn();
@@ -107,7 +120,11 @@ impl NodeProc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{sig} failed");
     }
 
@@ -128,7 +145,11 @@ impl NodeProc {
             if let Some(s) = c.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "node {} did not stop after SIGTERM", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not stop after SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -196,7 +217,11 @@ pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         cmd.env(k, v);
     }
     // Bounded: a refused start exits at once; a start that wrongly serves is killed.
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -219,7 +244,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
