@@ -309,20 +309,20 @@ impl NodeAgent {
                         }
                     }
                 }
+                // The sender stays in the map until its worker ends (the receiver closes), so
+                // the worker never sees a closed channel while it still stops its processes.
                 watcher::Event::Delete(pod) => {
-                    if let Some(tx) = workers.remove(&pod.uid().unwrap_or_default()) {
+                    if let Some(tx) = workers.get(&pod.uid().unwrap_or_default()) {
                         tx.send_replace(None);
                     }
                 }
                 watcher::Event::InitDone => {
                     // Pods deleted while the watch was down.
-                    workers.retain(|uid, tx| {
-                        let keep = seen_in_init.contains(uid);
-                        if !keep {
+                    for (uid, tx) in &workers {
+                        if !seen_in_init.contains(uid) {
                             tx.send_replace(None);
                         }
-                        keep
-                    });
+                    }
                 }
             }
         }
