@@ -119,6 +119,35 @@ impl Node {
         }
     }
 
+    /// Sends a request to the leader, giving up as soon as this node sees another leader
+    /// (a partitioned old leader would otherwise hold the request until it times out).
+    async fn forward<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        leader: u64,
+        addr: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        let moved = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if crate::raft::metrics_of(&self.raft).current_leader != Some(leader) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            r = self.peers.post(addr, path, body, QUORUM_TIMEOUT + Duration::from_secs(1)) => {
+                r.map_err(|e| self.peer_failure(e))
+            }
+            _ = moved => Err(ApiError::unavailable(
+                "leader_changed",
+                "the leader changed while the request was in flight; a write may or may not have \
+                 applied: retry it (with an Idempotency-Key to make the retry safe)",
+            )),
+        }
+    }
+
     /// Fails fast when this leader has not heard from a quorum lately (it is partitioned).
     fn check_leader_quorum(&self) -> Result<(), ApiError> {
         let m = crate::raft::metrics_of(&self.raft);
@@ -153,20 +182,12 @@ impl Node {
         };
         match self.propose_local(cmd.clone()).await {
             Err(e) if e.detail.code == "not_leader" => {
-                let Some((_, addr)) = self.leader_addr() else {
+                let Some((leader, addr)) = self.leader_addr() else {
                     return Err(e);
                 };
                 let msg = self.peers.envelope(wire::ForwardedWrite { command: cmd });
-                let reply: wire::ForwardedWriteReply = self
-                    .peers
-                    .post(
-                        &addr,
-                        "raft/write",
-                        &msg,
-                        QUORUM_TIMEOUT + Duration::from_secs(1),
-                    )
-                    .await
-                    .map_err(|e| self.peer_failure(e))?;
+                let reply: wire::ForwardedWriteReply =
+                    self.forward(leader, &addr, "raft/write", &msg).await?;
                 match reply.response {
                     Response::Rejected { code, message } => {
                         Err(ApiError::bad_request(&code, message))
@@ -237,20 +258,12 @@ impl Node {
         let index = match self.read_index_local().await {
             Ok(i) => i,
             Err(e) if e.detail.code == "not_leader" => {
-                let Some((_, addr)) = self.leader_addr() else {
+                let Some((leader, addr)) = self.leader_addr() else {
                     return Err(e);
                 };
                 let msg = self.peers.envelope(());
-                let reply: wire::ReadIndexReply = self
-                    .peers
-                    .post(
-                        &addr,
-                        "raft/read-index",
-                        &msg,
-                        QUORUM_TIMEOUT + Duration::from_secs(1),
-                    )
-                    .await
-                    .map_err(|e| self.peer_failure(e))?;
+                let reply: wire::ReadIndexReply =
+                    self.forward(leader, &addr, "raft/read-index", &msg).await?;
                 reply.read_log_id.index
             }
             Err(e) => return Err(e),
