@@ -486,3 +486,94 @@ async fn backup_restores_into_a_fresh_cluster_and_recover_survives_losing_two_of
     );
     c.put("after-recover", &json!(1)).await.unwrap();
 }
+
+/// Measurement, not a test: run with
+/// `cargo test --release -p concordance --test cluster -- --ignored --nocapture measure_failover`.
+/// Kills the leader of a 3-node cluster `FAILOVER_KILLS` times (default 20) and reports the time
+/// from SIGKILL to the first accepted write.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn measure_failover_time() {
+    let kills: usize = std::env::var("FAILOVER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mut cl = Cluster::start(3, &[]).await;
+    let mut times = Vec::new();
+    for round in 0..kills {
+        let leader = cl.leader().await;
+        let survivor = cl.nodes.iter().find(|n| n.name != leader).unwrap().admin();
+        survivor.put("failover/warm", &json!(round)).await.unwrap();
+        cl.node_mut(&leader).kill();
+        let killed_at = Instant::now();
+        loop {
+            if survivor.put("failover/probe", &json!(round)).await.is_ok() {
+                break;
+            }
+            assert!(killed_at.elapsed() < Duration::from_secs(30), "no write within 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = killed_at.elapsed();
+        times.push(took);
+        eprintln!("kill {}/{kills}: leader {leader}, first write after {took:?}", round + 1);
+        cl.node_mut(&leader).restart();
+        for n in &cl.nodes {
+            n.wait_ready().await;
+        }
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "failover over {kills} leader kills: min {:.0} ms, median {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() * 9 / 10]),
+        ms(times[times.len() - 1])
+    );
+}
+
+/// Measurement, not a test: run with
+/// `cargo test --release -p concordance --test cluster -- --ignored --nocapture measure_snapshot`.
+/// Writes `CATCHUP_MB` (default 64) MiB of values, then times a new member from join to ready.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn measure_snapshot_catch_up() {
+    let mb: usize = std::env::var("CATCHUP_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let cl = Cluster::start(3, &["--snapshot-entries=1000"]).await;
+    let value = "v".repeat(64 * 1024 - 32);
+    let keys = mb * 16;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let c = cl.node("node1").admin();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..keys).step_by(16) {
+                c.put(&format!("bulk/{i:06}"), &json!(value)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!("wrote {mb} MiB in {:?}", started.elapsed());
+    let c = cl.node("node1").admin();
+    let _: serde_json::Value = c
+        .call(reqwest::Method::POST, "cluster/snapshot", None::<&()>)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let join = format!("--join={}", cl.node("node1").addr());
+    let started = Instant::now();
+    let newbie = NodeProc::start_env("node4", cl.dir.path(), &[&join, "--snapshot-entries=1000"], KEYS);
+    newbie.wait_ready().await;
+    let took = started.elapsed();
+    let snap_bytes: u64 = std::fs::read_dir(newbie.data_dir.join("snapshots"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "new member caught up in {took:?}: snapshot {:.1} MiB, {:.1} MiB/s",
+        snap_bytes as f64 / 1048576.0,
+        snap_bytes as f64 / 1048576.0 / took.as_secs_f64()
+    );
+    assert!(newbie.log_text().contains("snapshot installed"));
+}
