@@ -494,7 +494,10 @@ async fn backup_restores_into_a_fresh_cluster_and_recover_survives_losing_two_of
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn measure_failover_time() {
-    let kills: usize = std::env::var("FAILOVER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let kills: usize = std::env::var("FAILOVER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let mut cl = Cluster::start(3, &[]).await;
     let mut times = Vec::new();
     for round in 0..kills {
@@ -507,12 +510,18 @@ async fn measure_failover_time() {
             if survivor.put("failover/probe", &json!(round)).await.is_ok() {
                 break;
             }
-            assert!(killed_at.elapsed() < Duration::from_secs(30), "no write within 30 s");
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(30),
+                "no write within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let took = killed_at.elapsed();
         times.push(took);
-        eprintln!("kill {}/{kills}: leader {leader}, first write after {took:?}", round + 1);
+        eprintln!(
+            "kill {}/{kills}: leader {leader}, first write after {took:?}",
+            round + 1
+        );
         cl.node_mut(&leader).restart();
         for n in &cl.nodes {
             n.wait_ready().await;
@@ -535,7 +544,10 @@ async fn measure_failover_time() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn measure_snapshot_catch_up() {
-    let mb: usize = std::env::var("CATCHUP_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let mb: usize = std::env::var("CATCHUP_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let cl = Cluster::start(3, &["--snapshot-entries=1000"]).await;
     let value = "v".repeat(64 * 1024 - 32);
     let keys = mb * 16;
@@ -562,7 +574,12 @@ async fn measure_snapshot_catch_up() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let join = format!("--join={}", cl.node("node1").addr());
     let started = Instant::now();
-    let newbie = NodeProc::start_env("node4", cl.dir.path(), &[&join, "--snapshot-entries=1000"], KEYS);
+    let newbie = NodeProc::start_env(
+        "node4",
+        cl.dir.path(),
+        &[&join, "--snapshot-entries=1000"],
+        KEYS,
+    );
     newbie.wait_ready().await;
     let took = started.elapsed();
     let snap_bytes: u64 = std::fs::read_dir(newbie.data_dir.join("snapshots"))
