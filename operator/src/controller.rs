@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::watcher;
@@ -69,7 +70,30 @@ async fn reconcile(cluster: Arc<ConcordanceCluster>, ctx: Arc<Context>) -> Resul
     };
     let current = cluster.status.clone().unwrap_or_default();
     let summary = decide::summarize(&observed);
+    let conditions = decide::conditions(&observed, &action)
+        .into_iter()
+        .map(|(type_, ok, reason, message)| {
+            let status = if ok { "True" } else { "False" }.to_string();
+            // Keep the transition time while the status stands, so an unchanged cluster is
+            // not rewritten.
+            let since = current
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+            Condition {
+                type_: type_.to_string(),
+                status,
+                reason: reason.to_string(),
+                message,
+                last_transition_time: since,
+                observed_generation: cluster.metadata.generation,
+            }
+        })
+        .collect();
     let status = ConcordanceClusterStatus {
+        conditions,
         observed_generation: summary.observed_generation,
         ready_members: summary.ready_members,
         leader: summary.leader,

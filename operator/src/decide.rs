@@ -377,8 +377,13 @@ fn quorum_lost(v: &View) -> Action {
             )),
         };
     }
+    let seen = if v.o.cluster.is_none() {
+        "no member answers cluster/status; "
+    } else {
+        ""
+    };
     wait(format!(
-        "quorum lost: {} of {} voters ready (down: {}); writes are refused and nothing is \
+        "{seen}quorum lost: {} of {} voters ready (down: {}); writes are refused and nothing is \
          changed automatically. Members that come back restore quorum; to rebuild from the most \
          up-to-date surviving member instead (writes only the others had are lost), set \
          spec.forceRecoverFrom to its name",
@@ -667,4 +672,50 @@ fn recorded_summary(s: &ConcordanceClusterStatus) -> Summary {
         membership_version: s.membership_version,
         members: s.members.clone(),
     }
+}
+
+/// One standard condition, before timestamps: `(type, status, reason, message)`.
+pub type ConditionState = (&'static str, bool, &'static str, String);
+
+/// `Available` (quorum holds: writes are accepted), `Progressing` (a step is under way or
+/// decided) and `Degraded` (fewer ready voters than asked for, or no quorum).
+pub fn conditions(o: &Observed, next: &Action) -> [ConditionState; 3] {
+    let v = View::new(o);
+    let voters = v.voters().len();
+    let ready = v.ready_voters();
+    let want = usize::try_from(o.spec.replicas).unwrap_or(0);
+    let quorum = v.quorum();
+    let available = if quorum {
+        (
+            "Available",
+            true,
+            "QuorumHolds",
+            format!("{ready} of {voters} voters ready"),
+        )
+    } else {
+        (
+            "Available",
+            false,
+            "NoQuorum",
+            format!("{ready} of {voters} voters ready"),
+        )
+    };
+    let busy = o.status.pending_action.is_some()
+        || !matches!(next, Action::Nothing | Action::UpdateStatus);
+    let progressing = if busy {
+        ("Progressing", true, "StepUnderWay", format!("{next:?}"))
+    } else {
+        ("Progressing", false, "Settled", String::new())
+    };
+    let degraded = if !quorum || ready < want {
+        (
+            "Degraded",
+            true,
+            "MembersNotReady",
+            format!("{ready} ready voters, {want} wanted"),
+        )
+    } else {
+        ("Degraded", false, "AllReady", String::new())
+    };
+    [available, progressing, degraded]
 }

@@ -390,6 +390,11 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             }),
             create_pod("c-0"),
         ),
+        (
+            "pods up but no member answers: wait and say so",
+            with(healthy(3, 3), |o| o.cluster = None),
+            Wait("no member answers cluster/status"),
+        ),
         // Scaling down: Raft first, the leader last.
         (
             "five to three: the newest follower first",
@@ -716,4 +721,44 @@ fn spec_storage_is_required() {
         size: "1Gi".to_string(),
         storage_class_name: None,
     };
+}
+
+#[test]
+fn conditions_follow_quorum_and_readiness() {
+    use concordance_operator::decide::conditions;
+    let status = |o: &Observed| -> Vec<(&'static str, bool)> {
+        conditions(o, &decide(o))
+            .iter()
+            .map(|(t, s, _, _)| (*t, *s))
+            .collect()
+    };
+    assert_eq!(
+        status(&healthy(3, 3)),
+        [
+            ("Available", true),
+            ("Progressing", false),
+            ("Degraded", false)
+        ]
+    );
+    assert_eq!(
+        status(&healthy(1, 3)),
+        [
+            ("Available", true),
+            ("Progressing", true),
+            ("Degraded", true)
+        ]
+    );
+    let lost = with(healthy(3, 3), |o| {
+        unready(o, "c-1", 1000);
+        unready(o, "c-2", 1000);
+        raft(o).leader = None;
+    });
+    assert_eq!(
+        status(&lost),
+        [
+            ("Available", false),
+            ("Progressing", true),
+            ("Degraded", true)
+        ]
+    );
 }
