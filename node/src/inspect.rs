@@ -4,15 +4,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::store::CF_LOG;
 use crate::store::CF_META;
 use crate::store::KEY_PURGED;
 use crate::store::KEY_VOTE;
 use crate::store::Store;
-use crate::store::codec;
 use crate::store::codec::RecordKind;
-use crate::store::records::AppliedStateRecord;
-use crate::store::records::LogEntryRecord;
 use crate::store::records::LogIdRecord;
 use crate::store::records::VoteRecord;
 use crate::store::snapshot;
@@ -40,20 +36,8 @@ pub fn inspect(dir: &Path) -> Result<Inspection, crate::server::BoxError> {
     let vote: Option<VoteRecord> = store.get_record(CF_META, KEY_VOTE, RecordKind::Vote, "vote")?;
     let purged: Option<LogIdRecord> =
         store.get_record(CF_META, KEY_PURGED, RecordKind::LogPointer, "purged log id")?;
-    let mut it = store.db().raw_iterator_cf(store.cf(CF_LOG));
-    it.seek_to_last();
-    let last_log = match it.value() {
-        Some(v) => Some(codec::decode::<LogEntryRecord>(RecordKind::LogEntry, v)?.log_id),
-        None => purged,
-    };
-    let applied: AppliedStateRecord = store
-        .get_record(
-            crate::store::CF_APPLIED,
-            crate::store::KEY_APPLIED,
-            RecordKind::AppliedState,
-            "applied state",
-        )?
-        .unwrap_or_default();
+    let last_log = store.last_log_entry()?.or(purged);
+    let applied = store.applied_state()?;
     let members = applied
         .membership
         .as_ref()

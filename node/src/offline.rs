@@ -20,9 +20,7 @@ use crate::store::Store;
 use crate::store::codec;
 use crate::store::codec::RecordKind;
 use crate::store::io_err;
-use crate::store::records::AppliedStateRecord;
 use crate::store::records::IdentityRecord;
-use crate::store::records::LogEntryRecord;
 use crate::store::records::Member;
 use crate::store::records::MembershipRecord;
 use crate::store::records::StoredMembershipRecord;
@@ -39,14 +37,7 @@ fn make_single_member(
     identity: &mut IdentityRecord,
     addr: &str,
 ) -> Result<String, BoxError> {
-    let mut applied: AppliedStateRecord = store
-        .get_record(
-            CF_APPLIED,
-            KEY_APPLIED,
-            RecordKind::AppliedState,
-            "applied state",
-        )?
-        .unwrap_or_default();
+    let mut applied = store.applied_state()?;
     applied.membership = Some(StoredMembershipRecord {
         log_id: applied.last_applied,
         membership: MembershipRecord {
@@ -115,14 +106,7 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
     let mut identity = store
         .identity()?
         .ok_or_else(|| format!("{} holds no node identity", dir.display()))?;
-    let applied: AppliedStateRecord = store
-        .get_record(
-            CF_APPLIED,
-            KEY_APPLIED,
-            RecordKind::AppliedState,
-            "applied state",
-        )?
-        .unwrap_or_default();
+    let applied = store.applied_state()?;
     let old_addr = applied.membership.as_ref().and_then(|m| {
         m.membership
             .nodes
@@ -135,13 +119,7 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
         .or(old_addr)
         .ok_or("this node is not in its last known membership; pass --advertise=<host:port>")?;
 
-    let mut it = store.db().raw_iterator_cf(store.cf(CF_LOG));
-    it.seek_to_last();
-    let last_log = match it.value() {
-        Some(v) => Some(codec::decode::<LogEntryRecord>(RecordKind::LogEntry, v)?.log_id),
-        None => None,
-    };
-    drop(it);
+    let last_log = store.last_log_entry()?;
     let applied_index = applied.last_applied.map_or(0, |l| l.index);
     let old_cluster = identity.cluster_uuid.clone().unwrap_or_default();
     let uuid = make_single_member(&store, &mut identity, &addr)?;
@@ -194,14 +172,7 @@ pub fn restore(backup: &Path, dir: &Path, name: &str, advertise: &str) -> Result
     store.save_identity(&identity)?;
     snapshot::load_file_into_state_machine(&store, backup, &meta)?;
     let uuid = make_single_member(&store, &mut identity, advertise)?;
-    let applied: AppliedStateRecord = store
-        .get_record(
-            CF_APPLIED,
-            KEY_APPLIED,
-            RecordKind::AppliedState,
-            "applied state",
-        )?
-        .unwrap_or_default();
+    let applied = store.applied_state()?;
     println!(
         "restored {} (revision {}) into {} as node {name} of a new cluster {uuid}",
         backup.display(),

@@ -76,17 +76,8 @@ impl LogStore {
     }
 
     fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
-        let mut it = self.store.db().raw_iterator_cf(self.store.cf(CF_LOG));
-        it.seek_to_last();
-        it.status().map_err(io_err)?;
-        match it.value() {
-            None => Ok(None),
-            Some(v) => {
-                let rec: LogEntryRecord = codec::decode(RecordKind::LogEntry, v)
-                    .map_err(|e| io_err(format!("last log entry is unreadable: {e}")))?;
-                Ok(Some(log_id_from_record(&rec.log_id)))
-            }
-        }
+        let last = self.store.last_log_entry().map_err(io_err)?;
+        Ok(last.as_ref().map(log_id_from_record))
     }
 }
 

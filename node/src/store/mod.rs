@@ -24,7 +24,11 @@ use rocksdb::Options;
 use self::codec::DecodeError;
 use self::codec::RecordKind;
 pub use self::log_store::LogStore;
+use self::records::AppliedStateRecord;
 use self::records::IdentityRecord;
+use self::records::KeyRecord;
+use self::records::LogEntryRecord;
+use self::records::LogIdRecord;
 pub use self::state_machine::StateMachine;
 
 pub const CF_META: &str = "meta";
@@ -191,6 +195,45 @@ impl Store {
 
     pub fn save_identity(&self, identity: &IdentityRecord) -> Result<(), StoreError> {
         self.put_record_synced(CF_META, KEY_IDENTITY, RecordKind::Identity, identity)
+    }
+
+    /// The state machine's bookkeeping (default when nothing was applied yet).
+    pub fn applied_state(&self) -> Result<AppliedStateRecord, StoreError> {
+        Ok(self
+            .get_record(
+                CF_APPLIED,
+                KEY_APPLIED,
+                RecordKind::AppliedState,
+                "applied state",
+            )?
+            .unwrap_or_default())
+    }
+
+    /// A live key's record.
+    pub fn key_record(&self, key: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.get_record(
+            CF_KV,
+            key.as_bytes(),
+            RecordKind::KeyValue,
+            &format!("key {key:?}"),
+        )
+    }
+
+    /// The log id of the last entry in the log, if there is one.
+    pub fn last_log_entry(&self) -> Result<Option<LogIdRecord>, StoreError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_LOG));
+        it.seek_to_last();
+        it.status().map_err(|e| self.rocks_err(e))?;
+        match it.value() {
+            None => Ok(None),
+            Some(v) => codec::decode::<LogEntryRecord>(RecordKind::LogEntry, v)
+                .map(|r| Some(r.log_id))
+                .map_err(|source| StoreError::Corrupt {
+                    what: "the last log entry".into(),
+                    path: self.dir.clone(),
+                    source,
+                }),
+        }
     }
 
     /// Approximate bytes on disk of live data (SST files plus memtables).

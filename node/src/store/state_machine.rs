@@ -73,14 +73,7 @@ pub struct KvReader {
 impl StateMachine {
     /// Opens the state machine, finishing an interrupted snapshot install if there was one.
     pub fn open(store: Store, metrics: Metrics) -> Result<Self, StoreError> {
-        let applied: AppliedStateRecord = store
-            .get_record(
-                CF_APPLIED,
-                KEY_APPLIED,
-                RecordKind::AppliedState,
-                "applied state",
-            )?
-            .unwrap_or_default();
+        let applied = store.applied_state()?;
         if let Some(meta) = snapshot::installing(&store)? {
             tracing::warn!(snapshot = %meta.file, "finishing a snapshot install interrupted by a crash");
             snapshot::load_into_state_machine(&store, &meta)?;
@@ -110,16 +103,7 @@ impl StateMachine {
     }
 
     fn reload_applied(&mut self) -> io::Result<()> {
-        self.applied = self
-            .store
-            .get_record(
-                CF_APPLIED,
-                KEY_APPLIED,
-                RecordKind::AppliedState,
-                "applied state",
-            )
-            .map_err(io_err)?
-            .unwrap_or_default();
+        self.applied = self.store.applied_state().map_err(io_err)?;
         self.reader
             .revision
             .store(self.applied.revision, Ordering::Release);
@@ -134,14 +118,7 @@ impl KvReader {
     }
 
     pub fn get(&self, key: &str) -> io::Result<Option<KeyRecord>> {
-        self.store
-            .get_record(
-                CF_KV,
-                key.as_bytes(),
-                RecordKind::KeyValue,
-                &format!("key {key:?}"),
-            )
-            .map_err(io_err)
+        self.store.key_record(key).map_err(io_err)
     }
 
     /// Keys starting with `prefix`, in order, strictly after `after` when given; at most `limit`.
@@ -196,14 +173,7 @@ impl Batch<'_> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
-        self.store
-            .get_record(
-                CF_KV,
-                key.as_bytes(),
-                RecordKind::KeyValue,
-                &format!("key {key:?}"),
-            )
-            .map_err(io_err)
+        self.store.key_record(key).map_err(io_err)
     }
 
     fn record_event(&mut self, event: &EventRecord) {
