@@ -548,7 +548,7 @@ async fn measure_snapshot_catch_up() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
-    let cl = Cluster::start(3, &["--snapshot-entries=1000"]).await;
+    let cl = Cluster::start(3, &["--snapshot-entries=100"]).await;
     let value = "v".repeat(64 * 1024 - 32);
     let keys = mb * 16;
     let started = Instant::now();
