@@ -246,8 +246,14 @@ impl Node {
                     "cannot remove the last voter",
                 ));
             }
-            let reachable = self.reachable_voters();
-            let up = remaining.intersection(&reachable).count();
+            // A leader elected moments ago has not heard every voter yet: give it a few
+            // heartbeat rounds before calling a voter unreachable.
+            let deadline = std::time::Instant::now() + REACHABLE_WITHIN;
+            let mut up = remaining.intersection(&self.reachable_voters()).count();
+            while up * 2 <= remaining.len() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                up = remaining.intersection(&self.reachable_voters()).count();
+            }
             if up * 2 <= remaining.len() {
                 return Err(ApiError::new(
                     axum::http::StatusCode::CONFLICT,

@@ -57,6 +57,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A command's answer as the client sees it: a rejected command is a 400.
+fn answer(response: Response) -> Result<Response, ApiError> {
+    match response {
+        Response::Rejected { code, message } => Err(ApiError::bad_request(&code, message)),
+        other => Ok(other),
+    }
+}
+
 pub fn role_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "leader",
@@ -180,23 +188,15 @@ impl Node {
             idempotency_key,
             proposed_at_ms: now_ms(),
         };
-        match self.propose_local(cmd.clone()).await {
-            Err(e) if e.detail.code == "not_leader" => {
-                let Some((leader, addr)) = self.leader_addr() else {
-                    return Err(e);
-                };
-                let msg = self.peers.envelope(wire::ForwardedWrite { command: cmd });
-                let reply: wire::ForwardedWriteReply =
-                    self.forward(leader, &addr, "raft/write", &msg).await?;
-                match reply.response {
-                    Response::Rejected { code, message } => {
-                        Err(ApiError::bad_request(&code, message))
-                    }
-                    other => Ok(other),
-                }
-            }
-            other => other,
-        }
+        // A follower forwards to the leader it knows; the leader, or a node that knows no
+        // leader, proposes here (and so answers not_leader/no_quorum itself).
+        let Some((leader, addr)) = self.leader_addr() else {
+            return self.propose_local(cmd).await;
+        };
+        let msg = self.peers.envelope(wire::ForwardedWrite { command: cmd });
+        let reply: wire::ForwardedWriteReply =
+            self.forward(leader, &addr, "raft/write", &msg).await?;
+        answer(reply.response)
     }
 
     /// Proposes on this node only (the leader's side of a forwarded write).
@@ -212,10 +212,7 @@ impl Node {
                     "the write was not committed within {QUORUM_TIMEOUT:?}: no quorum; it may still apply later"
                 ),
             )),
-            Ok(Ok(resp)) => match resp.data {
-                Response::Rejected { code, message } => Err(ApiError::bad_request(&code, message)),
-                other => Ok(other),
-            },
+            Ok(Ok(resp)) => answer(resp.data),
             Ok(Err(e)) => {
                 if let Some(f) = e.forward_to_leader() {
                     return Err(self.not_leader_error(f.leader_id));
