@@ -226,7 +226,7 @@ async fn install(
     };
     let r = node
         .raft
-        .install_full_snapshot(wire::vote_of(&h.vote), snapshot)
+        .install_full_snapshot(crate::raft::vote_from_record(&h.vote), snapshot)
         .await
         .map_err(fatal)?;
     node.leader_contacted();

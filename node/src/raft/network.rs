@@ -298,7 +298,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let reply: wire::SnapshotReply = decode(&addr, resp)
                 .await
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-            Ok(SnapshotResponse::new(wire::vote_of(&reply.vote)))
+            Ok(SnapshotResponse::new(super::vote_from_record(&reply.vote)))
         };
         tokio::select! {
             r = send => r,

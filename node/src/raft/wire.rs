@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::LogId;
 use super::TypeConfig;
-use super::Vote;
 use super::entry_from_record;
 use super::entry_to_record;
 use super::log_id_from_record;
@@ -225,8 +224,4 @@ impl TransferLeaderRequest {
             unopt(&self.last_log_id),
         )
     }
-}
-
-pub fn vote_of(v: &VoteRecord) -> Vote {
-    vote_from_record(v)
 }

@@ -5,8 +5,6 @@
 //! Enums are closed: a record or command of a kind this binary does not know fails to decode,
 //! and the node stops with that error instead of skipping it.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
@@ -214,6 +212,3 @@ pub struct SnapshotMetaRecord {
     pub file: String,
     pub size: u64,
 }
-
-/// Keeps `BTreeMap` in the public surface for callers that build membership maps.
-pub type MemberMap = BTreeMap<u64, Member>;
