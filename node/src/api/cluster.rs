@@ -136,6 +136,9 @@ pub async fn transfer_leader(
 /// A consistent online backup: the state machine as of one applied index, as a
 /// self-checking file that `concordance restore` turns into a new data dir.
 pub async fn backup(State(node): State<SharedNode>) -> Result<impl IntoResponse, ApiError> {
+    // Include every write acknowledged before the request, even when served by a follower.
+    node.read_barrier(concordance_client::Consistency::Linearizable)
+        .await?;
     let dir = node.store.dir().join("backups");
     std::fs::create_dir_all(&dir).map_err(ApiError::storage)?;
     let path = dir.join(format!("backup-{}.snap", uuid::Uuid::new_v4()));
