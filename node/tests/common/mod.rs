@@ -36,6 +36,9 @@ pub struct NodeProc {
     pub log: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Runs the process as this user and group id (packet filters can then tell nodes
+    /// apart), from this copy of the binary (one that user may execute).
+    pub run_as: Option<(u32, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -58,6 +61,18 @@ impl NodeProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_as(port, name, dir, extra, env, None)
+    }
+
+    /// Like [`start_on`], as user and group `uid` running `program`, when given.
+    pub fn start_as(
+        port: u16,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        run_as: Option<(u32, PathBuf)>,
+    ) -> Self {
         let data_dir = dir.join(name);
         let mut args = vec![
             format!("--node-id={name}"),
@@ -75,6 +90,7 @@ impl NodeProc {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            run_as,
             child: None,
         };
         n.spawn();
@@ -87,7 +103,16 @@ impl NodeProc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bin())
+        let mut cmd = match &self.run_as {
+            Some((uid, program)) => {
+                use std::os::unix::process::CommandExt;
+                let mut c = Command::new(program);
+                c.uid(*uid).gid(*uid);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .args(&self.args)
             .env_remove("CONCORDANCE_API_KEY")
             .env_remove("CONCORDANCE_AGENT_API_KEY")
@@ -117,6 +142,10 @@ impl NodeProc {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn signal(&self, sig: &str) {

@@ -1,0 +1,313 @@
+//! Reliability: real clusters under faults, every client operation recorded, and the history
+//! checked for linearizability and the store's invariants. See docs/reliability.md.
+//!
+//! Quick seeds run with the test suite; the soak runs for as long as asked:
+//! `SOAK_SECONDS=600 SEED=7 NODES=5 cargo test --release -p concordance --test reliability -- --ignored --nocapture soak`
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod checker;
+mod cluster;
+mod history;
+mod nemesis;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use concordance_client::Consistency;
+
+use crate::checker::Input;
+use crate::checker::Operation;
+use crate::checker::Output;
+use crate::cluster::Cluster;
+use crate::history::Record;
+use crate::history::Status;
+use crate::workload::Endpoints;
+use crate::workload::Workload;
+use crate::workload::since;
+
+/// Search steps the checker may take per key before giving up.
+const CHECK_BUDGET: u64 = 20_000_000;
+
+pub struct RunConfig {
+    pub seed: u64,
+    pub nodes: usize,
+    pub faults_for: Duration,
+    pub clients: usize,
+    pub keys: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub faults: Vec<String>,
+    pub ops: usize,
+    pub ok: usize,
+    pub indeterminate: usize,
+    pub failed: usize,
+    pub checked_linearizable: usize,
+    pub checked_serializable: usize,
+    pub acknowledged_writes: usize,
+    pub leader_terms: usize,
+    pub terms_with_two_leaders: usize,
+    pub final_revision: u64,
+}
+
+fn endpoints_of(c: &Cluster) -> Vec<(String, u16)> {
+    c.names()
+        .into_iter()
+        .map(|n| (n.clone(), c.port(&n)))
+        .collect()
+}
+
+/// Reads every key linearizably once the cluster is whole again, retrying through any node.
+async fn final_reads(
+    c: &Cluster,
+    keys: usize,
+    t0: Instant,
+) -> Result<(Vec<Record>, BTreeMap<String, Option<(String, u64)>>), String> {
+    let mut recs = Vec::new();
+    let mut finals = BTreeMap::new();
+    for k in 0..keys {
+        let key = format!("reg/{k}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let node = c.names()[k % c.names().len()].clone();
+            let call = since(t0);
+            match tokio::time::timeout(Duration::from_secs(5), c.client(&node).get(&key)).await {
+                Ok(Ok(r)) => {
+                    let seen = r.as_ref().map(|r| {
+                        (
+                            r.kv.value.as_str().unwrap_or_default().to_string(),
+                            r.kv.mod_revision,
+                        )
+                    });
+                    recs.push(Record {
+                        op: Operation {
+                            key: key.clone(),
+                            client: usize::MAX,
+                            input: Input::Get,
+                            output: Output::Read(seen.as_ref().map(|s| s.0.clone())),
+                            call,
+                            ret: Some(since(t0)),
+                        },
+                        node,
+                        serializable: false,
+                        status: Status::Ok,
+                        revision: r.as_ref().map(|r| r.revision),
+                        mod_revision: seen.as_ref().map(|s| s.1),
+                    });
+                    finals.insert(key, seen);
+                    break;
+                }
+                other if Instant::now() > deadline => {
+                    return Err(format!("final read of {key} kept failing: {other:?}"));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok((recs, finals))
+}
+
+/// Every replica's full listing (serializable, i.e. its own state) must be the same.
+async fn check_replicas_equal(c: &Cluster) -> Result<usize, String> {
+    let mut listings = BTreeMap::new();
+    for n in c.names() {
+        let l = c
+            .client(&n)
+            .list("", None, Some(10000), Consistency::Serializable)
+            .await
+            .map_err(|e| format!("listing {n}: {e}"))?;
+        let kvs: Vec<String> = l
+            .kvs
+            .iter()
+            .map(|kv| {
+                format!(
+                    "{} {} c{} m{} v{}",
+                    kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version
+                )
+            })
+            .collect();
+        listings.insert(n, (l.revision, kvs));
+    }
+    let first = listings.values().next().cloned().unwrap();
+    for (n, l) in &listings {
+        if *l != first {
+            return Err(format!(
+                "replica {n} differs after healing:\n{l:?}\nvs\n{first:?}"
+            ));
+        }
+    }
+    Ok(first.1.len())
+}
+
+/// One run: a cluster, clients under a seed's fault schedule, then every check.
+pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
+    let mut cluster = Cluster::start(cfg.nodes, &[]).await;
+    for n in cluster.names() {
+        cluster.members[&n].proc.wait_ready().await;
+    }
+    let result = drive(&mut cluster, cfg).await;
+    if result.is_err() {
+        eprintln!("{}", cluster.logs());
+    }
+    result
+}
+
+async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String> {
+    let t0 = Instant::now();
+    let endpoints: Endpoints = Arc::new(RwLock::new(endpoints_of(cluster)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = Workload {
+        keys: cfg.keys,
+        clients: cfg.clients,
+    };
+    let clients = {
+        let (e, s, seed) = (endpoints.clone(), stop.clone(), cfg.seed);
+        tokio::spawn(async move { workload.run(seed, t0, e, s).await })
+    };
+    let sampler = tokio::spawn(workload::sample_leaders(
+        t0,
+        endpoints.clone(),
+        stop.clone(),
+    ));
+
+    let mut summary = Summary::default();
+    let mut schedule = nemesis::Schedule::new(cfg.seed);
+    let faults_end = Instant::now() + cfg.faults_for;
+    while Instant::now() < faults_end {
+        let step = schedule.next_step();
+        let what = nemesis::apply(cluster, &step).await;
+        *endpoints.write().unwrap() = endpoints_of(cluster);
+        println!(
+            "[seed {} t={:>6.1}s] {what}",
+            cfg.seed,
+            t0.elapsed().as_secs_f64()
+        );
+        summary.faults.push(what);
+    }
+    cluster.heal_all();
+    // A little load on the healed cluster, then the clients stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut history = clients.await.map_err(|e| e.to_string())?;
+    let samples = sampler.await.map_err(|e| e.to_string())?;
+
+    let (final_recs, finals) = final_reads(cluster, cfg.keys, t0).await?;
+    history.extend(final_recs);
+    summary.final_revision = cluster.wait_converged(Duration::from_secs(60)).await?;
+    check_replicas_equal(cluster).await?;
+
+    summary.ops = history.len();
+    summary.ok = history.iter().filter(|r| r.status == Status::Ok).count();
+    summary.indeterminate = history
+        .iter()
+        .filter(|r| matches!(r.status, Status::Indeterminate(_)))
+        .count();
+    summary.failed = history
+        .iter()
+        .filter(|r| matches!(r.status, Status::Fail(_)))
+        .count();
+
+    let ops = history::for_checker(&history);
+    summary.checked_linearizable = ops.len();
+    let verdict = checker::check_history(&ops, CHECK_BUDGET);
+    if !matches!(verdict, checker::Verdict::Linearizable) {
+        return Err(checker::describe(&verdict));
+    }
+    history::check_revisions(&history)?;
+    summary.checked_serializable = history::check_serializable(&history)?;
+    summary.acknowledged_writes = history::check_no_lost_writes(&history, &finals)?;
+    let leaders = history::check_leaders(&samples)?;
+    summary.leader_terms = leaders.terms;
+    summary.terms_with_two_leaders = leaders.terms_with_two_leaders;
+    Ok(summary)
+}
+
+async fn run_and_report(cfg: RunConfig) {
+    println!(
+        "reliability run: seed {} on {} nodes, {:?} of faults, {} clients on {} keys",
+        cfg.seed, cfg.nodes, cfg.faults_for, cfg.clients, cfg.keys
+    );
+    match run(&cfg).await {
+        Ok(s) => println!(
+            "seed {} passed: {} faults; {} operations ({} ok, {} indeterminate, {} failed); \
+             {} checked for linearizability, {} serializable reads checked, {} acknowledged \
+             writes all present; {} terms led ({} by two nodes in turn); final revision {}",
+            cfg.seed,
+            s.faults.len(),
+            s.ops,
+            s.ok,
+            s.indeterminate,
+            s.failed,
+            s.checked_linearizable,
+            s.checked_serializable,
+            s.acknowledged_writes,
+            s.leader_terms,
+            s.terms_with_two_leaders,
+            s.final_revision
+        ),
+        Err(e) => panic!(
+            "seed {} FAILED on {} nodes (reproduce: SEED={} NODES={} SOAK_SECONDS={} cargo test \
+             --release -p concordance --test reliability -- --ignored --nocapture soak):\n{e}",
+            cfg.seed,
+            cfg.nodes,
+            cfg.seed,
+            cfg.nodes,
+            cfg.faults_for.as_secs()
+        ),
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_under_faults_seed_1() {
+    run_and_report(RunConfig {
+        seed: 1,
+        nodes: 3,
+        faults_for: Duration::from_secs(20),
+        clients: 4,
+        keys: 4,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_under_faults_seed_2() {
+    run_and_report(RunConfig {
+        seed: 2,
+        nodes: 5,
+        faults_for: Duration::from_secs(20),
+        clients: 4,
+        keys: 4,
+    })
+    .await;
+}
+
+/// The long run: `SOAK_SECONDS` of faults (default 300), seed `SEED` (default 7), `NODES`
+/// (default 5), `CLIENTS` (default 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn soak() {
+    run_and_report(RunConfig {
+        seed: env_u64("SEED", 7),
+        nodes: env_u64("NODES", 5) as usize,
+        faults_for: Duration::from_secs(env_u64("SOAK_SECONDS", 300)),
+        clients: env_u64("CLIENTS", 6) as usize,
+        keys: env_u64("KEYS", 6) as usize,
+    })
+    .await;
+}

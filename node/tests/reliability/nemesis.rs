@@ -1,0 +1,185 @@
+//! The fault schedule: derived from the seed alone, so a failing seed replays the same
+//! sequence of faults (which node a fault hits may still depend on who leads at that moment).
+
+use std::time::Duration;
+
+use rand::Rng;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::cluster::Cluster;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL a member, restart it after the hold.
+    Kill,
+    KillLeader,
+    /// SIGSTOP a member, SIGCONT after the hold.
+    Pause,
+    PauseLeader,
+    /// A random minority cut off from the majority.
+    PartitionMinority,
+    /// The leader alone on one side.
+    IsolateLeader,
+    /// Two halves that cannot talk, and one node that talks to both.
+    Bridge,
+    /// `/cluster/transfer-leader` to a random other voter.
+    TransferLeader,
+    /// A follower loses its data dir: removed from Raft, and a new member joins in its place.
+    ReplaceMember,
+}
+
+const ALL: [Fault; 9] = [
+    Fault::Kill,
+    Fault::KillLeader,
+    Fault::Pause,
+    Fault::PauseLeader,
+    Fault::PartitionMinority,
+    Fault::IsolateLeader,
+    Fault::Bridge,
+    Fault::TransferLeader,
+    Fault::ReplaceMember,
+];
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub fault: Fault,
+    /// Picks the target among the candidates (members in name order).
+    pub pick: u64,
+    pub hold: Duration,
+    pub quiet: Duration,
+}
+
+/// An endless, seed-determined schedule of faults: every kind once in a seed-shuffled
+/// order first (so even a short run meets them all), then kinds drawn at random.
+pub struct Schedule {
+    rng: StdRng,
+    first: Vec<Fault>,
+}
+
+impl Schedule {
+    pub fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_fa17);
+        let mut first = ALL.to_vec();
+        first.shuffle(&mut rng);
+        first.reverse();
+        Self { rng, first }
+    }
+
+    pub fn next_step(&mut self) -> Step {
+        let fault = match self.first.pop() {
+            Some(f) => f,
+            None => ALL[self.rng.random_range(0..ALL.len())],
+        };
+        Step {
+            fault,
+            pick: self.rng.random(),
+            hold: Duration::from_millis(self.rng.random_range(800..3000)),
+            quiet: Duration::from_millis(self.rng.random_range(300..1500)),
+        }
+    }
+}
+
+fn pick<T: Clone>(items: &[T], pick: u64) -> T {
+    items[(pick % items.len() as u64) as usize].clone()
+}
+
+/// Applies one step: the fault, its hold, then every fault healed. Returns what was done.
+pub async fn apply(cluster: &mut Cluster, step: &Step) -> String {
+    let names = cluster.names();
+    let leader = cluster.leader().await;
+    let target = pick(&names, step.pick);
+    let mut shuffled = names.clone();
+    shuffled.shuffle(&mut StdRng::seed_from_u64(step.pick));
+    let needs_filter = matches!(
+        step.fault,
+        Fault::PartitionMinority | Fault::IsolateLeader | Fault::Bridge
+    );
+    if needs_filter && !cluster.can_partition() {
+        return format!("{:?} skipped (packet filtering needs root)", step.fault);
+    }
+    let what = match step.fault {
+        Fault::Kill | Fault::KillLeader => {
+            let t = if step.fault == Fault::KillLeader {
+                leader.unwrap_or(target)
+            } else {
+                target
+            };
+            cluster.kill(&t);
+            tokio::time::sleep(step.hold).await;
+            cluster.restart(&t);
+            format!("SIGKILL {t}, restart after {:?}", step.hold)
+        }
+        Fault::Pause | Fault::PauseLeader => {
+            let t = if step.fault == Fault::PauseLeader {
+                leader.unwrap_or(target)
+            } else {
+                target
+            };
+            cluster.pause(&t);
+            tokio::time::sleep(step.hold).await;
+            cluster.resume(&t);
+            format!("SIGSTOP {t} for {:?}", step.hold)
+        }
+        Fault::PartitionMinority => {
+            let minority = shuffled[..(names.len() - 1) / 2].to_vec();
+            let majority = shuffled[(names.len() - 1) / 2..].to_vec();
+            cluster.partition(&[minority.clone(), majority.clone()]);
+            tokio::time::sleep(step.hold).await;
+            format!("partition {minority:?} | {majority:?} for {:?}", step.hold)
+        }
+        Fault::IsolateLeader => {
+            let l = leader.unwrap_or(target);
+            let rest: Vec<String> = names.iter().filter(|n| **n != l).cloned().collect();
+            cluster.partition(&[vec![l.clone()], rest]);
+            tokio::time::sleep(step.hold).await;
+            format!("isolate leader {l} for {:?}", step.hold)
+        }
+        Fault::Bridge => {
+            let bridge = shuffled[0].clone();
+            let rest = &shuffled[1..];
+            let (a, b) = rest.split_at(rest.len() / 2);
+            let links: Vec<(String, String)> = a
+                .iter()
+                .flat_map(|x| b.iter().map(move |y| (x.clone(), y.clone())))
+                .collect();
+            cluster.cut_links(&links);
+            tokio::time::sleep(step.hold).await;
+            format!(
+                "bridge {bridge} between {a:?} and {b:?} for {:?}",
+                step.hold
+            )
+        }
+        Fault::TransferLeader => {
+            let others: Vec<String> = names
+                .iter()
+                .filter(|n| Some(*n) != leader.as_ref())
+                .cloned()
+                .collect();
+            let to = pick(&others, step.pick);
+            match cluster.transfer_leader(&to).await {
+                Ok(()) => format!("transfer leadership {leader:?} -> {to}"),
+                Err(e) => format!("transfer leadership to {to} refused: {e}"),
+            }
+        }
+        Fault::ReplaceMember => {
+            let followers: Vec<String> = names
+                .iter()
+                .filter(|n| Some(*n) != leader.as_ref())
+                .cloned()
+                .collect();
+            let t = pick(&followers, step.pick);
+            match cluster.remove_member(&t).await {
+                Ok(()) => {
+                    let new = cluster.add_member(&[]).await;
+                    format!("{t} lost its data dir: removed, {new} joined in its place")
+                }
+                Err(e) => format!("removing {t} refused: {e}"),
+            }
+        }
+    };
+    cluster.heal_all();
+    tokio::time::sleep(step.quiet).await;
+    what
+}

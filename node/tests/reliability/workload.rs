@@ -1,0 +1,216 @@
+//! Concurrent clients that record every operation, and a sampler of every node's status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use concordance_client::Client;
+use concordance_client::Consistency;
+use concordance_client::Error;
+use rand::Rng;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::checker::Input;
+use crate::checker::Operation;
+use crate::checker::Output;
+use crate::cluster::client_for;
+use crate::history::LeaderSample;
+use crate::history::Record;
+use crate::history::Status;
+
+/// How long a client waits for one answer before calling the operation indeterminate.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The nodes clients may talk to (name, port); the fault schedule updates it.
+pub type Endpoints = Arc<RwLock<Vec<(String, u16)>>>;
+
+/// Nanoseconds since `t0`: the history's clock (monotonic, one per run).
+pub fn since(t0: Instant) -> u64 {
+    t0.elapsed().as_nanos() as u64
+}
+
+fn classify(e: &Error) -> Status {
+    match e {
+        Error::Transport(t) if t.is_connect() => Status::Fail(e.to_string()),
+        _ => Status::Indeterminate(e.to_string()),
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    v.as_str().map(String::from)
+}
+
+pub struct Workload {
+    pub keys: usize,
+    pub clients: usize,
+}
+
+impl Workload {
+    /// Runs `self.clients` clients until `stop`; returns every client's records.
+    pub async fn run(
+        &self,
+        seed: u64,
+        t0: Instant,
+        endpoints: Endpoints,
+        stop: Arc<AtomicBool>,
+    ) -> Vec<Record> {
+        let mut tasks = Vec::new();
+        for c in 0..self.clients {
+            let endpoints = endpoints.clone();
+            let stop = stop.clone();
+            let keys = self.keys;
+            tasks.push(tokio::spawn(async move {
+                client_loop(c, seed, keys, t0, endpoints, stop).await
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("client task"));
+        }
+        all
+    }
+}
+
+async fn client_loop(
+    id: usize,
+    seed: u64,
+    keys: usize,
+    t0: Instant,
+    endpoints: Endpoints,
+    stop: Arc<AtomicBool>,
+) -> Vec<Record> {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(id as u64));
+    let mut clients: HashMap<u16, Client> = HashMap::new();
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let (node, port) = {
+            let eps = endpoints.read().unwrap();
+            eps[rng.random_range(0..eps.len())].clone()
+        };
+        let client = clients
+            .entry(port)
+            .or_insert_with(|| client_for(port))
+            .clone();
+        let key = format!("reg/{}", rng.random_range(0..keys));
+        n += 1;
+        let value = format!("c{id}-{n}");
+        let roll = rng.random_range(0..100);
+        let rec = one_op(&client, id, &node, &key, &value, roll, t0).await;
+        let failed = rec.status != Status::Ok;
+        out.push(rec);
+        if failed {
+            // Give a faulty node a moment; the next operation picks a node afresh.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    out
+}
+
+/// One random operation: 35% put, 30% linearizable get, 20% serializable get, 15% delete.
+async fn one_op(
+    client: &Client,
+    id: usize,
+    node: &str,
+    key: &str,
+    value: &str,
+    roll: u32,
+    t0: Instant,
+) -> Record {
+    let call = since(t0);
+    let mut rec = Record {
+        op: Operation {
+            key: key.into(),
+            client: id,
+            input: Input::Get,
+            output: Output::Unknown,
+            call,
+            ret: None,
+        },
+        node: node.into(),
+        serializable: false,
+        status: Status::Ok,
+        revision: None,
+        mod_revision: None,
+    };
+    let timed_out = || Status::Indeterminate("timeout".into());
+    if roll < 35 {
+        rec.op.input = Input::Put(value.into());
+        match tokio::time::timeout(OP_TIMEOUT, client.put(key, &json!(value))).await {
+            Ok(Ok(r)) => {
+                rec.op.output = Output::Ok;
+                rec.revision = Some(r.revision);
+            }
+            Ok(Err(e)) => rec.status = classify(&e),
+            Err(_) => rec.status = timed_out(),
+        }
+    } else if roll < 85 {
+        rec.serializable = roll >= 65;
+        let consistency = if rec.serializable {
+            Consistency::Serializable
+        } else {
+            Consistency::Linearizable
+        };
+        match tokio::time::timeout(OP_TIMEOUT, client.get_with(key, consistency)).await {
+            Ok(Ok(Some(r))) => {
+                rec.op.output = Output::Read(text(&r.kv.value));
+                rec.revision = Some(r.revision);
+                rec.mod_revision = Some(r.kv.mod_revision);
+            }
+            Ok(Ok(None)) => rec.op.output = Output::Read(None),
+            Ok(Err(e)) => rec.status = classify(&e),
+            Err(_) => rec.status = timed_out(),
+        }
+    } else {
+        rec.op.input = Input::Delete;
+        match tokio::time::timeout(OP_TIMEOUT, client.delete(key)).await {
+            Ok(Ok(r)) => {
+                rec.op.output = Output::Deleted(r.deleted > 0);
+                rec.revision = Some(r.revision);
+            }
+            Ok(Err(e)) => rec.status = classify(&e),
+            Err(_) => rec.status = timed_out(),
+        }
+    }
+    if rec.status == Status::Ok {
+        rec.op.ret = Some(since(t0));
+    }
+    rec
+}
+
+/// Samples `/cluster/status` of every endpoint every 100 ms until `stop`.
+pub async fn sample_leaders(
+    t0: Instant,
+    endpoints: Endpoints,
+    stop: Arc<AtomicBool>,
+) -> Vec<LeaderSample> {
+    let mut out = Vec::new();
+    let mut clients: HashMap<u16, Client> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let eps = endpoints.read().unwrap().clone();
+        for (name, port) in eps {
+            let c = clients
+                .entry(port)
+                .or_insert_with(|| client_for(port))
+                .clone();
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(300), c.status()).await {
+                out.push(LeaderSample {
+                    at: since(t0),
+                    node: name,
+                    role: s.role,
+                    term: s.term,
+                    leader: s.leader,
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out
+}
