@@ -1,0 +1,351 @@
+//! Local clusters on loopback for measurements: Concordance or etcd members as child
+//! processes with their own ports and data dirs under one temporary folder, killed on drop.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::bail;
+use serde_json::Value;
+
+use crate::driver::System;
+
+/// How long a member may take to become ready.
+const READY_WAIT: Duration = Duration::from_secs(120);
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One member process; restartable with the same arguments.
+pub struct Member {
+    pub name: String,
+    pub client_addr: String,
+    pub data_dir: PathBuf,
+    bin: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit (SIGKILL after 30 s).
+    pub fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct LocalCluster {
+    pub system: System,
+    pub members: Vec<Member>,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl LocalCluster {
+    /// Starts `n` Concordance members: the first bootstraps, the others join one at a time.
+    pub async fn concordance(
+        bin: &Path,
+        n: usize,
+        work_dir: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut c = Self::empty(System::Concordance, bin, work_dir)?;
+        for i in 1..=n {
+            let join = if i == 1 {
+                "--bootstrap".to_string()
+            } else {
+                format!("--join={}", c.members[0].client_addr)
+            };
+            let mut args = vec![join];
+            args.extend(extra.iter().cloned());
+            c.add_concordance_member(&format!("node{i}"), &args)?;
+            c.wait_ready(i - 1).await?;
+        }
+        Ok(c)
+    }
+
+    /// Starts one more Concordance member (e.g. `--join=...`) without waiting for it.
+    pub fn add_concordance_member(&mut self, name: &str, extra: &[String]) -> anyhow::Result<()> {
+        let port = free_port()?;
+        let data_dir = self.dir.path().join(name);
+        let mut args = vec![
+            format!("--node-id={name}"),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--data-dir={}", data_dir.display()),
+            "--log=warn".to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        self.push_member(name, format!("127.0.0.1:{port}"), data_dir, args)
+    }
+
+    /// Starts an `n`-member etcd cluster with its defaults (fsync on every commit).
+    pub async fn etcd(bin: &Path, n: usize, work_dir: &Path) -> anyhow::Result<Self> {
+        let mut c = Self::empty(System::Etcd, bin, work_dir)?;
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("node{}=http://127.0.0.1:{peer}", i + 1))
+            .collect();
+        let token = format!("bench-{}", std::process::id());
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("node{}", i + 1);
+            let data_dir = c.dir.path().join(&name);
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", data_dir.display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                format!("--initial-cluster-token={token}"),
+                "--initial-cluster-state=new".to_string(),
+                "--log-level=warn".to_string(),
+            ];
+            c.push_member(&name, format!("127.0.0.1:{client}"), data_dir, args)?;
+        }
+        for i in 0..n {
+            c.wait_ready(i).await?;
+        }
+        Ok(c)
+    }
+
+    fn empty(system: System, bin: &Path, work_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(work_dir)?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bench-{}-", system.name()))
+            .tempdir_in(work_dir)?;
+        if !bin.is_file() {
+            bail!("{} binary not found at {}", system.name(), bin.display());
+        }
+        Ok(Self {
+            system,
+            members: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+            dir,
+            bin: bin.to_path_buf(),
+        })
+    }
+
+    fn push_member(
+        &mut self,
+        name: &str,
+        client_addr: String,
+        data_dir: PathBuf,
+        args: Vec<String>,
+    ) -> anyhow::Result<()> {
+        let mut m = Member {
+            name: name.into(),
+            client_addr,
+            data_dir,
+            bin: self.bin.clone(),
+            args,
+            log: self.dir.path().join(format!("{name}.log")),
+            child: None,
+        };
+        m.spawn()?;
+        self.members.push(m);
+        Ok(())
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| m.client_addr.clone())
+            .collect()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(Member::pid).collect()
+    }
+
+    /// Whether member `i` answers its readiness probe.
+    pub async fn is_ready(&self, i: usize) -> bool {
+        let addr = &self.members[i].client_addr;
+        match self.system {
+            System::Concordance => self
+                .http
+                .get(format!("http://{addr}/api/v1/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            System::Etcd => match self.http.get(format!("http://{addr}/health")).send().await {
+                Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["health"] == "true"),
+                Err(_) => false,
+            },
+        }
+    }
+
+    pub async fn wait_ready(&self, i: usize) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < READY_WAIT {
+            if self.is_ready(i).await {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "{} member {} not ready within {READY_WAIT:?}; log:\n{}",
+            self.system.name(),
+            self.members[i].name,
+            self.members[i].log_tail()
+        )
+    }
+
+    pub async fn wait_all_ready(&self) -> anyhow::Result<()> {
+        for i in 0..self.members.len() {
+            if self.members[i].is_running() {
+                self.wait_ready(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the member that currently leads, as the running members see it.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        while started.elapsed() < READY_WAIT {
+            for m in self.members.iter().filter(|m| m.is_running()) {
+                if let Some(i) = self.leader_seen_by(m).await {
+                    return Ok(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("no leader within {READY_WAIT:?}")
+    }
+
+    async fn leader_seen_by(&self, m: &Member) -> Option<usize> {
+        let addr = &m.client_addr;
+        match self.system {
+            System::Concordance => {
+                let v: Value = self
+                    .http
+                    .get(format!("http://{addr}/api/v1/cluster/status"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let leader = v["leader"].as_str()?;
+                self.members.iter().position(|m| m.name == leader)
+            }
+            System::Etcd => {
+                // Each member reports its own id and the leader's: the leader is the member
+                // whose own id is the leader id.
+                for (i, other) in self.members.iter().enumerate() {
+                    if !other.is_running() {
+                        continue;
+                    }
+                    let v: Value = self
+                        .http
+                        .post(format!(
+                            "http://{}/v3/maintenance/status",
+                            other.client_addr
+                        ))
+                        .body("{}")
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
+                        return Some(i);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// SIGTERM every member and wait for them.
+    pub fn stop(&mut self) {
+        for m in &mut self.members {
+            m.terminate();
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
