@@ -100,6 +100,8 @@ pub struct Cluster {
     pub filter: Option<PacketFilter>,
     next_id: usize,
     seed_node: String,
+    /// Environment of every node (the unsynced-data shim when asked for).
+    env: Vec<(String, String)>,
 }
 
 /// Builds a client that gives up quickly (faults make nodes unresponsive).
@@ -108,8 +110,10 @@ pub fn client_for(port: u16) -> Client {
 }
 
 impl Cluster {
-    /// Starts `size` nodes: the first bootstraps, the others join it one at a time.
-    pub async fn start(size: usize, extra: &[&str]) -> Self {
+    /// Starts `size` nodes: the first bootstraps, the others join it one at a time. With
+    /// `lose_unsynced`, every node runs with the shim of `durability`: a SIGKILL loses what
+    /// the node had not fsynced.
+    pub async fn start(size: usize, extra: &[&str], lose_unsynced: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = is_root();
         if root {
@@ -125,7 +129,14 @@ impl Cluster {
             filter: root.then(PacketFilter::new),
             next_id: 1,
             seed_node: String::new(),
+            env: vec![("CONCORDANCE_LOG".into(), "info,openraft=warn".into())],
         };
+        if lose_unsynced {
+            // A copy every node's user may read.
+            let so = c.dir.path().join("lose_unsynced.so");
+            std::fs::copy(crate::durability::shim(), &so).unwrap();
+            c.env.push(("LD_PRELOAD".into(), so.display().to_string()));
+        }
         let mut args = vec!["--bootstrap".to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let first = c.spawn(&args).await;
@@ -142,12 +153,17 @@ impl Cluster {
         let run_as = uid.map(|u| (u, self.dir.path().join("concordance")));
         self.next_id += 1;
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let proc = NodeProc::start_as(
             crate::common::free_port(),
             &name,
             self.dir.path(),
             &args,
-            &[("CONCORDANCE_LOG", "info,openraft=warn")],
+            &env,
             run_as,
         );
         self.members.insert(

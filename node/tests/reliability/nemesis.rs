@@ -28,9 +28,13 @@ pub enum Fault {
     TransferLeader,
     /// A follower loses its data dir: removed from Raft, and a new member joins in its place.
     ReplaceMember,
+    /// Every member SIGKILLed at once (with the unsynced-data shim: a power cut), all
+    /// restarted after the hold.
+    PowerCut,
 }
 
-const ALL: [Fault; 9] = [
+const ALL: [Fault; 10] = [
+    Fault::PowerCut,
     Fault::Kill,
     Fault::KillLeader,
     Fault::Pause,
@@ -148,6 +152,19 @@ pub async fn apply(cluster: &mut Cluster, step: &Step) -> String {
             tokio::time::sleep(step.hold).await;
             format!(
                 "bridge {bridge} between {a:?} and {b:?} for {:?}",
+                step.hold
+            )
+        }
+        Fault::PowerCut => {
+            for n in &names {
+                cluster.kill(n);
+            }
+            tokio::time::sleep(step.hold).await;
+            for n in &names {
+                cluster.restart(n);
+            }
+            format!(
+                "power cut: every node SIGKILLed, restarted after {:?}",
                 step.hold
             )
         }

@@ -1,0 +1,132 @@
+/*
+ * LD_PRELOAD shim: writes to files whose name ends in ".log" (RocksDB's write-ahead logs)
+ * are kept in this process's memory until the file is fsynced (fsync/fdatasync), closed or
+ * truncated. A SIGKILL then loses exactly what a power cut loses from those files: every
+ * byte written since the last sync. (The page cache survives a plain SIGKILL, so without
+ * this a killed node never loses anything.) Closed files are handed to the kernel unsynced,
+ * as a clean close would; only a crash with the file open loses its tail.
+ *
+ * Build: cc -shared -fPIC -O2 -o lose_unsynced.so lose_unsynced.c -ldl
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define MAX_FDS 4096
+
+enum { UNKNOWN = 0, PLAIN, HELD };
+
+struct held {
+    int kind;
+    char *buf;
+    size_t len, cap;
+};
+
+static struct held fds[MAX_FDS];
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+static ssize_t (*real_write)(int, const void *, size_t);
+static int (*real_fsync)(int);
+static int (*real_fdatasync)(int);
+static int (*real_close)(int);
+static int (*real_ftruncate)(int, off_t);
+
+static void init(void) {
+    if (!real_write) {
+        real_write = dlsym(RTLD_NEXT, "write");
+        real_fsync = dlsym(RTLD_NEXT, "fsync");
+        real_fdatasync = dlsym(RTLD_NEXT, "fdatasync");
+        real_close = dlsym(RTLD_NEXT, "close");
+        real_ftruncate = dlsym(RTLD_NEXT, "ftruncate");
+    }
+}
+
+/* Whether fd is a write-ahead log (decided once per open file, from /proc). */
+static int kind_of(int fd) {
+    if (fd < 0 || fd >= MAX_FDS) return PLAIN;
+    if (fds[fd].kind != UNKNOWN) return fds[fd].kind;
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    int k = PLAIN;
+    if (n > 4) {
+        path[n] = 0;
+        if (strcmp(path + n - 4, ".log") == 0 && strncmp(path, "/proc", 5) != 0) k = HELD;
+    }
+    fds[fd].kind = k;
+    return k;
+}
+
+/* Hands held bytes to the kernel. Called with the lock held. */
+static int drain(int fd) {
+    struct held *h = &fds[fd];
+    size_t off = 0;
+    while (off < h->len) {
+        ssize_t w = real_write(fd, h->buf + off, h->len - off);
+        if (w < 0) return -1;
+        off += (size_t)w;
+    }
+    h->len = 0;
+    return 0;
+}
+
+ssize_t write(int fd, const void *buf, size_t count) {
+    init();
+    pthread_mutex_lock(&lock);
+    if (kind_of(fd) != HELD) {
+        pthread_mutex_unlock(&lock);
+        return real_write(fd, buf, count);
+    }
+    struct held *h = &fds[fd];
+    if (h->len + count > h->cap) {
+        size_t cap = h->cap ? h->cap : 1 << 16;
+        while (cap < h->len + count) cap *= 2;
+        char *nb = realloc(h->buf, cap);
+        if (!nb) {
+            pthread_mutex_unlock(&lock);
+            return -1;
+        }
+        h->buf = nb;
+        h->cap = cap;
+    }
+    memcpy(h->buf + h->len, buf, count);
+    h->len += count;
+    pthread_mutex_unlock(&lock);
+    return (ssize_t)count;
+}
+
+static int sync_with(int fd, int (*f)(int)) {
+    init();
+    pthread_mutex_lock(&lock);
+    int rc = 0;
+    if (fd >= 0 && fd < MAX_FDS && fds[fd].kind == HELD) rc = drain(fd);
+    pthread_mutex_unlock(&lock);
+    return rc < 0 ? rc : f(fd);
+}
+
+int fsync(int fd) { init(); return sync_with(fd, real_fsync); }
+int fdatasync(int fd) { init(); return sync_with(fd, real_fdatasync); }
+
+int ftruncate(int fd, off_t len) {
+    init();
+    pthread_mutex_lock(&lock);
+    if (fd >= 0 && fd < MAX_FDS && fds[fd].kind == HELD) drain(fd);
+    pthread_mutex_unlock(&lock);
+    return real_ftruncate(fd, len);
+}
+
+int close(int fd) {
+    init();
+    pthread_mutex_lock(&lock);
+    if (fd >= 0 && fd < MAX_FDS) {
+        if (fds[fd].kind == HELD) drain(fd);
+        fds[fd].kind = UNKNOWN;
+    }
+    pthread_mutex_unlock(&lock);
+    return real_close(fd);
+}
