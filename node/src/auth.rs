@@ -106,6 +106,9 @@ pub async fn require(
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
     let role = keys.authenticate(header)?;
+    // Handlers that check sub-operations (reserved keys inside a transaction) read it.
+    let mut req = req;
+    req.extensions_mut().insert(role);
     if role < required {
         return Err(ApiError::forbidden(format!(
             "this needs the {} key; the {} key may not do it",

@@ -99,6 +99,12 @@ pub struct ServeArgs {
     /// Take a snapshot (and compact the log) after this many entries.
     #[arg(long, env = "CONCORDANCE_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
+    /// Revisions of change history kept for watches; an older start revision is `compacted`.
+    #[arg(long, env = "CONCORDANCE_HISTORY_REVISIONS", default_value_t = crate::store::state_machine::HISTORY_RETAINED_REVISIONS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_revisions: u64,
+    /// Seconds an `Idempotency-Key`'s answer is kept (a retry after that applies again).
+    #[arg(long, env = "CONCORDANCE_IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_retention_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -119,6 +125,8 @@ pub struct Config {
     pub api_key: Option<String>,
     pub agent_key: Option<String>,
     pub snapshot_entries: u64,
+    pub history_revisions: u64,
+    pub idempotency_retention: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +251,8 @@ impl ServeArgs {
             api_key,
             agent_key,
             snapshot_entries: self.snapshot_entries,
+            history_revisions: self.history_revisions,
+            idempotency_retention: std::time::Duration::from_secs(self.idempotency_retention_secs),
         })
     }
 }

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod coordination;
+pub mod features;
 pub mod inspect;
 pub mod join;
 pub mod membership;

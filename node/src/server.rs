@@ -97,7 +97,8 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let mut identity = load_identity(&store, &config)?;
     let metrics = Metrics::new();
     let log_store = LogStore::new(store.clone(), metrics.clone());
-    let state_machine = StateMachine::open(store.clone(), metrics.clone())?;
+    let state_machine = StateMachine::open(store.clone(), metrics.clone())?
+        .with_history_revisions(config.history_revisions);
     let reader = state_machine.reader();
     let peers = PeerContext::new(
         config.api_key.clone(),
@@ -161,6 +162,12 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     });
     spawn_leader_change_counter(&raft, metrics);
     spawn_promoter(node.clone());
+    crate::coordination::spawn(
+        node.clone(),
+        crate::coordination::Settings {
+            idempotency_retention: config.idempotency_retention,
+        },
+    );
     if let Some(target) = join_target {
         let joiner = node.clone();
         let advertise = config.advertise.clone();

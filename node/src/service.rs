@@ -57,10 +57,17 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A command's answer as the client sees it: a rejected command is a 400.
+/// A command's answer as the client sees it: a rejected command is a 4xx.
 fn answer(response: Response) -> Result<Response, ApiError> {
     match response {
-        Response::Rejected { code, message } => Err(ApiError::bad_request(&code, message)),
+        Response::Rejected { code, message } => {
+            let status = match code.as_str() {
+                "lease_not_found" => axum::http::StatusCode::NOT_FOUND,
+                "lease_exists" => axum::http::StatusCode::CONFLICT,
+                _ => axum::http::StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError::new(status, &code, message))
+        }
         other => Ok(other),
     }
 }
@@ -200,8 +207,14 @@ impl Node {
     }
 
     /// Proposes on this node only (the leader's side of a forwarded write).
-    pub async fn propose_local(&self, cmd: Command) -> Result<Response, ApiError> {
+    pub async fn propose_local(&self, mut cmd: Command) -> Result<Response, ApiError> {
         self.check_leader_quorum()?;
+        // Lease deadlines and idempotency ages are measured on the leader's clock only.
+        cmd.proposed_at_ms = now_ms();
+        let needed = cmd.op.command_version();
+        if needed > self.reader.command_version() {
+            crate::features::enable(self, needed).await?;
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(cmd)).await;
         self.metrics.observe_proposal(started.elapsed());

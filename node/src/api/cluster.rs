@@ -58,6 +58,11 @@ pub async fn status(State(node): State<SharedNode>) -> Json<ClusterStatus> {
     Json(node.status())
 }
 
+/// The command sets this binary supports and the cluster has enabled (see `features`).
+pub async fn version(State(node): State<SharedNode>) -> Json<concordance_client::VersionInfo> {
+    Json(crate::features::version_info(&node))
+}
+
 pub async fn metrics(State(node): State<SharedNode>) -> impl IntoResponse {
     (
         [(

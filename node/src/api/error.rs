@@ -22,6 +22,7 @@ impl ApiError {
                 message: message.into(),
                 leader: None,
                 leader_address: None,
+                oldest_revision: None,
             },
         }
     }

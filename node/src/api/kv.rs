@@ -1,5 +1,6 @@
 //! The data API: put, get, delete and prefix list of keys with revisions.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -16,6 +17,7 @@ use super::ApiError;
 use super::JsonBody;
 use super::body::KeyPath;
 use super::body::QueryParams;
+use crate::auth::Role;
 use crate::service::SharedNode;
 use crate::store::records::KeyRecord;
 use crate::store::records::Operation;
@@ -49,7 +51,67 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn to_kv(key: String, r: KeyRecord) -> KeyValue {
+/// Keys under this prefix belong to locks and elections: only their endpoints (or an admin
+/// repairing them) may write there, so a lock key always carries its holder's lease.
+pub const RESERVED_PREFIX: &str = "_concordance/";
+
+/// Refuses an agent's direct write to a reserved key.
+pub fn check_writable(role: Role, key: &str) -> Result<(), ApiError> {
+    if role < Role::Admin && key.starts_with(RESERVED_PREFIX) {
+        return Err(ApiError::forbidden(format!(
+            "keys under {RESERVED_PREFIX:?} belong to locks and elections: use the lock and              election endpoints (the agent key may not write {key:?} directly)"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an agent's prefix delete that would reach reserved keys.
+pub fn check_prefix_writable(role: Role, prefix: &str) -> Result<(), ApiError> {
+    if role < Role::Admin
+        && (RESERVED_PREFIX.starts_with(prefix) || prefix.starts_with(RESERVED_PREFIX))
+    {
+        return Err(ApiError::forbidden(format!(
+            "a prefix delete of {prefix:?} would reach keys under {RESERVED_PREFIX:?}, which              belong to locks and elections; the agent key may not"
+        )));
+    }
+    Ok(())
+}
+
+/// The answer to a retried request whose `Idempotency-Key` belonged to another request.
+pub fn reused_key(other: &Response) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        format!(
+            "this Idempotency-Key was already used for a different kind of request (answered {}); use a new key per request",
+            match other {
+                Response::None => "nothing",
+                Response::Put { .. } => "a put",
+                Response::Delete { .. } => "a delete",
+                Response::Rejected { .. } => "a rejection",
+                Response::Txn { .. } => "a transaction",
+                Response::Lease { .. } => "a lease grant or keep-alive",
+                Response::LeaseRevoked { .. } => "a lease revoke",
+                Response::LeasesExpired { .. } => "a lease expiry",
+                Response::Swept { .. } => "a sweep",
+                Response::Enabled { .. } => "a feature enable",
+            }
+        ),
+    )
+}
+
+pub fn check_value_size(value: &serde_json::Value) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(value).map_or(0, |v| v.len());
+    if size > MAX_VALUE_BYTES {
+        return Err(ApiError::bad_request(
+            "value_too_large",
+            format!("the value is {size} bytes of JSON; the limit is {MAX_VALUE_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn to_kv(key: String, r: KeyRecord) -> KeyValue {
     KeyValue {
         key,
         value: r.value,
@@ -60,7 +122,7 @@ fn to_kv(key: String, r: KeyRecord) -> KeyValue {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -76,25 +138,28 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_string()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadParams {
+    /// `linearizable` (default) or `serializable` (the local replica, may be stale).
     #[serde(default)]
-    consistency: Consistency,
+    pub consistency: Consistency,
 }
 
 pub async fn put(
     State(node): State<SharedNode>,
+    Extension(role): Extension<Role>,
     KeyPath(key): KeyPath,
     headers: HeaderMap,
     JsonBody(req): JsonBody<PutRequest>,
 ) -> Result<Json<PutResponse>, ApiError> {
     validate_key(&key)?;
-    let size = serde_json::to_vec(&req.value).map_or(0, |v| v.len());
-    if size > MAX_VALUE_BYTES {
+    check_writable(role, &key)?;
+    check_value_size(&req.value)?;
+    if req.lease == Some(0) {
         return Err(ApiError::bad_request(
-            "value_too_large",
-            format!("the value is {size} bytes of JSON; the limit is {MAX_VALUE_BYTES}"),
+            "invalid_lease",
+            "lease 0 is not a lease; omit it",
         ));
     }
     let ik = idempotency_key(&headers)?;
@@ -108,9 +173,7 @@ pub async fn put(
             revision,
             prev_kv: prev.map(|p| to_kv(key, p)),
         })),
-        other => Err(ApiError::internal(format!(
-            "unexpected answer to a put: {other:?} (the idempotency key was used for another request?)"
-        ))),
+        other => Err(reused_key(&other)),
     }
 }
 
@@ -136,10 +199,12 @@ pub async fn get(
 
 pub async fn delete(
     State(node): State<SharedNode>,
+    Extension(role): Extension<Role>,
     KeyPath(key): KeyPath,
     headers: HeaderMap,
 ) -> Result<Json<DeleteResponse>, ApiError> {
     validate_key(&key)?;
+    check_writable(role, &key)?;
     let ik = idempotency_key(&headers)?;
     match node
         .propose(Operation::Delete { key: key.clone() }, ik)
@@ -150,19 +215,21 @@ pub async fn delete(
             deleted: u64::from(prev.is_some()),
             prev_kv: prev.map(|p| to_kv(key, p)),
         })),
-        other => Err(ApiError::internal(format!(
-            "unexpected answer to a delete: {other:?} (the idempotency key was used for another request?)"
-        ))),
+        other => Err(reused_key(&other)),
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// Keys starting with this (default: every key).
     #[serde(default)]
     prefix: String,
+    /// Continue strictly after this key (the previous page's `next`).
     after: Option<String>,
+    /// At most this many keys (default 1000, at most 10000).
     limit: Option<usize>,
+    /// `linearizable` (default) or `serializable`.
     #[serde(default)]
     consistency: Consistency,
 }

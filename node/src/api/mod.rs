@@ -4,7 +4,9 @@ mod body;
 mod cluster;
 mod error;
 mod kv;
+mod lease;
 mod peer;
+mod txn;
 
 use std::time::Instant;
 
@@ -36,7 +38,8 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
     let public = Router::new()
         .route("/api/v1/health", get(cluster::health))
         .route("/api/v1/ready", get(cluster::ready))
-        .route("/api/v1/cluster/status", get(cluster::status));
+        .route("/api/v1/cluster/status", get(cluster::status))
+        .route("/api/v1/cluster/version", get(cluster::version));
 
     let data = Router::new()
         .route("/api/v1/kv", get(kv::list))
@@ -44,6 +47,10 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
             "/api/v1/kv/{*key}",
             get(kv::get).put(kv::put).post(kv::put).delete(kv::delete),
         )
+        .route("/api/v1/txn", post(txn::txn))
+        .route("/api/v1/lease", get(lease::list).post(lease::grant))
+        .route("/api/v1/lease/{id}", get(lease::get).delete(lease::revoke))
+        .route("/api/v1/lease/{id}/keepalive", post(lease::keep_alive))
         .route_layer(middleware::from_fn_with_state(
             (keys.clone(), Role::Agent),
             auth::require,

@@ -219,6 +219,15 @@ impl Store {
         )
     }
 
+    pub fn lease_record(&self, id: u64) -> Result<Option<records::LeaseRecord>, StoreError> {
+        self.get_record(
+            CF_LEASES,
+            &u64_key(id),
+            RecordKind::Lease,
+            &format!("lease {id}"),
+        )
+    }
+
     /// The log id of the last entry in the log, if there is one.
     pub fn last_log_entry(&self) -> Result<Option<LogIdRecord>, StoreError> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_LOG));

@@ -103,6 +103,43 @@ impl std::fmt::Display for Command {
         match &self.op {
             Operation::Put { key, .. } => write!(f, "put {key}"),
             Operation::Delete { key } => write!(f, "delete {key}"),
+            Operation::Txn {
+                compare,
+                success,
+                failure,
+            } => write!(
+                f,
+                "txn ({} compares, {} success ops, {} failure ops)",
+                compare.len(),
+                success.len(),
+                failure.len()
+            ),
+            Operation::LeaseGrant { id, ttl_ms } => write!(f, "grant lease {id} ttl {ttl_ms} ms"),
+            Operation::LeaseKeepAlive { id } => write!(f, "keep lease {id} alive"),
+            Operation::LeaseRevoke { id } => write!(f, "revoke lease {id}"),
+            Operation::ExpireLeases { ids } => write!(f, "expire leases {ids:?}"),
+            Operation::SweepIdempotency { older_than_ms } => {
+                write!(f, "sweep idempotency records older than {older_than_ms} ms")
+            }
+            Operation::EnableCommandVersion { version } => {
+                write!(f, "enable command set {version}")
+            }
+        }
+    }
+}
+
+/// The command set the first release knew: put and delete.
+pub const COMMAND_VERSION_BASE: u32 = 1;
+/// The newest command set this binary applies (transactions, leases, idempotency sweeps).
+pub const COMMAND_VERSION: u32 = 2;
+
+impl Operation {
+    /// The command set that introduced this operation: it is proposed only once the cluster
+    /// has enabled that set (every member runs a binary that knows it).
+    pub fn command_version(&self) -> u32 {
+        match self {
+            Operation::Put { .. } | Operation::Delete { .. } => COMMAND_VERSION_BASE,
+            _ => 2,
         }
     }
 }
@@ -121,6 +158,111 @@ pub enum Operation {
     Delete {
         key: String,
     },
+    /// Compares, then one branch of operations, all at one revision. Validated before it is
+    /// proposed; a reference to a missing lease rejects it as a whole.
+    Txn {
+        compare: Vec<CompareRecord>,
+        success: Vec<TxnOpRecord>,
+        failure: Vec<TxnOpRecord>,
+    },
+    /// Creates a lease expiring `ttl_ms` after the command's proposal time.
+    #[serde(rename_all = "camelCase")]
+    LeaseGrant {
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// Restarts a lease's time to live from the command's proposal time.
+    LeaseKeepAlive {
+        id: u64,
+    },
+    /// Ends a lease now, deleting its keys at one revision.
+    LeaseRevoke {
+        id: u64,
+    },
+    /// Proposed by the leader: ends these leases if, by the proposal time, they are still
+    /// past their deadline (a keep-alive ordered before this command wins).
+    ExpireLeases {
+        ids: Vec<u64>,
+    },
+    /// Proposed by the leader: forgets idempotency answers older than this at proposal time.
+    #[serde(rename_all = "camelCase")]
+    SweepIdempotency {
+        older_than_ms: u64,
+    },
+    /// Proposed by the leader once every member reported it can apply this command set.
+    EnableCommandVersion {
+        version: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CompareTargetRecord {
+    Value,
+    CreateRevision,
+    ModRevision,
+    Version,
+    Lease,
+    Exists,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CompareOpRecord {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompareRecord {
+    pub key: String,
+    pub target: CompareTargetRecord,
+    pub op: CompareOpRecord,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum TxnOpRecord {
+    Put {
+        key: String,
+        value: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
+    },
+    Get {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    DeletePrefix {
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum TxnOpResultRecord {
+    Put {
+        key: String,
+        revision: u64,
+        prev: Option<KeyRecord>,
+    },
+    Get {
+        key: String,
+        kv: Option<KeyRecord>,
+    },
+    Delete {
+        key: String,
+        prev: Option<KeyRecord>,
+    },
+    DeletePrefix {
+        deleted: u64,
+    },
 }
 
 /// What applying a command answers. Stored in the idempotency table, so it is a record too.
@@ -138,7 +280,35 @@ pub enum Response {
         prev: Option<KeyRecord>,
     },
     /// The command was refused as a whole and changed nothing.
-    Rejected { code: String, message: String },
+    Rejected {
+        code: String,
+        message: String,
+    },
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        results: Vec<TxnOpResultRecord>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Lease {
+        id: u64,
+        ttl_ms: u64,
+    },
+    LeaseRevoked {
+        id: u64,
+        revision: u64,
+        deleted: u64,
+    },
+    LeasesExpired {
+        revision: u64,
+        ids: Vec<u64>,
+    },
+    Swept {
+        removed: u64,
+    },
+    Enabled {
+        version: u32,
+    },
 }
 
 /// A live key's value and its revisions.
@@ -201,6 +371,10 @@ pub struct AppliedStateRecord {
     pub revision: u64,
     /// History below this revision has been compacted away.
     pub compacted_revision: u64,
+    /// The command set the cluster enabled (absent: the base set). Written only once a newer
+    /// set is enabled, so older binaries read the state as long as they can apply the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_version: Option<u32>,
 }
 
 /// Describes a snapshot file: what it covers, for `inspect` and for installing it.
