@@ -34,6 +34,8 @@ async fn start_node(dir: &std::path::Path) -> String {
         api_key: Some("bench-admin".into()),
         agent_key: None,
         snapshot_entries: 10_000,
+        history_revisions: concordance::store::state_machine::HISTORY_RETAINED_REVISIONS,
+        idempotency_retention: Duration::from_secs(86_400),
     };
     tokio::spawn(async move { concordance::server::serve(config).await.unwrap() });
     let addr = format!("127.0.0.1:{port}");
