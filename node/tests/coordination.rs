@@ -318,3 +318,356 @@ async fn an_idempotency_key_applies_a_write_once() {
         (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
     );
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+/// A watch stream being read.
+struct WatchStream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl WatchStream {
+    async fn open(
+        node: &NodeProc,
+        query: &str,
+        last_event: Option<u64>,
+    ) -> Result<Self, (StatusCode, Value)> {
+        let mut rb = reqwest::Client::new().get(node.url(&format!("/api/v1/watch?{query}")));
+        if let Some(id) = last_event {
+            rb = rb.header("Last-Event-ID", id.to_string());
+        }
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| (StatusCode::BAD_GATEWAY, json!(e.to_string())))?;
+        if !resp.status().is_success() {
+            let s = resp.status();
+            return Err((s, resp.json().await.unwrap_or(Value::Null)));
+        }
+        Ok(Self {
+            resp,
+            buf: String::new(),
+        })
+    }
+
+    /// The next event (skipping comments), or `None` when the stream ends or breaks.
+    async fn next(&mut self, timeout: Duration) -> Option<Sse> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = Sse {
+                    id: None,
+                    event: "message".into(),
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() && ev.id.is_none() {
+                    continue; // a keep-alive comment
+                }
+                ev.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                return Some(ev);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.resp.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Collects `change` events until `want` revisions were seen.
+    async fn changes(&mut self, want: usize, timeout: Duration) -> Vec<Sse> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(ev) if ev.event == "change" => out.push(ev),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_stream_every_change_in_order_and_resume_exactly() {
+    let (_dir, node) = single().await;
+    ok(
+        &node,
+        "PUT",
+        "/api/v1/kv/other/x",
+        Some(json!({"value": 0})),
+    )
+    .await;
+    let base = node.client().status().await.unwrap().revision;
+    let mut w = WatchStream::open(&node, "prefix=w/&progressMs=1000", None)
+        .await
+        .unwrap();
+    ok(&node, "PUT", "/api/v1/kv/w/a", Some(json!({"value": 1}))).await;
+    ok(
+        &node,
+        "PUT",
+        "/api/v1/kv/other/y",
+        Some(json!({"value": 1})),
+    )
+    .await;
+    ok(&node, "PUT", "/api/v1/kv/w/a", Some(json!({"value": 2}))).await;
+    let txn = json!({"success": [
+        {"type": "put", "key": "w/b", "value": "b"},
+        {"type": "delete", "key": "w/a"}
+    ]});
+    ok(&node, "POST", "/api/v1/txn", Some(txn)).await;
+    let got = w.changes(3, Duration::from_secs(10)).await;
+    let ids: Vec<u64> = got.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(ids, [base + 1, base + 3, base + 4], "{got:?}");
+    assert_eq!(got[0].data["events"][0]["type"], "put");
+    assert_eq!(got[0].data["events"][0]["kv"]["value"], 1);
+    assert_eq!(got[1].data["events"][0]["kv"]["version"], 2);
+    let last = &got[2].data["events"];
+    assert_eq!(
+        last.as_array().unwrap().len(),
+        2,
+        "one transaction, one message: {last}"
+    );
+    assert_eq!(last[0]["key"], "w/a");
+    assert_eq!(last[0]["type"], "delete");
+    assert_eq!(last[1]["key"], "w/b");
+
+    // Idle: progress events carry the revision seen so far.
+    let p = w.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(p.event, "progress");
+    assert_eq!(p.id, Some(base + 4));
+    drop(w);
+
+    // Resuming after an id replays exactly what followed it; a key watch sees its key only.
+    let mut r = WatchStream::open(&node, "prefix=w/", Some(base + 1))
+        .await
+        .unwrap();
+    let again = r.changes(2, Duration::from_secs(10)).await;
+    assert_eq!(
+        again.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(),
+        [base + 3, base + 4]
+    );
+    let mut k = WatchStream::open(&node, &format!("key=w/b&startRevision={}", base + 1), None)
+        .await
+        .unwrap();
+    let only = k.changes(1, Duration::from_secs(10)).await;
+    assert_eq!(only[0].id, Some(base + 4));
+    assert_eq!(only[0].data["events"].as_array().unwrap().len(), 1);
+
+    for (query, status, want) in [
+        ("prefix=w/&key=w/a", 400, "invalid_query"),
+        ("", 400, "invalid_query"),
+        ("prefix=w/&startRevision=0", 400, "invalid_revision"),
+        ("prefix=w/&startRevision=abc", 400, "invalid_query"),
+        ("prefix=w/&bogus=1", 400, "invalid_query"),
+    ] {
+        let (s, v) = WatchStream::open(&node, query, None)
+            .await
+            .err()
+            .expect(query);
+        assert_eq!((s.as_u16(), code(&v)), (status, want), "{query}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_start_revision_names_the_oldest_available() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &["--bootstrap", "--history-revisions=10"]);
+    node.wait_ready().await;
+    for i in 0..40 {
+        ok(
+            &node,
+            "PUT",
+            &format!("/api/v1/kv/c/{i}"),
+            Some(json!({"value": i})),
+        )
+        .await;
+    }
+    let (s, v) = WatchStream::open(&node, "prefix=c/&startRevision=1", None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!((s, code(&v)), (StatusCode::GONE, "compacted"), "{v}");
+    let oldest = v["error"]["oldestRevision"].as_u64().unwrap();
+    assert!(oldest > 1 && oldest <= 31, "{v}");
+    let mut w = WatchStream::open(&node, &format!("prefix=c/&startRevision={oldest}"), None)
+        .await
+        .unwrap();
+    let got = w
+        .changes(40 - oldest as usize + 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(got.first().unwrap().id, Some(oldest));
+    assert_eq!(got.last().unwrap().id, Some(40));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
+    let (_dir, node) = single().await;
+    let lease = |ttl: u64| {
+        let node = &node;
+        async move {
+            ok(node, "POST", "/api/v1/lease", Some(json!({"ttlMs": ttl}))).await["id"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let (a, b, c) = (lease(60000).await, lease(60000).await, lease(60000).await);
+    let acquire = |l: u64, wait: bool| json!({"name": "jobs/db", "lease": l, "wait": wait, "timeoutMs": 20000});
+    let held = ok(
+        &node,
+        "POST",
+        "/api/v1/lock/acquire",
+        Some(acquire(a, true)),
+    )
+    .await;
+    let token_a = held["fencingToken"].as_u64().unwrap();
+    assert!(
+        held["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("_concordance/lock/jobs/db/")
+    );
+    // Acquiring again with the same lease is the same hold.
+    let again = ok(
+        &node,
+        "POST",
+        "/api/v1/lock/acquire",
+        Some(acquire(a, true)),
+    )
+    .await;
+    assert_eq!(again["fencingToken"], token_a);
+    let (s, v) = call(
+        &node,
+        "POST",
+        "/api/v1/lock/acquire",
+        Some(acquire(b, false)),
+        &[],
+    )
+    .await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "lock_held"), "{v}");
+
+    // b then c queue; releasing a hands the lock to b, then c, with growing tokens.
+    let n1 = node.url("");
+    let waiter = |l: u64| {
+        let url = format!("{n1}/api/v1/lock/acquire");
+        let body = acquire(l, true);
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap(), Instant::now())
+        })
+    };
+    let wb = waiter(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wc = waiter(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!wb.is_finished() && !wc.is_finished());
+    let rel = ok(
+        &node,
+        "POST",
+        "/api/v1/lock/release",
+        Some(json!({"name": "jobs/db", "lease": a})),
+    )
+    .await;
+    assert_eq!(rel["released"], true);
+    let (sb, vb, _) = wb.await.unwrap();
+    assert!(sb.is_success(), "{vb}");
+    let token_b = vb["fencingToken"].as_u64().unwrap();
+    assert!(token_b > token_a);
+    assert!(!wc.is_finished());
+    // The holder's lease ending (here: revoked) releases too.
+    ok(&node, "DELETE", &format!("/api/v1/lease/{b}"), None).await;
+    let (sc, vc, _) = wc.await.unwrap();
+    assert!(sc.is_success(), "{vc}");
+    assert!(vc["fencingToken"].as_u64().unwrap() > token_b);
+    let (s, v) = call(
+        &node,
+        "POST",
+        "/api/v1/lock/acquire",
+        Some(json!({"name": "x", "lease": b})),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, "lease_not_found"),
+        "{v}"
+    );
+
+    // Elections: the first candidate leads; observers see it; resigning passes leadership.
+    let d = lease(60000).await;
+    let mut w = WatchStream::open(&node, "prefix=_concordance/election/web/", None)
+        .await
+        .unwrap();
+    let won = ok(
+        &node,
+        "POST",
+        "/api/v1/election/campaign",
+        Some(json!({"name": "web", "lease": c, "value": "node-c"})),
+    )
+    .await;
+    assert_eq!(won["leader"]["value"], "node-c");
+    let seen = ok(&node, "GET", "/api/v1/election/leader?name=web", None).await;
+    assert_eq!(seen["leader"]["value"], "node-c");
+    assert_eq!(seen["watchPrefix"], "_concordance/election/web/");
+    let url = node.url("/api/v1/election/campaign");
+    let second = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"name": "web", "lease": d, "value": "node-d"}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished());
+    let r = ok(
+        &node,
+        "POST",
+        "/api/v1/election/resign",
+        Some(json!({"name": "web", "lease": c})),
+    )
+    .await;
+    assert_eq!(r["resigned"], true);
+    let led = second.await.unwrap();
+    assert_eq!(led["leader"]["value"], "node-d", "{led}");
+    assert!(led["leader"]["revision"].as_u64() > won["leader"]["revision"].as_u64());
+    let seen = ok(&node, "GET", "/api/v1/election/leader?name=web", None).await;
+    assert_eq!(seen["leader"]["lease"], d);
+    // The watch saw: c's candidacy, d's, c's resignation.
+    let evs = w.changes(3, Duration::from_secs(10)).await;
+    let kinds: Vec<&str> = evs
+        .iter()
+        .map(|e| e.data["events"][0]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["put", "put", "delete"]);
+    let none = ok(&node, "GET", "/api/v1/election/leader?name=nobody", None).await;
+    assert_eq!(none["leader"], Value::Null);
+}

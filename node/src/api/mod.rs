@@ -5,8 +5,10 @@ mod cluster;
 mod error;
 mod kv;
 mod lease;
+mod lock;
 mod peer;
 mod txn;
+mod watch;
 
 use std::time::Instant;
 
@@ -51,6 +53,12 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
         .route("/api/v1/lease", get(lease::list).post(lease::grant))
         .route("/api/v1/lease/{id}", get(lease::get).delete(lease::revoke))
         .route("/api/v1/lease/{id}/keepalive", post(lease::keep_alive))
+        .route("/api/v1/watch", get(watch::watch))
+        .route("/api/v1/lock/acquire", post(lock::acquire))
+        .route("/api/v1/lock/release", post(lock::release))
+        .route("/api/v1/election/campaign", post(lock::campaign))
+        .route("/api/v1/election/leader", get(lock::leader))
+        .route("/api/v1/election/resign", post(lock::resign))
         .route_layer(middleware::from_fn_with_state(
             (keys.clone(), Role::Agent),
             auth::require,

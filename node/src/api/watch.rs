@@ -1,0 +1,296 @@
+//! `GET /api/v1/watch`: changes to a key or under a prefix as Server-Sent Events, in revision
+//! order, none skipped or repeated.
+//!
+//! Each SSE message carries one revision: `id: <revision>`, `event: change`, `data:` a
+//! [`WatchChange`] with every matching change at that revision. While nothing matches, an
+//! `event: progress` (same `id` rule) says how far the stream has looked, so a client that
+//! reconnects with `Last-Event-ID` (or `startRevision` = id + 1) resumes exactly after what it
+//! saw, on any node. A node streams what it has applied, so a watch keeps working whoever
+//! leads. A start revision older than the kept history answers `410 compacted` with the
+//! oldest revision still available; a stream that falls that far behind ends with an
+//! `event: error` carrying the same error.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::response::Sse;
+use axum::response::sse::Event;
+use axum::response::sse::KeepAlive;
+use concordance_client::ErrorBody;
+use concordance_client::EventType;
+use concordance_client::WatchChange;
+use concordance_client::WatchEvent;
+use concordance_client::WatchProgress;
+use futures::Stream;
+use serde::Deserialize;
+
+use super::ApiError;
+use super::body::QueryParams;
+use super::kv::MAX_KEY_BYTES;
+use super::kv::to_kv;
+use super::kv::validate_key;
+use crate::service::SharedNode;
+use crate::store::records::EventKind;
+use crate::store::records::EventRecord;
+use crate::store::state_machine::KvReader;
+
+/// Revisions read from history per step, to bound memory for a watcher far behind.
+const STEP_REVISIONS: usize = 1000;
+const DEFAULT_PROGRESS_MS: u64 = 5_000;
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WatchParams {
+    /// Watch this one key.
+    pub key: Option<String>,
+    /// Watch every key starting with this (may be empty: every key). Exactly one of `key`
+    /// and `prefix`.
+    pub prefix: Option<String>,
+    /// First revision to stream (default: the next change). A `Last-Event-ID` header wins
+    /// over it: the stream resumes at that id + 1.
+    pub start_revision: Option<u64>,
+    /// Interval of `progress` events while nothing matches, in ms (1000-60000, default 5000).
+    pub progress_ms: Option<u64>,
+}
+
+fn compacted(start: u64, oldest: u64) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::GONE,
+        "compacted",
+        format!(
+            "revision {start} has been compacted; the oldest revision available is {oldest}: \
+             read the current state and watch from its revision + 1"
+        ),
+    );
+    e.detail.oldest_revision = Some(oldest);
+    e
+}
+
+fn bad_revision(why: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_revision", why)
+}
+
+enum Filter {
+    Key(String),
+    Prefix(String),
+}
+
+impl Filter {
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            Filter::Key(k) => k == key,
+            Filter::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+}
+
+struct Watch {
+    reader: KvReader,
+    changes: tokio::sync::watch::Receiver<u64>,
+    filter: Filter,
+    /// The next revision to look at.
+    next: u64,
+    progress: Duration,
+    /// When the last event was queued: a progress event follows `progress` after it.
+    quiet_since: tokio::time::Instant,
+    queue: VecDeque<Event>,
+    done: bool,
+}
+
+fn event_of(e: EventRecord) -> WatchEvent {
+    match e.kind {
+        EventKind::Put => WatchEvent {
+            kind: EventType::Put,
+            kv: e.kv.map(|kv| to_kv(e.key.clone(), kv)),
+            key: e.key,
+        },
+        EventKind::Delete => WatchEvent {
+            kind: EventType::Delete,
+            key: e.key,
+            kv: None,
+        },
+    }
+}
+
+fn error_event(e: ApiError) -> Event {
+    Event::default()
+        .event("error")
+        .json_data(ErrorBody { error: e.detail })
+        .unwrap_or_default()
+}
+
+impl Watch {
+    /// Reads what has been applied since `next`, queueing one event per matching revision.
+    fn catch_up(&mut self) {
+        let upto = self.reader.revision();
+        while self.next <= upto && self.queue.len() < STEP_REVISIONS {
+            let events = match self.reader.history(self.next, upto, STEP_REVISIONS) {
+                Ok(e) => e,
+                Err(e) => return self.fail(ApiError::storage(e)),
+            };
+            // Checked after reading: compaction deletes from the front, so if `next` is still
+            // at or above the oldest revision, nothing it read was missing.
+            let oldest = self.reader.oldest_revision();
+            if self.next < oldest {
+                return self.fail(compacted(self.next, oldest));
+            }
+            let whole = events.last().map(|e| e.revision);
+            let mut current: Option<WatchChange> = None;
+            for e in events {
+                if !self.filter.matches(&e.key) {
+                    continue;
+                }
+                if current.as_ref().is_some_and(|c| c.revision != e.revision) {
+                    self.push_change(current.take().expect("checked"));
+                }
+                current
+                    .get_or_insert_with(|| WatchChange {
+                        revision: e.revision,
+                        events: Vec::new(),
+                    })
+                    .events
+                    .push(event_of(e));
+            }
+            if let Some(c) = current {
+                self.push_change(c);
+            }
+            // A short read covered everything up to `upto`; a full one stops at its last
+            // revision (later events of it were read whole: limits count revisions).
+            self.next = match whole {
+                Some(last) if last < upto => last + 1,
+                _ => upto + 1,
+            };
+        }
+    }
+
+    fn push_change(&mut self, c: WatchChange) {
+        self.quiet_since = tokio::time::Instant::now();
+        let ev = Event::default()
+            .id(c.revision.to_string())
+            .event("change")
+            .json_data(&c)
+            .unwrap_or_default();
+        self.queue.push_back(ev);
+    }
+
+    fn push_progress(&mut self) {
+        let revision = self.next - 1;
+        self.quiet_since = tokio::time::Instant::now();
+        self.queue.push_back(
+            Event::default()
+                .id(revision.to_string())
+                .event("progress")
+                .json_data(WatchProgress { revision })
+                .unwrap_or_default(),
+        );
+    }
+
+    fn fail(&mut self, e: ApiError) {
+        self.queue.push_back(error_event(e));
+        self.done = true;
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                return Some(ev);
+            }
+            if self.done {
+                return None;
+            }
+            self.changes.borrow_and_update();
+            self.catch_up();
+            if !self.queue.is_empty() || self.done {
+                continue;
+            }
+            tokio::select! {
+                r = self.changes.changed() => {
+                    if r.is_err() {
+                        self.done = true;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.quiet_since + self.progress) => {
+                    self.push_progress();
+                }
+            }
+        }
+    }
+}
+
+pub async fn watch(
+    State(node): State<SharedNode>,
+    headers: HeaderMap,
+    QueryParams(params): QueryParams<WatchParams>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let filter = match (params.key, params.prefix) {
+        (Some(k), None) => {
+            validate_key(&k)?;
+            Filter::Key(k)
+        }
+        (None, Some(p)) => {
+            if p.len() > MAX_KEY_BYTES {
+                return Err(ApiError::bad_request(
+                    "invalid_key",
+                    "the prefix is longer than a key may be",
+                ));
+            }
+            Filter::Prefix(p)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "give exactly one of `key` and `prefix`",
+            ));
+        }
+    };
+    let progress = Duration::from_millis(params.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS));
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&progress) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "progressMs must be 1000-60000",
+        ));
+    }
+    let last_event = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad_revision("Last-Event-ID must be a revision (an integer)"))?,
+        ),
+    };
+    let reader = node.reader.clone();
+    // Subscribed before reading the revision, so no change between the two is missed.
+    let changes = reader.subscribe();
+    let start = match (last_event, params.start_revision) {
+        (Some(id), _) => id
+            .checked_add(1)
+            .ok_or_else(|| bad_revision("Last-Event-ID is out of range"))?,
+        (None, Some(0)) => return Err(bad_revision("startRevision must be at least 1")),
+        (None, Some(r)) => r,
+        (None, None) => reader.revision() + 1,
+    };
+    let oldest = reader.oldest_revision();
+    if start < oldest {
+        return Err(compacted(start, oldest));
+    }
+    let watch = Watch {
+        reader,
+        changes,
+        filter,
+        next: start,
+        progress,
+        quiet_since: tokio::time::Instant::now(),
+        queue: VecDeque::new(),
+        done: false,
+    };
+    let stream = futures::stream::unfold(watch, |mut w| async move {
+        let ev = w.next_event().await?;
+        Some((Ok(ev), w))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
