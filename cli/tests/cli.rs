@@ -1,0 +1,251 @@
+//! The real `concordancectl` binary against a real node (spawned with `dev::LocalNode`).
+//!
+//! The node binary is found through `CONCORDANCE_BIN` or next to this test's target folder
+//! (`<target>/release/concordance`); `cargo test --workspace` builds it, otherwise run
+//! `cargo build --release -p concordance` first.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::process::Output;
+use std::process::Stdio;
+
+use concordance_client::dev::LocalNode;
+use concordance_client::dev::LocalNodeOptions;
+use serde_json::Value;
+use serde_json::json;
+
+const KEY: &str = "cli-test-admin-key";
+
+fn concordance_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONCORDANCE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target folder")
+        .join("concordance");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build --release -p concordance` (or set CONCORDANCE_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+async fn node() -> LocalNode {
+    LocalNode::spawn(LocalNodeOptions {
+        binary: Some(concordance_bin()),
+        node_id: "cli".into(),
+        api_key: Some(KEY.into()),
+        ..LocalNodeOptions::default()
+    })
+    .await
+    .expect("local node")
+}
+
+/// Runs `concordancectl` against `node` with the admin key from the environment.
+fn ctl_in(node: &LocalNode, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_concordancectl"));
+    cmd.args(args)
+        .env("CONCORDANCE_ENDPOINTS", node.address())
+        .env("CONCORDANCE_API_KEY", KEY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run concordancectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn ctl(node: &LocalNode, args: &[&str]) -> Output {
+    ctl_in(node, args, None)
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    let text = ok(out);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test]
+async fn put_get_list_and_delete() {
+    let n = node().await;
+    assert!(ok(&ctl(&n, &["put", "cfg/a", "{\"n\":1}"])).starts_with("OK cfg/a revision "));
+    ok(&ctl(&n, &["put", "cfg/b", "plain text"]));
+    ok(&ctl(&n, &["put", "cfg/c", "42", "--string"]));
+    ok(&ctl_in(&n, &["put", "cfg/d", "-"], Some("[1,2]\n")));
+
+    assert_eq!(ok(&ctl(&n, &["get", "cfg/a"])), "{\"n\":1}\n");
+    assert_eq!(ok(&ctl(&n, &["get", "cfg/b"])), "plain text\n");
+    let got = json_of(&ctl(&n, &["get", "cfg/c", "-o", "json"]));
+    assert_eq!(got["kv"]["value"], json!("42"));
+    assert_eq!(got["kv"]["version"], json!(1));
+    let got = json_of(&ctl(&n, &["-o", "json", "get", "cfg/d", "--serializable"]));
+    assert_eq!(got["kv"]["value"], json!([1, 2]));
+
+    let table = ok(&ctl(&n, &["ls", "cfg/"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("KEY"), "{table}");
+    assert_eq!(lines.len(), 5, "{table}");
+    assert!(lines[2].starts_with("cfg/b") && lines[2].ends_with("plain text"));
+    assert_eq!(
+        ok(&ctl(&n, &["list", "cfg/", "--keys-only"])),
+        "cfg/a\ncfg/b\ncfg/c\ncfg/d\n"
+    );
+    let listed = json_of(&ctl(&n, &["list", "cfg/", "--limit", "2", "-o", "json"]));
+    assert_eq!(listed["kvs"].as_array().unwrap().len(), 2);
+
+    assert!(ok(&ctl(&n, &["del", "cfg/a"])).starts_with("deleted 1 "));
+    let gone = json_of(&ctl(&n, &["del", "cfg/", "--prefix", "-o", "json"]));
+    assert_eq!(gone["deleted"], json!(3));
+    assert_eq!(ok(&ctl(&n, &["ls", "cfg/", "--keys-only"])), "");
+}
+
+#[tokio::test]
+async fn transactions_from_flags_and_json() {
+    let n = node().await;
+    let claim = [
+        "txn",
+        "--if-missing",
+        "job/owner",
+        "--put",
+        "job/owner=\"a17\"",
+        "--else-get",
+        "job/owner",
+        "-o",
+        "json",
+    ];
+    let first = json_of(&ctl(&n, &claim));
+    assert_eq!(first["succeeded"], json!(true));
+    let second = json_of(&ctl(&n, &claim));
+    assert_eq!(second["succeeded"], json!(false));
+    assert_eq!(second["results"][0]["kv"]["value"], json!("a17"));
+
+    // --require-success turns a failed comparison into exit 1.
+    let failed = ctl(
+        &n,
+        &["txn", "--if-missing", "job/owner", "--require-success"],
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stdout).starts_with("FAILED"));
+
+    let txn = json!({
+        "compare": [{"key": "job/owner", "target": "value", "op": "equal", "value": "a17"}],
+        "success": [{"type": "put", "key": "job/state", "value": "running"},
+                    {"type": "get", "key": "job/owner"}],
+    });
+    let text = ok(&ctl_in(&n, &["txn", "-f", "-"], Some(&txn.to_string())));
+    assert!(text.starts_with("SUCCEEDED revision "), "{text}");
+    assert!(text.contains("get job/owner = a17"), "{text}");
+    assert_eq!(ok(&ctl(&n, &["get", "job/state"])), "running\n");
+
+    // A malformed transaction: the API's code, exit 1.
+    let bad = ctl_in(&n, &["txn", "-f", "-"], Some("{\"compare\": 3}"));
+    assert_eq!(bad.status.code(), Some(1));
+    let bad = ctl(&n, &["txn", "--put", "=1"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("HTTP 400"));
+}
+
+#[tokio::test]
+async fn leases_from_the_command_line() {
+    let n = node().await;
+    let granted = json_of(&ctl(&n, &["lease", "grant", "60s", "-o", "json"]));
+    let id = granted["id"].as_u64().unwrap();
+    assert_eq!(granted["ttlMs"], json!(60_000));
+    let id_s = id.to_string();
+    ok(&ctl(&n, &["put", "sess/a", "1", "--lease", &id_s]));
+    let info = json_of(&ctl(&n, &["lease", "get", &id_s, "-o", "json"]));
+    assert_eq!(info["keys"], json!(["sess/a"]));
+    assert!(ok(&ctl(&n, &["lease", "keepalive", &id_s])).contains("kept alive"));
+    let list = ok(&ctl(&n, &["lease", "list"]));
+    assert!(list.lines().any(|l| l.starts_with(&id_s)), "{list}");
+    let revoked = json_of(&ctl(&n, &["lease", "revoke", &id_s, "-o", "json"]));
+    assert_eq!(revoked["deleted"], json!(1));
+    let missing = ctl(&n, &["get", "sess/a"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let gone = ctl(&n, &["lease", "keepalive", &id_s]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("lease_not_found"));
+}
+
+#[tokio::test]
+async fn status_version_and_members() {
+    let n = node().await;
+    let status = json_of(&ctl(&n, &["status", "-o", "json"]));
+    assert_eq!(status["nodeId"], json!("cli"));
+    assert_eq!(status["role"], json!("leader"));
+    let text = ok(&ctl(&n, &["status"]));
+    assert!(text.contains("node:        cli (leader)"), "{text}");
+    assert!(text.contains("(leader)"));
+    let version = json_of(&ctl(&n, &["version", "-o", "json"]));
+    assert_eq!(version["client"], json!(env!("CARGO_PKG_VERSION")));
+    assert_eq!(version["node"]["nodeId"], json!("cli"));
+    let members = json_of(&ctl(&n, &["member", "list", "-o", "json"]));
+    assert_eq!(members["members"].as_array().unwrap().len(), 1);
+    // Removing an unknown member: the API refuses, with its code.
+    let refused = ctl(&n, &["member", "remove", "nobody", "-o", "json"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err: Value = serde_json::from_slice(&refused.stderr).unwrap();
+    assert!(err["error"]["code"].is_string(), "{err}");
+}
+
+#[tokio::test]
+async fn failures_exit_non_zero_with_the_code() {
+    let n = node().await;
+    let missing = ctl(&n, &["get", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("key_not_found"));
+
+    // A wrong key: refused with `unauthorized`, and the key never echoed.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_concordancectl"))
+        .args(["get", "x", "--api-key", "not-the-key-xyz", "-o", "json"])
+        .env("CONCORDANCE_ENDPOINTS", n.address())
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    let err: Value = serde_json::from_slice(&wrong.stderr).unwrap();
+    assert_eq!(err["error"]["code"], json!("unauthorized"));
+    assert_eq!(err["error"]["status"], json!(401));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&wrong.stdout),
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(!all.contains("not-the-key-xyz"));
+
+    // Nobody listening: exit 3.
+    let port = concordance_client::dev::free_port().unwrap();
+    let down = Command::new(env!("CARGO_BIN_EXE_concordancectl"))
+        .args(["get", "x", "--timeout", "2s"])
+        .env("CONCORDANCE_ENDPOINTS", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unreachable"));
+
+    // Usage errors: clap's exit 2.
+    let usage = ctl(&n, &["put", "only-a-key"]);
+    assert_eq!(usage.status.code(), Some(2));
+}

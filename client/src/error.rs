@@ -1,0 +1,79 @@
+//! Errors of the client: the server's answer (with its stable code) or why there was none.
+
+use reqwest::StatusCode;
+
+use crate::types::ErrorBody;
+
+/// Codes that mean "not now, maybe elsewhere": the same request may succeed when retried.
+const RETRYABLE_CODES: &[&str] = &["no_quorum", "not_leader", "leader_changed"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error body.
+    #[error("{status}: {code}: {message}", code = .body.error.code, message = .body.error.message)]
+    Api { status: StatusCode, body: ErrorBody },
+    /// A watch asked for history the cluster no longer keeps: read the current state and
+    /// watch again from its revision + 1.
+    #[error(
+        "compacted: revision {requested} is no longer kept; the oldest available is {oldest_revision}"
+    )]
+    Compacted {
+        requested: u64,
+        oldest_revision: u64,
+    },
+    #[error("request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("invalid endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("unexpected answer {status}: {body}")]
+    Unexpected { status: StatusCode, body: String },
+    /// A local development node could not be started or stopped.
+    #[error("local node: {0}")]
+    LocalNode(String),
+}
+
+impl Error {
+    /// The API error code, when the server answered one (`compacted` for [`Error::Compacted`]).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { body, .. } => Some(&body.error.code),
+            Error::Compacted { .. } => Some("compacted"),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Error::Api { status, .. } | Error::Unexpected { status, .. } => Some(*status),
+            Error::Compacted { .. } => Some(StatusCode::GONE),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again (possibly on another endpoint) may succeed: no connection, a
+    /// timeout, no quorum, a leader change, or a 503. Writes are only retried with an
+    /// idempotency key, so a retry never applies a write twice.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport(e) => !e.is_builder(),
+            Error::Api { status, body } => {
+                *status == StatusCode::SERVICE_UNAVAILABLE
+                    || RETRYABLE_CODES.contains(&body.error.code.as_str())
+            }
+            Error::Unexpected { status, .. } => {
+                *status == StatusCode::SERVICE_UNAVAILABLE
+                    || *status == StatusCode::BAD_GATEWAY
+                    || *status == StatusCode::GATEWAY_TIMEOUT
+            }
+            _ => false,
+        }
+    }
+
+    /// The leader's address named by a `not_leader` answer.
+    pub fn leader_address(&self) -> Option<&str> {
+        match self {
+            Error::Api { body, .. } => body.error.leader_address.as_deref(),
+            _ => None,
+        }
+    }
+}
