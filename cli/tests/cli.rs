@@ -249,3 +249,145 @@ async fn failures_exit_non_zero_with_the_code() {
     let usage = ctl(&n, &["put", "only-a-key"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn lock_runs_a_command_under_the_lock() {
+    let n = node().await;
+    let out = ok(&ctl(
+        &n,
+        &[
+            "lock",
+            "deploy",
+            "--ttl",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            "echo token=$CONCORDANCE_FENCING_TOKEN",
+        ],
+    ));
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token="))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        out.contains(&format!("locked deploy (fencing token {token}")),
+        "{out}"
+    );
+    assert!(out.ends_with("released deploy\n"), "{out}");
+    // The command's exit code is the tool's.
+    let failed = ctl(&n, &["lock", "deploy", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(failed.status.code(), Some(7));
+
+    // While one holds it, another without waiting is refused with `lock_held`.
+    let holder = Command::new(env!("CARGO_BIN_EXE_concordancectl"))
+        .args(["lock", "deploy", "--", "sleep", "3"])
+        .env("CONCORDANCE_ENDPOINTS", n.address())
+        .env("CONCORDANCE_API_KEY", KEY)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_key_under(n.client(), "_concordance/lock/deploy/").await;
+    let refused = ctl(&n, &["lock", "deploy", "--no-wait", "--", "true"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("lock_held"));
+    assert!(holder.wait_with_output().unwrap().status.success());
+    // Released: the lock is free again, and the lease the tool granted is gone.
+    ok(&ctl(&n, &["lock", "deploy", "--no-wait", "--", "true"]));
+    let leases = json_of(&ctl(&n, &["lease", "list", "-o", "json"]));
+    assert_eq!(leases["leases"], json!([]));
+}
+
+/// Polls until some key exists under `prefix`.
+async fn wait_for_key_under(c: &concordance_client::Client, prefix: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let page = c
+            .list(
+                prefix,
+                None,
+                Some(1),
+                concordance_client::Consistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        if !page.kvs.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing under {prefix}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn watch_prints_changes_and_elections_are_observable() {
+    let n = node().await;
+    let c = n.client().clone();
+    let now = c
+        .list(
+            "",
+            None,
+            Some(1),
+            concordance_client::Consistency::Linearizable,
+        )
+        .await
+        .unwrap()
+        .revision;
+    let watcher = Command::new(env!("CARGO_BIN_EXE_concordancectl"))
+        .args(["watch", "w/", "--prefix", "--count", "3", "-o", "json"])
+        .args(["--from-revision", &(now + 1).to_string()])
+        .env("CONCORDANCE_ENDPOINTS", n.address())
+        .env("CONCORDANCE_API_KEY", KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.put("w/a", &json!(1)).await.unwrap();
+    c.put("other", &json!(2)).await.unwrap();
+    c.put("w/b", &json!("x")).await.unwrap();
+    c.delete("w/a").await.unwrap();
+    let out = tokio::task::spawn_blocking(move || watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = ok(&out);
+    let changes: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(changes.len(), 3, "{text}");
+    let keys: Vec<&str> = changes
+        .iter()
+        .map(|c| c["events"][0]["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["w/a", "w/b", "w/a"]);
+    assert_eq!(changes[2]["events"][0]["type"], json!("delete"));
+
+    let none = json_of(&ctl(
+        &n,
+        &["election", "observe", "sched", "--once", "-o", "json"],
+    ));
+    assert_eq!(none["leader"], Value::Null);
+    let lease = c
+        .lease_grant(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    c.campaign(&concordance_client::CampaignRequest {
+        name: "sched".into(),
+        lease: lease.id,
+        value: json!("node-a:9000"),
+        timeout_ms: None,
+    })
+    .await
+    .unwrap();
+    let text = ok(&ctl(&n, &["election", "observe", "sched", "--once"]));
+    assert!(text.starts_with("sched: node-a:9000 (revision "), "{text}");
+    let resigned = ok(&ctl(
+        &n,
+        &["election", "resign", "sched", &lease.id.to_string()],
+    ));
+    assert!(resigned.starts_with("resigned"), "{resigned}");
+}
