@@ -391,3 +391,101 @@ async fn watch_prints_changes_and_elections_are_observable() {
     ));
     assert!(resigned.starts_with("resigned"), "{resigned}");
 }
+
+/// Three keyed nodes: node1 bootstraps, node2 and node3 join it.
+async fn cluster3() -> Vec<LocalNode> {
+    let first = node_named("node1", None).await;
+    let join = first.address();
+    let mut nodes = vec![first];
+    for name in ["node2", "node3"] {
+        nodes.push(node_named(name, Some(join.clone())).await);
+    }
+    nodes
+}
+
+async fn node_named(name: &str, join: Option<String>) -> LocalNode {
+    LocalNode::spawn(LocalNodeOptions {
+        binary: Some(concordance_bin()),
+        node_id: name.into(),
+        api_key: Some(KEY.into()),
+        join,
+        ..LocalNodeOptions::default()
+    })
+    .await
+    .expect("local node")
+}
+
+/// Runs `concordancectl` with the given endpoints.
+fn ctl_at(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_concordancectl"))
+        .args(args)
+        .env("CONCORDANCE_ENDPOINTS", endpoints)
+        .env("CONCORDANCE_API_KEY", KEY)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn membership_on_a_three_node_cluster() {
+    let nodes = cluster3().await;
+    // A dead endpoint first: the tool moves on to a live one.
+    let dead = concordance_client::dev::free_port().unwrap();
+    let endpoints = format!(
+        "127.0.0.1:{dead},{}",
+        nodes
+            .iter()
+            .map(|n| n.address())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let voters = || {
+        let m = json_of(&ctl_at(&endpoints, &["member", "list", "-o", "json"]));
+        m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["voter"] == json!(true))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while voters() < 3 {
+        assert!(std::time::Instant::now() < deadline, "3 voters");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let table = ok(&ctl_at(&endpoints, &["member", "list"]));
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert_eq!(table.matches("(leader)").count(), 1, "{table}");
+
+    let moved = json_of(&ctl_at(
+        &endpoints,
+        &["member", "transfer-leader", "--to", "node2", "-o", "json"],
+    ));
+    assert_eq!(moved["leader"], json!("node2"));
+
+    let status = json_of(&ctl_at(&endpoints, &["status", "-o", "json"]));
+    let version = status["membershipVersion"].as_u64().unwrap();
+    let stale = (version - 1).to_string();
+    let refused = ctl_at(
+        &endpoints,
+        &["member", "remove", "node3", "--expected-version", &stale],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("membership_changed") && stderr.contains("HTTP 409"),
+        "{stderr}"
+    );
+    let removed = ok(&ctl_at(
+        &endpoints,
+        &[
+            "member",
+            "remove",
+            "node3",
+            "--expected-version",
+            &version.to_string(),
+        ],
+    ));
+    assert!(removed.contains("membership version"), "{removed}");
+    let members = json_of(&ctl_at(&endpoints, &["member", "list", "-o", "json"]));
+    assert_eq!(members["members"].as_array().unwrap().len(), 2);
+}

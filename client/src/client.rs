@@ -386,6 +386,11 @@ impl Client {
         if let Err(e) = &result {
             if let Some(leader) = e.leader_address() {
                 self.prefer(leader);
+            } else if e.code() == Some("not_leader") && self.retry.max_retries > 0 {
+                // A node that knows it does not lead but not who does: ask the others.
+                if self.discover_leader().await.is_none() {
+                    self.rotate_from(&base);
+                }
             } else if e.is_retryable() {
                 self.rotate_from(&base);
             }

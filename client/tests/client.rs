@@ -259,6 +259,38 @@ async fn writes_retry_across_a_leader_kill_and_apply_once() {
     assert_eq!(client.get("idem").await.unwrap().unwrap().kv.version, 1);
 }
 
+/// A keep-alive task with several endpoints carries a lease through its leader's SIGKILL.
+#[tokio::test]
+async fn a_kept_lease_survives_a_leader_kill() {
+    let mut nodes = cluster3().await;
+    let leader = leader_index(&nodes).await;
+    let client = Client::connect(nodes.iter().map(|n| n.address())).unwrap();
+    let ttl = Duration::from_secs(3);
+    let lease = client.lease_grant(ttl).await.unwrap();
+    client
+        .put_leased("holder", &json!("me"), lease.id)
+        .await
+        .unwrap();
+    let keeper = client.keep_alive_task(lease.id, ttl);
+    nodes[leader].kill();
+    // Well past the TTL, counting the election.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(!keeper.is_lost());
+    let kv = client
+        .get("holder")
+        .await
+        .unwrap()
+        .expect("the key lives on");
+    assert_eq!(kv.kv.lease, Some(lease.id));
+    drop(keeper);
+    eventually(
+        "the lease to end once not kept",
+        Duration::from_secs(20),
+        || async { client.get("holder").await.unwrap().is_none().then_some(()) },
+    )
+    .await;
+}
+
 /// With only unreachable endpoints, a call gives up after the policy's attempts.
 #[tokio::test]
 async fn unreachable_endpoints_give_up_with_a_transport_error() {
