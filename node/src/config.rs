@@ -97,7 +97,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORDANCE_LOG", default_value = "info,openraft=warn")]
     pub log: String,
     /// Take a snapshot (and compact the log) after this many entries.
-    #[arg(long, env = "CONCORDANCE_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    #[arg(long, env = "CONCORDANCE_SNAPSHOT_ENTRIES", default_value_t = 100_000)]
     pub snapshot_entries: u64,
     /// Revisions of change history kept for watches; an older start revision is `compacted`.
     #[arg(long, env = "CONCORDANCE_HISTORY_REVISIONS", default_value_t = crate::store::state_machine::HISTORY_RETAINED_REVISIONS, value_parser = clap::value_parser!(u64).range(1..))]

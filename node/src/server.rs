@@ -27,9 +27,12 @@ use crate::store::records::IdentityRecord;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+// A follower calls an election after hearing no leader for the leader lease (openraft uses
+// the maximum election timeout) plus its random election timeout: 500 + 250..500 ms here, so
+// a killed leader is replaced in under a second while seven heartbeats may go missing first.
 pub const HEARTBEAT_MS: u64 = 100;
-pub const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
-pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1000;
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 250;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 500;
 
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());

@@ -75,6 +75,22 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+/// Per column family tuning. Every put reads the key's current record from `kv` first; a
+/// point lookup in a large memtable full of versions of the same keys is slow (a deep skip
+/// list walk), so `kv` gets small memtables and bloom filters on its tables.
+fn cf_options(name: &str) -> Options {
+    let mut o = Options::default();
+    if name == CF_KV {
+        o.set_write_buffer_size(8 << 20);
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_bloom_filter(10.0, false);
+        o.set_block_based_table_factory(&t);
+        o.set_memtable_whole_key_filtering(true);
+        o.set_memtable_prefix_bloom_ratio(0.1);
+    }
+    o
+}
+
 /// A shared handle to the node's database.
 #[derive(Clone)]
 pub struct Store {
@@ -93,7 +109,7 @@ impl Store {
         opts.set_paranoid_checks(true);
         let cfs = ALL_CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let db_path = dir.join("db");
         let db =
             DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|source| StoreError::Rocks {
