@@ -41,6 +41,10 @@ pub struct Cli {
     /// Bound on each request attempt, e.g. `10s`.
     #[arg(long, global = true, value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
+    /// How long to keep retrying a call that failed in a way another attempt may fix (no
+    /// endpoint answered, no quorum, a leader change); `0s` disables retries.
+    #[arg(long, global = true, value_parser = parse_duration, default_value = "5s")]
+    pub retry_for: Duration,
     #[command(subcommand)]
     pub command: Command,
 }

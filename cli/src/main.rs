@@ -16,6 +16,7 @@ use concordance_client::Consistency;
 use concordance_client::Error;
 use concordance_client::LockRequest;
 use concordance_client::PutRequest;
+use concordance_client::RetryPolicy;
 use concordance_client::TxnOp;
 use concordance_client::TxnRequest;
 use concordance_client::WatchOptions;
@@ -57,7 +58,15 @@ async fn main() -> ExitCode {
     let out = Printer::new(cli.output);
     let mut builder = Client::builder()
         .endpoints(cli.endpoints.iter().cloned())
-        .request_timeout(cli.timeout);
+        .request_timeout(cli.timeout)
+        .retry(if cli.retry_for.is_zero() {
+            RetryPolicy::none()
+        } else {
+            RetryPolicy {
+                max_total_delay: cli.retry_for,
+                ..RetryPolicy::default()
+            }
+        });
     if let Some(k) = cli.api_key.as_deref().filter(|k| !k.is_empty()) {
         builder = builder.api_key(k);
     }

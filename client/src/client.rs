@@ -29,13 +29,14 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Up to 10 retries, 50 ms doubling to 2 s with jitter, at most 15 s of waiting: enough to
-    /// ride out a leader election (well under 3 s) and a node restart.
+    /// 50 ms doubling to 1 s with jitter, at most 15 s of waiting (and 25 retries): enough to
+    /// ride out a leader election (well under 3 s) and a node restart. The waiting time is
+    /// the real bound; the count only stops a pathological loop.
     fn default() -> Self {
         Self {
-            max_retries: 10,
+            max_retries: 25,
             min_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(1),
             max_total_delay: Duration::from_secs(15),
         }
     }
@@ -415,11 +416,9 @@ impl Client {
             .when(|e| {
                 e.is_retryable() && (keyed || matches!(e, Error::Transport(t) if t.is_connect()))
             })
-            // A node that named the leader: go there at once.
-            .adjust(|e, d| match e.leader_address() {
-                Some(_) => d.map(|_| Duration::ZERO),
-                None => d,
-            })
+            // Even after a node named the leader, wait the backoff delay: during an election
+            // followers still name the dead leader, and going back and forth at once would
+            // spend every retry before a new one is elected.
             .await
     }
 

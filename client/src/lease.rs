@@ -45,9 +45,11 @@ impl Client {
     }
 
     /// Keeps the lease alive from a background task, every third of `ttl`, until the handle
-    /// is dropped or stopped. Each keep-alive is retried under the client's policy; when the
-    /// lease is gone (`lease_not_found`) or a keep-alive finally fails, the task ends and
-    /// [`KeepAlive::lost`] resolves with the error.
+    /// is dropped or stopped. Each keep-alive is retried under the client's policy, and a
+    /// failed one again at the next tick. The task ends, and [`KeepAlive::lost`] resolves with
+    /// why, when the lease is gone (`lease_not_found`), on an error retrying cannot fix, or
+    /// when no keep-alive succeeded for `ttl`: from then on the holder must assume the lease
+    /// ended (a lock it held may have passed on).
     pub fn keep_alive_task(&self, id: u64, ttl: Duration) -> KeepAlive {
         let client = self.clone();
         let interval = (ttl / 3).max(Duration::from_millis(100));
@@ -55,11 +57,17 @@ impl Client {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut confirmed = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
-                if let Err(e) = client.lease_keep_alive(id).await {
-                    let _ = tx.send(Some(e.to_string()));
-                    return;
+                let sent = tokio::time::Instant::now();
+                match client.lease_keep_alive(id).await {
+                    Ok(_) => confirmed = sent,
+                    Err(e) if e.is_retryable() && confirmed.elapsed() < ttl => continue,
+                    Err(e) => {
+                        let _ = tx.send(Some(e.to_string()));
+                        return;
+                    }
                 }
             }
         });
