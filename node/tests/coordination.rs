@@ -671,3 +671,256 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
     let none = ok(&node, "GET", "/api/v1/election/leader?name=nobody", None).await;
     assert_eq!(none["leader"], Value::Null);
 }
+
+/// Three nodes on loopback without keys; node1 bootstraps, the others join.
+async fn three() -> (tempfile::TempDir, Vec<NodeProc>) {
+    let dir = tempfile::tempdir().unwrap();
+    let first = NodeProc::start("node1", dir.path(), &["--bootstrap"]);
+    first.wait_ready().await;
+    let join = format!("--join={}", first.addr());
+    let mut nodes = vec![first];
+    for i in 2..=3 {
+        let n = NodeProc::start(&format!("node{i}"), dir.path(), &[&join]);
+        n.wait_ready().await;
+        nodes.push(n);
+    }
+    (dir, nodes)
+}
+
+async fn leader_index(nodes: &[NodeProc], alive: &[bool]) -> usize {
+    eventually("a leader", Duration::from_secs(20), || async {
+        for (i, n) in nodes.iter().enumerate() {
+            if alive[i]
+                && let Ok(s) = n.client().status().await
+                && s.role == "leader"
+            {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Keeps a lease alive through whichever live node answers, until told to stop.
+fn keep_alive(
+    ports: Vec<u16>,
+    id: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut i = 0;
+        while !*stop.borrow() {
+            let port = ports[i % ports.len()];
+            i += 1;
+            let _ = http
+                .post(format!(
+                    "http://127.0.0.1:{port}/api/v1/lease/{id}/keepalive"
+                ))
+                .timeout(Duration::from_millis(800))
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_locks_watches_and_retries_survive_a_leader_sigkill() {
+    let (_dir, mut nodes) = three().await;
+    let mut alive = vec![true; 3];
+    let l = leader_index(&nodes, &alive).await;
+    let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
+    let survivors: Vec<u16> = vec![nodes[f1].port, nodes[f2].port];
+
+    // A lease kept alive (through the survivors only) and one whose holder "died".
+    let kept = ok(
+        &nodes[f1],
+        "POST",
+        "/api/v1/lease",
+        Some(json!({"ttlMs": 3000})),
+    )
+    .await["id"]
+        .as_u64()
+        .unwrap();
+    let dead = ok(
+        &nodes[f1],
+        "POST",
+        "/api/v1/lease",
+        Some(json!({"ttlMs": 3000})),
+    )
+    .await["id"]
+        .as_u64()
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let keeper = keep_alive(survivors.clone(), kept, stop_rx);
+    ok(
+        &nodes[f2],
+        "PUT",
+        "/api/v1/kv/alive/k",
+        Some(json!({"value": 1, "lease": kept})),
+    )
+    .await;
+    let held = ok(
+        &nodes[f1],
+        "POST",
+        "/api/v1/lock/acquire",
+        Some(json!({"name": "m", "lease": dead})),
+    )
+    .await;
+    let dead_token = held["fencingToken"].as_u64().unwrap();
+
+    // The kept lease's holder waits for the lock on a follower.
+    let url = nodes[f2].url("/api/v1/lock/acquire");
+    let waiter = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"name": "m", "lease": kept, "timeoutMs": 60000}))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    });
+
+    // A watch on the leader, and writes with idempotency keys.
+    let start = nodes[f1].client().status().await.unwrap().revision + 1;
+    let mut w = WatchStream::open(
+        &nodes[l],
+        &format!("prefix=seq/&startRevision={start}"),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut revisions = Vec::new();
+    for i in 0..10 {
+        let key = format!("seq-{i}");
+        let (s, v) = call(
+            &nodes[l],
+            "PUT",
+            &format!("/api/v1/kv/seq/{i}"),
+            Some(json!({"value": i})),
+            &[("Idempotency-Key", &key)],
+        )
+        .await;
+        assert!(s.is_success(), "{v}");
+        revisions.push(v["revision"].as_u64().unwrap());
+    }
+    let mut seen: Vec<u64> = w
+        .changes(5, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|e| e.id.unwrap())
+        .collect();
+    assert_eq!(seen, revisions[..5]);
+
+    nodes[l].kill();
+    alive[l] = false;
+    let killed_at = Instant::now();
+
+    // Retrying acknowledged writes on a survivor applies nothing again.
+    for (i, rev) in revisions.iter().enumerate() {
+        let key = format!("seq-{i}");
+        let (s, v) = eventually_ok(
+            &nodes[f1],
+            "PUT",
+            &format!("/api/v1/kv/seq/{i}"),
+            json!({"value": i}),
+            &key,
+        )
+        .await;
+        assert!(s.is_success(), "{v}");
+        assert_eq!(
+            v["revision"].as_u64(),
+            Some(*rev),
+            "retry {i} answered the first write's revision"
+        );
+    }
+    for i in 0..10 {
+        let kv = nodes[f1]
+            .client()
+            .get(&format!("seq/{i}"))
+            .await
+            .unwrap()
+            .unwrap()
+            .kv;
+        assert_eq!(kv.version, 1, "seq/{i} was written once");
+    }
+    // More writes after the failover, then resume the watch on a survivor after its last id.
+    for i in 10..15 {
+        let v = ok(
+            &nodes[f2],
+            "PUT",
+            &format!("/api/v1/kv/seq/{i}"),
+            Some(json!({"value": i})),
+        )
+        .await;
+        revisions.push(v["revision"].as_u64().unwrap());
+    }
+    // Whatever the killed node sent before dying is kept; resume right after it.
+    while let Some(ev) = w.next(Duration::from_millis(200)).await {
+        if ev.event == "change" {
+            seen.push(ev.id.unwrap());
+        }
+    }
+    let mut r = WatchStream::open(&nodes[f2], "prefix=seq/", seen.last().copied())
+        .await
+        .unwrap();
+    let rest = r
+        .changes(revisions.len() - seen.len(), Duration::from_secs(20))
+        .await;
+    seen.extend(rest.iter().map(|e| e.id.unwrap()));
+    assert_eq!(
+        seen, revisions,
+        "every change once, in order, across the node's death"
+    );
+
+    // The dead holder's lease expires (after the new leader's grace) and the lock passes.
+    let (s, v) = waiter.await.unwrap();
+    assert!(s.is_success(), "{v}");
+    assert!(v["fencingToken"].as_u64().unwrap() > dead_token);
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(3),
+        "no lease ends before a full TTL under the new leader"
+    );
+    let (s, v) = call(
+        &nodes[f1],
+        "GET",
+        &format!("/api/v1/lease/{dead}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "lease_not_found"));
+    // The kept lease lived through the failover, its key too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ok(&nodes[f1], "GET", &format!("/api/v1/lease/{kept}"), None).await;
+    assert!(nodes[f2].client().get("alive/k").await.unwrap().is_some());
+    stop_tx.send(true).unwrap();
+    keeper.await.unwrap();
+}
+
+/// Retries a keyed put until the cluster answers (a new leader may still be settling).
+async fn eventually_ok(
+    node: &NodeProc,
+    method: &str,
+    path: &str,
+    body: Value,
+    key: &str,
+) -> (StatusCode, Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = call(
+            node,
+            method,
+            path,
+            Some(body.clone()),
+            &[("Idempotency-Key", key)],
+        )
+        .await;
+        if s.is_success() || Instant::now() > deadline || !s.is_server_error() {
+            return (s, v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

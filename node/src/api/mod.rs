@@ -6,7 +6,9 @@ mod error;
 mod kv;
 mod lease;
 mod lock;
+pub mod openapi;
 mod peer;
+pub mod routes;
 mod txn;
 mod watch;
 
@@ -19,8 +21,6 @@ use axum::extract::State;
 use axum::middleware;
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::get;
-use axum::routing::post;
 
 pub use self::body::JsonBody;
 pub use self::body::MAX_BODY_BYTES;
@@ -28,79 +28,35 @@ pub use self::body::MAX_BODY_BYTES;
 /// Largest peer message accepted (Raft append batches).
 pub const PEER_BODY_BYTES: usize = 512 << 20;
 pub use self::error::ApiError;
+use self::routes::Access;
 use crate::auth;
 use crate::auth::Keys;
 use crate::auth::Role;
 use crate::metrics::HttpLabels;
 use crate::service::SharedNode;
 
-/// Builds the whole router. Public routes (probes, status) carry no secret; every other
-/// route requires a key granting its role.
+/// Builds the whole router from the route table ([`routes::routes`]). Public routes (probes,
+/// status) carry no secret; every other route requires a key granting its role.
 pub fn router(node: SharedNode, keys: Keys) -> Router {
-    let public = Router::new()
-        .route("/api/v1/health", get(cluster::health))
-        .route("/api/v1/ready", get(cluster::ready))
-        .route("/api/v1/cluster/status", get(cluster::status))
-        .route("/api/v1/cluster/version", get(cluster::version));
-
-    let data = Router::new()
-        .route("/api/v1/kv", get(kv::list))
-        .route(
-            "/api/v1/kv/{*key}",
-            get(kv::get).put(kv::put).post(kv::put).delete(kv::delete),
-        )
-        .route("/api/v1/txn", post(txn::txn))
-        .route("/api/v1/lease", get(lease::list).post(lease::grant))
-        .route("/api/v1/lease/{id}", get(lease::get).delete(lease::revoke))
-        .route("/api/v1/lease/{id}/keepalive", post(lease::keep_alive))
-        .route("/api/v1/watch", get(watch::watch))
-        .route("/api/v1/lock/acquire", post(lock::acquire))
-        .route("/api/v1/lock/release", post(lock::release))
-        .route("/api/v1/election/campaign", post(lock::campaign))
-        .route("/api/v1/election/leader", get(lock::leader))
-        .route("/api/v1/election/resign", post(lock::resign))
-        .route_layer(middleware::from_fn_with_state(
-            (keys.clone(), Role::Agent),
-            auth::require,
-        ));
-
-    // Peers' messages may carry many entries of up to a value's size each.
-    let peer_limit = axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES);
-    let admin = Router::new()
-        .route("/metrics", get(cluster::metrics))
-        .route("/api/v1/metrics", get(cluster::metrics))
-        .route("/api/v1/cluster/snapshot", post(cluster::snapshot))
-        .route("/api/v1/cluster/backup", get(cluster::backup))
-        .route("/api/v1/cluster/join", post(cluster::join))
-        .route("/api/v1/cluster/remove", post(cluster::remove))
-        .route(
-            "/api/v1/cluster/transfer-leader",
-            post(cluster::transfer_leader),
-        )
-        .route("/api/v1/raft/append", post(peer::append).layer(peer_limit))
-        .route("/api/v1/raft/vote", post(peer::vote).layer(peer_limit))
-        .route(
-            "/api/v1/raft/pre-vote",
-            post(peer::pre_vote).layer(peer_limit),
-        )
-        .route(
-            "/api/v1/raft/transfer-leader",
-            post(peer::transfer_leader).layer(peer_limit),
-        )
-        .route(
-            "/api/v1/raft/snapshot",
-            post(peer::snapshot).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/raft/write", post(peer::write).layer(peer_limit))
-        .route(
-            "/api/v1/raft/read-index",
-            post(peer::read_index).layer(peer_limit),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            (keys, Role::Admin),
-            auth::require,
-        ));
-
+    let mut public = Router::new();
+    let mut data = Router::new();
+    let mut admin = Router::new();
+    for (doc, handler) in routes::routes() {
+        let group = match doc.access {
+            Access::Public => &mut public,
+            Access::Agent => &mut data,
+            Access::Admin => &mut admin,
+        };
+        *group = std::mem::take(group).route(doc.path, handler);
+    }
+    let data = data.route_layer(middleware::from_fn_with_state(
+        (keys.clone(), Role::Agent),
+        auth::require,
+    ));
+    let admin = admin.route_layer(middleware::from_fn_with_state(
+        (keys, Role::Admin),
+        auth::require,
+    ));
     public
         .merge(data)
         .merge(admin)

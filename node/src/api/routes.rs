@@ -1,0 +1,296 @@
+//! Every route the node serves, in one table: the router is built from it and so is the
+//! OpenAPI document (`GET /api/v1/openapi.json`), so neither can list a route the other lacks.
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::MethodRouter;
+use axum::routing::delete;
+use axum::routing::get;
+use axum::routing::post;
+use axum::routing::put;
+use concordance_client as api;
+use schemars::JsonSchema;
+use schemars::Schema;
+use schemars::SchemaGenerator;
+
+use super::PEER_BODY_BYTES;
+use super::cluster;
+use super::kv;
+use super::lease;
+use super::lock;
+use super::peer;
+use super::txn;
+use super::watch;
+use crate::membership;
+use crate::service::SharedNode;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No key: probes and status, which reveal no secret.
+    Public,
+    /// The agent or the admin key: the data API.
+    Agent,
+    /// The admin key only: operations, membership and the peer protocol.
+    Admin,
+}
+
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+/// A route's body or answer, for the document.
+#[derive(Clone, Copy)]
+pub enum Body {
+    None,
+    Json(SchemaFn),
+    /// Server-Sent Events whose `data` is one of these.
+    EventStream(&'static [(&'static str, SchemaFn)]),
+    Text(&'static str),
+    Binary,
+}
+
+/// One method on one path, with what the document says about it.
+#[derive(Clone, Copy)]
+pub struct RouteDoc {
+    pub method: &'static str,
+    /// The axum path (`{*key}` for a key with slashes).
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+    pub query: Option<SchemaFn>,
+    pub body: Body,
+    pub response: Body,
+    /// Accepts `Idempotency-Key`.
+    pub idempotent: bool,
+    /// Node-to-node only.
+    pub internal: bool,
+}
+
+const fn doc(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    summary: &'static str,
+) -> RouteDoc {
+    RouteDoc {
+        method,
+        path,
+        access,
+        summary,
+        query: None,
+        body: Body::None,
+        response: Body::None,
+        idempotent: false,
+        internal: false,
+    }
+}
+
+impl RouteDoc {
+    fn query(mut self, q: SchemaFn) -> Self {
+        self.query = Some(q);
+        self
+    }
+    fn body(mut self, b: Body) -> Self {
+        self.body = b;
+        self
+    }
+    fn json<T: JsonSchema>(mut self) -> Self {
+        self.response = Body::Json(schema::<T>);
+        self
+    }
+    fn answers(mut self, b: Body) -> Self {
+        self.response = b;
+        self
+    }
+    fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+    fn internal(mut self) -> Self {
+        self.internal = true;
+        self
+    }
+}
+
+/// Peer messages are our own versioned types, documented in `raft/wire.rs`, not here.
+fn peer_message(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "A peer message {protocol, cluster, from, body} (node-to-node; see node/src/raft/wire.rs)"
+    })
+}
+
+fn any_object(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "object"})
+}
+
+fn json<T: JsonSchema>() -> Body {
+    Body::Json(schema::<T>)
+}
+
+const WATCH_EVENTS: &[(&str, SchemaFn)] = &[
+    ("change", schema::<api::WatchChange>),
+    ("progress", schema::<api::WatchProgress>),
+    ("error", schema::<api::ErrorBody>),
+];
+
+/// The whole API: each route's document and handler.
+pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
+    use Access::*;
+    let peer_limit = || DefaultBodyLimit::max(PEER_BODY_BYTES);
+    let read = schema::<kv::ReadParams>;
+    vec![
+        // Probes and status.
+        (
+            doc("get", "/api/v1/health", Public, "Liveness: the process and its storage work").json::<api::HealthResponse>(),
+            get(cluster::health),
+        ),
+        (
+            doc("get", "/api/v1/ready", Public, "Readiness: 200 once a leader is known and this voter is caught up, else 503").json::<api::ReadyResponse>(),
+            get(cluster::ready),
+        ),
+        (
+            doc("get", "/api/v1/cluster/status", Public, "This node's view of the cluster: role, leader, term, indexes, members").json::<api::ClusterStatus>(),
+            get(cluster::status),
+        ),
+        (
+            doc("get", "/api/v1/cluster/version", Public, "The command sets this binary supports and the cluster has enabled").json::<api::VersionInfo>(),
+            get(cluster::version),
+        ),
+        (
+            doc("get", "/api/v1/openapi.json", Public, "This document").answers(Body::Json(any_object)),
+            get(super::openapi::serve),
+        ),
+        // Keys.
+        (
+            doc("get", "/api/v1/kv", Agent, "List keys under a prefix, in order, with continuation").query(schema::<kv::ListParams>).json::<api::ListResponse>(),
+            get(kv::list),
+        ),
+        (
+            doc("get", "/api/v1/kv/{*key}", Agent, "Read a key").query(read).json::<api::GetResponse>(),
+            get(kv::get),
+        ),
+        (
+            doc("put", "/api/v1/kv/{*key}", Agent, "Write a key (optionally attached to a lease)").body(json::<api::PutRequest>()).json::<api::PutResponse>().idempotent(),
+            put(kv::put),
+        ),
+        (
+            doc("post", "/api/v1/kv/{*key}", Agent, "Write a key (same as PUT)").body(json::<api::PutRequest>()).json::<api::PutResponse>().idempotent(),
+            post(kv::put),
+        ),
+        (
+            doc("delete", "/api/v1/kv/{*key}", Agent, "Delete a key").json::<api::DeleteResponse>().idempotent(),
+            delete(kv::delete),
+        ),
+        (
+            doc("post", "/api/v1/txn", Agent, "Atomic transaction: compares, then the success or failure operations, at one revision").body(json::<api::TxnRequest>()).json::<api::TxnResponse>().idempotent(),
+            post(txn::txn),
+        ),
+        // Leases.
+        (
+            doc("post", "/api/v1/lease", Agent, "Grant a lease").body(json::<api::LeaseGrantRequest>()).json::<api::LeaseGrantResponse>().idempotent(),
+            post(lease::grant),
+        ),
+        (
+            doc("get", "/api/v1/lease", Agent, "List leases").query(read).json::<api::LeaseListResponse>(),
+            get(lease::list),
+        ),
+        (
+            doc("get", "/api/v1/lease/{id}", Agent, "A lease's TTL, time left and keys").query(read).json::<api::LeaseInfo>(),
+            get(lease::get),
+        ),
+        (
+            doc("delete", "/api/v1/lease/{id}", Agent, "Revoke a lease, deleting its keys").json::<api::LeaseRevokeResponse>().idempotent(),
+            delete(lease::revoke),
+        ),
+        (
+            doc("post", "/api/v1/lease/{id}/keepalive", Agent, "Restart a lease's TTL").json::<api::LeaseKeepAliveResponse>().idempotent(),
+            post(lease::keep_alive),
+        ),
+        // Watches, locks, elections.
+        (
+            doc("get", "/api/v1/watch", Agent, "Stream changes to a key or prefix as Server-Sent Events (id = revision; resumable with Last-Event-ID)").query(schema::<watch::WatchParams>).answers(Body::EventStream(WATCH_EVENTS)),
+            get(watch::watch),
+        ),
+        (
+            doc("post", "/api/v1/lock/acquire", Agent, "Acquire a named lock for a lease (waits in order, or fails at once with wait=false)").body(json::<api::LockRequest>()).json::<api::LockResponse>(),
+            post(lock::acquire),
+        ),
+        (
+            doc("post", "/api/v1/lock/release", Agent, "Release a lock (or leave its queue)").body(json::<api::UnlockRequest>()).json::<api::UnlockResponse>(),
+            post(lock::release),
+        ),
+        (
+            doc("post", "/api/v1/election/campaign", Agent, "Campaign in a named election; answers once this candidate leads").body(json::<api::CampaignRequest>()).json::<api::CampaignResponse>(),
+            post(lock::campaign),
+        ),
+        (
+            doc("get", "/api/v1/election/leader", Agent, "An election's current leader (watch `watchPrefix` to follow changes)").query(schema::<lock::LeaderParams>).json::<api::ElectionLeaderResponse>(),
+            get(lock::leader),
+        ),
+        (
+            doc("post", "/api/v1/election/resign", Agent, "Resign (or withdraw a candidacy)").body(json::<api::ResignRequest>()).json::<api::ResignResponse>(),
+            post(lock::resign),
+        ),
+        // Operations.
+        (
+            doc("get", "/metrics", Admin, "Prometheus metrics").answers(Body::Text("application/openmetrics-text")),
+            get(cluster::metrics),
+        ),
+        (
+            doc("get", "/api/v1/metrics", Admin, "Prometheus metrics").answers(Body::Text("application/openmetrics-text")),
+            get(cluster::metrics),
+        ),
+        (
+            doc("post", "/api/v1/cluster/snapshot", Admin, "Take a snapshot now (compacts the log)").answers(Body::Json(any_object)),
+            post(cluster::snapshot),
+        ),
+        (
+            doc("get", "/api/v1/cluster/backup", Admin, "Download a consistent online backup").answers(Body::Binary),
+            get(cluster::backup),
+        ),
+        (
+            doc("post", "/api/v1/cluster/join", Admin, "Add a node as a learner (what --join calls)").body(json::<membership::JoinRequest>()).json::<membership::MembershipReply>(),
+            post(cluster::join),
+        ),
+        (
+            doc("post", "/api/v1/cluster/remove", Admin, "Remove a member").body(json::<membership::RemoveRequest>()).json::<membership::MembershipReply>(),
+            post(cluster::remove),
+        ),
+        (
+            doc("post", "/api/v1/cluster/transfer-leader", Admin, "Hand leadership to a voter (default: the most caught up); body optional").body(json::<membership::TransferRequest>()).json::<membership::TransferReply>(),
+            post(cluster::transfer_leader),
+        ),
+        // The peer protocol.
+        (
+            doc("post", "/api/v1/raft/append", Admin, "Raft append entries").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(peer::append).layer(peer_limit()),
+        ),
+        (
+            doc("post", "/api/v1/raft/vote", Admin, "Raft vote").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(peer::vote).layer(peer_limit()),
+        ),
+        (
+            doc("post", "/api/v1/raft/pre-vote", Admin, "Raft pre-vote").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(peer::pre_vote).layer(peer_limit()),
+        ),
+        (
+            doc("post", "/api/v1/raft/transfer-leader", Admin, "Raft leadership transfer").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(peer::transfer_leader).layer(peer_limit()),
+        ),
+        (
+            doc("post", "/api/v1/raft/snapshot", Admin, "Install a snapshot: [header length u32 LE][header JSON][snapshot file]").body(Body::Binary).answers(Body::Json(any_object)).internal(),
+            post(peer::snapshot).layer(DefaultBodyLimit::disable()),
+        ),
+        (
+            doc("post", "/api/v1/raft/write", Admin, "A write forwarded by a follower to the leader").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(peer::write).layer(peer_limit()),
+        ),
+        (
+            doc("post", "/api/v1/raft/read-index", Admin, "A follower's read-index request").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(peer::read_index).layer(peer_limit()),
+        ),
+    ]
+}
