@@ -123,8 +123,16 @@ pub async fn remove(
 /// The body is optional: no body (or `{}`) picks the most caught-up voter.
 pub async fn transfer_leader(
     State(node): State<SharedNode>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<TransferReply>, ApiError> {
+    // The body is optional here, so not `JsonBody`; its rejection still gets our error body.
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "body_too_large",
+            format!("request body is over the limit or unreadable: {e}"),
+        )
+    })?;
     let req: TransferRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TransferRequest::default()
     } else {

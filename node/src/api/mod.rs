@@ -61,6 +61,7 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
         .merge(data)
         .merge(admin)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(node)
@@ -70,6 +71,15 @@ async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(
         "not_found",
         format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+/// A known path with a method it does not serve: the API's error body, not an empty 405.
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not served on {}", req.method(), req.uri().path()),
     )
 }
 

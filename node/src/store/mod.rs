@@ -98,6 +98,13 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// How RocksDB replays its write-ahead log at open. Its default (point in time) stops at the
+/// first damaged record and silently drops every record after it, synced or not: acknowledged
+/// writes would vanish without a word. Only an incomplete last record is expected (a write
+/// cut short by a crash, never acknowledged); damage anywhere else stops the open with an
+/// error.
+const WAL_RECOVERY: rocksdb::DBRecoveryMode = rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords;
+
 impl Store {
     /// Opens (creating if needed) the database under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -107,6 +114,7 @@ impl Store {
         opts.create_missing_column_families(true);
         // Checks every block's checksum on read, so corruption is reported, never served.
         opts.set_paranoid_checks(true);
+        opts.set_wal_recovery_mode(WAL_RECOVERY);
         let cfs = ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
@@ -132,7 +140,9 @@ impl Store {
                 format!("{} holds no Concordance data", dir.display()),
             )));
         }
-        let opts = Options::default();
+        let mut opts = Options::default();
+        opts.set_paranoid_checks(true);
+        opts.set_wal_recovery_mode(WAL_RECOVERY);
         let db = DB::open_cf_for_read_only(&opts, &db_path, ALL_CFS, false).map_err(|source| {
             StoreError::Rocks {
                 path: db_path.clone(),

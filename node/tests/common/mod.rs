@@ -148,6 +148,13 @@ impl NodeProc {
         self.child.is_some()
     }
 
+    /// The exit status if the process has ended by itself (it is then no longer running).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .arg(format!("-{sig}"))

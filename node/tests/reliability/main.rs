@@ -9,7 +9,9 @@ mod common;
 
 mod checker;
 mod cluster;
+mod corruption;
 mod durability;
+mod fuzz;
 mod history;
 mod nemesis;
 mod workload;
@@ -362,5 +364,86 @@ async fn unsynced_tail_is_lost_on_sigkill_with_the_shim_and_writes_survive() {
             .expect("acknowledged write");
         assert_eq!(got.kv.value, serde_json::json!("v1"));
         assert_eq!(got.kv.mod_revision, put.revision);
+    }
+}
+
+/// Random and mutated requests on every route, on a single node and through a follower of a
+/// three-node cluster (so forwarding to the leader is fuzzed too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_http_requests_never_5xx_crash_or_half_apply() {
+    let admin = format!("--api-key={}", common::ADMIN_KEY);
+    let agent = format!("--agent-key={}", common::AGENT_KEY);
+    for (nodes, seed, count) in [(1, 11, 1500), (3, 12, 800)] {
+        let c = Cluster::start(nodes, &[&admin, &agent], false).await;
+        for n in c.names() {
+            c.members[&n].proc.wait_ready().await;
+        }
+        let leader = c.leader().await;
+        let target = c
+            .names()
+            .into_iter()
+            .find(|n| nodes == 1 || Some(n) != leader.as_ref())
+            .unwrap();
+        let base = format!("http://127.0.0.1:{}", c.port(&target));
+        let r = fuzz::fuzz_http(&base, common::ADMIN_KEY, common::AGENT_KEY, seed, count).await;
+        println!(
+            "fuzz seed {seed} on {nodes} node(s): {} requests, statuses {:?}, {} accepted writes",
+            r.requests, r.by_status, r.accepted_writes
+        );
+        for n in c.names() {
+            let h = c.client(&n).health().await;
+            assert!(h.is_ok(), "{n} is down after fuzzing: {h:?}\n{}", c.logs());
+        }
+    }
+}
+
+/// Damage done to a stopped node's data dir, and what the node must do about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_data_dirs_are_detected_never_served() {
+    use corruption::*;
+    type Damage = fn(&std::path::Path);
+    let cases: [(&str, bool, Damage); 6] = [
+        ("bytes flipped in every table file", true, |d| {
+            for f in files_with(d, ".sst") {
+                flip(&f, 0.3);
+            }
+        }),
+        ("largest table file truncated", true, |d| {
+            truncate(&files_with(d, ".sst")[0], 0.5)
+        }),
+        ("MANIFEST truncated", true, |d| {
+            truncate(
+                &files_with(d, "")
+                    .into_iter()
+                    .find(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("MANIFEST")
+                    })
+                    .unwrap(),
+                0.3,
+            )
+        }),
+        ("CURRENT names a missing MANIFEST", true, |d| {
+            std::fs::write(d.join("CURRENT"), "MANIFEST-999999\n").unwrap()
+        }),
+        (
+            "bytes flipped in the middle of the write-ahead log",
+            false,
+            |d| flip(&files_with(d, ".log")[0], 0.5),
+        ),
+        (
+            "bytes flipped near the end of the write-ahead log",
+            false,
+            |d| flip(&files_with(d, ".log")[0], 0.97),
+        ),
+    ];
+    for (what, flushed, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = prepared_node(dir.path(), flushed).await;
+        damage(&node.data_dir.join("db"));
+        let outcome = start_damaged(&mut node).await;
+        println!("{what}: {outcome:?}");
     }
 }

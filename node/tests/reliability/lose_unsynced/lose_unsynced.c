@@ -1,5 +1,6 @@
 /*
- * LD_PRELOAD shim: writes to files whose name ends in ".log" (RocksDB's write-ahead logs)
+ * LD_PRELOAD shim: writes to files in a "db" folder whose name ends in ".log" (RocksDB's
+ * write-ahead logs; not the node's own stderr log)
  * are kept in this process's memory until the file is fsynced (fsync/fdatasync), closed or
  * truncated. A SIGKILL then loses exactly what a power cut loses from those files: every
  * byte written since the last sync. (The page cache survives a plain SIGKILL, so without
@@ -56,7 +57,7 @@ static int kind_of(int fd) {
     int k = PLAIN;
     if (n > 4) {
         path[n] = 0;
-        if (strcmp(path + n - 4, ".log") == 0 && strncmp(path, "/proc", 5) != 0) k = HELD;
+        if (strcmp(path + n - 4, ".log") == 0 && strstr(path, "/db/")) k = HELD;
     }
     fds[fd].kind = k;
     return k;

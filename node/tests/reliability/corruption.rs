@@ -1,0 +1,143 @@
+//! A damaged data dir (bytes flipped in RocksDB's table files or write-ahead log, files
+//! truncated) is detected: the node refuses to start naming the problem, or it answers an
+//! error for what it cannot read. It never serves a wrong value or calls a written key
+//! missing.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+use std::time::Instant;
+
+use concordance_client::Consistency;
+use serde_json::json;
+
+use crate::common::NodeProc;
+
+pub const KEYS: usize = 300;
+
+pub fn value_of(i: usize) -> serde_json::Value {
+    json!({ "key": i, "pad": "x".repeat(64) })
+}
+
+/// Files in `dir` whose names end in `ext`, largest first.
+pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(ext))
+        .map(|p| (std::fs::metadata(&p).unwrap().len(), p))
+        .collect();
+    v.sort();
+    v.reverse();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+pub fn flip(file: &Path, at_fraction: f64) {
+    let mut b = std::fs::read(file).unwrap();
+    let at = ((b.len() as f64) * at_fraction) as usize;
+    for i in at..(at + 8).min(b.len()) {
+        b[i] ^= 0x5a;
+    }
+    std::fs::write(file, b).unwrap();
+}
+
+pub fn truncate(file: &Path, to_fraction: f64) {
+    let len = std::fs::metadata(file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.set_len((len as f64 * to_fraction) as u64).unwrap();
+}
+
+/// A single node holding `KEYS` keys, stopped cleanly; with `flushed`, everything is moved
+/// from the write-ahead log into table files first.
+pub async fn prepared_node(dir: &Path, flushed: bool) -> NodeProc {
+    let mut node = NodeProc::start("n1", dir, &["--bootstrap"]);
+    node.wait_ready().await;
+    let c = node.client();
+    for i in 0..KEYS {
+        c.put(&format!("c/{i:04}"), &value_of(i)).await.unwrap();
+    }
+    if flushed {
+        assert!(node.stop().success());
+        let store = concordance::store::Store::open(&node.data_dir).unwrap();
+        for cf in [concordance::store::CF_KV, concordance::store::CF_LOG] {
+            store.db().flush_cf(store.cf(cf)).unwrap();
+        }
+        store.db().flush().unwrap();
+        drop(store);
+        assert!(
+            !files_with(&node.data_dir.join("db"), ".sst").is_empty(),
+            "no table files after a flush"
+        );
+    } else {
+        node.kill();
+    }
+    node
+}
+
+/// What a damaged node did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It refused to start, naming the damage.
+    Refused,
+    /// It started; every key answered its own value or an error (how many errors).
+    ServedOrErrored { errors: usize },
+}
+
+/// Starts the damaged node and checks it either refuses with a clear message or never
+/// answers a wrong value.
+pub async fn start_damaged(node: &mut NodeProc) -> Outcome {
+    node.restart();
+    let c = node.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = node.exited() {
+            assert!(!status.success(), "a damaged node exited 0");
+            let log = node.log_text().to_lowercase();
+            assert!(
+                [
+                    "corrupt",
+                    "checksum",
+                    "size mismatch",
+                    "truncat",
+                    "missing",
+                    "no such file"
+                ]
+                .iter()
+                .any(|w| log.contains(w)),
+                "the refusal does not name the damage:\n{log}"
+            );
+            return Outcome::Refused;
+        }
+        if let Ok(h) = c.health().await
+            && h.status == "ok"
+            && c.ready().await.is_ok_and(|r| r.ready)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "damaged node neither refused nor served:\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut errors = 0;
+    for i in 0..KEYS {
+        let key = format!("c/{i:04}");
+        for consistency in [Consistency::Serializable, Consistency::Linearizable] {
+            match c.get_with(&key, consistency).await {
+                Ok(Some(r)) => assert_eq!(r.kv.value, value_of(i), "{key}: wrong value served"),
+                Ok(None) => panic!("{key} was written and is now reported missing"),
+                Err(e) => {
+                    assert!(
+                        e.code() == Some("storage_error") || e.code() == Some("no_quorum"),
+                        "{key}: unexpected error {e}"
+                    );
+                    errors += 1;
+                }
+            }
+        }
+    }
+    Outcome::ServedOrErrored { errors }
+}
