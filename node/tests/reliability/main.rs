@@ -14,6 +14,7 @@ mod durability;
 mod fuzz;
 mod history;
 mod nemesis;
+mod watcher;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -62,6 +63,22 @@ pub struct Summary {
     pub leader_terms: usize,
     pub terms_with_two_leaders: usize,
     pub final_revision: u64,
+    pub watch_changes: usize,
+    pub watch_resumes: usize,
+}
+
+/// Writes the run's history (one operation per line) where a failing run can be studied.
+fn dump(cfg: &RunConfig, history: &[Record]) {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "reliability-seed{}-{}nodes.history",
+        cfg.seed, cfg.nodes
+    ));
+    let mut sorted: Vec<&Record> = history.iter().collect();
+    sorted.sort_by_key(|r| r.op.call);
+    let text: String = sorted.iter().map(|r| format!("{r:?}\n")).collect();
+    if std::fs::write(&path, text).is_ok() {
+        println!("history of seed {}: {}", cfg.seed, path.display());
+    }
 }
 
 fn endpoints_of(c: &Cluster) -> Vec<(String, u16)> {
@@ -183,6 +200,14 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
         endpoints.clone(),
         stop.clone(),
     ));
+    let watch_until = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watch = tokio::spawn(watcher::watch(
+        cfg.seed,
+        "reg/",
+        endpoints.clone(),
+        stop.clone(),
+        watch_until.clone(),
+    ));
 
     let mut summary = Summary::default();
     let mut schedule = nemesis::Schedule::new(cfg.seed);
@@ -209,6 +234,14 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
     history.extend(final_recs);
     summary.final_revision = cluster.wait_converged(Duration::from_secs(60)).await?;
     check_replicas_equal(cluster).await?;
+    watch_until.store(summary.final_revision.max(1), Ordering::SeqCst);
+    let watch_log = tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .map_err(|_| "the watcher did not reach the final revision within 60 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    summary.watch_changes = watch_log.changes.len();
+    summary.watch_resumes = watch_log.resumes;
+    dump(cfg, &history);
 
     summary.ops = history.len();
     summary.ok = history.iter().filter(|r| r.status == Status::Ok).count();
@@ -228,6 +261,7 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
         return Err(checker::describe(&verdict));
     }
     history::check_revisions(&history)?;
+    watcher::check_watch(&watch_log, &history, summary.final_revision)?;
     summary.checked_serializable = history::check_serializable(&history)?;
     summary.acknowledged_writes = history::check_no_lost_writes(&history, &finals)?;
     let leaders = history::check_leaders(&samples)?;
@@ -246,7 +280,8 @@ async fn run_and_report(cfg: RunConfig) {
         Ok(s) => println!(
             "seed {} passed: {} faults; {} operations ({} ok, {} indeterminate, {} failed); \
              {} checked for linearizability, {} serializable reads checked, {} acknowledged \
-             writes all present; {} terms led ({} by two nodes in turn); final revision {}",
+             writes all present; {} terms led ({} by two nodes in turn); final revision {}; \
+             watch saw {} changes, gap-free across {} resumes",
             cfg.seed,
             s.faults.len(),
             s.ops,
@@ -258,7 +293,9 @@ async fn run_and_report(cfg: RunConfig) {
             s.acknowledged_writes,
             s.leader_terms,
             s.terms_with_two_leaders,
-            s.final_revision
+            s.final_revision,
+            s.watch_changes,
+            s.watch_resumes
         ),
         Err(e) => panic!(
             "seed {} FAILED on {} nodes (reproduce: SEED={} NODES={} SOAK_SECONDS={} cargo test \

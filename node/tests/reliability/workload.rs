@@ -9,8 +9,14 @@ use std::time::Duration;
 use std::time::Instant;
 
 use concordance_client::Client;
+use concordance_client::Compare;
+use concordance_client::CompareOp;
+use concordance_client::CompareTarget;
 use concordance_client::Consistency;
 use concordance_client::Error;
+use concordance_client::TxnOp;
+use concordance_client::TxnRequest;
+use concordance_client::TxnResponse;
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -90,6 +96,8 @@ async fn client_loop(
     let mut clients: HashMap<u16, Client> = HashMap::new();
     let mut out = Vec::new();
     let mut n = 0u64;
+    // The last value this client read per key: what its compare-and-swaps expect.
+    let mut last_seen: HashMap<String, Option<String>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let (node, port) = {
             let eps = endpoints.read().unwrap();
@@ -103,7 +111,11 @@ async fn client_loop(
         n += 1;
         let value = format!("c{id}-{n}");
         let roll = rng.random_range(0..100);
-        let rec = one_op(&client, id, &node, &key, &value, roll, t0).await;
+        let expect = last_seen.get(&key).cloned().flatten();
+        let rec = one_op(&client, id, &node, &key, &value, expect, roll, t0).await;
+        if let (Input::Get, Output::Read(v)) = (&rec.op.input, &rec.op.output) {
+            last_seen.insert(key.clone(), v.clone());
+        }
         let failed = rec.status != Status::Ok;
         out.push(rec);
         if failed {
@@ -114,13 +126,17 @@ async fn client_loop(
     out
 }
 
-/// One random operation: 35% put, 30% linearizable get, 20% serializable get, 15% delete.
+/// One random operation: 30% put, 25% linearizable get, 15% serializable get, 10% delete,
+/// 20% compare-and-swap (a transaction: if the value is `expect`, or the key is absent when
+/// `expect` is `None`, put `value`).
+#[allow(clippy::too_many_arguments)]
 async fn one_op(
     client: &Client,
     id: usize,
     node: &str,
     key: &str,
     value: &str,
+    expect: Option<String>,
     roll: u32,
     t0: Instant,
 ) -> Record {
@@ -141,7 +157,44 @@ async fn one_op(
         mod_revision: None,
     };
     let timed_out = || Status::Indeterminate("timeout".into());
-    if roll < 35 {
+    if roll >= 80 {
+        rec.op.input = Input::Cas {
+            expect: expect.clone(),
+            new: value.into(),
+        };
+        let compare = match &expect {
+            Some(v) => Compare {
+                key: key.into(),
+                target: CompareTarget::Value,
+                op: CompareOp::Equal,
+                value: json!(v),
+            },
+            None => Compare {
+                key: key.into(),
+                target: CompareTarget::Exists,
+                op: CompareOp::Equal,
+                value: json!(false),
+            },
+        };
+        let req = TxnRequest {
+            compare: vec![compare],
+            success: vec![TxnOp::Put {
+                key: key.into(),
+                value: json!(value),
+                lease: None,
+            }],
+            failure: vec![],
+        };
+        let call = client.call::<_, TxnResponse>(reqwest::Method::POST, "txn", Some(&req));
+        match tokio::time::timeout(OP_TIMEOUT, call).await {
+            Ok(Ok(r)) => {
+                rec.op.output = Output::Swapped(r.succeeded);
+                rec.revision = Some(r.revision);
+            }
+            Ok(Err(e)) => rec.status = classify(&e),
+            Err(_) => rec.status = timed_out(),
+        }
+    } else if roll < 30 {
         rec.op.input = Input::Put(value.into());
         match tokio::time::timeout(OP_TIMEOUT, client.put(key, &json!(value))).await {
             Ok(Ok(r)) => {
@@ -151,8 +204,8 @@ async fn one_op(
             Ok(Err(e)) => rec.status = classify(&e),
             Err(_) => rec.status = timed_out(),
         }
-    } else if roll < 85 {
-        rec.serializable = roll >= 65;
+    } else if roll < 70 {
+        rec.serializable = roll >= 55;
         let consistency = if rec.serializable {
             Consistency::Serializable
         } else {
@@ -169,6 +222,7 @@ async fn one_op(
             Err(_) => rec.status = timed_out(),
         }
     } else {
+        // 70..80
         rec.op.input = Input::Delete;
         match tokio::time::timeout(OP_TIMEOUT, client.delete(key)).await {
             Ok(Ok(r)) => {

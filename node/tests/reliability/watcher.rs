@@ -1,0 +1,187 @@
+//! A watcher that follows every change under the workload's prefix from revision 1, across
+//! node failures: when its stream breaks or stalls it resumes on another node with
+//! `Last-Event-ID`, the id of the last message it saw. What it saw is checked afterwards:
+//! every revision exactly once, in order, each matching the write acknowledged with it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use concordance_client::EventType;
+use concordance_client::WatchChange;
+use futures::StreamExt;
+use rand::Rng;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::checker::Input;
+use crate::checker::Output;
+use crate::history::Record;
+use crate::history::Status;
+use crate::workload::Endpoints;
+
+/// A change as the watcher saw it: (key, value after it; `None` for a delete).
+pub type Seen = (String, Option<String>);
+
+#[derive(Default, Debug)]
+pub struct WatchLog {
+    /// Every change message in the order received, by revision.
+    pub changes: Vec<(u64, Vec<Seen>)>,
+    /// How many times the stream was resumed on another (or the same) node.
+    pub resumes: usize,
+}
+
+/// Watches `prefix` until `stop` is set and the watcher has seen `until` (set by the caller
+/// once the final revision is known; 0 until then).
+pub async fn watch(
+    seed: u64,
+    prefix: &str,
+    endpoints: Endpoints,
+    stop: Arc<AtomicBool>,
+    until: Arc<AtomicU64>,
+) -> WatchLog {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x3a7c4);
+    let mut log = WatchLog::default();
+    // The id of the last message (change or progress) seen: where to resume.
+    let mut last_id: u64 = 0;
+    loop {
+        let target = until.load(Ordering::SeqCst);
+        if stop.load(Ordering::SeqCst) && target > 0 && last_id >= target {
+            return log;
+        }
+        let port = {
+            let eps = endpoints.read().unwrap();
+            eps[rng.random_range(0..eps.len())].1
+        };
+        let mut url =
+            format!("http://127.0.0.1:{port}/api/v1/watch?prefix={prefix}&progressMs=1000");
+        let mut rb = http.get(&url);
+        if last_id == 0 {
+            url.push_str("&startRevision=1");
+            rb = http.get(&url);
+        } else {
+            rb = rb.header("last-event-id", last_id.to_string());
+            log.resumes += 1;
+        }
+        let resp = match tokio::time::timeout(Duration::from_secs(3), rb.send()).await {
+            Ok(Ok(r)) if r.status().is_success() => r,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut stream = resp.bytes_stream();
+        let mut buf = String::new();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                let target = until.load(Ordering::SeqCst);
+                if target > 0 && last_id >= target {
+                    return log;
+                }
+            }
+            // Progress arrives every second: silence for 3 s means a paused or cut-off node.
+            let chunk = match tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
+                Ok(Some(Ok(c))) => c,
+                _ => break,
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let msg: String = buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, "message".to_string(), String::new());
+                for line in msg.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse::<u64>().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                match event.as_str() {
+                    "change" => {
+                        let c: WatchChange = serde_json::from_str(&data)
+                            .unwrap_or_else(|e| panic!("bad change message {data:?}: {e}"));
+                        let seen = c
+                            .events
+                            .iter()
+                            .map(|e| {
+                                let v = match e.kind {
+                                    EventType::Put => {
+                                        e.kv.as_ref()
+                                            .and_then(|kv| kv.value.as_str().map(String::from))
+                                    }
+                                    EventType::Delete => None,
+                                };
+                                (e.key.clone(), v)
+                            })
+                            .collect();
+                        log.changes.push((c.revision, seen));
+                        last_id = c.revision;
+                    }
+                    "progress" => {
+                        if let Some(i) = id {
+                            last_id = last_id.max(i);
+                        }
+                    }
+                    "error" => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Gap-free and faithful: the watcher saw revisions 1..=`final_revision` each exactly once, in
+/// order, and each acknowledged write's revision shows that write.
+pub fn check_watch(log: &WatchLog, history: &[Record], final_revision: u64) -> Result<(), String> {
+    let revs: Vec<u64> = log.changes.iter().map(|(r, _)| *r).collect();
+    for w in revs.windows(2) {
+        if w[1] <= w[0] {
+            return Err(format!(
+                "watch went from revision {} to {}: repeated or out of order",
+                w[0], w[1]
+            ));
+        }
+    }
+    let expected: Vec<u64> = (1..=final_revision).collect();
+    if revs != expected {
+        let missing: Vec<u64> = expected
+            .iter()
+            .filter(|r| revs.binary_search(r).is_err())
+            .take(10)
+            .copied()
+            .collect();
+        return Err(format!(
+            "watch is not gap-free: saw {} revisions of 1..={final_revision}; first missing {missing:?}",
+            revs.len()
+        ));
+    }
+    let by_rev: BTreeMap<u64, &Vec<Seen>> = log.changes.iter().map(|(r, s)| (*r, s)).collect();
+    for r in history.iter().filter(|r| r.status == Status::Ok) {
+        let Some(rev) = r.revision else { continue };
+        let expect: Seen = match (&r.op.input, &r.op.output) {
+            (Input::Put(v), Output::Ok) => (r.op.key.clone(), Some(v.clone())),
+            (Input::Cas { new, .. }, Output::Swapped(true)) => {
+                (r.op.key.clone(), Some(new.clone()))
+            }
+            (Input::Delete, Output::Deleted(true)) => (r.op.key.clone(), None),
+            _ => continue,
+        };
+        match by_rev.get(&rev) {
+            Some(seen) if seen.len() == 1 && seen[0] == expect => {}
+            other => {
+                return Err(format!(
+                    "revision {rev}: the watch saw {other:?}, the write acknowledged with it was {expect:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
