@@ -88,6 +88,10 @@ fn raft_config(config: &Config) -> Result<openraft::Config, BoxError> {
         election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
         election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
         enable_pre_vote: Some(true),
+        // A restarted leader must win a new election: it cannot know what was committed
+        // (the committed index and the state machine are not fsynced), and restoring its old
+        // leadership let it answer linearizable reads from a stale state after a restart.
+        enable_leader_restore: Some(false),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
         max_in_snapshot_log_to_keep: config.snapshot_entries.min(1000),
         ..Default::default()
