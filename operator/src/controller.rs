@@ -1,9 +1,8 @@
-//! The controller loop: observe a `ConcordanceCluster`, `decide` the next step, report it.
+//! The controller: observe a `ConcordanceCluster`, `decide` the one next step, record it when a
+//! crash could leave it half done, take it, and report the outcome in the status.
 //!
-//! This build observes and decides only: it writes the observed summary and the decided next
-//! step into the status and performs none of the other steps yet (creating Secrets, Services,
-//! pods, membership changes). That keeps it safe to run beside a cluster while the executors
-//! are written.
+//! Everything here is thin: the rules are in [`crate::decide`], the objects in
+//! [`crate::resources`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,18 +11,24 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
 
-use crate::crd::{ConcordanceCluster, ConcordanceClusterStatus};
-use crate::decide::{self, Action, DataState, Observed, ObservedMember, PodPhase, PodState};
+use crate::crd::{ConcordanceCluster, ConcordanceClusterStatus, PendingKind};
+use crate::decide::{self, Action};
+use crate::metrics::Metrics;
+use crate::observe::{self, Observation};
+use crate::resources::{self, CLUSTER_LABEL, StartMode};
 
-/// Label every owned object carries, with the cluster's name.
-pub const CLUSTER_LABEL: &str = "concordance.io/cluster";
-/// Port of the node's HTTP API, as the pods are started with.
-pub const API_PORT: u16 = 4100;
+/// Name of the finalizer that keeps a deleted cluster until its volumes are dealt with.
+pub const FINALIZER: &str = "concordance.io/cleanup";
+/// Field manager of everything the operator writes.
+pub const MANAGER: &str = "concordance-operator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,44 +38,209 @@ pub enum Error {
     NoNamespace,
     #[error("status serialization: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("node API: {0}")]
+    Node(#[from] concordance_client::Error),
+    #[error("no member answers; cannot {0}")]
+    NoEndpoint(&'static str),
+    #[error("secret {0} holds no key {1}")]
+    MissingKey(String, String),
+    #[error("finalizer: {0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 pub struct Context {
     pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
 }
 
-pub async fn run(client: Client) {
-    let clusters: Api<ConcordanceCluster> = Api::all(client.clone());
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
+    }
+}
+
+/// Runs the controller until the process ends; `namespace` limits it to one namespace.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let client = ctx.client.clone();
+    let (clusters, pods) = match &namespace {
+        Some(ns) => (
+            Api::<ConcordanceCluster>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let owned = watcher::Config::default().labels(CLUSTER_LABEL);
     Controller::new(clusters, watcher::Config::default())
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .run(reconcile, error_policy, Arc::new(Context { client }))
+        .owns(pods, owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(cluster = %object.name, "reconciled"),
-                Err(error) => tracing::warn!(%error, "reconcile failed"),
+                Err(error) => tracing::debug!(%error, "reconcile failed"),
             }
         })
         .await;
 }
 
-fn error_policy(_cluster: Arc<ConcordanceCluster>, error: &Error, _ctx: Arc<Context>) -> Requeue {
-    tracing::warn!(%error, "retrying");
-    Requeue::requeue(Duration::from_secs(15))
+fn error_policy(cluster: Arc<ConcordanceCluster>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.reconcile_errors.inc();
+    tracing::warn!(cluster = %cluster.name_any(), %error, "reconcile failed; retrying");
+    Requeue::requeue(Duration::from_secs(5))
 }
 
 async fn reconcile(cluster: Arc<ConcordanceCluster>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    ctx.metrics.reconciles.inc();
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
-    let observed = observe(&cluster, &ns, &ctx.client).await?;
-    let action = decide::decide(&observed);
-    tracing::info!(cluster = %cluster.name_any(), ?action, "decided");
-    let message = match &action {
-        Action::Nothing | Action::UpdateStatus => None,
-        Action::WaitFor { reason } => Some(reason.clone()),
-        other => Some(format!("next step (not executed by this build): {other:?}")),
+    let api: Api<ConcordanceCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, cluster, |event| async {
+        match event {
+            Finalizer::Apply(c) => apply(&c, &ctx).await,
+            Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// On deletion: owned objects go with the cluster (owner references); volumes only when the
+/// spec says so.
+async fn cleanup(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, Error> {
+    let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
+    if cluster.spec.delete_volumes_on_cluster_delete {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let selector =
+            ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", cluster.name_any()));
+        claims
+            .delete_collection(&DeleteParams::default(), &selector)
+            .await?;
+        event(
+            ctx,
+            cluster,
+            "VolumesDeleted",
+            "Cleanup",
+            "volumes deleted with the cluster",
+        )
+        .await;
+    } else {
+        event(
+            ctx,
+            cluster,
+            "VolumesKept",
+            "Cleanup",
+            "the members' volumes are kept (spec.deleteVolumesOnClusterDelete is false)",
+        )
+        .await;
+    }
+    Ok(Requeue::await_change())
+}
+
+async fn event(
+    ctx: &Context,
+    cluster: &ConcordanceCluster,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let ev = Event {
+        type_: if reason.starts_with("Waiting") || reason.ends_with("Failed") {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: None,
     };
-    let current = cluster.status.clone().unwrap_or_default();
-    let summary = decide::summarize(&observed);
-    let conditions = decide::conditions(&observed, &action)
+    if let Err(e) = ctx.recorder.publish(&ev, &cluster.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, Error> {
+    let obs = observe::observe(cluster, &ctx.client).await?;
+    let action = decide::decide(&obs.observed);
+    let mut status = obs.observed.status.clone();
+    let written = status.clone();
+
+    // Record the step before taking it.
+    if status.pending_action.is_none()
+        && let Some(mut p) = action.to_pending(&obs.observed)
+    {
+        p.started = Some(now());
+        status.pending_action = Some(p);
+        write_status(ctx, cluster, &status).await?;
+    }
+    let written = if status != written {
+        status.clone()
+    } else {
+        written
+    };
+
+    if !matches!(
+        action,
+        Action::Nothing | Action::UpdateStatus | Action::WaitFor { .. }
+    ) {
+        tracing::info!(cluster = %cluster.name_any(), ?action, "taking a step");
+        ctx.metrics.action(&action);
+    }
+    let outcome = take(cluster, ctx, &obs, &action, &mut status).await;
+    if let Err(e) = &outcome {
+        event(
+            ctx,
+            cluster,
+            "StepFailed",
+            action_name(&action),
+            &format!("{action:?}: {e}"),
+        )
+        .await;
+    }
+    outcome?;
+
+    // Report: observed summary, conditions, and what the operator is doing or waiting for.
+    let summary = decide::summarize(&obs.observed);
+    status.observed_generation = summary.observed_generation;
+    status.ready_members = summary.ready_members;
+    status.leader = summary.leader;
+    status.membership_version = summary.membership_version;
+    status.members = summary.members;
+    status.message = match &action {
+        Action::Nothing | Action::UpdateStatus => None,
+        Action::WaitFor { reason } => Some(format!("waiting: {reason}")),
+        Action::ClearPending { reason } => Some(reason.clone()),
+        other => Some(format!("step: {}", describe(other))),
+    };
+    status.conditions = conditions(cluster, &obs, &action, &written);
+    if status != written {
+        write_status(ctx, cluster, &status).await?;
+    }
+
+    let busy = status.pending_action.is_some()
+        || !matches!(action, Action::Nothing | Action::UpdateStatus);
+    Ok(Requeue::requeue(if busy {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(20)
+    }))
+}
+
+fn conditions(
+    cluster: &ConcordanceCluster,
+    obs: &Observation,
+    action: &Action,
+    current: &ConcordanceClusterStatus,
+) -> Vec<Condition> {
+    decide::conditions(&obs.observed, action)
         .into_iter()
         .map(|(type_, ok, reason, message)| {
             let status = if ok { "True" } else { "False" }.to_string();
@@ -81,7 +251,7 @@ async fn reconcile(cluster: Arc<ConcordanceCluster>, ctx: Arc<Context>) -> Resul
                 .iter()
                 .find(|c| c.type_ == type_ && c.status == status)
                 .map(|c| c.last_transition_time.clone())
-                .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+                .unwrap_or_else(now);
             Condition {
                 type_: type_.to_string(),
                 status,
@@ -91,127 +261,314 @@ async fn reconcile(cluster: Arc<ConcordanceCluster>, ctx: Arc<Context>) -> Resul
                 observed_generation: cluster.metadata.generation,
             }
         })
-        .collect();
-    let status = ConcordanceClusterStatus {
-        conditions,
-        observed_generation: summary.observed_generation,
-        ready_members: summary.ready_members,
-        leader: summary.leader,
-        membership_version: summary.membership_version,
-        members: summary.members,
-        message,
-        ..current.clone()
-    };
-    // Quiet when nothing changed: no write at all.
-    if status != current {
-        let api: Api<ConcordanceCluster> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({ "status": status });
-        api.patch_status(
-            &cluster.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    }
-    Ok(Requeue::requeue(Duration::from_secs(30)))
+        .collect()
 }
 
-async fn observe(
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// The whole status, server-side applied: fields left out are removed.
+async fn write_status(
+    ctx: &Context,
     cluster: &ConcordanceCluster,
-    ns: &str,
-    client: &Client,
-) -> Result<Observed, Error> {
-    let name = cluster.name_any();
-    let selector = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&selector)
-        .await?;
-    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .list(&selector)
-        .await?;
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns)
-        .list(&selector)
-        .await?;
-    let services = Api::<Service>::namespaced(client.clone(), ns)
-        .list(&selector)
-        .await?;
-    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-        .list(&selector)
-        .await?;
-
-    let mut members: Vec<ObservedMember> = Vec::new();
-    for pod in &pods.items {
-        members.push(ObservedMember {
-            name: pod.name_any(),
-            pod: Some(pod_state(pod)),
-            volume: false,
-            data: DataState::Unknown,
-        });
-    }
-    for claim in &claims.items {
-        let claim_name = claim.name_any();
-        match members.iter_mut().find(|m| m.name == claim_name) {
-            Some(m) => m.volume = true,
-            None => members.push(ObservedMember {
-                name: claim_name,
-                pod: None,
-                volume: true,
-                data: DataState::Unknown,
-            }),
-        }
-    }
-
-    // Unreachable or not yet created: the decision treats it as "no member answered".
-    let endpoint = format!("http://{name}.{ns}.svc:{API_PORT}");
-    let status = match concordance_client::Client::new(&endpoint) {
-        Ok(c) => c.status().await.ok(),
-        Err(_) => None,
-    };
-
-    Ok(Observed {
-        name,
-        generation: cluster.metadata.generation,
-        spec: cluster.spec.clone(),
-        status: cluster.status.clone().unwrap_or_default(),
-        // Referenced Secrets are the user's (unlabelled); generated ones carry the label.
-        secrets_exist: (cluster.spec.admin_key_secret.is_some()
-            && cluster.spec.agent_key_secret.is_some())
-            || !secrets.items.is_empty(),
-        services_exist: services.items.len() >= 2,
-        pdb_exists: !pdbs.items.is_empty(),
-        members,
-        cluster: status,
-    })
+    status: &ConcordanceClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<ConcordanceCluster> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": "concordance.io/v1alpha1",
+        "kind": "ConcordanceCluster",
+        "status": status,
+    });
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
 }
 
-fn pod_state(pod: &Pod) -> PodState {
-    let status = pod.status.as_ref();
-    let phase = match status.and_then(|s| s.phase.as_deref()) {
-        Some("Running") => PodPhase::Running,
-        Some("Succeeded" | "Failed") => PodPhase::Finished,
-        _ => PodPhase::Pending,
-    };
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| (c.status == "True", c.last_transition_time.clone()));
-    let unready_seconds = match &ready {
-        Some((false, Some(since))) => {
-            let now = k8s_openapi::jiff::Timestamp::now();
-            now.duration_since(since.0).as_secs()
-        }
-        _ => 0,
-    };
-    let image = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
-    PodState {
-        phase,
-        ready: ready.is_some_and(|(r, _)| r),
-        image,
-        unready_seconds,
+fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::CreateSecrets => "CreateSecrets",
+        Action::CreateServices => "CreateServices",
+        Action::CreatePdb => "CreatePodDisruptionBudget",
+        Action::BootstrapFirstMember { .. } => "Bootstrap",
+        Action::RecordClusterId { .. } => "RecordClusterId",
+        Action::CreatePod { .. } => "CreatePod",
+        Action::DeletePod { .. } => "DeletePod",
+        Action::AddMember { .. } => "AddMember",
+        Action::RemoveMember { .. } => "RemoveMember",
+        Action::DeletePodAndVolume { .. } => "DeleteMemberPodAndVolume",
+        Action::TransferLeadership { .. } => "TransferLeadership",
+        Action::RestartMemberWithImage { .. } => "RestartMember",
+        Action::RecoverFrom { .. } => "ForceRecover",
+        Action::ClearPending { .. } => "StepDone",
+        Action::WaitFor { .. } => "Wait",
+        Action::UpdateStatus => "UpdateStatus",
+        Action::Nothing => "Nothing",
     }
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::BootstrapFirstMember { name } => format!("bootstrap the cluster with {name}"),
+        Action::RecordClusterId { cluster_id } => format!("record cluster id {cluster_id}"),
+        Action::CreatePod { name } => format!("create the pod of {name}"),
+        Action::DeletePod { name } => format!("delete the finished pod of {name}"),
+        Action::AddMember { name } => format!("add member {name}"),
+        Action::RemoveMember {
+            name,
+            expected_version,
+        } => format!("remove {name} from the membership (at version {expected_version})"),
+        Action::DeletePodAndVolume { name } => format!("delete the pod and volume of {name}"),
+        Action::TransferLeadership { from, to } => {
+            format!("transfer leadership from {from} to {to}")
+        }
+        Action::RestartMemberWithImage { name, image } => format!("restart {name} on {image}"),
+        Action::RecoverFrom { name } => format!("rebuild the cluster from {name}'s data"),
+        other => action_name(other).to_string(),
+    }
+}
+
+/// Events for the steps that change membership or a member's life.
+fn event_for(a: &Action) -> Option<(&'static str, String)> {
+    let reason = match a {
+        Action::BootstrapFirstMember { .. } => "Bootstrapping",
+        Action::RecordClusterId { .. } => "ClusterIdRecorded",
+        Action::CreatePod { .. } => "MemberPodCreated",
+        Action::DeletePod { .. } => "MemberPodDeleted",
+        Action::AddMember { .. } => "MemberAdding",
+        Action::RemoveMember { .. } => "MemberRemoved",
+        Action::DeletePodAndVolume { .. } => "MemberDeleted",
+        Action::TransferLeadership { .. } => "LeadershipTransferred",
+        Action::RestartMemberWithImage { .. } => "MemberRestarting",
+        Action::RecoverFrom { .. } => "ForceRecovering",
+        Action::ClearPending { .. } => "StepCompleted",
+        _ => return None,
+    };
+    let note = match a {
+        Action::ClearPending { reason } => reason.clone(),
+        other => describe(other),
+    };
+    Some((reason, note))
+}
+
+/// Takes one step. Every step is idempotent or guarded by the recorded pending action.
+async fn take(
+    cluster: &ConcordanceCluster,
+    ctx: &Context,
+    obs: &Observation,
+    action: &Action,
+    status: &mut ConcordanceClusterStatus,
+) -> Result<(), Error> {
+    let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
+    let client = &ctx.client;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    match action {
+        Action::Nothing | Action::UpdateStatus | Action::WaitFor { .. } => return Ok(()),
+        Action::CreateSecrets => {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            for (which, given) in [
+                ("admin", &cluster.spec.admin_key_secret),
+                ("agent", &cluster.spec.agent_key_secret),
+            ] {
+                if given.is_some() {
+                    continue;
+                }
+                let s = resources::secret(cluster, which, random_key());
+                create(&secrets, &s).await?;
+            }
+        }
+        Action::CreateServices => {
+            let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+            create(&services, &resources::headless_service(cluster)).await?;
+            create(&services, &resources::client_service(cluster)).await?;
+        }
+        Action::CreatePdb => {
+            let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+            create(&pdbs, &resources::pdb(cluster)).await?;
+        }
+        Action::BootstrapFirstMember { name } => {
+            create_member(
+                cluster,
+                &pods,
+                &claims,
+                name,
+                &cluster.spec.image,
+                StartMode::Bootstrap,
+            )
+            .await?;
+        }
+        Action::RecordClusterId { cluster_id } => {
+            status.cluster_id = Some(cluster_id.clone());
+            if status
+                .pending_action
+                .as_ref()
+                .is_some_and(|p| matches!(p.kind, PendingKind::Bootstrap | PendingKind::Recover))
+            {
+                status.pending_action = None;
+            }
+            write_status(ctx, cluster, status).await?;
+        }
+        Action::CreatePod { name } => {
+            let pending = status.pending_action.as_ref().filter(|p| &p.member == name);
+            // Only a bootstrap recorded for this very member, before any cluster id is
+            // recorded, starts a new cluster; every other pod joins.
+            let mode = match (pending.map(|p| p.kind), &status.cluster_id) {
+                (Some(PendingKind::Bootstrap), None) => StartMode::Bootstrap,
+                (Some(PendingKind::Recover), Some(old)) => StartMode::ForceNewCluster {
+                    old_cluster_id: old.clone(),
+                },
+                _ => StartMode::Join,
+            };
+            let image = pending
+                .and_then(|p| p.image.clone())
+                .unwrap_or_else(|| cluster.spec.image.clone());
+            create_member(cluster, &pods, &claims, name, &image, mode).await?;
+        }
+        Action::DeletePod { name } | Action::RestartMemberWithImage { name, .. } => {
+            delete(&pods, name).await?;
+        }
+        Action::AddMember { name } => {
+            create_member(
+                cluster,
+                &pods,
+                &claims,
+                name,
+                &cluster.spec.image,
+                StartMode::Join,
+            )
+            .await?;
+        }
+        Action::RemoveMember {
+            name,
+            expected_version,
+        } => {
+            // A member that cannot serve loses nothing by stopping first, and a stopped one
+            // cannot rejoin under its old name between its removal and its deletion.
+            let serving = obs
+                .observed
+                .members
+                .iter()
+                .find(|m| &m.name == name)
+                .and_then(|m| m.pod.as_ref())
+                .is_some_and(|p| p.ready);
+            if !serving && obs.pods.contains_key(name) {
+                delete(&pods, name).await?;
+            }
+            let node = admin_client(cluster, ctx, obs).await?;
+            let _: serde_json::Value = node
+                .call(
+                    reqwest::Method::POST,
+                    "cluster/remove",
+                    Some(&json!({"nodeId": name, "expectedVersion": expected_version})),
+                )
+                .await?;
+        }
+        Action::DeletePodAndVolume { name } => {
+            delete(&pods, name).await?;
+            delete(&claims, name).await?;
+        }
+        Action::TransferLeadership { to, .. } => {
+            let node = admin_client(cluster, ctx, obs).await?;
+            let _: serde_json::Value = node
+                .call(
+                    reqwest::Method::POST,
+                    "cluster/transfer-leader",
+                    Some(&json!({"nodeId": to})),
+                )
+                .await?;
+        }
+        Action::RecoverFrom { name } => {
+            for other in obs.pods.keys().filter(|p| *p != name) {
+                delete(&pods, other).await?;
+            }
+            let recovering =
+                obs.observed.members.iter().any(|m| {
+                    &m.name == name && m.pod.as_ref().is_some_and(|p| p.force_new_cluster)
+                });
+            if obs.pods.contains_key(name) && !recovering {
+                // Created again in recovery mode on the next pass, once this one is gone.
+                delete(&pods, name).await?;
+            }
+        }
+        Action::ClearPending { .. } => {
+            status.pending_action = None;
+            write_status(ctx, cluster, status).await?;
+        }
+    }
+    if let Some((reason, note)) = event_for(action) {
+        event(ctx, cluster, reason, action_name(action), &note).await;
+    }
+    Ok(())
+}
+
+async fn create_member(
+    cluster: &ConcordanceCluster,
+    pods: &Api<Pod>,
+    claims: &Api<PersistentVolumeClaim>,
+    name: &str,
+    image: &str,
+    mode: StartMode,
+) -> Result<(), Error> {
+    create(claims, &resources::claim(cluster, name)).await?;
+    create(pods, &resources::pod(cluster, name, image, &mode)).await
+}
+
+/// Creates the object unless it exists (a retried step finds it there).
+async fn create<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes the object unless it is already gone.
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A client of the leader (or any answering member) with the admin key.
+async fn admin_client(
+    cluster: &ConcordanceCluster,
+    ctx: &Context,
+    obs: &Observation,
+) -> Result<concordance_client::Client, Error> {
+    let endpoint = obs
+        .leader_endpoint()
+        .ok_or(Error::NoEndpoint("change the membership"))?;
+    let r = resources::key_ref(cluster, "admin");
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let secret = secrets.get(&r.name).await?;
+    let key = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+        .ok_or_else(|| Error::MissingKey(r.name.clone(), r.key.clone()))?;
+    Ok(concordance_client::Client::new(&endpoint)?.with_key(key))
+}
+
+/// 32 random bytes, hex: a generated API key.
+fn random_key() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

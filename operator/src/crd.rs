@@ -234,6 +234,18 @@ mod tests {
     }
 
     #[test]
+    fn operator_chart_carries_the_current_crd() {
+        let chart = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/concordance-operator/crds/concordanceclusters.concordance.io.yaml"
+        );
+        assert!(
+            std::fs::read_to_string(chart).unwrap_or_default() == crd_yaml(),
+            "charts/concordance-operator/crds/ is out of date; copy crds/concordanceclusters.concordance.io.yaml there"
+        );
+    }
+
+    #[test]
     fn schema_carries_the_validation_rules() {
         let yaml = crd_yaml();
         assert!(yaml.contains("self in [1, 3, 5, 7]"));

@@ -52,6 +52,10 @@ pub struct PodState {
     pub image: String,
     /// How long the pod has been unready (0 when ready).
     pub unready_seconds: i64,
+    /// Version the node reports, when it answered.
+    pub version: Option<String>,
+    /// The pod was started in quorum-loss recovery mode (`--force-new-cluster`).
+    pub force_new_cluster: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -534,7 +538,10 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
             wait(format!("{name} to bootstrap and report its cluster id"))
         }
         PendingKind::AddMember => match in_raft {
-            Some(true) => clear(format!("{name} joined as a voter")),
+            // Ready too: a voter promoted moments ago is unready until its next probe, and
+            // must not look like a long-unready voter once the step is cleared.
+            Some(true) if v.ready(name) => clear(format!("{name} joined as a voter and is ready")),
+            Some(true) => wait(format!("voter {name} to be ready")),
             Some(false) => wait(format!("learner {name} to catch up and be promoted")),
             None if v.version() != p.expected_membership_version => {
                 // Membership changed under us before this member joined: undo, decide again.
@@ -611,6 +618,17 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
             if v.o.status.cluster_id.is_some() && reported_id_matches(v) && v.leader.is_some() {
                 return clear(format!("recovered from {name}"));
             }
+            // Every other member stopped and this one started in recovery mode; a crash
+            // between those steps repeats the (idempotent) recovery step.
+            let others_running =
+                v.o.members
+                    .iter()
+                    .any(|m| m.name != name && m.pod.is_some());
+            if others_running || pod.is_some_and(|p| !p.force_new_cluster) {
+                return Action::RecoverFrom {
+                    name: p.member.clone(),
+                };
+            }
             if pod.is_none() {
                 return Action::CreatePod {
                     name: p.member.clone(),
@@ -652,7 +670,7 @@ pub fn summarize(o: &Observed) -> Summary {
             },
             ready: v.ready(name),
             image: v.pod(name).map(|p| p.image.clone()),
-            version: None,
+            version: v.pod(name).and_then(|p| p.version.clone()),
         })
         .collect();
     Summary {

@@ -1,5 +1,10 @@
-//! Concordance operator: the `ConcordanceCluster` resource and the reconcile decision.
+//! Concordance operator: the `ConcordanceCluster` resource, the reconcile decision and the
+//! controller that carries it out.
 
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod lease;
+pub mod metrics;
+pub mod observe;
+pub mod resources;

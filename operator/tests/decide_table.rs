@@ -43,6 +43,8 @@ fn member(name: &str) -> ObservedMember {
             ready: true,
             image: OLD.to_string(),
             unready_seconds: 0,
+            version: Some("0.1.0".to_string()),
+            force_new_cluster: false,
         }),
         volume: true,
         data: DataState::Ours,
@@ -519,7 +521,28 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                 pending(o, PendingKind::AddMember, "c-1", None);
                 raft(o).membership_version = Some(VERSION + 2);
             }),
-            Clear("c-1 joined as a voter"),
+            Clear("c-1 joined as a voter and is ready"),
+        ),
+        (
+            "add: promoted, not ready yet (never replaced as a long-unready voter)",
+            with(healthy(2, 3), |o| {
+                pending(o, PendingKind::AddMember, "c-1", None);
+                raft(o).membership_version = Some(VERSION + 2);
+                unready(o, "c-1", 10_000);
+            }),
+            Wait("voter c-1 to be ready"),
+        ),
+        (
+            "a name whose objects are still being deleted is never reused",
+            with(healthy(2, 3), |o| {
+                o.members.push(ObservedMember {
+                    name: n(2),
+                    pod: None,
+                    volume: false,
+                    data: DataState::Unknown,
+                });
+            }),
+            Is(Action::AddMember { name: n(3) }),
         ),
         (
             "add: membership changed by someone else before the join: undo",
@@ -652,6 +675,41 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             create_pod("c-0"),
         ),
         (
+            "recovery recorded, crash before the other members were stopped",
+            with(healthy(3, 3), |o| {
+                pending(o, PendingKind::Recover, "c-0", None);
+                o.cluster = None;
+            }),
+            Is(Action::RecoverFrom { name: n(0) }),
+        ),
+        (
+            "recovery recorded, others stopped, its own pod not yet in recovery mode",
+            with(healthy(3, 3), |o| {
+                pending(o, PendingKind::Recover, "c-0", None);
+                o.cluster = None;
+                for x in &mut o.members {
+                    if x.name != "c-0" {
+                        x.pod = None;
+                    }
+                }
+            }),
+            Is(Action::RecoverFrom { name: n(0) }),
+        ),
+        (
+            "recovery pod running in recovery mode, no leader yet",
+            with(healthy(3, 3), |o| {
+                pending(o, PendingKind::Recover, "c-0", None);
+                o.cluster = None;
+                for x in &mut o.members {
+                    if x.name != "c-0" {
+                        x.pod = None;
+                    }
+                }
+                pod(o, "c-0").force_new_cluster = true;
+            }),
+            Wait("new one-member cluster"),
+        ),
+        (
             "recovered under a new id, crash before recording it",
             with(healthy(1, 3), |o| {
                 pending(o, PendingKind::Recover, "c-0", None);
@@ -699,6 +757,20 @@ fn decision_table() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn status_reports_each_member_version_and_image() {
+    let o = with(healthy(3, 3), |o| {
+        pod(o, "c-2").version = Some("0.2.0".to_string());
+        pod(o, "c-2").image = NEW.to_string();
+    });
+    let s = summarize(&o);
+    let c2 = s.members.iter().find(|m| m.name == "c-2").unwrap();
+    assert_eq!(c2.version.as_deref(), Some("0.2.0"));
+    assert_eq!(c2.image.as_deref(), Some(NEW));
+    assert_eq!(s.ready_members, 3);
+    assert_eq!(s.leader.as_deref(), Some("c-0"));
 }
 
 #[test]

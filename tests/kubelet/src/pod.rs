@@ -53,6 +53,16 @@ struct Shared {
     transitions: HashMap<String, (String, Time)>,
 }
 
+/// The last 80 lines (at most 2 KiB) of a container's log, as Kubernetes keeps them.
+fn log_tail(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+    let start = tail.len().saturating_sub(2048);
+    let start = (start..=tail.len()).find(|i| tail.is_char_boundary(*i))?;
+    Some(tail[start..].to_string()).filter(|t| !t.is_empty())
+}
+
 fn waiting(reason: &str, message: Option<String>) -> ContainerState {
     ContainerState {
         waiting: Some(ContainerStateWaiting {
@@ -719,6 +729,11 @@ async fn container_loop(mut ctx: PodCtx, c: Container, idx: usize, init: bool) -
         let code = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        // As a kubelet does for `FallbackToLogsOnError`: the log's tail explains a failure.
+        let message = (code != 0
+            && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
+        .then(|| log_tail(&log_dir.join(format!("{}-{restarts}.log", c.name))))
+        .flatten();
         let terminated = ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: code,
@@ -727,7 +742,7 @@ async fn container_loop(mut ctx: PodCtx, c: Container, idx: usize, init: bool) -
                 started_at: Some(started_at.clone()),
                 finished_at: Some(now()),
                 container_id: Some(format!("process://{pid}")),
-                message: None,
+                message,
             }),
             ..Default::default()
         };

@@ -1,0 +1,261 @@
+//! Gathering what `decide` looks at: the cluster's Kubernetes objects and what its nodes say.
+//!
+//! Nodes are asked directly at their pod addresses (reachable from inside the cluster and from
+//! the host of a test control plane alike), and the cluster view is the leader's: only the
+//! leader knows each member's replication lag.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use concordance_client::ClusterStatus;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+use crate::controller::Error;
+use crate::crd::ConcordanceCluster;
+use crate::decide::{DataState, Observed, ObservedMember, PodPhase, PodState};
+use crate::resources::{self, API_PORT, CLUSTER_LABEL, StartMode};
+
+/// Everything observed, plus the raw objects the controller acts on.
+pub struct Observation {
+    pub observed: Observed,
+    pub pods: BTreeMap<String, Pod>,
+    /// What each answering node says about itself, by member name.
+    pub nodes: BTreeMap<String, ClusterStatus>,
+}
+
+impl Observation {
+    /// `http://<pod ip>:4100` of a member's pod, if it has an address.
+    pub fn endpoint(&self, member: &str) -> Option<String> {
+        let ip = self.pods.get(member)?.status.as_ref()?.pod_ip.clone()?;
+        Some(format!("http://{ip}:{API_PORT}"))
+    }
+
+    /// The leader's endpoint, else any answering node's.
+    pub fn leader_endpoint(&self) -> Option<String> {
+        let leader = self
+            .observed
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone());
+        leader
+            .and_then(|l| self.endpoint(&l))
+            .or_else(|| self.nodes.keys().find_map(|m| self.endpoint(m)))
+    }
+}
+
+async fn exists<K>(api: &Api<K>, name: &str) -> Result<bool, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_opt(name).await?.is_some())
+}
+
+async fn node_status(endpoint: String) -> Option<ClusterStatus> {
+    let client = concordance_client::Client::new(&endpoint).ok()?;
+    tokio::time::timeout(Duration::from_secs(3), client.status())
+        .await
+        .ok()?
+        .ok()
+}
+
+pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Observation, Error> {
+    let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
+    let name = cluster.name_any();
+    let selector = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
+    let pod_list = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&selector)
+        .await?;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .list(&selector)
+        .await?;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
+
+    let mut secrets_exist = true;
+    for which in ["admin", "agent"] {
+        let r = resources::key_ref(cluster, which);
+        secrets_exist &= exists(&secrets, &r.name).await?;
+    }
+    let services_exist = exists(&services, &resources::headless_service_name(cluster)).await?
+        && exists(&services, &resources::client_service_name(cluster)).await?;
+    let pdb_exists = exists(&pdbs, &name).await?;
+
+    // Pods being deleted are gone as far as decisions go; their replacement waits for the
+    // name to be free (creating it fails with a conflict until then).
+    let terminating: Vec<String> = pod_list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .map(|p| p.name_any())
+        .collect();
+    let pods: BTreeMap<String, Pod> = pod_list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.name_any(), p))
+        .collect();
+
+    let asks = pods.iter().filter_map(|(member, p)| {
+        let ip = p.status.as_ref()?.pod_ip.clone()?;
+        let member = member.clone();
+        Some(async move { (member, node_status(format!("http://{ip}:{API_PORT}")).await) })
+    });
+    let nodes: BTreeMap<String, ClusterStatus> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(m, s)| s.map(|s| (m, s)))
+        .collect();
+
+    let recorded = cluster.status.as_ref().and_then(|s| s.cluster_id.clone());
+    // Pods being deleted likewise keep their names taken.
+    let mut members: Vec<ObservedMember> = terminating
+        .into_iter()
+        .map(|name| ObservedMember {
+            name,
+            pod: None,
+            volume: false,
+            data: DataState::Unknown,
+        })
+        .collect();
+    for (member, pod) in &pods {
+        members.retain(|m| &m.name != member);
+        members.push(ObservedMember {
+            name: member.clone(),
+            pod: Some(pod_state(pod, nodes.get(member))),
+            volume: false,
+            data: data_state(pod, nodes.get(member), recorded.as_deref()),
+        });
+    }
+    for claim in &claims.items {
+        let claim_name = claim.name_any();
+        if claim.metadata.deletion_timestamp.is_some() {
+            // Gone for decisions, but its name stays taken until it is: a new member never
+            // reuses a name whose volume still exists.
+            if !members.iter().any(|m| m.name == claim_name) {
+                members.push(ObservedMember {
+                    name: claim_name,
+                    pod: None,
+                    volume: false,
+                    data: DataState::Unknown,
+                });
+            }
+            continue;
+        }
+        match members.iter_mut().find(|m| m.name == claim_name) {
+            Some(m) => m.volume = true,
+            None => members.push(ObservedMember {
+                name: claim_name,
+                pod: None,
+                volume: true,
+                data: DataState::Unknown,
+            }),
+        }
+    }
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let cluster_view = leader_view(&nodes);
+    Ok(Observation {
+        observed: Observed {
+            name,
+            generation: cluster.metadata.generation,
+            spec: cluster.spec.clone(),
+            status: cluster.status.clone().unwrap_or_default(),
+            secrets_exist,
+            services_exist,
+            pdb_exists,
+            members,
+            cluster: cluster_view,
+        },
+        pods,
+        nodes,
+    })
+}
+
+/// The leader's own status when it answered; else the most recent view any node has (highest
+/// term, then membership), which still tells the membership when quorum is lost.
+fn leader_view(nodes: &BTreeMap<String, ClusterStatus>) -> Option<ClusterStatus> {
+    let leaders = nodes.values().filter(|s| s.role == "leader");
+    if let Some(l) = leaders.max_by_key(|s| s.term) {
+        return Some(l.clone());
+    }
+    nodes
+        .values()
+        .filter(|s| s.membership_version.is_some())
+        .max_by_key(|s| (s.term, s.membership_version))
+        .cloned()
+}
+
+fn data_state(pod: &Pod, node: Option<&ClusterStatus>, recorded: Option<&str>) -> DataState {
+    if let Some(s) = node {
+        return match (&s.cluster_id, recorded) {
+            (Some(theirs), Some(ours)) if theirs != ours => DataState::Foreign,
+            // A node that belongs to no membership holds no member's data.
+            _ if s.membership_version.is_none() || s.members.is_empty() => DataState::Empty,
+            _ => DataState::Ours,
+        };
+    }
+    // A node that stopped because its join was refused says why in its last log lines.
+    let last_words = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.last_state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.message.clone())
+        .unwrap_or_default();
+    if last_words.contains("name_in_use") {
+        DataState::Empty
+    } else if last_words.contains("cluster_mismatch") || last_words.contains("belongs to cluster") {
+        DataState::Foreign
+    } else {
+        DataState::Unknown
+    }
+}
+
+fn pod_state(pod: &Pod, node: Option<&ClusterStatus>) -> PodState {
+    let status = pod.status.as_ref();
+    let phase = match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => PodPhase::Running,
+        Some("Succeeded" | "Failed") => PodPhase::Finished,
+        _ => PodPhase::Pending,
+    };
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status == "True", c.last_transition_time.clone()));
+    let unready_seconds = match &ready {
+        Some((false, Some(since))) => {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            now.duration_since(since.0).as_secs()
+        }
+        Some((true, _)) => 0,
+        // Never ready yet: count from the pod's creation.
+        _ => pod.metadata.creation_timestamp.as_ref().map_or(0, |t| {
+            k8s_openapi::jiff::Timestamp::now()
+                .duration_since(t.0)
+                .as_secs()
+        }),
+    };
+    let image = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    PodState {
+        phase,
+        ready: ready.is_some_and(|(r, _)| r),
+        image,
+        unready_seconds,
+        version: node.map(|s| s.version.clone()),
+        force_new_cluster: matches!(
+            resources::start_mode_of(pod),
+            Some(StartMode::ForceNewCluster { .. })
+        ),
+    }
+}
