@@ -924,3 +924,31 @@ async fn eventually_ok(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_answers_are_swept_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(
+        "n1",
+        dir.path(),
+        &["--bootstrap", "--idempotency-retention-secs=1"],
+    );
+    node.wait_ready().await;
+    let h = [("Idempotency-Key", "sweep-me")];
+    let body = json!({"value": 1});
+    let (_, first) = call(&node, "PUT", "/api/v1/kv/s", Some(body.clone()), &h).await;
+    let (_, retry) = call(&node, "PUT", "/api/v1/kv/s", Some(body.clone()), &h).await;
+    assert_eq!(
+        first["revision"], retry["revision"],
+        "within the retention: applied once"
+    );
+    // After the retention the leader sweeps the answer (through the log); the key is new again.
+    let again = eventually("the sweep", Duration::from_secs(15), || async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, v) = call(&node, "PUT", "/api/v1/kv/s", Some(json!({"value": 1})), &h).await;
+        (v["revision"] != first["revision"]).then_some(v)
+    })
+    .await;
+    assert!(again["revision"].as_u64() > first["revision"].as_u64());
+    assert_eq!(node.client().get("s").await.unwrap().unwrap().kv.version, 2);
+}
