@@ -1,4 +1,5 @@
-//! Bad input over HTTP: random and mutated requests on every route of the router (method,
+//! Bad input over HTTP: random and mutated requests on every route of the OpenAPI document and
+//! the router (method,
 //! path, key, query, headers, body), seeded so a failure replays. Every answer must be a
 //! non-5xx with the API's error body when it is an error, the process must stay up, and no
 //! refused request may leave a trace: every revision the store ever took belongs to a write
@@ -40,10 +41,35 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/raft/read-index"),
 ];
 
+/// Every (method, path) of the OpenAPI document `docs/openapi.json`, plus the router's own
+/// list above (so a route missing from the document is still fuzzed).
+pub fn all_routes() -> Vec<(String, String)> {
+    let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let mut routes: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    if let Ok(text) = std::fs::read_to_string(&doc) {
+        let v: Value = serde_json::from_str(&text).expect("docs/openapi.json parses");
+        for (path, ops) in v["paths"].as_object().expect("paths") {
+            for method in ops.as_object().unwrap().keys() {
+                let r = (method.to_uppercase(), path.clone());
+                if !routes.contains(&r) {
+                    routes.push(r);
+                }
+            }
+        }
+    }
+    routes
+}
+
 /// Routes whose well-formed bodies would change the cluster's membership or leadership: they
 /// only ever get random bodies (a random object never has their required fields).
 fn membership_route(path: &str) -> bool {
-    path.contains("/cluster/join")
+    path.contains("/lock/")
+        || path.contains("/election/")
+        || path.contains("/lease")
+        || path.contains("/cluster/join")
         || path.contains("/cluster/remove")
         || path.contains("/cluster/transfer-leader")
         || path.contains("/raft/")
@@ -203,19 +229,23 @@ pub async fn fuzz_http(
         accepted_writes: 0,
     };
     let mut revisions: BTreeSet<u64> = BTreeSet::new();
+    let routes = all_routes();
     for i in 0..count {
         // Half the requests on the data routes, where most parsing happens.
         let (method, template) = if rng.random() {
             *ROUTES[3..8].choose(&mut rng).unwrap()
         } else {
-            *ROUTES.choose(&mut rng).unwrap()
+            let (m, p) = routes.choose(&mut rng).unwrap();
+            (m.as_str(), p.as_str())
         };
         let method = if rng.random_range(0..12) == 0 {
             ["PATCH", "OPTIONS", "HEAD", "TRACE", "PUT", "GET"][rng.random_range(0..6)]
         } else {
             method
         };
-        let path = template.replace("{key}", &random_key_path(&mut rng));
+        let path = template
+            .replace("{key}", &random_key_path(&mut rng))
+            .replace("{id}", &rng.random_range(0..5).to_string());
         let query = random_query(&mut rng);
         let url = if query.is_empty() {
             format!("{base}{path}")
@@ -277,7 +307,12 @@ pub async fn fuzz_http(
             Err(e) => panic!("{what}: no answer: {e:?}"),
         };
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap_or_default();
+        // An accepted watch is an endless stream: its status is the answer.
+        let bytes = if path.contains("/watch") && status == 200 {
+            Default::default()
+        } else {
+            resp.bytes().await.unwrap_or_default()
+        };
         report.requests += 1;
         *report.by_status.entry(status).or_default() += 1;
         assert!(
