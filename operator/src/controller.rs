@@ -515,7 +515,22 @@ async fn create_member(
     image: &str,
     mode: StartMode,
 ) -> Result<(), Error> {
-    create(claims, &resources::claim(cluster, name)).await?;
+    // The pod follows once its claim is bound: a pod created before a volume exists for it
+    // can sit unschedulable for minutes (the scheduler retries such pods slowly). A claim that
+    // stays unbound (a class that binds at first use) gets its pod after a short grace.
+    let Some(claim) = claims.get_opt(name).await? else {
+        create(claims, &resources::claim(cluster, name)).await?;
+        return Ok(());
+    };
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let age = claim.metadata.creation_timestamp.as_ref().map_or(0, |t| {
+        k8s_openapi::jiff::Timestamp::now()
+            .duration_since(t.0)
+            .as_secs()
+    });
+    if !bound && age < 15 {
+        return Ok(());
+    }
     create(pods, &resources::pod(cluster, name, image, &mode)).await
 }
 
