@@ -40,8 +40,9 @@ pub struct FailoverResult {
     pub max_ms: f64,
 }
 
-/// At most this many write attempts are in flight at once.
-const MAX_PROBES: usize = 100;
+/// At most this many write attempts are in flight at once: enough for 10 s of attempts, as a
+/// write sent during the election may hang until the server's own timeout (7 s for etcd).
+const MAX_PROBES: usize = 2000;
 
 pub async fn run(spec: FailoverSpec) -> anyhow::Result<FailoverResult> {
     let mut cluster = match spec.system {
@@ -66,7 +67,7 @@ pub async fn run(spec: FailoverSpec) -> anyhow::Result<FailoverResult> {
             &[cluster.members[survivor].client_addr.clone()],
             None,
             payload,
-            MAX_PROBES,
+            64,
         )?);
         // The survivor has a working path to the leader before the kill.
         let warm = Instant::now();
