@@ -99,6 +99,30 @@ fn raft_config(config: &Config) -> Result<openraft::Config, BoxError> {
     Ok(c.validate()?)
 }
 
+/// Raft's own tasks (core, replication, log and state machine workers) run on a thread of
+/// their own, so a consensus step never waits in the queue behind hundreds of HTTP
+/// connections' tasks.
+fn raft_runtime() -> Result<tokio::runtime::Handle, BoxError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(rt.handle().clone()));
+            rt.block_on(std::future::pending::<()>());
+        })?;
+    Ok(rx.recv()??)
+}
+
 pub async fn serve(config: Config) -> Result<(), BoxError> {
     let store = Store::open(&config.data_dir)?;
     let mut identity = load_identity(&store, &config)?;
@@ -112,14 +136,14 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         identity.cluster_uuid.clone(),
         identity.raft_id,
     );
-    let raft = Raft::new(
-        identity.raft_id,
-        Arc::new(raft_config(&config)?),
-        Network { ctx: peers.clone() },
-        log_store,
-        state_machine,
-    )
-    .await?;
+    let raft_config = Arc::new(raft_config(&config)?);
+    let network = Network { ctx: peers.clone() };
+    let raft_id = identity.raft_id;
+    let raft = raft_runtime()?
+        .spawn(
+            async move { Raft::new(raft_id, raft_config, network, log_store, state_machine).await },
+        )
+        .await??;
     let mut join_target = None;
 
     if raft.is_initialized().await? {
