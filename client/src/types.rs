@@ -482,3 +482,53 @@ pub struct WatchChange {
 pub struct WatchProgress {
     pub revision: u64,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Membership (admin key): `POST /api/v1/cluster/join|remove|transfer-leader`. Each change may
+// name the membership version it expects (`ClusterStatus::membership_version`) and fails with
+// a 409 `membership_changed` if the membership moved meanwhile.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinRequest {
+    pub node_id: String,
+    pub address: String,
+    pub raft_id: u64,
+    /// The joiner's cluster UUID, when its data dir already belongs to a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoveRequest {
+    pub node_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The voter to hand leadership to (default: the most caught-up one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipReply {
+    pub cluster_id: String,
+    pub membership_version: Option<u64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferReply {
+    pub leader: String,
+    pub term: u64,
+}

@@ -11,8 +11,6 @@ use openraft::ChangeMembers;
 use openraft::Precondition;
 use openraft::ServerState;
 use openraft::async_runtime::Instant as _;
-use serde::Deserialize;
-use serde::Serialize;
 
 use crate::api::ApiError;
 use crate::raft::Member;
@@ -25,48 +23,12 @@ pub const PROMOTE_LAG_ENTRIES: u64 = 100;
 pub const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct JoinRequest {
-    pub node_id: String,
-    pub address: String,
-    pub raft_id: u64,
-    /// The joiner's cluster UUID, when its data dir already belongs to a cluster.
-    #[serde(default)]
-    pub cluster_id: Option<String>,
-    #[serde(default)]
-    pub expected_version: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RemoveRequest {
-    pub node_id: String,
-    #[serde(default)]
-    pub expected_version: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TransferRequest {
-    #[serde(default)]
-    pub node_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MembershipReply {
-    pub cluster_id: String,
-    pub membership_version: Option<u64>,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TransferReply {
-    pub leader: String,
-    pub term: u64,
-}
+// The request and reply bodies are the API types shared with clients.
+pub use concordance_client::types::JoinRequest;
+pub use concordance_client::types::MembershipReply;
+pub use concordance_client::types::RemoveRequest;
+pub use concordance_client::types::TransferReply;
+pub use concordance_client::types::TransferRequest;
 
 impl Node {
     /// The precondition for "membership is still at `expected`", or a 409 if it moved.
