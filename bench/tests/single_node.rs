@@ -31,6 +31,7 @@ async fn start_node(dir: &std::path::Path) -> String {
         data_dir: dir.join("bench1"),
         bootstrap: true,
         join: None,
+        force_new_cluster: None,
         api_key: Some("bench-admin".into()),
         agent_key: None,
         snapshot_entries: 10_000,

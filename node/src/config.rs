@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// On an empty data dir, ask this member (`host:port`) to add this node to its cluster.
     #[arg(long, env = "CONCORDANCE_JOIN", value_name = "HOST:PORT")]
     pub join: Option<String>,
+    /// Quorum-loss recovery at start: if this data dir still belongs to cluster CLUSTER_ID,
+    /// first rebuild it as a one-member cluster with a new id (as `concordance recover` does).
+    /// Once done it does nothing, so restarting with the same flag is safe.
+    #[arg(long, env = "CONCORDANCE_FORCE_NEW_CLUSTER", value_name = "CLUSTER_ID", conflicts_with_all = ["bootstrap", "join"])]
+    pub force_new_cluster: Option<String>,
     /// Admin key: may do everything.
     #[arg(long, env = "CONCORDANCE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -122,6 +127,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub bootstrap: bool,
     pub join: Option<String>,
+    pub force_new_cluster: Option<String>,
     pub api_key: Option<String>,
     pub agent_key: Option<String>,
     pub snapshot_entries: u64,
@@ -248,6 +254,7 @@ impl ServeArgs {
             data_dir,
             bootstrap: self.bootstrap,
             join: self.join,
+            force_new_cluster: self.force_new_cluster,
             api_key,
             agent_key,
             snapshot_entries: self.snapshot_entries,

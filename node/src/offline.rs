@@ -98,6 +98,31 @@ fn make_single_member(
     Ok(uuid)
 }
 
+/// `--force-new-cluster=<old id>`: `recover` at start, once. A data dir that no longer belongs
+/// to the old cluster (already recovered) is left as it is.
+pub fn force_new_cluster(dir: &Path, old_cluster: &str, advertise: &str) -> Result<(), BoxError> {
+    if !dir.join("db").exists() {
+        return Err(format!(
+            "--force-new-cluster: {} holds no data to rebuild a cluster from",
+            dir.display()
+        )
+        .into());
+    }
+    let current = {
+        let store = Store::open(dir)?;
+        store.identity()?.and_then(|i| i.cluster_uuid)
+    };
+    if current.as_deref() != Some(old_cluster) {
+        tracing::warn!(
+            "--force-new-cluster: this data dir belongs to cluster {}, not {old_cluster}; \
+             already recovered, starting as it is",
+            current.as_deref().unwrap_or("(none)")
+        );
+        return Ok(());
+    }
+    recover(dir, Some(advertise))
+}
+
 /// `concordance recover`: rebuild a one-member cluster from a surviving data dir.
 pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
     let store = Store::open(dir).map_err(|e| {

@@ -48,6 +48,9 @@ fn init_logging(format: LogFormat, filter: &str) {
 pub fn run(args: ServeArgs) -> Result<(), BoxError> {
     init_logging(args.log_format, &args.log);
     let config = args.validate()?;
+    if let Some(old_cluster) = &config.force_new_cluster {
+        crate::offline::force_new_cluster(&config.data_dir, old_cluster, &config.advertise)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -486,3 +486,55 @@ async fn backup_restores_into_a_fresh_cluster_and_recover_survives_losing_two_of
     );
     c.put("after-recover", &json!(1)).await.unwrap();
 }
+
+/// The start mode the operator's quorum-loss recovery uses: `--force-new-cluster=<old id>`
+/// rebuilds the survivor as a one-member cluster once, and is a no-op on later restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn force_new_cluster_rebuilds_a_survivor_once() {
+    let mut cl = Cluster::start(3, &[]).await;
+    let c = cl.node("node3").admin();
+    for i in 0..20 {
+        c.put(&format!("f/{i:02}"), &json!(i)).await.unwrap();
+    }
+    let old_cluster = c.status().await.unwrap().cluster_id.expect("a cluster id");
+    cl.node_mut("node1").kill();
+    cl.node_mut("node2").kill();
+
+    let n3 = cl.node_mut("node3");
+    n3.kill();
+    n3.args
+        .retain(|a| !a.starts_with("--join") && a != "--bootstrap");
+    n3.args.push(format!("--force-new-cluster={old_cluster}"));
+    n3.restart();
+    n3.wait_ready().await;
+    let c = n3.admin();
+    let new_cluster = c.status().await.unwrap().cluster_id;
+    assert_ne!(
+        new_cluster.as_deref(),
+        Some(old_cluster.as_str()),
+        "a new cluster id"
+    );
+    assert_eq!(voters(&c).await, ["node3"]);
+    assert_eq!(
+        c.list("f/", None, None, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .kvs
+            .len(),
+        20,
+        "every applied write kept"
+    );
+    c.put("f/after", &json!(1)).await.unwrap();
+
+    // Restarted with the same arguments (as a pod is), it stays the recovered cluster.
+    n3.restart();
+    n3.wait_ready().await;
+    let c = n3.admin();
+    assert_eq!(c.status().await.unwrap().cluster_id, new_cluster);
+    assert!(c.get("f/after").await.unwrap().is_some());
+    assert!(
+        n3.log_text().contains("already recovered"),
+        "{}",
+        n3.log_text()
+    );
+}
