@@ -212,9 +212,16 @@ impl Driver {
             tasks.push(tokio::spawn(async move {
                 let mut k = c;
                 while k < n {
-                    d.call(c as usize, Op::Put, k)
-                        .await
-                        .with_context(|| format!("preloading key {k}"))?;
+                    // Rewriting the same value is harmless, so a write refused during a leader
+                    // change is retried a few times.
+                    let mut attempt = 0;
+                    while let Err(e) = d.call(c as usize, Op::Put, k).await {
+                        attempt += 1;
+                        if attempt == 20 {
+                            return Err(e).with_context(|| format!("preloading key {k}"));
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
                     k += clients.max(1) as u64;
                 }
                 anyhow::Ok(())
