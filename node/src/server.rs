@@ -193,6 +193,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         peers,
         membership_lock: tokio::sync::Mutex::new(()),
         last_leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
+        log_confirmed_since_start: std::sync::atomic::AtomicBool::new(false),
     });
     spawn_leader_change_counter(&raft, metrics);
     spawn_promoter(node.clone());

@@ -46,6 +46,10 @@ pub struct Node {
     pub membership_lock: tokio::sync::Mutex<()>,
     /// Unix ms of the last append or snapshot accepted from a leader.
     pub last_leader_contact_ms: std::sync::atomic::AtomicU64,
+    /// Set once, since this start, an accepted append showed this node holding every entry
+    /// the leader had committed: until then its membership may be a stale one from before it
+    /// was removed (a leader's first probe after a re-join carries no entries).
+    pub log_confirmed_since_start: std::sync::atomic::AtomicBool,
 }
 
 pub type SharedNode = Arc<Node>;
@@ -382,6 +386,12 @@ impl Node {
                 return Err("this leader has not heard from a quorum lately".into());
             }
         } else {
+            if !self
+                .log_confirmed_since_start
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Err("waiting for the leader's log up to its commit index".into());
+            }
             let last = self
                 .last_leader_contact_ms
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -399,8 +409,13 @@ impl Node {
         Ok(())
     }
 
-    /// Called when a leader's append or snapshot was accepted.
-    pub fn leader_contacted(&self) {
+    /// Called when a leader's append or snapshot was accepted; `holds_commit` when it left
+    /// this node's log holding every entry the leader had committed.
+    pub fn leader_contacted(&self, holds_commit: bool) {
+        if holds_commit {
+            self.log_confirmed_since_start
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.last_leader_contact_ms
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     }

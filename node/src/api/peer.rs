@@ -69,13 +69,20 @@ pub async fn append(
         let req = req
             .into_raft()
             .map_err(|e| ApiError::bad_request("invalid_entry", e.to_string()))?;
+        let last_sent = req
+            .entries
+            .last()
+            .map(|e| e.log_id.index)
+            .or(req.prev_log_id.as_ref().map(|l| l.index));
+        let holds_commit = req.leader_commit.as_ref().map(|c| c.index) <= last_sent;
         let r = node.raft.append_entries(req).await.map_err(fatal)?;
         if matches!(
             r,
             openraft::raft::AppendEntriesResponse::Success
                 | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
         ) {
-            node.leader_contacted();
+            let all_accepted = matches!(r, openraft::raft::AppendEntriesResponse::Success);
+            node.leader_contacted(holds_commit && all_accepted);
         }
         Ok(wire::AppendResponse::from_raft(&r))
     })
@@ -229,7 +236,7 @@ async fn install(
         .install_full_snapshot(crate::raft::vote_from_record(&h.vote), snapshot)
         .await
         .map_err(fatal)?;
-    node.leader_contacted();
+    node.leader_contacted(false);
     Ok(Json(wire::SnapshotReply {
         vote: crate::raft::vote_to_record(&r.vote),
     }))
