@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
+use rocksdb::FlushOptions;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 
@@ -259,15 +260,8 @@ pub fn installing(store: &Store) -> Result<Option<SnapshotMetaRecord>, StoreErro
     )
 }
 
-/// Reads a whole snapshot file, checking its structure and checksum, calling `each` per pair.
-fn read_file(
-    path: &Path,
-    mut each: impl FnMut(usize, &[u8], &[u8]) -> io::Result<()>,
-) -> io::Result<SnapshotMetaRecord> {
-    let mut r = CrcReader {
-        inner: BufReader::with_capacity(1 << 20, File::open(path)?),
-        crc: crc32fast::Hasher::new(),
-    };
+/// Reads a snapshot file's header and meta record.
+fn read_head<R: Read>(path: &Path, r: &mut CrcReader<R>) -> io::Result<SnapshotMetaRecord> {
     let head = r
         .exact(9)
         .map_err(|e| corrupt(path, format!("no header: {e}")))?;
@@ -280,11 +274,23 @@ fn read_file(
             format!("unknown snapshot version {}", head[8]),
         ));
     }
-    let meta: SnapshotMetaRecord = codec::decode(
+    codec::decode(
         RecordKind::SnapshotMeta,
         &r.frame().map_err(|e| corrupt(path, e))?,
     )
-    .map_err(|e| corrupt(path, e))?;
+    .map_err(|e| corrupt(path, e))
+}
+
+/// Reads a whole snapshot file, checking its structure and checksum, calling `each` per pair.
+fn read_file(
+    path: &Path,
+    mut each: impl FnMut(usize, &[u8], &[u8]) -> io::Result<()>,
+) -> io::Result<SnapshotMetaRecord> {
+    let mut r = CrcReader {
+        inner: BufReader::with_capacity(1 << 20, File::open(path)?),
+        crc: crc32fast::Hasher::new(),
+    };
+    let meta = read_head(path, &mut r)?;
     loop {
         let frame = r
             .frame()
@@ -325,10 +331,34 @@ pub fn verify(path: &Path) -> io::Result<SnapshotMetaRecord> {
     read_file(path, |_, _, _| Ok(()))
 }
 
+/// Reads only what a snapshot file says it covers, checking nothing past its meta record.
+fn read_meta(path: &Path) -> io::Result<SnapshotMetaRecord> {
+    let mut r = CrcReader {
+        inner: BufReader::new(File::open(path)?),
+        crc: crc32fast::Hasher::new(),
+    };
+    read_head(path, &mut r)
+}
+
 /// Replaces the state machine with a received snapshot. Crash-safe: the install is marked
 /// first and redone at the next start if it did not finish.
+///
+/// The file was verified whole on receipt ([`verify`], before anything is cleared), so only
+/// its meta record is read here; the load checks the checksum again as it reads.
 pub fn install(store: &Store, meta: &SnapshotMeta, file: SnapshotFile) -> Result<(), StoreError> {
-    let mut rec = verify(&file.path)?;
+    let rec = mark_installing(store, meta, file)?;
+    load_into_state_machine(store, &rec)?;
+    set_current(store, &rec)?;
+    Ok(())
+}
+
+/// Moves a received snapshot file to its place and records, synced, that its install began.
+fn mark_installing(
+    store: &Store,
+    meta: &SnapshotMeta,
+    file: SnapshotFile,
+) -> Result<SnapshotMetaRecord, StoreError> {
+    let mut rec = read_meta(&file.path)?;
     let expected = meta.last_log_id.as_ref().map(log_id_to_record);
     if rec.last_log_id != expected {
         return Err(StoreError::Io(corrupt(
@@ -345,9 +375,7 @@ pub fn install(store: &Store, meta: &SnapshotMeta, file: SnapshotFile) -> Result
     rec.file = file_name(&final_path);
     rec.size = std::fs::metadata(&final_path)?.len();
     store.put_record_synced(CF_META, KEY_INSTALLING, RecordKind::SnapshotMeta, &rec)?;
-    load_into_state_machine(store, &rec)?;
-    set_current(store, &rec)?;
-    Ok(())
+    Ok(rec)
 }
 
 /// Clears the state machine and loads the snapshot `meta` names, then clears the install mark.
@@ -357,44 +385,28 @@ pub fn load_into_state_machine(store: &Store, meta: &SnapshotMetaRecord) -> Resu
 }
 
 /// Like [`load_into_state_machine`], from any file (a backup being restored).
+///
+/// The pairs are written without the write-ahead log (writing every byte to the log and
+/// again at memtable flush halved the load's speed), so they are durable only once their
+/// memtables are flushed to table files. Crash safety rests on the install marker (written
+/// synced before this is called, see [`install`]) and on ordering: until the final write
+/// below, a crash leaves the marker in place and the next start redoes the whole load from
+/// the file, whatever part of the pairs had reached table files. The final write (applied
+/// state, marker cleared) goes through the log, synced, and only after a waited flush of
+/// every state-machine column family, so it can never be durable while the pairs are not.
 pub fn load_file_into_state_machine(
     store: &Store,
     path: &Path,
     meta: &SnapshotMetaRecord,
 ) -> Result<(), StoreError> {
-    let path = path.to_path_buf();
-    let db = store.db();
-    let mut wb = WriteBatch::default();
-    for cf in STATE_MACHINE_CFS {
-        // Stored keys are UTF-8 or big-endian revisions: none starts with 0xFF bytes like these.
-        wb.delete_range_cf(store.cf(cf), &[][..], &[0xFFu8; 16][..]);
-    }
-    db.write(wb).map_err(io_err)?;
-    let mut wb = WriteBatch::default();
-    let mut applied_bytes: Option<Vec<u8>> = None;
-    read_file(&path, |cf, k, v| {
-        let name = STATE_MACHINE_CFS[cf];
-        if name == CF_APPLIED && k == KEY_APPLIED {
-            // Written last, so a half-loaded state never claims to be applied.
-            applied_bytes = Some(v.to_vec());
-            return Ok(());
-        }
-        wb.put_cf(store.cf(name), k, v);
-        if wb.size_in_bytes() > LOAD_BATCH_BYTES {
-            db.write(std::mem::take(&mut wb)).map_err(io_err)?;
-        }
-        Ok(())
-    })?;
-    let applied = match applied_bytes {
-        Some(b) => codec::decode::<AppliedStateRecord>(RecordKind::AppliedState, &b)
-            .map_err(|e| corrupt(&path, e))?,
-        None => AppliedStateRecord::default(),
-    };
+    let applied = load_pairs(store, path)?;
+    flush_state_machine(store)?;
     let applied = AppliedStateRecord {
         last_applied: meta.last_log_id,
         membership: Some(meta.membership.clone()),
         ..applied
     };
+    let mut wb = WriteBatch::default();
     wb.put_cf(
         store.cf(CF_APPLIED),
         KEY_APPLIED,
@@ -403,7 +415,208 @@ pub fn load_file_into_state_machine(
     wb.delete_cf(store.cf(CF_META), KEY_INSTALLING);
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
-    db.write_opt(wb, &wo).map_err(io_err)?;
+    store.db().write_opt(wb, &wo).map_err(io_err)?;
     tracing::info!(file = %meta.file, revision = applied.revision, "snapshot installed");
     Ok(())
+}
+
+/// Clears the state machine and writes the file's pairs into it, without the write-ahead
+/// log: nothing of this is durable before [`flush_state_machine`]. Returns the file's applied
+/// state, which is left out of the load (written last, so a half-loaded state never claims to
+/// be applied).
+fn load_pairs(store: &Store, path: &Path) -> Result<AppliedStateRecord, StoreError> {
+    let db = store.db();
+    let mut unlogged = WriteOptions::default();
+    unlogged.disable_wal(true);
+    let mut wb = WriteBatch::default();
+    for cf in STATE_MACHINE_CFS {
+        // Stored keys are UTF-8 or big-endian revisions: none starts with 0xFF bytes like these.
+        wb.delete_range_cf(store.cf(cf), &[][..], &[0xFFu8; 16][..]);
+    }
+    db.write_opt(wb, &unlogged).map_err(io_err)?;
+    let mut wb = WriteBatch::default();
+    let mut applied_bytes: Option<Vec<u8>> = None;
+    read_file(path, |cf, k, v| {
+        let name = STATE_MACHINE_CFS[cf];
+        if name == CF_APPLIED && k == KEY_APPLIED {
+            applied_bytes = Some(v.to_vec());
+            return Ok(());
+        }
+        wb.put_cf(store.cf(name), k, v);
+        if wb.size_in_bytes() > LOAD_BATCH_BYTES {
+            db.write_opt(std::mem::take(&mut wb), &unlogged)
+                .map_err(io_err)?;
+        }
+        Ok(())
+    })?;
+    db.write_opt(wb, &unlogged).map_err(io_err)?;
+    Ok(match applied_bytes {
+        Some(b) => codec::decode::<AppliedStateRecord>(RecordKind::AppliedState, &b)
+            .map_err(|e| corrupt(path, e))?,
+        None => AppliedStateRecord::default(),
+    })
+}
+
+/// Moves every state-machine column family's memtable into table files, waiting until they
+/// are durable.
+fn flush_state_machine(store: &Store) -> Result<(), StoreError> {
+    let cfs: Vec<_> = STATE_MACHINE_CFS.iter().map(|cf| store.cf(cf)).collect();
+    let mut fo = FlushOptions::default();
+    fo.set_wait(true);
+    store.db().flush_cfs_opt(&cfs, &fo).map_err(io_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! A snapshot install cut short by a process kill, in a child process (this test binary run
+    //! again): RocksDB keeps nothing the load wrote without its log unless it reached table
+    //! files, exactly as after a real crash.
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::CF_HISTORY;
+    use crate::store::CF_KV;
+    use crate::store::StateMachine;
+    use crate::store::records::LogIdRecord;
+    use crate::store::u64_key;
+
+    const CHILD_MODE: &str = "CONCORDANCE_TEST_INSTALL_CRASH";
+    const CHILD_DIR: &str = "CONCORDANCE_TEST_INSTALL_DIR";
+    /// Pairs of 8 KiB in each of `kv` and `history`: several load batches.
+    const PAIRS: u64 = 1500;
+
+    /// A data dir holding a state machine, and a snapshot file of it.
+    fn source(dir: &Path) -> (Store, PathBuf, SnapshotMetaRecord) {
+        let store = Store::open(&dir.join("source")).unwrap();
+        let mut wb = WriteBatch::default();
+        for i in 0..PAIRS {
+            let value = vec![(i % 251) as u8; 8 << 10];
+            wb.put_cf(store.cf(CF_KV), format!("k/{i:05}"), &value);
+            wb.put_cf(store.cf(CF_HISTORY), u64_key(i + 1), &value);
+        }
+        let applied = AppliedStateRecord {
+            last_applied: Some(LogIdRecord {
+                term: 3,
+                leader: 1,
+                index: 4000,
+            }),
+            revision: PAIRS,
+            ..AppliedStateRecord::default()
+        };
+        wb.put_cf(
+            store.cf(CF_APPLIED),
+            KEY_APPLIED,
+            codec::encode(RecordKind::AppliedState, &applied),
+        );
+        store.db().write(wb).unwrap();
+        let path = dir.join("source.snap");
+        let (meta, _) = write_file(&store, &path).unwrap();
+        (store, path, meta)
+    }
+
+    /// Every state-machine pair but the applied state.
+    fn pairs(store: &Store) -> Vec<(usize, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (i, cf) in STATE_MACHINE_CFS.iter().enumerate() {
+            for kv in store
+                .db()
+                .iterator_cf(store.cf(cf), rocksdb::IteratorMode::Start)
+            {
+                let (k, v) = kv.unwrap();
+                if !(*cf == CF_APPLIED && &*k == KEY_APPLIED) {
+                    out.push((i, k.to_vec(), v.to_vec()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Installs the snapshot into `dir/target` in a child process killed at `mode`.
+    fn install_and_kill(dir: &Path, mode: &str) {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "store::snapshot::tests::child", "--nocapture"])
+            .env(CHILD_MODE, mode)
+            .env(CHILD_DIR, dir)
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child was not killed: {status}");
+    }
+
+    /// Runs only in the child: copies the snapshot in as received, installs it up to `mode`,
+    /// then the process kills itself.
+    #[test]
+    fn child() {
+        let (Ok(mode), Ok(dir)) = (std::env::var(CHILD_MODE), std::env::var(CHILD_DIR)) else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let store = Store::open(&dir.join("target")).unwrap();
+        let received = store.dir().join("snapshots").join("incoming.part");
+        std::fs::copy(dir.join("source.snap"), &received).unwrap();
+        let rec = verify(&received).unwrap();
+        let meta = to_openraft_meta(&rec).unwrap();
+        let file = SnapshotFile { path: received };
+        match mode.as_str() {
+            "mid-load" => {
+                let rec = mark_installing(&store, &meta, file).unwrap();
+                load_pairs(&store, &store.dir().join("snapshots").join(&rec.file)).unwrap();
+                // As if RocksDB had flushed one memtable on its own before the crash.
+                store
+                    .db()
+                    .flush_cf(store.cf(CF_KV))
+                    .expect("flush of the live keys");
+            }
+            "installed" => install(&store, &meta, file).unwrap(),
+            other => panic!("unknown mode {other}"),
+        }
+        std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        unreachable!("still alive after SIGKILL");
+    }
+
+    fn assert_complete(target: &Store, source: &Store, meta: &SnapshotMetaRecord) {
+        assert!(installing(target).unwrap().is_none(), "install marker left");
+        let applied = target.applied_state().unwrap();
+        assert_eq!(applied.last_applied, meta.last_log_id);
+        assert_eq!(applied.revision, PAIRS);
+        assert!(pairs(target) == pairs(source), "loaded pairs differ");
+    }
+
+    #[test]
+    fn an_install_killed_mid_load_is_redone_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, _, meta) = source(dir.path());
+        install_and_kill(dir.path(), "mid-load");
+        {
+            let target = Store::open(&dir.path().join("target")).unwrap();
+            assert!(
+                installing(&target).unwrap().is_some(),
+                "marker written first"
+            );
+            let loaded = pairs(&target);
+            assert!(
+                loaded.len() < pairs(&source).len() && !loaded.is_empty(),
+                "the kill left a partial load: {} of {} pairs",
+                loaded.len(),
+                pairs(&source).len()
+            );
+            assert!(target.applied_state().unwrap().last_applied.is_none());
+        }
+        let target = Store::open(&dir.path().join("target")).unwrap();
+        drop(StateMachine::open(target.clone(), Metrics::new()).unwrap());
+        assert_complete(&target, &source, &meta);
+    }
+
+    #[test]
+    fn a_finished_install_survives_a_kill_right_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, _, meta) = source(dir.path());
+        install_and_kill(dir.path(), "installed");
+        let target = Store::open(&dir.path().join("target")).unwrap();
+        assert_complete(&target, &source, &meta);
+    }
 }
