@@ -27,6 +27,8 @@ pub struct CatchupSpec {
 pub struct CatchupResult {
     pub data_mib: u64,
     pub write_seconds: f64,
+    /// Raft term increase while the data was written: elections under sustained writes.
+    pub leader_changes_during_writes: u64,
     pub snapshot_mib: f64,
     pub join_to_ready_seconds: f64,
     /// Snapshot bytes received per second of join-to-ready.
@@ -50,6 +52,20 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
+/// The Raft term as the member at `addr` sees it.
+async fn term(http: &reqwest::Client, addr: &str) -> anyhow::Result<u64> {
+    let status: serde_json::Value = http
+        .get(format!("http://{addr}/api/v1/cluster/status"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    status["term"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("cluster status from {addr} has no term: {status}"))
+}
+
 pub async fn run(spec: CatchupSpec) -> anyhow::Result<CatchupResult> {
     let compact = vec!["--snapshot-entries=100".to_string()];
     let mut cluster = LocalCluster::concordance(&spec.bin, 3, &spec.work_dir, &compact).await?;
@@ -70,12 +86,17 @@ pub async fn run(spec: CatchupSpec) -> anyhow::Result<CatchupResult> {
         "writing {} MiB ({} values of 64 KiB) with {} writers",
         spec.mib, payload.key_space, spec.writers
     );
+    let http = reqwest::Client::new();
+    let term_before = term(&http, &cluster.members[leader].client_addr).await?;
     let started = Instant::now();
     driver.preload(spec.writers).await?;
     let write_seconds = started.elapsed().as_secs_f64();
-    eprintln!("wrote {} MiB in {write_seconds:.1} s", spec.mib);
-
-    let http = reqwest::Client::new();
+    let term_after = term(&http, &cluster.members[leader].client_addr).await?;
+    let leader_changes_during_writes = term_after.saturating_sub(term_before);
+    eprintln!(
+        "wrote {} MiB in {write_seconds:.1} s; term {term_before} -> {term_after}",
+        spec.mib
+    );
     let resp = http
         .post(format!(
             "http://{}/api/v1/cluster/snapshot",
@@ -102,6 +123,7 @@ pub async fn run(spec: CatchupSpec) -> anyhow::Result<CatchupResult> {
     Ok(CatchupResult {
         data_mib: spec.mib,
         write_seconds,
+        leader_changes_during_writes,
         snapshot_mib,
         join_to_ready_seconds: took,
         snapshot_mib_per_sec: snapshot_mib / took,

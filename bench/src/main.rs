@@ -312,9 +312,10 @@ async fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
     match args.output {
         Output::Json => print_json(&r)?,
         Output::Text => println!(
-            "catch-up of {} MiB: written in {:.1} s; snapshot {:.1} MiB; join to ready {:.2} s ({:.0} MiB/s of snapshot, {:.0} MiB/s of data)",
+            "catch-up of {} MiB: written in {:.1} s ({} leader changes meanwhile); snapshot {:.1} MiB; join to ready {:.2} s ({:.0} MiB/s of snapshot, {:.0} MiB/s of data)",
             r.data_mib,
             r.write_seconds,
+            r.leader_changes_during_writes,
             r.snapshot_mib,
             r.join_to_ready_seconds,
             r.snapshot_mib_per_sec,
