@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod coordination;
 pub mod features;
+pub mod forward;
 pub mod inspect;
 pub mod join;
 pub mod membership;

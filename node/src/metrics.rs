@@ -44,6 +44,7 @@ struct Inner {
     pub apply_batch_entries: Histogram,
     pub log_sync_seconds: Histogram,
     pub log_sync_batch_appends: Histogram,
+    pub forwarded_batch_writes: Histogram,
     pub http_seconds: Family<HttpLabels, Histogram>,
 }
 
@@ -90,6 +91,7 @@ impl Metrics {
             apply_batch_entries: sizes(),
             log_sync_seconds: latency(),
             log_sync_batch_appends: sizes(),
+            forwarded_batch_writes: sizes(),
             http_seconds: Family::new_with_constructor(latency),
             registry: Registry::default(),
         };
@@ -156,6 +158,11 @@ impl Metrics {
             inner.log_sync_batch_appends.clone(),
         );
         r.register(
+            "forwarded_batch_writes",
+            "Writes this follower forwarded to the leader in one request",
+            inner.forwarded_batch_writes.clone(),
+        );
+        r.register(
             "http_request_duration_seconds",
             "HTTP request latency by route",
             inner.http_seconds.clone(),
@@ -177,6 +184,10 @@ impl Metrics {
     pub fn observe_log_sync(&self, d: Duration, appends: usize) {
         self.inner.log_sync_seconds.observe(d.as_secs_f64());
         self.inner.log_sync_batch_appends.observe(appends as f64);
+    }
+
+    pub fn observe_forwarded_batch(&self, writes: usize) {
+        self.inner.forwarded_batch_writes.observe(writes as f64);
     }
 
     pub fn observe_http(&self, labels: HttpLabels, d: Duration) {

@@ -190,6 +190,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         store: store.clone(),
         metrics: metrics.clone(),
         identity,
+        forwarder: crate::forward::Forwarder::start(peers.clone(), raft.clone(), metrics.clone()),
         peers,
         membership_lock: tokio::sync::Mutex::new(()),
         last_leader_contact_ms: std::sync::atomic::AtomicU64::new(0),

@@ -18,7 +18,6 @@ use crate::metrics::Metrics;
 use crate::metrics::RaftGauges;
 use crate::raft::Raft;
 use crate::raft::network::PeerContext;
-use crate::raft::network::PeerError;
 use crate::raft::wire;
 use crate::store::Store;
 use crate::store::records::Command;
@@ -50,6 +49,8 @@ pub struct Node {
     /// the leader had committed: until then its membership may be a stale one from before it
     /// was removed (a leader's first probe after a re-join carries no entries).
     pub log_confirmed_since_start: std::sync::atomic::AtomicBool,
+    /// Sends this follower's writes to the leader, batched under load.
+    pub forwarder: crate::forward::Forwarder,
 }
 
 pub type SharedNode = Arc<Node>;
@@ -62,7 +63,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// A command's answer as the client sees it: a rejected command is a 4xx.
-fn answer(response: Response) -> Result<Response, ApiError> {
+pub(crate) fn answer(response: Response) -> Result<Response, ApiError> {
     match response {
         Response::Rejected { code, message } => {
             let status = match code.as_str() {
@@ -119,27 +120,7 @@ impl Node {
         Some((leader, node.addr))
     }
 
-    /// Maps a peer's failure to the error a client should see.
-    fn peer_failure(&self, e: PeerError) -> ApiError {
-        match e {
-            PeerError::Api(_, status, code, message) => ApiError::new(
-                axum::http::StatusCode::from_u16(status)
-                    .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
-                &code,
-                message,
-            ),
-            PeerError::Unreachable(addr, why) => ApiError::unavailable(
-                "no_quorum",
-                format!(
-                    "the leader at {addr} is unreachable ({why}); the cluster may have no quorum"
-                ),
-            ),
-            other => ApiError::unavailable("no_quorum", other.to_string()),
-        }
-    }
-
-    /// Sends a request to the leader, giving up as soon as this node sees another leader
-    /// (a partitioned old leader would otherwise hold the request until it times out).
+    /// Sends a request to the leader, giving up as soon as this node sees another leader.
     async fn forward<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
         leader: u64,
@@ -147,24 +128,7 @@ impl Node {
         path: &str,
         body: &B,
     ) -> Result<T, ApiError> {
-        let moved = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if crate::raft::metrics_of(&self.raft).current_leader != Some(leader) {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            r = self.peers.post(addr, path, body, QUORUM_TIMEOUT + Duration::from_secs(1)) => {
-                r.map_err(|e| self.peer_failure(e))
-            }
-            _ = moved => Err(ApiError::unavailable(
-                "leader_changed",
-                "the leader changed while the request was in flight; a write may or may not have \
-                 applied: retry it (with an Idempotency-Key to make the retry safe)",
-            )),
-        }
+        crate::forward::to_leader(&self.peers, &self.raft, leader, addr, path, body).await
     }
 
     /// Fails fast when this leader has not heard from a quorum lately (it is partitioned).
@@ -204,10 +168,7 @@ impl Node {
         let Some((leader, addr)) = self.leader_addr() else {
             return self.propose_local(cmd).await;
         };
-        let msg = self.peers.envelope(wire::ForwardedWrite { command: cmd });
-        let reply: wire::ForwardedWriteReply =
-            self.forward(leader, &addr, "raft/write", &msg).await?;
-        answer(reply.response)
+        self.forwarder.write(leader, addr, cmd).await
     }
 
     /// Proposes on this node only (the leader's side of a forwarded write).
@@ -308,7 +269,7 @@ impl Node {
         self.peers
             .post(&addr, path, body, Duration::from_secs(40))
             .await
-            .map_err(|e| self.peer_failure(e))
+            .map_err(crate::forward::peer_failure)
     }
 
     pub fn status(&self) -> ClusterStatus {

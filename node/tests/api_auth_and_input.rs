@@ -155,6 +155,12 @@ fn routes(lease: u64) -> Vec<(&'static str, String, Option<String>, Needs)> {
         ("POST", "/api/v1/raft/write".into(), b("{}"), Needs::Admin),
         (
             "POST",
+            "/api/v1/raft/write-batch".into(),
+            b("{}"),
+            Needs::Admin,
+        ),
+        (
+            "POST",
             "/api/v1/raft/read-index".into(),
             b("{}"),
             Needs::Admin,

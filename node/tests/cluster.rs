@@ -122,6 +122,85 @@ async fn three_nodes_replicate_and_any_node_serves_any_request() {
     assert!(s.members.iter().all(|m| m.lag.is_some()), "{s:?}");
 }
 
+/// Writes a follower receives at once travel to the leader together, and each still gets its
+/// own answer: an applied write its own revision, a refused one its own error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_followers_concurrent_writes_travel_in_batches_and_are_answered_one_by_one() {
+    let cl = Cluster::start(3, &[]).await;
+    let leader = cl.leader().await;
+    let follower = cl.nodes.iter().find(|n| n.name != leader).unwrap();
+    let c = follower.admin();
+    let writes = (0..300u64).map(|i| {
+        let c = c.clone();
+        async move {
+            if i % 10 == 0 {
+                // A lease that does not exist: this write alone must fail.
+                c.put_leased(&format!("batch/{i:03}"), &json!(i), 999_999_000 + i)
+                    .await
+            } else {
+                c.put(&format!("batch/{i:03}"), &json!(i)).await
+            }
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let mut revisions = std::collections::BTreeSet::new();
+    for (i, r) in results.iter().enumerate() {
+        if i % 10 == 0 {
+            let e = r.as_ref().expect_err("a put on a missing lease fails");
+            assert_eq!(e.code(), Some("lease_not_found"), "write {i}: {e}");
+        } else {
+            let put = r.as_ref().unwrap_or_else(|e| panic!("write {i}: {e}"));
+            assert!(
+                revisions.insert(put.revision),
+                "revision {} twice",
+                put.revision
+            );
+        }
+    }
+    let kvs = cl
+        .node(&leader)
+        .admin()
+        .list("batch/", None, None, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .kvs;
+    assert_eq!(kvs.len(), 270);
+    for kv in &kvs {
+        let i: u64 = kv.key["batch/".len()..].parse().unwrap();
+        assert_ne!(i % 10, 0, "a refused write applied: {}", kv.key);
+        assert_eq!(kv.value, json!(i));
+        assert!(
+            revisions.contains(&kv.mod_revision),
+            "{} has an unanswered revision",
+            kv.key
+        );
+    }
+    let metrics = reqwest::Client::new()
+        .get(follower.url("/api/v1/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let (writes, batches) = (
+        sum("concordance_forwarded_batch_writes_sum"),
+        sum("concordance_forwarded_batch_writes_count"),
+    );
+    assert_eq!(writes, 300.0, "every write forwarded once");
+    assert!(
+        batches < writes,
+        "{writes} writes went in {batches} requests: none batched"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_sigkill_a_new_leader_and_writes_within_3s_then_the_old_leader_catches_up() {
     let mut cl = Cluster::start(3, &[]).await;
@@ -497,6 +576,13 @@ async fn force_new_cluster_rebuilds_a_survivor_once() {
         c.put(&format!("f/{i:02}"), &json!(i)).await.unwrap();
     }
     let old_cluster = c.status().await.unwrap().cluster_id.expect("a cluster id");
+    // A write is acknowledged once a quorum holds it, which need not include node3: the
+    // survivor must have applied every write before the others die for all to be kept.
+    eventually("node3 to apply every write", WAIT, || async {
+        let ours = c.status().await.ok()?;
+        (ours.revision >= 20).then_some(())
+    })
+    .await;
     cl.node_mut("node1").kill();
     cl.node_mut("node2").kill();
 

@@ -137,6 +137,38 @@ pub async fn write(
     .await
 }
 
+pub async fn write_batch(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<wire::ForwardedWrites>>,
+) -> Result<Json<wire::ForwardedWritesReply>, ApiError> {
+    rpc(node, msg, |node, req| async move {
+        if req.commands.len() > crate::forward::MAX_BATCH {
+            return Err(ApiError::bad_request(
+                "batch_too_large",
+                format!(
+                    "{} forwarded writes in one batch; at most {}",
+                    req.commands.len(),
+                    crate::forward::MAX_BATCH
+                ),
+            ));
+        }
+        // Proposed together, so Raft appends and replicates them as one batch.
+        let results = futures::future::join_all(
+            req.commands
+                .into_iter()
+                .map(|command| node.propose_local(command)),
+        )
+        .await;
+        Ok(wire::ForwardedWritesReply {
+            results: results
+                .into_iter()
+                .map(wire::ForwardedResult::from_result)
+                .collect(),
+        })
+    })
+    .await
+}
+
 pub async fn read_index(
     State(node): State<SharedNode>,
     JsonBody(msg): JsonBody<PeerMessage<()>>,

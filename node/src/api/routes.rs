@@ -289,6 +289,10 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             post(peer::write).layer(peer_limit()),
         ),
         (
+            doc("post", "/api/v1/raft/write-batch", Admin, "Writes forwarded together by a follower to the leader, answered one by one in order").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(peer::write_batch).layer(peer_limit()),
+        ),
+        (
             doc("post", "/api/v1/raft/read-index", Admin, "A follower's read-index request").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
             post(peer::read_index).layer(peer_limit()),
         ),

@@ -14,6 +14,8 @@ use super::log_id_from_record;
 use super::log_id_to_record;
 use super::vote_from_record;
 use super::vote_to_record;
+use concordance_client::ErrorDetail;
+
 use crate::store::records::Command;
 use crate::store::records::LogEntryRecord;
 use crate::store::records::LogIdRecord;
@@ -104,6 +106,28 @@ pub struct ForwardedWrite {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForwardedWriteReply {
     pub response: Response,
+}
+
+/// Writes forwarded together by a follower to the leader; the leader answers each in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardedWrites {
+    pub commands: Vec<Command>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardedWritesReply {
+    /// One per command, in the order sent.
+    pub results: Vec<ForwardedResult>,
+}
+
+/// One forwarded write's outcome: its applied answer, or the error the leader gave it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "camelCase", deny_unknown_fields)]
+pub enum ForwardedResult {
+    Applied { response: Response },
+    Failed { status: u16, error: ErrorDetail },
 }
 
 /// The leader's answer to a follower's read-index request.

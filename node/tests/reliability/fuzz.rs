@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/raft/transfer-leader"),
     ("POST", "/api/v1/raft/snapshot"),
     ("POST", "/api/v1/raft/write"),
+    ("POST", "/api/v1/raft/write-batch"),
     ("POST", "/api/v1/raft/read-index"),
 ];
 
