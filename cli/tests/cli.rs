@@ -5,35 +5,17 @@
 //! `cargo build --release -p concordance` first.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::Command;
 use std::process::Output;
 use std::process::Stdio;
 
 use concordance_client::dev::LocalNode;
 use concordance_client::dev::LocalNodeOptions;
+use concordance_test_support::concordance_bin;
 use serde_json::Value;
 use serde_json::json;
 
 const KEY: &str = "cli-test-admin-key";
-
-fn concordance_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CONCORDANCE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target folder")
-        .join("concordance");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build --release -p concordance` (or set CONCORDANCE_BIN)",
-        bin.display()
-    );
-    bin
-}
 
 async fn node() -> LocalNode {
     LocalNode::spawn(LocalNodeOptions {

@@ -197,13 +197,7 @@ async fn writes_retry_across_a_leader_kill_and_apply_once() {
     let mut nodes = cluster3().await;
     let leader = leader_index(&nodes).await;
     // The leader first, so the first writes go to it and are cut off by the kill.
-    let mut endpoints = vec![nodes[leader].address()];
-    endpoints.extend(
-        nodes
-            .iter()
-            .filter(|n| n.address() != nodes[leader].address())
-            .map(|n| n.address()),
-    );
+    let endpoints = leader_first(&nodes, leader);
     let client = Client::connect(endpoints).unwrap();
 
     let done = Arc::new(AtomicUsize::new(0));

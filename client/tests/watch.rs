@@ -26,13 +26,7 @@ const WRITES: usize = 100;
 async fn a_watch_resumes_on_another_node_after_its_node_is_killed() {
     let mut nodes = cluster3().await;
     let leader = leader_index(&nodes).await;
-    let mut endpoints = vec![nodes[leader].address()];
-    endpoints.extend(
-        nodes
-            .iter()
-            .filter(|n| n.address() != nodes[leader].address())
-            .map(|n| n.address()),
-    );
+    let endpoints = leader_first(&nodes, leader);
     let watcher = Client::connect(endpoints.clone()).unwrap();
     let writer = Client::connect(endpoints).unwrap();
 

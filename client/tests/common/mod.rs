@@ -6,32 +6,13 @@
 //! first.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::time::Duration;
-use std::time::Instant;
 
 use concordance_client::Client;
 use concordance_client::dev::LocalNode;
 use concordance_client::dev::LocalNodeOptions;
-
-pub fn concordance_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CONCORDANCE_BIN") {
-        return PathBuf::from(p);
-    }
-    // <target>/release/deps/<this test> -> <target>/release/concordance
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target folder")
-        .join("concordance");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build --release -p concordance` (or set CONCORDANCE_BIN)",
-        bin.display()
-    );
-    bin
-}
+pub use concordance_test_support::concordance_bin;
+pub use concordance_test_support::eventually;
 
 pub fn options(node_id: &str) -> LocalNodeOptions {
     LocalNodeOptions {
@@ -86,21 +67,15 @@ pub async fn leader_index(nodes: &[LocalNode]) -> usize {
     .await
 }
 
-/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Every node's address, the leader's first (so the first requests go to it).
+pub fn leader_first(nodes: &[LocalNode], leader: usize) -> Vec<String> {
+    let mut endpoints = vec![nodes[leader].address()];
+    endpoints.extend(
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, n)| n.address()),
+    );
+    endpoints
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use concordance_client::Client;
+#[allow(unused_imports)] // not every test file waits
+pub use concordance_test_support::eventually;
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 pub const AGENT_KEY: &str = "test-agent-key";
@@ -267,23 +269,4 @@ pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
-}
-
-/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
