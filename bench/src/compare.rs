@@ -1,6 +1,6 @@
-//! The side-by-side comparison: a local 3-member Concordance cluster, then a 3-member etcd
-//! cluster, the same workloads through the same generator, etcd's own gRPC tool against etcd,
-//! and a table of ratios.
+//! The side-by-side comparison: a local 3-member Concordance cluster and a 3-member etcd
+//! cluster, each point (workload, clients) measured on one right after the other through the
+//! same generator, etcd's own gRPC tool against etcd, and a table of ratios.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use crate::cluster::LocalCluster;
 use crate::cpu::CpuClock;
 use crate::driver::Driver;
 use crate::driver::Payload;
-use crate::driver::System;
 use crate::etcd_tool;
 use crate::etcd_tool::ToolResult;
 use crate::load;
@@ -54,11 +53,14 @@ pub struct Comparison {
     pub etcd_native_put: Vec<NativeRun>,
 }
 
-async fn measure(
-    cluster: &LocalCluster,
-    spec: &CompareSpec,
-    runs: &mut Vec<RunResult>,
-) -> anyhow::Result<()> {
+/// A cluster under test with its load driver, preloaded.
+struct Target {
+    cluster: LocalCluster,
+    driver: Arc<Driver>,
+    cpu: CpuClock,
+}
+
+async fn prepare(cluster: LocalCluster, spec: &CompareSpec) -> anyhow::Result<Target> {
     let max_clients = spec.clients.iter().copied().max().unwrap_or(1);
     let driver = Arc::new(Driver::new(
         cluster.system,
@@ -76,85 +78,102 @@ async fn measure(
     }
     driver.preload(64).await?;
     let cpu = CpuClock::of(cluster.pids());
-    for &workload in &spec.workloads {
-        for &clients in &spec.clients {
-            let r = load::run(
-                driver.clone(),
-                LoadSpec {
-                    workload,
-                    clients,
-                    warmup: spec.warmup,
-                    duration: spec.duration,
-                    mixed_write_percent: spec.mixed_write_percent,
-                },
-                &cpu,
-                spec.progress,
-            )
-            .await?;
-            if spec.progress {
-                eprintln!("{}", crate::report::run_line(&r));
-            }
-            runs.push(r);
-        }
-    }
-    Ok(())
+    Ok(Target {
+        cluster,
+        driver,
+        cpu,
+    })
 }
 
+async fn measure(
+    target: &Target,
+    spec: &CompareSpec,
+    workload: Workload,
+    clients: usize,
+) -> anyhow::Result<RunResult> {
+    let r = load::run(
+        target.driver.clone(),
+        LoadSpec {
+            workload,
+            clients,
+            warmup: spec.warmup,
+            duration: spec.duration,
+            mixed_write_percent: spec.mixed_write_percent,
+        },
+        &target.cpu,
+        spec.progress,
+    )
+    .await?;
+    if spec.progress {
+        eprintln!("{}", crate::report::run_line(&r));
+    }
+    Ok(r)
+}
+
+/// etcd's own gRPC tool against etcd, sized to last about as long as a gateway run.
+async fn measure_native(
+    tool: &std::path::Path,
+    etcd: &Target,
+    spec: &CompareSpec,
+    clients: usize,
+    gateway_rate: f64,
+) -> anyhow::Result<NativeRun> {
+    let total = ((gateway_rate * 1.5 * spec.duration.as_secs_f64()) as u64).max(1000);
+    let conns = clients.div_ceil(16);
+    if spec.progress {
+        eprintln!("  etcd benchmark put c={clients} conns={conns} total={total}");
+    }
+    let before = etcd.cpu.sample()?;
+    let tool = etcd_tool::put(
+        tool,
+        &etcd.cluster.endpoints(),
+        clients,
+        conns,
+        total,
+        spec.payload.key_bytes,
+        spec.payload.value_bytes,
+        spec.payload.key_space,
+    )
+    .await?;
+    let used = etcd.cpu.sample()? - before;
+    let n = NativeRun {
+        server_cpu_us_per_op: used * 1e6 / tool.total as f64,
+        tool,
+    };
+    if spec.progress {
+        eprintln!("{}", crate::report::native_line(&n));
+    }
+    Ok(n)
+}
+
+/// Both clusters run side by side (the idle one only heartbeats), and every point is measured
+/// on one system right after the other, so a change in the machine's speed over the minutes
+/// of a run (another process, disk writeback) falls on both sides of a ratio alike.
 pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
     let mut runs = Vec::new();
     let mut native = Vec::new();
 
     eprintln!("starting {} Concordance members", spec.members);
-    let mut c =
+    let c =
         LocalCluster::concordance(&spec.concordance_bin, spec.members, &spec.work_dir, &[]).await?;
-    measure(&c, &spec, &mut runs).await?;
-    c.stop();
-    drop(c);
-
     eprintln!("starting {} etcd members", spec.members);
-    let mut e = LocalCluster::etcd(&spec.etcd_bin, spec.members, &spec.work_dir).await?;
-    measure(&e, &spec, &mut runs).await?;
-    if let Some(tool) = &spec.etcd_tool {
-        let cpu = CpuClock::of(e.pids());
+    let e = LocalCluster::etcd(&spec.etcd_bin, spec.members, &spec.work_dir).await?;
+    let mut concordance = prepare(c, &spec).await?;
+    let mut etcd = prepare(e, &spec).await?;
+
+    for &workload in &spec.workloads {
         for &clients in &spec.clients {
-            // Size each run to last about as long as the others, from the gateway's rate.
-            let gateway_rate = runs
-                .iter()
-                .find(|r| {
-                    r.system == System::Etcd.name()
-                        && r.workload == Workload::Put
-                        && r.clients == clients
-                })
-                .map_or(1000.0, |r| r.ops_per_sec);
-            let total = ((gateway_rate * 1.5 * spec.duration.as_secs_f64()) as u64).max(1000);
-            let conns = clients.div_ceil(16);
-            if spec.progress {
-                eprintln!("  etcd benchmark put c={clients} conns={conns} total={total}");
+            runs.push(measure(&concordance, &spec, workload, clients).await?);
+            let gateway = measure(&etcd, &spec, workload, clients).await?;
+            let gateway_rate = gateway.ops_per_sec;
+            runs.push(gateway);
+            if let (Workload::Put, Some(tool)) = (workload, &spec.etcd_tool) {
+                native.push(measure_native(tool, &etcd, &spec, clients, gateway_rate).await?);
             }
-            let before = cpu.sample()?;
-            let tool = etcd_tool::put(
-                tool,
-                &e.endpoints(),
-                clients,
-                conns,
-                total,
-                spec.payload.key_bytes,
-                spec.payload.value_bytes,
-                spec.payload.key_space,
-            )
-            .await?;
-            let used = cpu.sample()? - before;
-            let n = NativeRun {
-                server_cpu_us_per_op: used * 1e6 / tool.total as f64,
-                tool,
-            };
-            if spec.progress {
-                eprintln!("{}", crate::report::native_line(&n));
-            }
-            native.push(n);
         }
     }
-    e.stop();
+    concordance.cluster.stop();
+    etcd.cluster.stop();
 
     Ok(Comparison {
         members: spec.members,
