@@ -183,6 +183,9 @@ fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
     }
 }
 
+/// The longest a follower may take to store and acknowledge one append request.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl PeerConnection {
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -205,6 +208,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // openraft bounds a replication request by the heartbeat interval (100 ms). A batch of
+        // large values, fsynced by a follower whose disk is busy, takes longer than that: cut
+        // off, it was sent again and again, replication stalled and followers called elections
+        // (9 leader changes while writing 1 GiB of 64 KiB values). Heartbeats keep their own
+        // bound (openraft's, around this call).
+        let option = RPCOption::new(option.hard_ttl().max(APPEND_TIMEOUT));
         let r: wire::AppendResponse = self
             .call("raft/append", wire::AppendRequest::from_raft(&rpc), &option)
             .await
