@@ -195,9 +195,11 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         membership_lock: tokio::sync::Mutex::new(()),
         last_leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
         log_confirmed_since_start: std::sync::atomic::AtomicBool::new(false),
+        caught_up_since_start: std::sync::atomic::AtomicBool::new(false),
     });
     spawn_leader_change_counter(&raft, metrics);
     spawn_promoter(node.clone());
+    spawn_catch_up(node.clone());
     crate::coordination::spawn(
         node.clone(),
         crate::coordination::Settings {
@@ -269,6 +271,16 @@ fn spawn_promoter(node: Arc<Node>) {
         loop {
             tick.tick().await;
             node.promote_caught_up_learners().await;
+        }
+    });
+}
+
+/// Catches up once after start, so that serializable reads are served even if no leader is
+/// reachable later (a minority partition stays readable).
+fn spawn_catch_up(node: Arc<Node>) {
+    tokio::spawn(async move {
+        while node.catch_up_since_start().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
 }

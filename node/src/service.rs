@@ -2,6 +2,7 @@
 //! status and readiness. Keeps the API layer free of Raft details.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 use std::time::SystemTime;
@@ -51,6 +52,10 @@ pub struct Node {
     pub log_confirmed_since_start: std::sync::atomic::AtomicBool,
     /// Sends this follower's writes to the leader, batched under load.
     pub forwarder: crate::forward::Forwarder,
+    /// Set once, since this start, the node has applied everything committed when it reached a
+    /// leader. Its applied state is not fsynced, so after a crash it may be behind what it
+    /// served before: serializable reads wait for this, so a client never sees a node go back.
+    pub caught_up_since_start: std::sync::atomic::AtomicBool,
 }
 
 pub type SharedNode = Arc<Node>;
@@ -224,12 +229,37 @@ impl Node {
     }
 
     /// Returns once the local state machine reflects every write acknowledged before the call
-    /// (for linearizable reads: read index from the leader, then wait for local apply), or at
-    /// once for serializable reads.
+    /// (for linearizable reads: read index from the leader, then wait for local apply), or, for
+    /// serializable reads, at once when this node has caught up with a leader since it started.
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), ApiError> {
-        if consistency == Consistency::Serializable {
+        if consistency == Consistency::Linearizable {
+            return self.linearize().await;
+        }
+        if self.caught_up_since_start.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.catch_up_since_start().await.map_err(|e| {
+            ApiError::unavailable(
+                &e.detail.code,
+                format!(
+                    "this node has not caught up with a leader since it started, so its state may \
+                     be older than what it served before; serializable reads resume once it has: {}",
+                    e.detail.message
+                ),
+            )
+        })
+    }
+
+    /// Waits until this node has applied everything committed, then lets serializable reads be
+    /// served from its state for as long as it runs.
+    pub async fn catch_up_since_start(&self) -> Result<(), ApiError> {
+        self.linearize().await?;
+        self.caught_up_since_start.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Read index from the leader (asked by a follower), then a wait for the local apply.
+    async fn linearize(&self) -> Result<(), ApiError> {
         let index = match self.read_index_local().await {
             Ok(i) => i,
             Err(e) if e.detail.code == "not_leader" => {

@@ -284,6 +284,52 @@ async fn two_of_three_down_refuses_writes_fast_and_heals_on_restart() {
     .await;
 }
 
+/// A node's applied state is not fsynced, so after a crash it may be behind what it served
+/// before. Restarted where no leader is reachable, it refuses serializable reads rather than
+/// answer from that state; once it has caught up with a leader it serves them again, and keeps
+/// serving them when the leader goes away (a minority stays readable).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_serves_serializable_reads_only_once_caught_up() {
+    let mut cl = Cluster::start(3, &[]).await;
+    let c = cl.node("node1").admin();
+    c.put("k", &json!(1)).await.unwrap();
+    eventually("every node to apply the write", WAIT, || async {
+        for n in &cl.nodes {
+            n.admin()
+                .get_with("k", Consistency::Serializable)
+                .await
+                .ok()??;
+        }
+        Some(())
+    })
+    .await;
+    for n in ["node1", "node2", "node3"] {
+        cl.node_mut(n).kill();
+    }
+    cl.node_mut("node1").restart();
+    let c = cl.node("node1").admin();
+    eventually("node1 to answer", WAIT, || async { c.status().await.ok() }).await;
+    let err = c
+        .get_with("k", Consistency::Serializable)
+        .await
+        .expect_err("no leader since the restart: no serializable read");
+    assert_eq!(err.code(), Some("no_quorum"), "{err}");
+    assert!(err.to_string().contains("caught up"), "{err}");
+
+    cl.node_mut("node2").restart();
+    eventually(
+        "a serializable read on node1 after it caught up",
+        WAIT,
+        || async { c.get_with("k", Consistency::Serializable).await.ok()? },
+    )
+    .await;
+    // Caught up once since its start, it keeps serving them without a leader.
+    cl.node_mut("node2").kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kv = c.get_with("k", Consistency::Serializable).await.unwrap();
+    assert_eq!(kv.map(|g| g.kv.value), Some(json!(1)));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replacement_with_a_new_name_catches_up_by_snapshot() {
     let mut cl = Cluster::start(3, &["--snapshot-entries=50"]).await;
