@@ -64,18 +64,11 @@ impl Forwarder {
             command,
             reply,
         };
+        let stopping = || ApiError::unavailable("shutting_down", "this node is stopping");
         if self.queue.send(pending).is_err() {
-            return Err(ApiError::unavailable(
-                "shutting_down",
-                "this node is stopping",
-            ));
+            return Err(stopping());
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(ApiError::unavailable(
-                "shutting_down",
-                "this node is stopping",
-            ))
-        })
+        answer.await.unwrap_or_else(|_| Err(stopping()))
     }
 }
 

@@ -125,17 +125,6 @@ impl Node {
         Some((leader, node.addr))
     }
 
-    /// Sends a request to the leader, giving up as soon as this node sees another leader.
-    async fn forward<B: serde::Serialize, T: serde::de::DeserializeOwned>(
-        &self,
-        leader: u64,
-        addr: &str,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ApiError> {
-        crate::forward::to_leader(&self.peers, &self.raft, leader, addr, path, body).await
-    }
-
     /// Fails fast when this leader has not heard from a quorum lately (it is partitioned).
     fn check_leader_quorum(&self) -> Result<(), ApiError> {
         let m = crate::raft::metrics_of(&self.raft);
@@ -267,8 +256,15 @@ impl Node {
                     return Err(e);
                 };
                 let msg = self.peers.envelope(());
-                let reply: wire::ReadIndexReply =
-                    self.forward(leader, &addr, "raft/read-index", &msg).await?;
+                let reply: wire::ReadIndexReply = crate::forward::to_leader(
+                    &self.peers,
+                    &self.raft,
+                    leader,
+                    &addr,
+                    "raft/read-index",
+                    &msg,
+                )
+                .await?;
                 reply.read_log_id.index
             }
             Err(e) => return Err(e),
