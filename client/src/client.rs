@@ -71,9 +71,10 @@ struct Endpoints {
 
 /// A client of a Concordance cluster. Cheap to clone; clones share the endpoint state.
 ///
-/// [`Client::new`] talks to one endpoint and returns every failure as is (what a test of one
-/// node wants). [`Client::builder`] / [`Client::connect`] take several endpoints, follow the
-/// leader, retry with backoff, and give every write a generated `Idempotency-Key`.
+/// [`Client::new`] talks to one endpoint, never another, and returns every failure as is
+/// (what a test of one node wants). [`Client::builder`] / [`Client::connect`] take several
+/// endpoints, follow the leader, retry with backoff, and give every write a generated
+/// `Idempotency-Key`.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -81,6 +82,7 @@ pub struct Client {
     key: Option<Arc<str>>,
     pub(crate) retry: RetryPolicy,
     auto_idempotency: bool,
+    follow_leader: bool,
     request_timeout: Duration,
 }
 
@@ -101,6 +103,7 @@ pub struct ClientBuilder {
     key: Option<String>,
     retry: RetryPolicy,
     auto_idempotency: bool,
+    follow_leader: bool,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -112,6 +115,7 @@ impl Default for ClientBuilder {
             key: None,
             retry: RetryPolicy::default(),
             auto_idempotency: true,
+            follow_leader: true,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
         }
@@ -151,6 +155,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether a node naming the leader (or failing) moves the client to another endpoint
+    /// (default on). Off, every call goes to the endpoint in use, and a serializable read
+    /// always comes from that node.
+    pub fn follow_leader(mut self, on: bool) -> Self {
+        self.follow_leader = on;
+        self
+    }
+
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
         self
@@ -182,6 +194,7 @@ impl ClientBuilder {
             key: self.key.map(Into::into),
             retry: self.retry,
             auto_idempotency: self.auto_idempotency,
+            follow_leader: self.follow_leader,
             request_timeout: self.request_timeout,
         })
     }
@@ -279,13 +292,15 @@ impl Call {
 }
 
 impl Client {
-    /// One endpoint, no retries, no generated idempotency keys: every failure is returned as
-    /// the server (or the network) gave it. `endpoint` is `http://host:port` or `host:port`.
+    /// One endpoint and only that one (a leader named in an answer is not followed), no
+    /// retries, no generated idempotency keys: every failure is returned as the server (or
+    /// the network) gave it. `endpoint` is `http://host:port` or `host:port`.
     pub fn new(endpoint: &str) -> Result<Self, Error> {
         Self::builder()
             .endpoint(endpoint)
             .retry(RetryPolicy::none())
             .auto_idempotency(false)
+            .follow_leader(false)
             .build()
     }
 
@@ -335,7 +350,11 @@ impl Client {
     }
 
     /// Makes `address` (a leader named by a node) the endpoint in use, adding it if new.
+    /// A client that does not follow the leader stays where it is.
     pub(crate) fn prefer(&self, address: &str) {
+        if !self.follow_leader {
+            return;
+        }
         let Ok(base) = normalize(address) else {
             return;
         };
@@ -384,7 +403,9 @@ impl Client {
             Ok(resp) => decode(resp).await,
             Err(e) => Err(Error::Transport(e)),
         };
-        if let Err(e) = &result {
+        if let Err(e) = &result
+            && self.follow_leader
+        {
             if let Some(leader) = e.leader_address() {
                 self.prefer(leader);
             } else if e.code() == Some("not_leader") && self.retry.max_retries > 0 {
@@ -617,8 +638,9 @@ impl Client {
         self.execute(Call::get("cluster/version")).await
     }
 
-    /// Asks the endpoints in turn for the leader and makes it the endpoint in use; returns
-    /// its address, or `None` when no endpoint knows one.
+    /// Asks the endpoints in turn for the leader and makes it the endpoint in use (unless the
+    /// client does not follow the leader); returns its address, or `None` when no endpoint
+    /// knows one.
     pub async fn discover_leader(&self) -> Option<String> {
         for base in self.endpoints() {
             let resp = self
@@ -639,7 +661,7 @@ impl Client {
             });
             if let Some(address) = address {
                 self.prefer(&address);
-                return Some(self.endpoint());
+                return normalize(&address).ok();
             }
         }
         None
@@ -699,6 +721,23 @@ mod tests {
         // A stale failure report does not move the endpoint again.
         c.rotate_from("http://c:3");
         assert_eq!(c.endpoint(), "http://a:1");
+    }
+
+    #[test]
+    fn a_single_endpoint_client_stays_on_its_node() {
+        // A serializable read through it must come from that node, even after an answer
+        // that named the leader.
+        let c = Client::new("a:1").unwrap();
+        c.prefer("b:2");
+        assert_eq!(c.endpoint(), "http://a:1");
+        assert_eq!(c.endpoints(), vec!["http://a:1".to_string()]);
+        let pinned = Client::builder()
+            .endpoints(["a:1", "b:2"])
+            .follow_leader(false)
+            .build()
+            .unwrap();
+        pinned.prefer("http://c:3");
+        assert_eq!(pinned.endpoint(), "http://a:1");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! user ids to switch to and no packet filter: partition faults are then skipped.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
@@ -129,7 +131,13 @@ impl Cluster {
             filter: root.then(PacketFilter::new),
             next_id: 1,
             seed_node: String::new(),
-            env: vec![("CONCORDANCE_LOG".into(), "info,openraft=warn".into())],
+            // openraft's start-up state and snapshot installs, to explain a failing run.
+            env: vec![(
+                "CONCORDANCE_LOG".into(),
+                "info,openraft=warn,openraft::storage=info,\
+                 openraft::engine::handler::following_handler=info"
+                    .into(),
+            )],
         };
         if lose_unsynced {
             // A copy every node's user may read.
@@ -392,6 +400,17 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Copies every member's whole log (all its lives) to a folder that outlives the run.
+    pub fn keep_logs(&self, label: &str) -> PathBuf {
+        let to = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("reliability-logs-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&to).unwrap();
+        for (n, m) in &self.members {
+            let _ = std::fs::copy(&m.proc.log, to.join(format!("{n}.log")));
+        }
+        to
     }
 
     /// Log tails of every member, for a failing run's message.

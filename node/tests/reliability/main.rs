@@ -177,14 +177,24 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         cluster.members[&n].proc.wait_ready().await;
     }
     let result = drive(&mut cluster, cfg).await;
-    if result.is_err() {
+    result.map_err(|e| {
         eprintln!("{}", cluster.logs());
-    }
-    result
+        let kept = cluster.keep_logs(&format!("seed{}", cfg.seed));
+        format!("{e}\n(whole node logs: {})", kept.display())
+    })
 }
 
 async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String> {
     let t0 = Instant::now();
+    // Aligns the history's times (from t0) with the node logs' wall-clock stamps.
+    println!(
+        "[seed {}] t=0 is {:.3} s after the Unix epoch",
+        cfg.seed,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    );
     let endpoints: Endpoints = Arc::new(RwLock::new(endpoints_of(cluster)));
     let stop = Arc::new(AtomicBool::new(false));
     let workload = Workload {
