@@ -9,6 +9,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::mpsc;
 
 use openraft::LogState;
@@ -26,6 +28,7 @@ use super::KEY_VOTE;
 use super::Store;
 use super::codec;
 use super::codec::RecordKind;
+use super::log_cache::LogCache;
 use super::io_err;
 use super::records::LogEntryRecord;
 use super::records::LogIdRecord;
@@ -48,6 +51,8 @@ use crate::raft::vote_to_record;
 pub struct LogStore {
     store: Store,
     syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// Shared by the store and its readers (replication, apply).
+    recent: Arc<Mutex<LogCache>>,
 }
 
 impl LogStore {
@@ -58,13 +63,21 @@ impl LogStore {
             .name("log-sync".into())
             .spawn(move || sync_loop(sync_store, rx, metrics))
             .expect("spawn log sync thread");
-        Self { store, syncer: tx }
+        Self {
+            store,
+            syncer: tx,
+            recent: Arc::default(),
+        }
     }
 
     fn write_synced(&self, batch: WriteBatch) -> io::Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.store.db().write_opt(batch, &wo).map_err(io_err)
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, LogCache> {
+        self.recent.lock().expect("log cache lock")
     }
 
     fn read_log_id(&self, key: &[u8], what: &str) -> io::Result<Option<LogId>> {
@@ -105,6 +118,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x + 1,
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(x) => Some(x + 1),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end
+            && let Some(entries) = self.recent().get(start..end)
+        {
+            return Ok(entries);
+        }
         let mut out = Vec::new();
         let mut it = self.store.db().raw_iterator_cf(self.store.cf(CF_LOG));
         it.seek(u64_key(start));
@@ -181,15 +204,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.store.cf(CF_LOG);
         let mut batch = WriteBatch::default();
+        let mut written = Vec::new();
         for entry in entries {
-            let rec = entry_to_record(&entry);
-            batch.put_cf(
-                cf,
-                u64_key(entry.log_id.index),
-                codec::encode(RecordKind::LogEntry, &rec),
-            );
+            let bytes = codec::encode(RecordKind::LogEntry, &entry_to_record(&entry));
+            batch.put_cf(cf, u64_key(entry.log_id.index), &bytes);
+            written.push((entry, bytes.len()));
         }
         self.store.db().write(batch).map_err(io_err)?;
+        let mut recent = self.recent();
+        for (entry, len) in written {
+            recent.appended(entry, len);
+        }
+        drop(recent);
         self.syncer
             .send(callback)
             .map_err(|_| io_err("log sync thread has stopped"))
@@ -199,6 +225,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.store.cf(CF_LOG), u64_key(from), u64_key(u64::MAX));
+        // Dropped from the cache first: a reader must never get an entry the log no longer has.
+        self.recent().truncated_after(last_log_id.map(|l| l.index));
         self.write_synced(batch)
     }
 
@@ -210,6 +238,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             codec::encode(RecordKind::LogPointer, &log_id_to_record(&log_id)),
         );
         batch.delete_range_cf(self.store.cf(CF_LOG), u64_key(0), u64_key(log_id.index + 1));
+        self.recent().purged_upto(log_id.index);
         self.write_synced(batch)
     }
 }

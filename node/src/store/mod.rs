@@ -8,6 +8,7 @@
 //! - `applied`: the state machine's last applied log id, membership and revision.
 
 pub mod codec;
+pub mod log_cache;
 pub mod log_store;
 pub mod records;
 pub mod snapshot;
