@@ -72,7 +72,12 @@ impl LogCache {
         }
         let from = (range.start - self.first) as usize;
         let to = (range.end - self.first) as usize;
-        Some(self.entries.range(from..to).map(|(e, _)| e.clone()).collect())
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
     }
 
     fn pop_front(&mut self) {
