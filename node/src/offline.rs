@@ -7,7 +7,11 @@ use std::path::Path;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 
+use openraft::RaftLogReader;
+use openraft::storage::RaftStateMachine;
+
 use crate::config::valid_name;
+use crate::metrics::Metrics;
 use crate::service::now_ms;
 use crate::store::CF_APPLIED;
 use crate::store::CF_LOG;
@@ -16,6 +20,8 @@ use crate::store::KEY_APPLIED;
 use crate::store::KEY_COMMITTED;
 use crate::store::KEY_PURGED;
 use crate::store::KEY_VOTE;
+use crate::store::LogStore;
+use crate::store::StateMachine;
 use crate::store::Store;
 use crate::store::codec;
 use crate::store::codec::RecordKind;
@@ -123,6 +129,41 @@ pub fn force_new_cluster(dir: &Path, old_cluster: &str, advertise: &str) -> Resu
     recover(dir, Some(advertise))
 }
 
+/// Applies every entry of the log beyond the applied state; returns how many. The survivor's
+/// whole log becomes the new cluster's history (as etcd's force-new-cluster commits its whole
+/// log): an entry this node holds but had not applied may be a write the old cluster
+/// acknowledged, since the applied state is not fsynced and a node learns of a commit after
+/// the leader. One never committed was never acknowledged either, so keeping it is allowed.
+fn apply_whole_log(store: &Store) -> Result<u64, BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut sm = StateMachine::open(store.clone(), Metrics::new())?;
+        let mut log = LogStore::new(store.clone(), Metrics::new());
+        let (applied, _) = sm.applied_state().await?;
+        let mut next = applied.map_or(0, |l| l.index + 1);
+        let mut n = 0;
+        // A bounded run at a time: the log may hold many large entries.
+        loop {
+            let entries = log.try_get_log_entries(next..next + 1000).await?;
+            let Some(first) = entries.first() else { break };
+            if first.log_id.index != next {
+                return Err(format!(
+                    "the log jumps to index {} where the state machine needs {next}; the data dir is damaged",
+                    first.log_id.index
+                )
+                .into());
+            }
+            next += entries.len() as u64;
+            n += entries.len() as u64;
+            let items = entries.into_iter().map(|e| Ok((e, None)));
+            sm.apply(futures::stream::iter(items)).await?;
+        }
+        Ok::<u64, BoxError>(n)
+    })
+}
+
 /// `concordance recover`: rebuild a one-member cluster from a surviving data dir.
 pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
     let store = Store::open(dir).map_err(|e| {
@@ -144,7 +185,9 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
         .or(old_addr)
         .ok_or("this node is not in its last known membership; pass --advertise=<host:port>")?;
 
-    let last_log = store.last_log_entry()?;
+    let before = applied.last_applied.map_or(0, |l| l.index);
+    let caught_up = apply_whole_log(&store)?;
+    let applied = store.applied_state()?;
     let applied_index = applied.last_applied.map_or(0, |l| l.index);
     let old_cluster = identity.cluster_uuid.clone().unwrap_or_default();
     let uuid = make_single_member(&store, &mut identity, &addr)?;
@@ -153,17 +196,15 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
         identity.name
     );
     println!(
-        "  kept: every write applied here, up to log index {applied_index} (revision {})",
+        "  kept: every write in this node's log, up to log index {applied_index} (revision {})",
         applied.revision
     );
-    match last_log {
-        Some(l) if l.index > applied_index => println!(
-            "  MAY BE LOST: log entries {}..={} were in this node's log but not applied here; \
-             writes the old cluster acknowledged there are not in the new cluster",
-            applied_index + 1,
-            l.index
-        ),
-        _ => println!("  this node had applied its whole log"),
+    if caught_up > 0 {
+        println!(
+            "  entries {}..={applied_index} were in the log but not yet applied: applied now \
+             (writes the old cluster acknowledged, or ones it never finished)",
+            before + 1
+        );
     }
     println!(
         "  also lost: any write the old cluster ({old_cluster}) committed on other members but never replicated here"

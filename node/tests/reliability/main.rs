@@ -414,6 +414,68 @@ async fn unsynced_tail_is_lost_on_sigkill_with_the_shim_and_writes_survive() {
     }
 }
 
+/// `recover` keeps every write in the survivor's log, not only the applied ones: with the
+/// shim, a SIGKILL leaves an acknowledged write in the log but not in the applied state, and
+/// the recovered one-member cluster must still hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_keeps_acknowledged_writes_the_survivor_logged_but_had_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = durability::shim();
+    let shim = shim.display().to_string();
+    let mut n =
+        common::NodeProc::start_env("n1", dir.path(), &["--bootstrap"], &[("LD_PRELOAD", &shim)]);
+    n.wait_ready().await;
+    let c = n.client();
+    let mut last = 0;
+    for i in 0..5 {
+        last = c
+            .put(&format!("rec/{i}"), &serde_json::json!(i))
+            .await
+            .unwrap()
+            .revision;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    n.kill();
+    let before = durability::inspect(&n.data_dir);
+    let last_log = before["lastLog"]["index"].as_u64().unwrap();
+    let applied = before["lastApplied"]["index"].as_u64().unwrap_or(0);
+    assert!(
+        applied < last_log,
+        "the setup needs logged but unapplied writes: {before}"
+    );
+
+    let out = common::run_bin(
+        &["recover", &format!("--data-dir={}", n.data_dir.display())],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("not yet applied: applied now"), "{text}");
+    let after = durability::inspect(&n.data_dir);
+    assert!(
+        after["lastApplied"]["index"].as_u64().unwrap() >= last_log,
+        "recover applies the whole log: {after}"
+    );
+
+    n.restart();
+    n.wait_ready().await;
+    let c = n.client();
+    for i in 0..5 {
+        let got = c
+            .get(&format!("rec/{i}"))
+            .await
+            .unwrap()
+            .expect("acknowledged write");
+        assert_eq!(got.kv.value, serde_json::json!(i));
+    }
+    assert!(c.status().await.unwrap().revision >= last);
+    c.put("rec/after", &serde_json::json!(1)).await.unwrap();
+}
+
 /// Random and mutated requests on every route, on a single node and through a follower of a
 /// three-node cluster (so forwarding to the leader is fuzzed too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
