@@ -287,7 +287,9 @@ fn spawn_catch_up(node: Arc<Node>) {
 
 fn spawn_leader_change_counter(raft: &Raft, metrics: Metrics) {
     use openraft::async_runtime::watch::WatchReceiver;
-    let mut rx = raft.metrics();
+    // The server metrics change only with the vote, role, leader or membership; the full
+    // metrics change with every write, and watching those woke this task once per entry.
+    let mut rx = raft.server_metrics();
     tokio::spawn(async move {
         let mut leader = rx.borrow_watched().current_leader;
         while rx.changed().await.is_ok() {
