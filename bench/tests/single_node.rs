@@ -37,6 +37,7 @@ async fn start_node(dir: &std::path::Path) -> String {
         snapshot_entries: 10_000,
         history_revisions: concordance::store::state_machine::HISTORY_RETAINED_REVISIONS,
         idempotency_retention: Duration::from_secs(86_400),
+        http_threads: 2,
     };
     tokio::spawn(async move { concordance::server::serve(config).await.unwrap() });
     let addr = format!("127.0.0.1:{port}");

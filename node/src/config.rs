@@ -110,6 +110,9 @@ pub struct ServeArgs {
     /// Seconds an `Idempotency-Key`'s answer is kept (a retry after that applies again).
     #[arg(long, env = "CONCORDANCE_IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_retention_secs: u64,
+    /// Threads serving HTTP; each accepts and serves its own connections (default: one per CPU core).
+    #[arg(long, env = "CONCORDANCE_HTTP_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub http_threads: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -133,6 +136,7 @@ pub struct Config {
     pub snapshot_entries: u64,
     pub history_revisions: u64,
     pub idempotency_retention: std::time::Duration,
+    pub http_threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +264,10 @@ impl ServeArgs {
             snapshot_entries: self.snapshot_entries,
             history_revisions: self.history_revisions,
             idempotency_retention: std::time::Duration::from_secs(self.idempotency_retention_secs),
+            http_threads: match self.http_threads {
+                Some(n) => usize::from(n),
+                None => std::thread::available_parallelism().map_or(1, usize::from),
+            },
         })
     }
 }

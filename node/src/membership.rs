@@ -64,6 +64,18 @@ impl Node {
         retain: bool,
         pre: Vec<Precondition<TypeConfig>>,
     ) -> Result<(), ApiError> {
+        // A change still committing (the second step of an earlier one, or one a new leader
+        // inherited and commits with its first entry) makes openraft refuse another; it
+        // finishes within a few heartbeats, so wait for it instead of failing the request.
+        // Still pending after that, openraft's refusal says why.
+        let _ = self
+            .raft
+            .wait(Some(REACHABLE_WITHIN))
+            .metrics(
+                |m| m.membership_config == m.committed_membership_config,
+                "the pending membership change to commit",
+            )
+            .await;
         let r = tokio::time::timeout(
             CHANGE_TIMEOUT,
             self.raft.change_membership_if(change, retain, pre),

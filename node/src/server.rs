@@ -8,6 +8,7 @@ use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::signal::unix::SignalKind;
 use tokio::signal::unix::signal;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Keys;
 use crate::config::Config;
@@ -51,7 +52,9 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
     if let Some(old_cluster) = &config.force_new_cluster {
         crate::offline::force_new_cluster(&config.data_dir, old_cluster, &config.advertise)?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The main thread is the first HTTP loop (see `serve_http`) and also runs the node's
+    // background tasks.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(serve(config))
@@ -196,6 +199,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         last_leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
         log_confirmed_since_start: std::sync::atomic::AtomicBool::new(false),
         caught_up_since_start: std::sync::atomic::AtomicBool::new(false),
+        stopping: tokio_util::sync::CancellationToken::new(),
     });
     spawn_leader_change_counter(&raft, metrics);
     spawn_promoter(node.clone());
@@ -230,9 +234,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         auth = if config.api_key.is_some() { "keys" } else { "none (loopback only)" },
         "serving"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve_http(listener, app, config.http_threads, node.stopping.clone()).await?;
 
     hand_over_leadership(&node).await;
     tracing::info!("stopping: shutting down raft");
@@ -283,6 +285,85 @@ fn spawn_catch_up(node: Arc<Node>) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
+}
+
+/// Serves HTTP on `threads` loops until SIGTERM, then lets every loop finish its requests.
+///
+/// Each loop is a single-threaded runtime accepting from the same listening socket; a
+/// connection stays on the loop that accepted it. With tokio's work-stealing pool instead,
+/// every wake-up of one worker (a request, a Raft reply) also woke a sibling to look for work
+/// to steal: about ten extra thread wake-ups per write across a 3-member cluster, which cost
+/// CPU on every member and latency at low concurrency (docs/benchmarks.md).
+///
+/// On SIGTERM `stopping` is cancelled: long waits end (see `Node::stopping`) and the rest get
+/// [`DRAIN`] to finish before their connections are closed.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    threads: usize,
+    stopping: CancellationToken,
+) -> Result<(), BoxError> {
+    let listener = listener.into_std()?;
+    let mut others = Vec::new();
+    for n in 1..threads {
+        let listener = listener.try_clone()?;
+        let app = app.clone();
+        let stopping = stopping.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        std::thread::Builder::new()
+            .name(format!("http-{n}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .and_then(|rt| {
+                        rt.block_on(serve_loop(listener, app, stopping))
+                            .map_err(|e| e.to_string())
+                    });
+                let _ = done_tx.send(served);
+            })?;
+        others.push(done_rx);
+    }
+    let signalled = stopping.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    serve_loop(listener, app, stopping).await?;
+    for done in others {
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("an HTTP thread failed: {e}").into()),
+            Err(_) => return Err("an HTTP thread stopped unexpectedly".into()),
+        }
+    }
+    Ok(())
+}
+
+/// How long requests still running at SIGTERM get to finish. Well inside the 30 s a
+/// Kubernetes pod gets, leaving time to hand over leadership and close the store.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// One HTTP loop: serves until `stopping`, then drains for at most [`DRAIN`].
+async fn serve_loop(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    stopping: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let serving =
+        axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
+    tokio::select! {
+        served = serving => served,
+        _ = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            tracing::warn!(drain_secs = DRAIN.as_secs(), "requests still running after the drain time: closing their connections");
+            Ok(())
+        }
+    }
 }
 
 fn spawn_leader_change_counter(raft: &Raft, metrics: Metrics) {

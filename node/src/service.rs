@@ -56,6 +56,9 @@ pub struct Node {
     /// leader. Its applied state is not fsynced, so after a crash it may be behind what it
     /// served before: serializable reads wait for this, so a client never sees a node go back.
     pub caught_up_since_start: std::sync::atomic::AtomicBool,
+    /// Cancelled on SIGTERM: requests that could wait for minutes (watch streams, lock and
+    /// election waits) end then, so the node can hand over leadership and stop.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 pub type SharedNode = Arc<Node>;

@@ -673,6 +673,98 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
 }
 
 /// Three nodes on loopback without keys; node1 bootstraps, the others join.
+/// SIGTERM must not wait on requests that could last minutes: watch streams end cleanly (the
+/// client resumes elsewhere with `Last-Event-ID`) and a lock waiter is told to retry elsewhere,
+/// keeping its place in the queue. Several HTTP threads, so the requests land on different
+/// loops and every loop must stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_watches_and_lock_waits_and_the_lock_queue_place_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProc::start("n1", dir.path(), &["--bootstrap", "--http-threads=3"]);
+    node.wait_ready().await;
+    let lease = |ttl: u64| {
+        let node = &node;
+        async move {
+            ok(node, "POST", "/api/v1/lease", Some(json!({"ttlMs": ttl}))).await["id"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let (a, b) = (lease(120_000).await, lease(120_000).await);
+    let acquire =
+        |l: u64| json!({"name": "jobs/sig", "lease": l, "wait": true, "timeoutMs": 120000});
+    let held = ok(&node, "POST", "/api/v1/lock/acquire", Some(acquire(a))).await;
+    let waiter = {
+        let url = node.url("/api/v1/lock/acquire");
+        let body = acquire(b);
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let mut watches = Vec::new();
+    for _ in 0..4 {
+        watches.push(WatchStream::open(&node, "prefix=sig/", None).await.unwrap());
+    }
+    let put = ok(&node, "PUT", "/api/v1/kv/sig/x", Some(json!({"value": 1}))).await;
+    for w in &mut watches {
+        let got = w.changes(1, Duration::from_secs(10)).await;
+        assert_eq!(got[0].id, put["revision"].as_u64(), "{got:?}");
+    }
+    assert!(!waiter.is_finished(), "b waits behind a");
+    let queued_at = node.client().status().await.unwrap().revision;
+
+    assert!(node.stop().success(), "SIGTERM exits cleanly");
+    for mut w in watches {
+        // The stream ends (a clean end of the body, not a broken connection).
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), w.resp.chunk()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => break,
+                other => panic!("the watch stream did not end cleanly: {other:?}"),
+            }
+        }
+    }
+    let (status, v) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (status, code(&v)),
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        "{v}"
+    );
+    assert!(
+        !node.log_text().contains("after the drain time"),
+        "nothing had to be cut off"
+    );
+
+    // Back up, b's retry finds its place: the lock passes to it when a releases, with the
+    // fencing token of its original enqueue (from before the stop).
+    node.args.retain(|x| x != "--bootstrap");
+    node.restart();
+    node.wait_ready().await;
+    ok(
+        &node,
+        "POST",
+        "/api/v1/lock/release",
+        Some(json!({"name": "jobs/sig", "lease": a})),
+    )
+    .await;
+    let got = ok(&node, "POST", "/api/v1/lock/acquire", Some(acquire(b))).await;
+    let token = got["fencingToken"].as_u64().unwrap();
+    assert!(
+        token > held["fencingToken"].as_u64().unwrap() && token <= queued_at,
+        "b kept its place: token {token}, queued by revision {queued_at}"
+    );
+    node.stop();
+}
+
 async fn three() -> (tempfile::TempDir, Vec<NodeProc>) {
     let dir = tempfile::tempdir().unwrap();
     let first = NodeProc::start("node1", dir.path(), &["--bootstrap"]);

@@ -208,7 +208,16 @@ async fn wait_turn(
             return Ok(Wait::TimedOut(last_error));
         }
         let pause = (deadline - now).min(RECHECK);
-        let _ = tokio::time::timeout(pause, changes.changed()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(pause, changes.changed()) => {}
+            // The place in the queue stays: the client's retry on another member keeps it.
+            _ = node.stopping.cancelled() => {
+                return Err(ApiError::unavailable(
+                    "shutting_down",
+                    "this node is stopping; retry on another member (the place in the queue is kept)",
+                ));
+            }
+        }
     }
 }
 

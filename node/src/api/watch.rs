@@ -99,6 +99,9 @@ struct Watch {
     quiet_since: tokio::time::Instant,
     queue: VecDeque<Event>,
     done: bool,
+    /// The node is stopping: the stream ends, and the client resumes on another member
+    /// with `Last-Event-ID`.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 fn event_of(e: EventRecord) -> WatchEvent {
@@ -216,6 +219,7 @@ impl Watch {
                 _ = tokio::time::sleep_until(self.quiet_since + self.progress) => {
                     self.push_progress();
                 }
+                _ = self.stopping.cancelled() => self.done = true,
             }
         }
     }
@@ -287,6 +291,7 @@ pub async fn watch(
         quiet_since: tokio::time::Instant::now(),
         queue: VecDeque::new(),
         done: false,
+        stopping: node.stopping.clone(),
     };
     let stream = futures::stream::unfold(watch, |mut w| async move {
         let ev = w.next_event().await?;
