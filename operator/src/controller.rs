@@ -173,8 +173,13 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
     let mut status = obs.observed.status.clone();
     let written = status.clone();
 
-    // Record the step before taking it.
-    if status.pending_action.is_none()
+    // Record the step before taking it. A recovery replaces a step that quorum loss stalled.
+    let replaces_pending = matches!(action, Action::RecoverFrom { .. })
+        && status
+            .pending_action
+            .as_ref()
+            .is_some_and(|p| p.kind != PendingKind::Recover);
+    if (status.pending_action.is_none() || replaces_pending)
         && let Some(mut p) = action.to_pending(&obs.observed)
     {
         p.started = Some(now());
@@ -214,6 +219,10 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
     status.leader = summary.leader;
     status.membership_version = summary.membership_version;
     status.members = summary.members;
+    if cluster.spec.force_recover_from.is_none() {
+        // Removed from the spec: the next time it is set, it applies again.
+        status.recovered_from = None;
+    }
     status.message = match &action {
         Action::Nothing | Action::UpdateStatus => None,
         Action::WaitFor { reason } => Some(format!("waiting: {reason}")),
@@ -497,7 +506,11 @@ async fn take(
             }
         }
         Action::ClearPending { .. } => {
-            status.pending_action = None;
+            if let Some(p) = status.pending_action.take()
+                && p.kind == PendingKind::Recover
+            {
+                status.recovered_from = Some(p.member);
+            }
             write_status(ctx, cluster, status).await?;
         }
     }

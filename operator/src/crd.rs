@@ -72,7 +72,8 @@ pub struct ConcordanceClusterSpec {
     #[serde(default)]
     pub delete_volumes_on_cluster_delete: bool,
     /// After quorum loss only: the member whose data rebuilds the cluster (a new cluster id; writes
-    /// the other members had and this one lacks are lost). Clear it once the cluster is Available.
+    /// the other members had and this one lacks are lost). Used once (see `status.recoveredFrom`);
+    /// remove it and set it again to recover once more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_recover_from: Option<String>,
 }
@@ -153,6 +154,11 @@ pub struct ConcordanceClusterStatus {
     /// undoes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_action: Option<PendingAction>,
+    /// The member a `spec.forceRecoverFrom` recovery rebuilt the cluster from, once it
+    /// finished. The field is then spent: a later loss of quorum only waits, until the field is
+    /// removed from the spec (which clears this) and set again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -286,6 +286,15 @@ pub fn decide(o: &Observed) -> Action {
     }
     let v = View::new(o);
     if let Some(p) = &o.status.pending_action {
+        // A step that needs quorum stalls once quorum is gone; an armed forceRecoverFrom
+        // takes over, since the recovery replaces every other member anyway.
+        if recovery_armed(o)
+            && o.status.cluster_id.is_some()
+            && !matches!(p.kind, PendingKind::Recover | PendingKind::Bootstrap)
+            && !v.quorum()
+        {
+            return quorum_lost(&v);
+        }
         return finish_pending(&v, p);
     }
     let Some(cluster_id) = &o.status.cluster_id else {
@@ -368,9 +377,26 @@ fn before_bootstrap(v: &View) -> Action {
     }
 }
 
+/// `spec.forceRecoverFrom` is set and has not been used yet (see `status.recoveredFrom`).
+fn recovery_armed(o: &Observed) -> bool {
+    o.spec.force_recover_from.is_some() && o.status.recovered_from.is_none()
+}
+
 fn quorum_lost(v: &View) -> Action {
     let voters = v.voters();
     let down: Vec<&str> = voters.iter().copied().filter(|n| !v.ready(n)).collect();
+    if let Some(done) = &v.o.status.recovered_from
+        && v.o.spec.force_recover_from.is_some()
+    {
+        return wait(format!(
+            "quorum lost: {} of {} voters ready (down: {}); spec.forceRecoverFrom was already \
+             used (the cluster was rebuilt from {done}) and is not applied again: remove it, \
+             then set it again to rebuild once more",
+            v.ready_voters(),
+            voters.len(),
+            down.join(", ")
+        ));
+    }
     if let Some(from) = &v.o.spec.force_recover_from {
         return match v.member(from) {
             Some(m) if m.volume && m.data != DataState::Foreign => {

@@ -373,6 +373,49 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             Is(Action::RecoverFrom { name: n(0) }),
         ),
         (
+            "quorum lost again after a recovery the spec still asks for: it is not repeated",
+            with(healthy(3, 3), |o| {
+                unready(o, "c-1", 1000);
+                unready(o, "c-2", 1000);
+                raft(o).leader = None;
+                o.spec.force_recover_from = Some(n(0));
+                o.status.recovered_from = Some(n(0));
+            }),
+            Wait("already used"),
+        ),
+        (
+            "a removal stalled by quorum loss waits for quorum",
+            with(healthy(3, 3), |o| {
+                unready(o, "c-1", 1000);
+                unready(o, "c-2", 1000);
+                raft(o).leader = None;
+                pending(o, PendingKind::RemoveMember, "c-1", None);
+            }),
+            Wait("quorum to remove c-1"),
+        ),
+        (
+            "a removal stalled by quorum loss gives way to an asked-for recovery",
+            with(healthy(3, 3), |o| {
+                unready(o, "c-1", 1000);
+                unready(o, "c-2", 1000);
+                raft(o).leader = None;
+                pending(o, PendingKind::RemoveMember, "c-1", None);
+                o.spec.force_recover_from = Some(n(0));
+            }),
+            Is(Action::RecoverFrom { name: n(0) }),
+        ),
+        (
+            "an upgrade step stalled by quorum loss gives way to an asked-for recovery",
+            with(healthy(3, 3), |o| {
+                unready(o, "c-1", 1000);
+                unready(o, "c-2", 1000);
+                raft(o).leader = None;
+                pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
+                o.spec.force_recover_from = Some(n(0));
+            }),
+            Is(Action::RecoverFrom { name: n(0) }),
+        ),
+        (
             "recovery from a member without data is refused",
             with(healthy(3, 3), |o| {
                 unready(o, "c-1", 1000);
