@@ -419,7 +419,7 @@ async fn take(
                 .as_ref()
                 .is_some_and(|p| matches!(p.kind, PendingKind::Bootstrap | PendingKind::Recover))
             {
-                status.pending_action = None;
+                finish_pending(status);
             }
             write_status(ctx, cluster, status).await?;
         }
@@ -506,11 +506,7 @@ async fn take(
             }
         }
         Action::ClearPending { .. } => {
-            if let Some(p) = status.pending_action.take()
-                && p.kind == PendingKind::Recover
-            {
-                status.recovered_from = Some(p.member);
-            }
+            finish_pending(status);
             write_status(ctx, cluster, status).await?;
         }
     }
@@ -518,6 +514,15 @@ async fn take(
         event(ctx, cluster, reason, action_name(action), &note).await;
     }
     Ok(())
+}
+
+/// Drops the finished step; a finished recovery spends `spec.forceRecoverFrom`.
+fn finish_pending(status: &mut ConcordanceClusterStatus) {
+    if let Some(p) = status.pending_action.take()
+        && p.kind == PendingKind::Recover
+    {
+        status.recovered_from = Some(p.member);
+    }
 }
 
 async fn create_member(
