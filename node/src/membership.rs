@@ -22,6 +22,8 @@ pub const PROMOTE_LAG_ENTRIES: u64 = 100;
 /// A voter that acknowledged a heartbeat this recently counts as reachable.
 pub const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a change waits for an earlier one still committing (a few heartbeat rounds).
+const PENDING_CHANGE_WITHIN: Duration = Duration::from_secs(3);
 
 // The request and reply bodies are the API types shared with clients.
 pub use concordance_client::types::JoinRequest;
@@ -70,7 +72,7 @@ impl Node {
         // Still pending after that, openraft's refusal says why.
         let _ = self
             .raft
-            .wait(Some(REACHABLE_WITHIN))
+            .wait(Some(PENDING_CHANGE_WITHIN))
             .metrics(
                 |m| m.membership_config == m.committed_membership_config,
                 "the pending membership change to commit",

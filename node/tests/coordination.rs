@@ -49,6 +49,19 @@ async fn ok(node: &NodeProc, method: &str, path: &str, body: Option<Value>) -> V
     v
 }
 
+/// Sends a POST in the background (a call that waits, e.g. for a lock): its status and body.
+fn spawn_post(url: String, body: Value) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    })
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
@@ -568,19 +581,7 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
 
     // b then c queue; releasing a hands the lock to b, then c, with growing tokens.
     let n1 = node.url("");
-    let waiter = |l: u64| {
-        let url = format!("{n1}/api/v1/lock/acquire");
-        let body = acquire(l, true);
-        tokio::spawn(async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (r.status(), r.json::<Value>().await.unwrap(), Instant::now())
-        })
-    };
+    let waiter = |l: u64| spawn_post(format!("{n1}/api/v1/lock/acquire"), acquire(l, true));
     let wb = waiter(b);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let wc = waiter(c);
@@ -594,14 +595,14 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
     )
     .await;
     assert_eq!(rel["released"], true);
-    let (sb, vb, _) = wb.await.unwrap();
+    let (sb, vb) = wb.await.unwrap();
     assert!(sb.is_success(), "{vb}");
     let token_b = vb["fencingToken"].as_u64().unwrap();
     assert!(token_b > token_a);
     assert!(!wc.is_finished());
     // The holder's lease ending (here: revoked) releases too.
     ok(&node, "DELETE", &format!("/api/v1/lease/{b}"), None).await;
-    let (sc, vc, _) = wc.await.unwrap();
+    let (sc, vc) = wc.await.unwrap();
     assert!(sc.is_success(), "{vc}");
     assert!(vc["fencingToken"].as_u64().unwrap() > token_b);
     let (s, v) = call(
@@ -635,17 +636,7 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
     assert_eq!(seen["leader"]["value"], "node-c");
     assert_eq!(seen["watchPrefix"], "_concordance/election/web/");
     let url = node.url("/api/v1/election/campaign");
-    let second = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .json(&json!({"name": "web", "lease": d, "value": "node-d"}))
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    });
+    let second = spawn_post(url, json!({"name": "web", "lease": d, "value": "node-d"}));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished());
     let r = ok(
@@ -656,7 +647,7 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
     )
     .await;
     assert_eq!(r["resigned"], true);
-    let led = second.await.unwrap();
+    let (_, led) = second.await.unwrap();
     assert_eq!(led["leader"]["value"], "node-d", "{led}");
     assert!(led["leader"]["revision"].as_u64() > won["leader"]["revision"].as_u64());
     let seen = ok(&node, "GET", "/api/v1/election/leader?name=web", None).await;
@@ -694,19 +685,7 @@ async fn sigterm_ends_watches_and_lock_waits_and_the_lock_queue_place_is_kept() 
     let acquire =
         |l: u64| json!({"name": "jobs/sig", "lease": l, "wait": true, "timeoutMs": 120000});
     let held = ok(&node, "POST", "/api/v1/lock/acquire", Some(acquire(a))).await;
-    let waiter = {
-        let url = node.url("/api/v1/lock/acquire");
-        let body = acquire(b);
-        tokio::spawn(async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (r.status(), r.json::<Value>().await.unwrap())
-        })
-    };
+    let waiter = spawn_post(node.url("/api/v1/lock/acquire"), acquire(b));
     let mut watches = Vec::new();
     for _ in 0..4 {
         watches.push(WatchStream::open(&node, "prefix=sig/", None).await.unwrap());
@@ -865,15 +844,7 @@ async fn leases_locks_watches_and_retries_survive_a_leader_sigkill() {
 
     // The kept lease's holder waits for the lock on a follower.
     let url = nodes[f2].url("/api/v1/lock/acquire");
-    let waiter = tokio::spawn(async move {
-        let r = reqwest::Client::new()
-            .post(url)
-            .json(&json!({"name": "m", "lease": kept, "timeoutMs": 60000}))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json::<Value>().await.unwrap())
-    });
+    let waiter = spawn_post(url, json!({"name": "m", "lease": kept, "timeoutMs": 60000}));
 
     // A watch on the leader, and writes with idempotency keys.
     let start = nodes[f1].client().status().await.unwrap().revision + 1;

@@ -419,7 +419,7 @@ async fn take(
                 .as_ref()
                 .is_some_and(|p| matches!(p.kind, PendingKind::Bootstrap | PendingKind::Recover))
             {
-                finish_pending(status);
+                clear_pending_step(status);
             }
             write_status(ctx, cluster, status).await?;
         }
@@ -506,7 +506,7 @@ async fn take(
             }
         }
         Action::ClearPending { .. } => {
-            finish_pending(status);
+            clear_pending_step(status);
             write_status(ctx, cluster, status).await?;
         }
     }
@@ -517,7 +517,7 @@ async fn take(
 }
 
 /// Drops the finished step; a finished recovery spends `spec.forceRecoverFrom`.
-fn finish_pending(status: &mut ConcordanceClusterStatus) {
+fn clear_pending_step(status: &mut ConcordanceClusterStatus) {
     if let Some(p) = status.pending_action.take()
         && p.kind == PendingKind::Recover
     {

@@ -385,19 +385,20 @@ fn recovery_armed(o: &Observed) -> bool {
 fn quorum_lost(v: &View) -> Action {
     let voters = v.voters();
     let down: Vec<&str> = voters.iter().copied().filter(|n| !v.ready(n)).collect();
-    if let Some(done) = &v.o.status.recovered_from
-        && v.o.spec.force_recover_from.is_some()
-    {
-        return wait(format!(
-            "quorum lost: {} of {} voters ready (down: {}); spec.forceRecoverFrom was already \
-             used (the cluster was rebuilt from {done}) and is not applied again: remove it, \
-             then set it again to rebuild once more",
-            v.ready_voters(),
-            voters.len(),
-            down.join(", ")
-        ));
-    }
+    let lost = format!(
+        "quorum lost: {} of {} voters ready (down: {})",
+        v.ready_voters(),
+        voters.len(),
+        down.join(", ")
+    );
     if let Some(from) = &v.o.spec.force_recover_from {
+        if let Some(done) = &v.o.status.recovered_from {
+            return wait(format!(
+                "{lost}; spec.forceRecoverFrom was already used (the cluster was rebuilt from \
+                 {done}) and is not applied again: remove it, then set it again to rebuild once \
+                 more"
+            ));
+        }
         return match v.member(from) {
             Some(m) if m.volume && m.data != DataState::Foreign => {
                 Action::RecoverFrom { name: from.clone() }
@@ -413,13 +414,9 @@ fn quorum_lost(v: &View) -> Action {
         ""
     };
     wait(format!(
-        "{seen}quorum lost: {} of {} voters ready (down: {}); writes are refused and nothing is \
-         changed automatically. Members that come back restore quorum; to rebuild from the most \
-         up-to-date surviving member instead (writes only the others had are lost), set \
-         spec.forceRecoverFrom to its name",
-        v.ready_voters(),
-        voters.len(),
-        down.join(", ")
+        "{seen}{lost}; writes are refused and nothing is changed automatically. Members that \
+         come back restore quorum; to rebuild from the most up-to-date surviving member instead \
+         (writes only the others had are lost), set spec.forceRecoverFrom to its name"
     ))
 }
 
