@@ -145,7 +145,8 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let raft_config = Arc::new(raft_config(&config)?);
     let network = Network { ctx: peers.clone() };
     let raft_id = identity.raft_id;
-    let raft = raft_runtime()?
+    let raft_runtime = raft_runtime()?;
+    let raft = raft_runtime
         .spawn(
             async move { Raft::new(raft_id, raft_config, network, log_store, state_machine).await },
         )
@@ -189,6 +190,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
 
     let node = Arc::new(Node {
         raft: raft.clone(),
+        raft_runtime,
         reader,
         store: store.clone(),
         metrics: metrics.clone(),

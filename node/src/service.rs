@@ -36,6 +36,8 @@ pub const READY_LAG_ENTRIES: u64 = 100;
 
 pub struct Node {
     pub raft: Raft,
+    /// The thread Raft runs on; append streams from the leader are served there.
+    pub raft_runtime: tokio::runtime::Handle,
     pub reader: KvReader,
     pub store: Store,
     pub metrics: Metrics,

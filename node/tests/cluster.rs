@@ -670,3 +670,116 @@ async fn force_new_cluster_rebuilds_a_survivor_once() {
         n3.log_text()
     );
 }
+
+/// Stands in front of a node as an older binary would: every route but the append stream's
+/// is passed through; that one answers 404. Counts the single appends it passes.
+async fn without_append_streams(
+    port: u16,
+    target: String,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use axum::body::Bytes;
+    use axum::http::StatusCode;
+    let appends = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = appends.clone();
+    let http = reqwest::Client::new();
+    let pass = move |req: axum::extract::Request| {
+        let (http, target, counted) = (http.clone(), target.clone(), counted.clone());
+        async move {
+            let path = req.uri().path_and_query().unwrap().to_string();
+            if path.starts_with("/api/v1/raft/stream") {
+                return (StatusCode::NOT_FOUND, Bytes::new());
+            }
+            if path == "/api/v1/raft/append" {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let mut rb = http.request(parts.method, format!("http://{target}{path}"));
+            for name in ["authorization", "content-type"] {
+                if let Some(v) = parts.headers.get(name) {
+                    rb = rb.header(name, v);
+                }
+            }
+            match rb.body(body).send().await {
+                Ok(resp) => {
+                    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                    (status, resp.bytes().await.unwrap_or_default())
+                }
+                Err(_) => (StatusCode::BAD_GATEWAY, Bytes::new()),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(pass))
+            .await
+            .unwrap()
+    });
+    appends
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_without_append_streams_gets_single_appends_and_commits_with_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let node1 = NodeProc::start_env("node1", dir.path(), &["--bootstrap"], KEYS);
+    node1.wait_ready().await;
+    let (real, front) = (free_port(), free_port());
+    let appends = without_append_streams(front, format!("127.0.0.1:{real}")).await;
+    let join = format!("--join={}", node1.addr());
+    let advertise = format!("--advertise=127.0.0.1:{front}");
+    let node2 = NodeProc::start_on(real, "node2", dir.path(), &[&join, &advertise], KEYS);
+    node2.wait_ready().await;
+    let c1 = node1.admin();
+    assert_eq!(voters(&c1).await, ["node1", "node2"]);
+
+    // Two voters: every write commits only once node2 has stored it, by single appends.
+    let before = appends.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..20 {
+        c1.put(&format!("old/{i}"), &json!(i)).await.unwrap();
+    }
+    assert!(
+        appends.load(std::sync::atomic::Ordering::Relaxed) >= before + 20,
+        "writes committed without single appends to node2"
+    );
+    let on_node2 = node2
+        .admin()
+        .list("old/", None, None, Consistency::Serializable)
+        .await
+        .unwrap();
+    assert_eq!(on_node2.kvs.len(), 20);
+    assert!(
+        node1.log_text().contains("does not take append streams"),
+        "{}",
+        node1.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_append_stream_is_refused_without_an_upgrade_or_from_another_cluster() {
+    let cl = Cluster::start(1, &[]).await;
+    let node = cl.node("node1");
+    let cluster = node.admin().status().await.unwrap().cluster_id.unwrap();
+    let http = reqwest::Client::new();
+    let open = |cluster: &str, upgrade: bool| {
+        let mut rb = http
+            .get(node.url("/api/v1/raft/stream"))
+            .query(&[("protocol", "1"), ("cluster", cluster), ("from", "7")])
+            .bearer_auth(ADMIN_KEY);
+        if upgrade {
+            rb = rb
+                .header("connection", "upgrade")
+                .header("upgrade", "concordance-append/1");
+        }
+        rb.send()
+    };
+    let other = open("another-cluster", true).await.unwrap();
+    assert_eq!(other.status(), 409);
+    assert!(other.text().await.unwrap().contains("cluster_mismatch"));
+    let plain = open(&cluster, false).await.unwrap();
+    assert_eq!(plain.status(), 426);
+    assert!(plain.text().await.unwrap().contains("upgrade_required"));
+    let upgraded = open(&cluster, true).await.unwrap();
+    assert_eq!(upgraded.status(), 101);
+}

@@ -12,6 +12,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
 use super::JsonBody;
+use super::body::QueryParams;
+use crate::raft::stream::UPGRADE_PROTOCOL;
 use crate::raft::wire;
 use crate::raft::wire::PeerMessage;
 use crate::service::SharedNode;
@@ -87,6 +89,53 @@ pub async fn append(
         Ok(wire::AppendResponse::from_raft(&r))
     })
     .await
+}
+
+/// Who opens an append stream: the query of `GET /api/v1/raft/stream`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamHello {
+    protocol: u32,
+    cluster: String,
+    from: u64,
+}
+
+/// Upgrades the connection to an append stream (`raft/stream.rs`).
+pub async fn stream(
+    State(node): State<SharedNode>,
+    QueryParams(hello): QueryParams<StreamHello>,
+    mut request: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    check(
+        &node,
+        &PeerMessage {
+            protocol: hello.protocol,
+            cluster: hello.cluster,
+            from: hello.from,
+            body: (),
+        },
+    )?;
+    let asks_for_stream = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes() == UPGRADE_PROTOCOL.as_bytes());
+    let upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>();
+    let (true, Some(upgrade)) = (asks_for_stream, upgrade) else {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            format!("send Connection: upgrade and Upgrade: {UPGRADE_PROTOCOL}"),
+        ));
+    };
+    tokio::spawn(crate::raft::stream::accept(node, upgrade));
+    axum::response::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, UPGRADE_PROTOCOL)
+        .body(Body::empty())
+        .map_err(ApiError::internal_from)
 }
 
 pub async fn vote(

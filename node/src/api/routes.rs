@@ -269,6 +269,10 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             post(peer::append).layer(peer_limit()),
         ),
         (
+            doc("get", "/api/v1/raft/stream", Admin, "Upgrade to an append stream (Upgrade: concordance-append/1): length-prefixed append requests and answers in order").answers(Body::Binary).internal(),
+            get(peer::stream),
+        ),
+        (
             doc("post", "/api/v1/raft/vote", Admin, "Raft vote").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
             post(peer::vote).layer(peer_limit()),
         ),

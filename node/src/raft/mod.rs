@@ -2,6 +2,7 @@
 //! stored/wire records, and the network that carries Raft RPCs over HTTP.
 
 pub mod network;
+pub mod stream;
 pub mod wire;
 
 use std::collections::BTreeMap;

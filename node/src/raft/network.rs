@@ -7,17 +7,24 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use concordance_client::ErrorBody;
+use std::time::Instant;
+
+use futures::Stream;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
+use openraft::base::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::errors::ReplicationClosed;
 use openraft::errors::StreamingError;
 use openraft::errors::Unreachable;
 use openraft::network::RPCOption;
+use openraft::network::stream_append_sequential;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -30,6 +37,8 @@ use super::TypeConfig;
 use super::Vote;
 use super::log_id_to_record;
 use super::stored_membership_to_record;
+use super::stream;
+use super::stream::AppendStream;
 use super::vote_to_record;
 use super::wire;
 use super::wire::PeerMessage;
@@ -97,8 +106,15 @@ impl PeerContext {
         }
     }
 
-    fn request(&self, addr: &str, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.http.post(format!("http://{addr}/api/v1/{path}"));
+    pub(super) fn request(
+        &self,
+        method: reqwest::Method,
+        addr: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let rb = self
+            .http
+            .request(method, format!("http://{addr}/api/v1/{path}"));
         match &self.key {
             Some(k) => rb.bearer_auth(k),
             None => rb,
@@ -114,7 +130,7 @@ impl PeerContext {
         timeout: Duration,
     ) -> Result<T, PeerError> {
         let resp = self
-            .request(addr, path)
+            .request(reqwest::Method::POST, addr, path)
             .timeout(timeout)
             .json(body)
             .send()
@@ -124,7 +140,10 @@ impl PeerContext {
     }
 }
 
-async fn decode<T: DeserializeOwned>(addr: &str, resp: reqwest::Response) -> Result<T, PeerError> {
+pub(super) async fn decode<T: DeserializeOwned>(
+    addr: &str,
+    resp: reqwest::Response,
+) -> Result<T, PeerError> {
     let status = resp.status();
     let bytes = resp
         .bytes()
@@ -163,6 +182,12 @@ pub struct Network {
 pub struct PeerConnection {
     ctx: PeerContext,
     member: Member,
+    /// The append stream the last session left open, for the next one. Only ever reached
+    /// through `&mut self` (`get_mut`, no locking): the mutex makes the connection `Sync`,
+    /// which an upgraded HTTP connection is not.
+    stream: std::sync::Mutex<Option<AppendStream>>,
+    /// When the peer last refused an append stream (an older binary).
+    stream_refused: Option<Instant>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -172,16 +197,20 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             ctx: self.ctx.clone(),
             member: node.clone(),
+            stream: Default::default(),
+            stream_refused: None,
         }
     }
 }
 
-fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
+pub(super) fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
     match e {
         PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
         _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
+
+type StreamAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// The longest a follower may take to store and acknowledge one append request.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -202,6 +231,48 @@ impl PeerConnection {
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotFile;
+
+    /// Replication and heartbeats: over an append stream (`raft/stream.rs`), kept open
+    /// between sessions; single requests to a peer that refuses streams.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamAnswer>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let slot = self.stream.get_mut().unwrap_or_else(|p| p.into_inner());
+            let stream = match slot.take() {
+                Some(stream) => stream,
+                None if self
+                    .stream_refused
+                    .is_some_and(|at| at.elapsed() < stream::REFUSED_RETRY) =>
+                {
+                    return stream_append_sequential(self, input, option).await;
+                }
+                None => match stream::open(&self.ctx, &self.member.addr).await {
+                    Ok(stream) => {
+                        self.stream_refused = None;
+                        stream
+                    }
+                    Err(stream::OpenError::Unsupported) => {
+                        tracing::info!(
+                            peer = %self.member.name,
+                            "the peer does not take append streams (an older binary): sending single appends"
+                        );
+                        self.stream_refused = Some(Instant::now());
+                        return stream_append_sequential(self, input, option).await;
+                    }
+                    Err(stream::OpenError::Peer(e)) => return Err(rpc_error(e)),
+                },
+            };
+            let addr = self.member.addr.clone();
+            let slot = self.stream.get_mut().unwrap_or_else(|p| p.into_inner());
+            Ok(stream::session(stream, input, slot, addr))
+        })
+    }
 
     async fn append_entries(
         &mut self,

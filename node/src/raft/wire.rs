@@ -80,6 +80,22 @@ pub struct TransferLeaderRequest {
     pub last_log_id: Option<LogIdRecord>,
 }
 
+/// A follower's answer to one request on an append stream (`raft/stream.rs`); answers come
+/// in the order of the requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum StreamAppendReply {
+    /// Stored and fsynced up to `matching`.
+    Accepted { matching: Option<LogIdRecord> },
+    /// The follower's log differs from the leader's at `at`; the stream ends.
+    Conflict { at: LogIdRecord },
+    /// The follower has seen a newer leader; the stream ends.
+    HigherVote { vote: VoteRecord },
+    /// The follower cannot go on (its Raft stopped, or a request was unreadable); the stream
+    /// ends.
+    Failed { message: String },
+}
+
 /// Sent in a header beside a snapshot file's bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -194,6 +210,36 @@ impl AppendResponse {
             }
             Self::Conflict => RaftAppendResponse::Conflict,
             Self::HigherVote { vote } => RaftAppendResponse::HigherVote(vote_from_record(&vote)),
+        }
+    }
+}
+
+impl StreamAppendReply {
+    pub fn from_raft(r: &openraft::raft::StreamAppendResult<TypeConfig>) -> Self {
+        match r {
+            Ok(matching) => Self::Accepted {
+                matching: opt(matching),
+            },
+            Err(openraft::raft::StreamAppendError::Conflict(at)) => Self::Conflict {
+                at: log_id_to_record(at),
+            },
+            Err(openraft::raft::StreamAppendError::HigherVote(v)) => Self::HigherVote {
+                vote: vote_to_record(v),
+            },
+        }
+    }
+
+    /// The Raft result, or the follower's reason for failing.
+    pub fn into_raft(self) -> Result<openraft::raft::StreamAppendResult<TypeConfig>, String> {
+        match self {
+            Self::Accepted { matching } => Ok(Ok(unopt(&matching))),
+            Self::Conflict { at } => Ok(Err(openraft::raft::StreamAppendError::Conflict(
+                log_id_from_record(&at),
+            ))),
+            Self::HigherVote { vote } => Ok(Err(openraft::raft::StreamAppendError::HigherVote(
+                vote_from_record(&vote),
+            ))),
+            Self::Failed { message } => Err(message),
         }
     }
 }

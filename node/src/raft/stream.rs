@@ -1,0 +1,346 @@
+//! Append streams: a leader's replication to one follower over one long-lived connection,
+//! appends sent as they come (pipelined) and the follower's answers read back in order.
+//!
+//! Why not one HTTP request per append: the follower's HTTP loop handed each append to its
+//! Raft thread and the answer back (two thread wake-ups per append on every follower), and
+//! the leader waited for each answer before sending the next append.
+//!
+//! The leader opens a stream with `GET /api/v1/raft/stream?protocol=..&cluster=..&from=..`
+//! (admin key) asking to upgrade the connection to [`UPGRADE_PROTOCOL`]. The follower answers
+//! `101 Switching Protocols` and moves the raw connection onto its Raft thread. Each direction
+//! then carries frames: a 4-byte big-endian length and that many bytes of JSON,
+//! [`wire::AppendRequest`] from the leader and one [`wire::StreamAppendReply`] per request
+//! back, in order. A stream ends when the leader closes it or at the first answer that is not
+//! `accepted`. A follower running an older binary answers 404, and the leader then sends single
+//! requests (`POST /api/v1/raft/append`), asking again after [`REFUSED_RETRY`].
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::SinkExt;
+use futures::StreamExt;
+use hyper_util::rt::TokioIo;
+use openraft::base::BoxStream;
+use openraft::errors::NetworkError;
+use openraft::errors::RPCError;
+use openraft::raft::StreamAppendResult;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tokio::io::ReadHalf;
+use tokio::io::WriteHalf;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::codec::FramedWrite;
+use tokio_util::codec::LengthDelimitedCodec;
+
+use super::TypeConfig;
+use super::network::PeerContext;
+use super::network::PeerError;
+use super::wire;
+use crate::service::SharedNode;
+
+/// The `Upgrade` token of an append stream.
+pub const UPGRADE_PROTOCOL: &str = "concordance-append/1";
+
+/// How long a leader sends single requests to a follower that refused a stream before asking
+/// again (the follower may have been upgraded meanwhile).
+pub const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
+/// The longest a follower may take to answer the oldest unanswered append.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long opening a stream (connect and upgrade) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(crate::api::PEER_BODY_BYTES)
+        .new_codec()
+}
+
+/// The leader's end of an open stream.
+pub struct AppendStream {
+    answers: FramedRead<ReadHalf<reqwest::Upgraded>, LengthDelimitedCodec>,
+    requests: FramedWrite<WriteHalf<reqwest::Upgraded>, LengthDelimitedCodec>,
+}
+
+pub enum OpenError {
+    /// The peer's binary predates append streams.
+    Unsupported,
+    Peer(PeerError),
+}
+
+/// Opens a stream to the follower at `addr`.
+pub async fn open(ctx: &PeerContext, addr: &str) -> Result<AppendStream, OpenError> {
+    let unreachable = |e: String| OpenError::Peer(PeerError::Unreachable(addr.into(), e));
+    let hello = ctx.envelope(());
+    let request = ctx
+        .request(reqwest::Method::GET, addr, "raft/stream")
+        .query(&[
+            ("protocol", hello.protocol.to_string()),
+            ("cluster", hello.cluster),
+            ("from", hello.from.to_string()),
+        ])
+        .header(reqwest::header::CONNECTION, "upgrade")
+        .header(reqwest::header::UPGRADE, UPGRADE_PROTOCOL);
+    let opening = async {
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        match resp.status() {
+            reqwest::StatusCode::SWITCHING_PROTOCOLS => {
+                resp.upgrade().await.map_err(|e| unreachable(e.to_string()))
+            }
+            reqwest::StatusCode::NOT_FOUND => Err(OpenError::Unsupported),
+            _ => Err(OpenError::Peer(
+                super::network::decode::<()>(addr, resp)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| PeerError::Refused(addr.into(), 200, "no upgrade".into())),
+            )),
+        }
+    };
+    let io = tokio::time::timeout(OPEN_TIMEOUT, opening)
+        .await
+        .map_err(|_| unreachable(format!("no stream within {OPEN_TIMEOUT:?}")))??;
+    let (read, write) = tokio::io::split(io);
+    Ok(AppendStream {
+        answers: FramedRead::new(read, codec()),
+        requests: FramedWrite::new(write, codec()),
+    })
+}
+
+type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// One session on a stream: sends `requests` as they come and yields the answers in order.
+/// At a clean end (requests exhausted, every one answered) the stream goes back to `slot`
+/// for the next session; after any error it is dropped, which closes it.
+pub fn session<'s, S>(
+    stream: AppendStream,
+    requests: S,
+    slot: &'s mut Option<AppendStream>,
+    addr: String,
+) -> BoxStream<'s, Answer>
+where
+    S: futures::Stream<Item = openraft::raft::AppendEntriesRequest<TypeConfig>>
+        + Send
+        + Unpin
+        + 'static,
+{
+    let session = Session {
+        stream: Some(stream),
+        requests: Some(requests),
+        unanswered: 0,
+        deadline: Instant::now(),
+        slot,
+        addr,
+    };
+    futures::stream::unfold(session, |mut s| async move {
+        let answer = s.next_answer().await?;
+        Some((answer, s))
+    })
+    .boxed()
+}
+
+struct Session<'s, S> {
+    /// `None` once the session has ended.
+    stream: Option<AppendStream>,
+    /// `None` once the caller has no more requests.
+    requests: Option<S>,
+    unanswered: usize,
+    /// When the oldest unanswered request is overdue.
+    deadline: Instant,
+    slot: &'s mut Option<AppendStream>,
+    addr: String,
+}
+
+impl<S> Session<'_, S>
+where
+    S: futures::Stream<Item = openraft::raft::AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    fn fail(&mut self, e: PeerError) -> Answer {
+        self.stream = None;
+        Err(super::network::rpc_error(e))
+    }
+
+    fn unreachable(&mut self, why: impl ToString) -> Answer {
+        let e = PeerError::Unreachable(self.addr.clone(), why.to_string());
+        self.fail(e)
+    }
+
+    async fn next_answer(&mut self) -> Option<Answer> {
+        loop {
+            let stream = self.stream.as_mut()?;
+            if self.requests.is_none() && self.unanswered == 0 {
+                *self.slot = self.stream.take();
+                return None;
+            }
+            let requests = &mut self.requests;
+            tokio::select! {
+                // Sending first: a new append goes out before the answers to earlier ones.
+                biased;
+                next = async { requests.as_mut().expect("guarded").next().await }, if requests.is_some() => {
+                    let Some(request) = next else {
+                        self.requests = None;
+                        continue;
+                    };
+                    let frame = serde_json::to_vec(&wire::AppendRequest::from_raft(&request))
+                        .expect("append requests serialize");
+                    if let Err(e) = stream.requests.send(Bytes::from(frame)).await {
+                        return Some(self.unreachable(e));
+                    }
+                    if self.unanswered == 0 {
+                        self.deadline = Instant::now() + ANSWER_TIMEOUT;
+                    }
+                    self.unanswered += 1;
+                }
+                frame = stream.answers.next(), if self.unanswered > 0 => {
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(e)) => return Some(self.unreachable(e)),
+                        None => return Some(self.unreachable("the follower closed the stream")),
+                    };
+                    self.unanswered -= 1;
+                    self.deadline = Instant::now() + ANSWER_TIMEOUT;
+                    let reply = match serde_json::from_slice::<wire::StreamAppendReply>(&frame) {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            let e = PeerError::Refused(self.addr.clone(), 200, format!("undecodable answer: {e}"));
+                            return Some(self.fail(e));
+                        }
+                    };
+                    return Some(match reply.into_raft() {
+                        Ok(Ok(matching)) => Ok(Ok(matching)),
+                        Ok(Err(refused)) => {
+                            // The follower ends the stream after a refusal.
+                            self.stream = None;
+                            Ok(Err(refused))
+                        }
+                        Err(message) => {
+                            self.stream = None;
+                            Err(RPCError::Network(NetworkError::from_string(format!("{}: {message}", self.addr))))
+                        }
+                    });
+                }
+                _ = tokio::time::sleep_until(self.deadline), if self.unanswered > 0 => {
+                    return Some(self.unreachable(format!("no answer to an append within {ANSWER_TIMEOUT:?}")));
+                }
+            }
+        }
+    }
+}
+
+/// The follower's end: takes over an upgraded connection. A plain TCP connection moves to the
+/// Raft thread, so appends reach Raft and answers leave without a thread hand-off.
+pub async fn accept(node: SharedNode, upgrade: hyper::upgrade::OnUpgrade) {
+    let upgraded = match upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::warn!(error = %e, "an append stream failed to open");
+            return;
+        }
+    };
+    match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
+        Ok(parts) => {
+            let read_ahead = parts.read_buf;
+            let tcp = match parts.io.into_inner().into_std() {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "an append stream's connection is unusable");
+                    return;
+                }
+            };
+            let raft_runtime = node.raft_runtime.clone();
+            raft_runtime.spawn(async move {
+                // Answers are small writes, each awaited by the leader: never held back.
+                match TcpStream::from_std(tcp).and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp)) {
+                    Ok(tcp) => serve(node, tcp, read_ahead).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an append stream's connection is unusable")
+                    }
+                }
+            });
+        }
+        // Not a plain TCP connection: served where it is.
+        Err(upgraded) => serve(node, TokioIo::new(upgraded), Bytes::new()).await,
+    }
+}
+
+/// Feeds the leader's appends to Raft and writes Raft's answers back, until the leader closes
+/// the stream, an answer is a refusal, or the node stops.
+async fn serve<IO>(node: SharedNode, io: IO, read_ahead: Bytes)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(io);
+    let mut frames_in = FramedRead::new(read, codec());
+    frames_in.read_buffer_mut().extend_from_slice(&read_ahead);
+    let mut frames_out = FramedWrite::new(write, codec());
+    let (to_raft, from_leader) = futures::channel::mpsc::channel(64);
+    // Per request in flight, in order: the commit index it carried.
+    let commits: Mutex<VecDeque<Option<u64>>> = Mutex::default();
+
+    let reading = async {
+        let mut to_raft = to_raft;
+        while let Some(frame) = frames_in.next().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            let request = serde_json::from_slice::<wire::AppendRequest>(&frame)
+                .map_err(|e| format!("unreadable append: {e}"))?
+                .into_raft()
+                .map_err(|e| format!("invalid entry: {e}"))?;
+            let commit = request.leader_commit.as_ref().map(|c| c.index);
+            commits.lock().expect("not poisoned").push_back(commit);
+            if to_raft.send(request).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), String>(())
+    };
+    let answers = node.raft.stream_append(from_leader);
+    let writing = async {
+        let mut answers = std::pin::pin!(answers);
+        while let Some(answer) = answers.next().await {
+            let commit = commits.lock().expect("not poisoned").pop_front().flatten();
+            let reply = match &answer {
+                Ok(result) => {
+                    if let Ok(matching) = result {
+                        // Holding the leader's commit: this node's log is confirmed current.
+                        node.leader_contacted(commit <= matching.as_ref().map(|m| m.index));
+                    }
+                    wire::StreamAppendReply::from_raft(result)
+                }
+                Err(fatal) => wire::StreamAppendReply::Failed {
+                    message: fatal.to_string(),
+                },
+            };
+            let frame = serde_json::to_vec(&reply).expect("answers serialize");
+            if frames_out.send(Bytes::from(frame)).await.is_err() {
+                return;
+            }
+            if !matches!(reply, wire::StreamAppendReply::Accepted { .. }) {
+                return;
+            }
+        }
+    };
+    let mut reading = std::pin::pin!(reading);
+    let mut writing = std::pin::pin!(writing);
+    let mut leader_done = false;
+    loop {
+        tokio::select! {
+            read = &mut reading, if !leader_done => match read {
+                // The leader closed its side: the answers still due drain, then the stream ends.
+                Ok(()) => leader_done = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "closing an append stream");
+                    return;
+                }
+            },
+            () = &mut writing => return,
+            () = node.stopping.cancelled() => return,
+        }
+    }
+}
