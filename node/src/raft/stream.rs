@@ -188,6 +188,11 @@ where
                         self.requests = None;
                         continue;
                     };
+                    if request.entries.is_empty() {
+                        // A commit notice: Raft has just handed the same commit to its state
+                        // machine on this thread; let it apply and answer the client first.
+                        tokio::task::yield_now().await;
+                    }
                     let frame = serde_json::to_vec(&wire::AppendRequest::from_raft(&request))
                         .expect("append requests serialize");
                     if let Err(e) = stream.requests.send(Bytes::from(frame)).await {

@@ -12,6 +12,8 @@ use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::mpsc;
+use std::time::Duration;
+use std::time::Instant;
 
 use openraft::LogState;
 use openraft::RaftLogReader;
@@ -53,7 +55,12 @@ pub struct LogStore {
     syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
     /// Shared by the store and its readers (replication, apply).
     recent: Arc<Mutex<LogCache>>,
+    /// When the committed pointer was last written (see `save_committed`).
+    committed_written: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How often, at most, the committed pointer is written.
+const COMMITTED_EVERY: Duration = Duration::from_millis(100);
 
 impl LogStore {
     pub fn new(store: Store, metrics: Metrics) -> Self {
@@ -67,6 +74,7 @@ impl LogStore {
             store,
             syncer: tx,
             recent: Arc::default(),
+            committed_written: Arc::default(),
         }
     }
 
@@ -184,8 +192,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        // Not synced: a lost committed index is recomputed; it only speeds up restart.
+        // Not synced, and written at most every COMMITTED_EVERY: an older committed index is
+        // still a committed one, and it only speeds up restart (the rest is learnt from the
+        // leader). Writing it for every commit cost a store write on the way to each answer.
         let Some(c) = committed else { return Ok(()) };
+        {
+            let mut written = self.committed_written.lock().expect("not poisoned");
+            if written.is_some_and(|at| at.elapsed() < COMMITTED_EVERY) {
+                return Ok(());
+            }
+            *written = Some(Instant::now());
+        }
         let bytes = codec::encode(RecordKind::LogPointer, &log_id_to_record(&c));
         self.store
             .db()
