@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::SinkExt;
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
@@ -36,7 +37,9 @@ use tokio_util::codec::FramedRead;
 use tokio_util::codec::FramedWrite;
 use tokio_util::codec::LengthDelimitedCodec;
 
+use super::LogId;
 use super::TypeConfig;
+use super::log_id_to_record;
 use super::network::PeerContext;
 use super::network::PeerError;
 use super::wire;
@@ -275,6 +278,18 @@ pub async fn accept(node: SharedNode, upgrade: hyper::upgrade::OnUpgrade) {
     }
 }
 
+/// Appends read together are handed to Raft as one (see [`merge`]); this many at most.
+const MERGE_AT_MOST: usize = 64;
+
+/// What the answers to one append handed to Raft go back as: one per request the leader
+/// sent, in order.
+struct Handed {
+    /// The last log id of each request merged into the append.
+    lasts: Vec<Option<LogId>>,
+    /// The commit index the append carried.
+    commit: Option<u64>,
+}
+
 /// Feeds the leader's appends to Raft and writes Raft's answers back, until the leader closes
 /// the stream, an answer is a refusal, or the node stops.
 async fn serve<IO>(node: SharedNode, io: IO, read_ahead: Bytes)
@@ -286,21 +301,27 @@ where
     frames_in.read_buffer_mut().extend_from_slice(&read_ahead);
     let mut frames_out = FramedWrite::new(write, codec());
     let (to_raft, from_leader) = futures::channel::mpsc::channel(64);
-    // Per request in flight, in order: the commit index it carried.
-    let commits: Mutex<VecDeque<Option<u64>>> = Mutex::default();
+    let handed: Mutex<VecDeque<Handed>> = Mutex::default();
 
     let reading = async {
         let mut to_raft = to_raft;
         while let Some(frame) = frames_in.next().await {
-            let frame = frame.map_err(|e| e.to_string())?;
-            let request = serde_json::from_slice::<wire::AppendRequest>(&frame)
-                .map_err(|e| format!("unreadable append: {e}"))?
-                .into_raft()
-                .map_err(|e| format!("invalid entry: {e}"))?;
-            let commit = request.leader_commit.as_ref().map(|c| c.index);
-            commits.lock().expect("not poisoned").push_back(commit);
-            if to_raft.send(request).await.is_err() {
-                break;
+            // Every append already received goes to Raft as one: one log write and fsync.
+            let mut requests = vec![decode_append(frame)?];
+            while requests.len() < MERGE_AT_MOST
+                && let Some(Some(frame)) = frames_in.next().now_or_never()
+            {
+                requests.push(decode_append(frame)?);
+            }
+            for (request, lasts) in merge(requests) {
+                let commit = request.leader_commit.as_ref().map(|c| c.index);
+                handed
+                    .lock()
+                    .expect("not poisoned")
+                    .push_back(Handed { lasts, commit });
+                if to_raft.send(request).await.is_err() {
+                    return Ok(());
+                }
             }
         }
         Ok::<(), String>(())
@@ -309,25 +330,34 @@ where
     let writing = async {
         let mut answers = std::pin::pin!(answers);
         while let Some(answer) = answers.next().await {
-            let commit = commits.lock().expect("not poisoned").pop_front().flatten();
-            let reply = match &answer {
-                Ok(result) => {
-                    if let Ok(matching) = result {
-                        // Holding the leader's commit: this node's log is confirmed current.
-                        node.leader_contacted(commit <= matching.as_ref().map(|m| m.index));
-                    }
-                    wire::StreamAppendReply::from_raft(result)
-                }
-                Err(fatal) => wire::StreamAppendReply::Failed {
-                    message: fatal.to_string(),
-                },
+            let Some(Handed { lasts, commit }) = handed.lock().expect("not poisoned").pop_front()
+            else {
+                return;
             };
-            let frame = serde_json::to_vec(&reply).expect("answers serialize");
-            if frames_out.send(Bytes::from(frame)).await.is_err() {
-                return;
-            }
-            if !matches!(reply, wire::StreamAppendReply::Accepted { .. }) {
-                return;
+            let replies = match &answer {
+                Ok(Ok(matching)) => {
+                    // Holding the leader's commit: this node's log is confirmed current.
+                    node.leader_contacted(commit <= matching.as_ref().map(|m| m.index));
+                    lasts
+                        .iter()
+                        .map(|last| wire::StreamAppendReply::Accepted {
+                            matching: (*last).min(*matching).as_ref().map(log_id_to_record),
+                        })
+                        .collect()
+                }
+                Ok(refused) => vec![wire::StreamAppendReply::from_raft(refused)],
+                Err(fatal) => vec![wire::StreamAppendReply::Failed {
+                    message: fatal.to_string(),
+                }],
+            };
+            for reply in replies {
+                let frame = serde_json::to_vec(&reply).expect("answers serialize");
+                if frames_out.send(Bytes::from(frame)).await.is_err() {
+                    return;
+                }
+                if !matches!(reply, wire::StreamAppendReply::Accepted { .. }) {
+                    return;
+                }
             }
         }
     };
@@ -347,5 +377,128 @@ where
             () = &mut writing => return,
             () = node.stopping.cancelled() => return,
         }
+    }
+}
+
+fn decode_append(frame: std::io::Result<bytes::BytesMut>) -> Result<RaftAppend, String> {
+    let frame = frame.map_err(|e| e.to_string())?;
+    serde_json::from_slice::<wire::AppendRequest>(&frame)
+        .map_err(|e| format!("unreadable append: {e}"))?
+        .into_raft()
+        .map_err(|e| format!("invalid entry: {e}"))
+}
+
+type RaftAppend = openraft::raft::AppendEntriesRequest<TypeConfig>;
+
+/// The last log id an append leaves the follower's log at, if accepted.
+fn last_of(request: &RaftAppend) -> Option<LogId> {
+    request
+        .entries
+        .last()
+        .map(|e| e.log_id)
+        .or(request.prev_log_id)
+}
+
+/// Joins appends that continue one another (same vote, each starting where the previous
+/// ended) into one, which Raft stores with one write and one fsync; each comes with the last
+/// log ids of the requests it stands for. Taken one by one, the same appends would leave the
+/// same log and the latest commit index.
+fn merge(requests: Vec<RaftAppend>) -> Vec<(RaftAppend, Vec<Option<LogId>>)> {
+    let mut merged: Vec<(RaftAppend, Vec<Option<LogId>>)> = Vec::new();
+    for request in requests {
+        let last = last_of(&request);
+        if let Some((into, lasts)) = merged.last_mut()
+            && into.vote == request.vote
+            && last_of(into) == request.prev_log_id
+            && into.leader_commit <= request.leader_commit
+        {
+            into.entries.extend(request.entries);
+            into.leader_commit = request.leader_commit;
+            lasts.push(last);
+            continue;
+        }
+        merged.push((request, vec![last]));
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::raft::Entry;
+    use crate::raft::Vote;
+
+    fn id(term: u64, index: u64) -> LogId {
+        crate::raft::log_id_from_record(&crate::store::records::LogIdRecord {
+            term,
+            leader: 1,
+            index,
+        })
+    }
+
+    /// An append from the leader of `term` after `prev`, with entries `first..=last` (none
+    /// when `first > last`) and commit index `commit`.
+    fn append(term: u64, prev: u64, first: u64, last: u64, commit: u64) -> RaftAppend {
+        RaftAppend {
+            vote: Vote::new_committed(term, 1),
+            prev_log_id: Some(id(term, prev)),
+            entries: (first..=last)
+                .map(|i| Entry {
+                    log_id: id(term, i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: Some(id(term, commit)),
+        }
+    }
+
+    fn shape(merged: &[(RaftAppend, Vec<Option<LogId>>)]) -> Vec<(u64, usize, u64, Vec<u64>)> {
+        merged
+            .iter()
+            .map(|(r, lasts)| {
+                (
+                    r.prev_log_id.as_ref().unwrap().index,
+                    r.entries.len(),
+                    r.leader_commit.as_ref().unwrap().index,
+                    lasts.iter().map(|l| l.as_ref().unwrap().index).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn appends_that_continue_one_another_become_one() {
+        // Entries 11-12, a commit notice, entries 13-15: one append of five entries that
+        // carries the last commit, answered as three.
+        let merged = merge(vec![
+            append(2, 10, 11, 12, 10),
+            append(2, 12, 13, 12, 12),
+            append(2, 12, 13, 15, 12),
+        ]);
+        assert_eq!(shape(&merged), [(10, 5, 12, vec![12, 12, 15])]);
+    }
+
+    #[test]
+    fn a_gap_a_new_leader_or_an_older_commit_starts_a_new_append() {
+        let merged = merge(vec![
+            append(2, 10, 11, 12, 10),
+            // Not after 12: a gap (the leader went back to probe).
+            append(2, 13, 14, 14, 10),
+            // Same place, a newer leader.
+            append(3, 14, 15, 15, 10),
+            // A commit index lower than the one before.
+            append(3, 15, 16, 16, 9),
+        ]);
+        assert_eq!(
+            shape(&merged),
+            [
+                (10, 2, 10, vec![12]),
+                (13, 1, 10, vec![14]),
+                (14, 1, 10, vec![15]),
+                (15, 1, 9, vec![16]),
+            ]
+        );
     }
 }
