@@ -278,8 +278,14 @@ pub async fn accept(node: SharedNode, upgrade: hyper::upgrade::OnUpgrade) {
     }
 }
 
-/// Appends read together are handed to Raft as one (see [`merge`]); this many at most.
+/// Appends read together are handed to Raft as one (see [`merge`]): this many at most, and
+/// no more are added once they hold this many bytes (appends of large values stay apart).
 const MERGE_AT_MOST: usize = 64;
+const MERGE_BYTES: usize = 4 << 20;
+
+fn frame_len(frame: &std::io::Result<bytes::BytesMut>) -> usize {
+    frame.as_ref().map_or(0, |f| f.len())
+}
 
 /// What the answers to one append handed to Raft go back as: one per request the leader
 /// sent, in order.
@@ -307,10 +313,13 @@ where
         let mut to_raft = to_raft;
         while let Some(frame) = frames_in.next().await {
             // Every append already received goes to Raft as one: one log write and fsync.
+            let mut bytes = frame_len(&frame);
             let mut requests = vec![decode_append(frame)?];
             while requests.len() < MERGE_AT_MOST
+                && bytes < MERGE_BYTES
                 && let Some(Some(frame)) = frames_in.next().now_or_never()
             {
+                bytes += frame_len(&frame);
                 requests.push(decode_append(frame)?);
             }
             for (request, lasts) in merge(requests) {
