@@ -478,36 +478,40 @@ mod tests {
     }
 
     #[test]
-    fn appends_that_continue_one_another_become_one() {
-        // Entries 11-12, a commit notice, entries 13-15: one append of five entries that
-        // carries the last commit, answered as three.
-        let merged = merge(vec![
-            append(2, 10, 11, 12, 10),
-            append(2, 12, 13, 12, 12),
-            append(2, 12, 13, 15, 12),
-        ]);
-        assert_eq!(shape(&merged), [(10, 5, 12, vec![12, 12, 15])]);
-    }
-
-    #[test]
-    fn a_gap_a_new_leader_or_an_older_commit_starts_a_new_append() {
-        let merged = merge(vec![
-            append(2, 10, 11, 12, 10),
-            // Not after 12: a gap (the leader went back to probe).
-            append(2, 13, 14, 14, 10),
-            // Same place, a newer leader.
-            append(3, 14, 15, 15, 10),
-            // A commit index lower than the one before.
-            append(3, 15, 16, 16, 9),
-        ]);
-        assert_eq!(
-            shape(&merged),
-            [
-                (10, 2, 10, vec![12]),
-                (13, 1, 10, vec![14]),
-                (14, 1, 10, vec![15]),
-                (15, 1, 9, vec![16]),
-            ]
-        );
+    fn appends_merge_only_when_each_continues_the_one_before() {
+        type Shape = Vec<(u64, usize, u64, Vec<u64>)>;
+        let cases: [(&str, Vec<RaftAppend>, Shape); 2] = [
+            (
+                // Entries 11-12, a commit notice, entries 13-15: one append of five entries
+                // that carries the last commit, answered as three.
+                "continuing appends become one",
+                vec![
+                    append(2, 10, 11, 12, 10),
+                    append(2, 12, 13, 12, 12),
+                    append(2, 12, 13, 15, 12),
+                ],
+                vec![(10, 5, 12, vec![12, 12, 15])],
+            ),
+            (
+                // After the first: a gap (the leader went back to probe), the same place
+                // under a newer leader, a commit index lower than the one before.
+                "a gap, a new leader or an older commit starts a new append",
+                vec![
+                    append(2, 10, 11, 12, 10),
+                    append(2, 13, 14, 14, 10),
+                    append(3, 14, 15, 15, 10),
+                    append(3, 15, 16, 16, 9),
+                ],
+                vec![
+                    (10, 2, 10, vec![12]),
+                    (13, 1, 10, vec![14]),
+                    (14, 1, 10, vec![15]),
+                    (15, 1, 9, vec![16]),
+                ],
+            ),
+        ];
+        for (case, appends, expected) in cases {
+            assert_eq!(shape(&merge(appends)), expected, "{case}");
+        }
     }
 }
