@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -673,13 +675,10 @@ async fn force_new_cluster_rebuilds_a_survivor_once() {
 
 /// Stands in front of a node as an older binary would: every route but the append stream's
 /// is passed through; that one answers 404. Counts the single appends it passes.
-async fn without_append_streams(
-    port: u16,
-    target: String,
-) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+async fn without_append_streams(port: u16, target: String) -> std::sync::Arc<AtomicUsize> {
     use axum::body::Bytes;
     use axum::http::StatusCode;
-    let appends = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let appends = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = appends.clone();
     let http = reqwest::Client::new();
     let pass = move |req: axum::extract::Request| {
@@ -690,7 +689,7 @@ async fn without_append_streams(
                 return (StatusCode::NOT_FOUND, Bytes::new());
             }
             if path == "/api/v1/raft/append" {
-                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counted.fetch_add(1, Ordering::Relaxed);
             }
             let (parts, body) = req.into_parts();
             let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
@@ -735,12 +734,12 @@ async fn a_follower_without_append_streams_gets_single_appends_and_commits_with_
     assert_eq!(voters(&c1).await, ["node1", "node2"]);
 
     // Two voters: every write commits only once node2 has stored it, by single appends.
-    let before = appends.load(std::sync::atomic::Ordering::Relaxed);
+    let before = appends.load(Ordering::Relaxed);
     for i in 0..20 {
         c1.put(&format!("old/{i}"), &json!(i)).await.unwrap();
     }
     assert!(
-        appends.load(std::sync::atomic::Ordering::Relaxed) >= before + 20,
+        appends.load(Ordering::Relaxed) >= before + 20,
         "writes committed without single appends to node2"
     );
     let on_node2 = node2

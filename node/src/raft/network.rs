@@ -5,10 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
-
-use concordance_client::ErrorBody;
 use std::time::Instant;
 
+use concordance_client::ErrorBody;
 use futures::Stream;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
@@ -24,7 +23,6 @@ use openraft::network::stream_append_sequential;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
-use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -210,12 +208,14 @@ pub(super) fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConf
     }
 }
 
-type StreamAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
-
 /// The longest a follower may take to store and acknowledge one append request.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl PeerConnection {
+    fn kept_stream(&mut self) -> &mut Option<AppendStream> {
+        self.stream.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -238,13 +238,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         &'s mut self,
         input: S,
         option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamAnswer>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<'s, Result<BoxStream<'s, stream::Answer>, RPCError<TypeConfig>>>
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
-            let slot = self.stream.get_mut().unwrap_or_else(|p| p.into_inner());
-            let stream = match slot.take() {
+            let stream = match self.kept_stream().take() {
                 Some(stream) => stream,
                 None if self
                     .stream_refused
@@ -269,8 +268,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 },
             };
             let addr = self.member.addr.clone();
-            let slot = self.stream.get_mut().unwrap_or_else(|p| p.into_inner());
-            Ok(stream::session(stream, input, slot, addr))
+            Ok(stream::session(stream, input, self.kept_stream(), addr))
         })
     }
 

@@ -43,6 +43,7 @@ use super::log_id_to_record;
 use super::network::PeerContext;
 use super::network::PeerError;
 use super::wire;
+use super::wire::RaftAppendRequest as RaftAppend;
 use crate::service::SharedNode;
 
 /// The `Upgrade` token of an append stream.
@@ -117,7 +118,8 @@ pub async fn open(ctx: &PeerContext, addr: &str) -> Result<AppendStream, OpenErr
     })
 }
 
-type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+/// One answer of a session, as openraft takes it.
+pub type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// One session on a stream: sends `requests` as they come and yields the answers in order.
 /// At a clean end (requests exhausted, every one answered) the stream goes back to `slot`
@@ -129,10 +131,7 @@ pub fn session<'s, S>(
     addr: String,
 ) -> BoxStream<'s, Answer>
 where
-    S: futures::Stream<Item = openraft::raft::AppendEntriesRequest<TypeConfig>>
-        + Send
-        + Unpin
-        + 'static,
+    S: futures::Stream<Item = RaftAppend> + Send + Unpin + 'static,
 {
     let session = Session {
         stream: Some(stream),
@@ -163,7 +162,7 @@ struct Session<'s, S> {
 
 impl<S> Session<'_, S>
 where
-    S: futures::Stream<Item = openraft::raft::AppendEntriesRequest<TypeConfig>> + Unpin,
+    S: futures::Stream<Item = RaftAppend> + Unpin,
 {
     fn fail(&mut self, e: PeerError) -> Answer {
         self.stream = None;
@@ -396,8 +395,6 @@ fn decode_append(frame: std::io::Result<bytes::BytesMut>) -> Result<RaftAppend, 
         .into_raft()
         .map_err(|e| format!("invalid entry: {e}"))
 }
-
-type RaftAppend = openraft::raft::AppendEntriesRequest<TypeConfig>;
 
 /// The last log id an append leaves the follower's log at, if accepted.
 fn last_of(request: &RaftAppend) -> Option<LogId> {

@@ -56,7 +56,7 @@ pub struct LogStore {
     /// Shared by the store and its readers (replication, apply).
     recent: Arc<Mutex<LogCache>>,
     /// When the committed pointer was last written (see `save_committed`).
-    committed_written: Arc<Mutex<Option<Instant>>>,
+    committed_written: Option<Instant>,
 }
 
 /// How often, at most, the committed pointer is written.
@@ -74,7 +74,7 @@ impl LogStore {
             store,
             syncer: tx,
             recent: Arc::default(),
-            committed_written: Arc::default(),
+            committed_written: None,
         }
     }
 
@@ -196,13 +196,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // still a committed one, and it only speeds up restart (the rest is learnt from the
         // leader). Writing it for every commit cost a store write on the way to each answer.
         let Some(c) = committed else { return Ok(()) };
+        if self
+            .committed_written
+            .is_some_and(|at| at.elapsed() < COMMITTED_EVERY)
         {
-            let mut written = self.committed_written.lock().expect("not poisoned");
-            if written.is_some_and(|at| at.elapsed() < COMMITTED_EVERY) {
-                return Ok(());
-            }
-            *written = Some(Instant::now());
+            return Ok(());
         }
+        self.committed_written = Some(Instant::now());
         let bytes = codec::encode(RecordKind::LogPointer, &log_id_to_record(&c));
         self.store
             .db()
