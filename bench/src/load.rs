@@ -221,6 +221,9 @@ async fn client_loop(
         reads: 0,
     };
     let key_space = driver.key_space();
+    // Each request goes to the next member in turn, so at every client count (one included)
+    // two requests in three reach a follower of a 3-member cluster, whichever member leads.
+    let mut endpoint = client;
     while !shared.stop.load(Ordering::Relaxed) {
         let op = match spec.workload {
             Workload::Put => Op::Put,
@@ -239,7 +242,8 @@ async fn client_loop(
         let key = rng.random_range(0..key_space);
         let recording = shared.recording.load(Ordering::Relaxed);
         let sent = Instant::now();
-        let result = driver.call(client, op, key).await;
+        let result = driver.call(endpoint, op, key).await;
+        endpoint = endpoint.wrapping_add(1);
         let took = sent.elapsed();
         // Only requests sent and answered inside the window count.
         if !recording || shared.stop.load(Ordering::Relaxed) {

@@ -93,7 +93,7 @@ impl LoadArgs {
 struct RunArgs {
     #[arg(long, default_value = "concordance")]
     system: System,
-    /// Comma-separated `host:port` (or URLs); clients are spread over them round-robin.
+    /// Comma-separated `host:port` (or URLs); each client sends its requests to them in turn.
     #[arg(long, value_delimiter = ',', required = true)]
     endpoints: Vec<String>,
     /// Bearer key for Concordance (admin or agent).

@@ -121,6 +121,15 @@ pub async fn open(ctx: &PeerContext, addr: &str) -> Result<AppendStream, OpenErr
 /// One answer of a session, as openraft takes it.
 pub type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
+/// The longest a commit notice (an append without entries) waits for the next append to
+/// carry it instead. At one write at a time every commit was followed by a notice of its own,
+/// and the next write's append came a fraction of a millisecond later carrying the same
+/// commit: half of all frames, each one waking a follower's Raft thread and the leader's to
+/// read the answer. A held notice delays only when a follower applies a commit (its
+/// serializable reads and watches), by at most this much; the write's client already has
+/// its answer.
+pub const COMMIT_NOTICE_HOLD: Duration = Duration::from_millis(2);
+
 /// One session on a stream: sends `requests` as they come and yields the answers in order.
 /// At a clean end (requests exhausted, every one answered) the stream goes back to `slot`
 /// for the next session; after any error it is dropped, which closes it.
@@ -136,7 +145,8 @@ where
     let session = Session {
         stream: Some(stream),
         requests: Some(requests),
-        unanswered: 0,
+        pipeline: Pipeline::default(),
+        ready: VecDeque::new(),
         deadline: Instant::now(),
         slot,
         addr,
@@ -148,16 +158,126 @@ where
     .boxed()
 }
 
+/// A request on the wire, awaiting its answer.
+struct Sent {
+    prev_log_id: Option<LogId>,
+    /// Commit notices it stands for, sent before it by Raft and answered just before it.
+    folded: usize,
+}
+
+/// A commit notice held back, waiting for an append to carry it.
+struct Held {
+    request: RaftAppend,
+    /// Earlier notices it replaced (same place in the log, older commit).
+    folded: usize,
+    until: Instant,
+}
+
+/// The bookkeeping of a session, apart from its I/O: which of Raft's requests go on the wire
+/// and which ride on a later one, and so how each wire answer becomes Raft's answers.
+///
+/// Why folding is sound: a notice is folded only into the next request from the same place
+/// in the log (same vote, same previous log id) with a newer or equal commit. The follower
+/// accepting that request has that previous log id, which is all the notice asked; refusing
+/// it (a conflict there, a higher vote), it would have refused the notice the same way.
+#[derive(Default)]
+struct Pipeline {
+    held: Option<Held>,
+    sent: VecDeque<Sent>,
+}
+
+impl Pipeline {
+    /// Takes Raft's next request; returns what goes on the wire now, in order.
+    fn request(&mut self, request: RaftAppend, now: Instant) -> Vec<RaftAppend> {
+        let mut out = Vec::new();
+        let (folded, until) = match self.held.take() {
+            Some(held)
+                if held.request.vote == request.vote
+                    && held.request.prev_log_id == request.prev_log_id =>
+            {
+                (held.folded + 1, held.until)
+            }
+            Some(held) => {
+                out.push(self.send(held.request, held.folded));
+                (0, now + COMMIT_NOTICE_HOLD)
+            }
+            None => (0, now + COMMIT_NOTICE_HOLD),
+        };
+        if request.entries.is_empty() {
+            self.held = Some(Held {
+                request,
+                folded,
+                until,
+            });
+        } else {
+            out.push(self.send(request, folded));
+        }
+        out
+    }
+
+    /// The held notice, to send now (its time is up, or no request will follow).
+    fn release(&mut self) -> Option<RaftAppend> {
+        let held = self.held.take()?;
+        Some(self.send(held.request, held.folded))
+    }
+
+    fn send(&mut self, request: RaftAppend, folded: usize) -> RaftAppend {
+        self.sent.push_back(Sent {
+            prev_log_id: request.prev_log_id,
+            folded,
+        });
+        request
+    }
+
+    /// The follower's answer to the oldest request on the wire, as Raft's answers in order:
+    /// the notices folded into it first. After a refusal only the first is given: the
+    /// session ends there.
+    fn answered(
+        &mut self,
+        answer: StreamAppendResult<TypeConfig>,
+    ) -> Vec<StreamAppendResult<TypeConfig>> {
+        let Some(sent) = self.sent.pop_front() else {
+            return vec![answer];
+        };
+        match answer {
+            Ok(matching) => {
+                let mut answers = vec![Ok(sent.prev_log_id); sent.folded];
+                answers.push(Ok(matching));
+                answers
+            }
+            Err(refused) => vec![Err(refused)],
+        }
+    }
+
+    fn hold_until(&self) -> Option<Instant> {
+        self.held.as_ref().map(|h| h.until)
+    }
+
+    fn awaiting_answers(&self) -> bool {
+        !self.sent.is_empty()
+    }
+}
+
 struct Session<'s, S> {
     /// `None` once the session has ended.
     stream: Option<AppendStream>,
     /// `None` once the caller has no more requests.
     requests: Option<S>,
-    unanswered: usize,
+    pipeline: Pipeline,
+    /// Answers due to Raft, oldest first.
+    ready: VecDeque<Answer>,
     /// When the oldest unanswered request is overdue.
     deadline: Instant,
     slot: &'s mut Option<AppendStream>,
     addr: String,
+}
+
+/// What woke a session.
+enum Event {
+    Request(Option<RaftAppend>),
+    Answer(Option<std::io::Result<bytes::BytesMut>>),
+    HoldOver,
+    Overdue,
 }
 
 impl<S> Session<'_, S>
@@ -174,68 +294,110 @@ where
         self.fail(e)
     }
 
+    async fn send(&mut self, requests: Vec<RaftAppend>) -> Result<(), Answer> {
+        for request in requests {
+            let frame = serde_json::to_vec(&wire::AppendRequest::from_raft(&request))
+                .expect("append requests serialize");
+            let stream = self.stream.as_mut().expect("sending on an open stream");
+            // Fed, not flushed, one by one: requests released together leave in one write.
+            if let Err(e) = stream.requests.feed(Bytes::from(frame)).await {
+                return Err(self.unreachable(e));
+            }
+        }
+        let stream = self.stream.as_mut().expect("sending on an open stream");
+        if let Err(e) = SinkExt::<Bytes>::flush(&mut stream.requests).await {
+            return Err(self.unreachable(e));
+        }
+        Ok(())
+    }
+
     async fn next_answer(&mut self) -> Option<Answer> {
         loop {
+            if let Some(answer) = self.ready.pop_front() {
+                return Some(answer);
+            }
             let stream = self.stream.as_mut()?;
-            if self.requests.is_none() && self.unanswered == 0 {
+            if self.requests.is_none() && !self.pipeline.awaiting_answers() {
                 *self.slot = self.stream.take();
                 return None;
             }
+            let awaiting = self.pipeline.awaiting_answers();
+            let hold_until = self.pipeline.hold_until();
             let requests = &mut self.requests;
-            tokio::select! {
+            let event = tokio::select! {
                 // Sending first: a new append goes out before the answers to earlier ones.
                 biased;
-                next = async { requests.as_mut().expect("guarded").next().await }, if requests.is_some() => {
-                    let Some(request) = next else {
+                next = async { requests.as_mut().expect("guarded").next().await }, if requests.is_some() => Event::Request(next),
+                frame = stream.answers.next(), if awaiting => Event::Answer(frame),
+                _ = tokio::time::sleep_until(hold_until.unwrap_or(self.deadline)), if hold_until.is_some() => Event::HoldOver,
+                _ = tokio::time::sleep_until(self.deadline), if awaiting => Event::Overdue,
+            };
+            let was_awaiting = self.pipeline.awaiting_answers();
+            let to_send =
+                match event {
+                    Event::Request(Some(request)) => self.pipeline.request(request, Instant::now()),
+                    // No request follows a held notice: it goes now.
+                    Event::Request(None) => {
                         self.requests = None;
+                        self.pipeline.release().into_iter().collect()
+                    }
+                    Event::HoldOver => self.pipeline.release().into_iter().collect(),
+                    Event::Overdue => {
+                        return Some(self.unreachable(format!(
+                            "no answer to an append within {ANSWER_TIMEOUT:?}"
+                        )));
+                    }
+                    Event::Answer(frame) => {
+                        if let Some(answer) = self.answer(frame) {
+                            return Some(answer);
+                        }
                         continue;
-                    };
-                    if request.entries.is_empty() {
-                        // A commit notice: Raft has just handed the same commit to its state
-                        // machine on this thread; let it apply and answer the client first.
-                        tokio::task::yield_now().await;
                     }
-                    let frame = serde_json::to_vec(&wire::AppendRequest::from_raft(&request))
-                        .expect("append requests serialize");
-                    if let Err(e) = stream.requests.send(Bytes::from(frame)).await {
-                        return Some(self.unreachable(e));
-                    }
-                    if self.unanswered == 0 {
-                        self.deadline = Instant::now() + ANSWER_TIMEOUT;
-                    }
-                    self.unanswered += 1;
+                };
+            if to_send.is_empty() {
+                continue;
+            }
+            if !was_awaiting {
+                self.deadline = Instant::now() + ANSWER_TIMEOUT;
+            }
+            if let Err(failed) = self.send(to_send).await {
+                return Some(failed);
+            }
+        }
+    }
+
+    /// Reads one answer frame into `ready`; returns an answer that ends the session.
+    fn answer(&mut self, frame: Option<std::io::Result<bytes::BytesMut>>) -> Option<Answer> {
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Some(self.unreachable(e)),
+            None => return Some(self.unreachable("the follower closed the stream")),
+        };
+        self.deadline = Instant::now() + ANSWER_TIMEOUT;
+        let reply = match serde_json::from_slice::<wire::StreamAppendReply>(&frame) {
+            Ok(reply) => reply,
+            Err(e) => {
+                let e =
+                    PeerError::Refused(self.addr.clone(), 200, format!("undecodable answer: {e}"));
+                return Some(self.fail(e));
+            }
+        };
+        match reply.into_raft() {
+            Ok(answer) => {
+                if answer.is_err() {
+                    // The follower ends the stream after a refusal.
+                    self.stream = None;
                 }
-                frame = stream.answers.next(), if self.unanswered > 0 => {
-                    let frame = match frame {
-                        Some(Ok(frame)) => frame,
-                        Some(Err(e)) => return Some(self.unreachable(e)),
-                        None => return Some(self.unreachable("the follower closed the stream")),
-                    };
-                    self.unanswered -= 1;
-                    self.deadline = Instant::now() + ANSWER_TIMEOUT;
-                    let reply = match serde_json::from_slice::<wire::StreamAppendReply>(&frame) {
-                        Ok(reply) => reply,
-                        Err(e) => {
-                            let e = PeerError::Refused(self.addr.clone(), 200, format!("undecodable answer: {e}"));
-                            return Some(self.fail(e));
-                        }
-                    };
-                    return Some(match reply.into_raft() {
-                        Ok(Ok(matching)) => Ok(Ok(matching)),
-                        Ok(Err(refused)) => {
-                            // The follower ends the stream after a refusal.
-                            self.stream = None;
-                            Ok(Err(refused))
-                        }
-                        Err(message) => {
-                            self.stream = None;
-                            Err(RPCError::Network(NetworkError::from_string(format!("{}: {message}", self.addr))))
-                        }
-                    });
-                }
-                _ = tokio::time::sleep_until(self.deadline), if self.unanswered > 0 => {
-                    return Some(self.unreachable(format!("no answer to an append within {ANSWER_TIMEOUT:?}")));
-                }
+                self.ready
+                    .extend(self.pipeline.answered(answer).into_iter().map(Ok));
+                None
+            }
+            Err(message) => {
+                self.stream = None;
+                Some(Err(RPCError::Network(NetworkError::from_string(format!(
+                    "{}: {message}",
+                    self.addr
+                )))))
             }
         }
     }
@@ -431,6 +593,7 @@ fn merge(requests: Vec<RaftAppend>) -> Vec<(RaftAppend, Vec<Option<LogId>>)> {
 #[cfg(test)]
 mod tests {
     use openraft::EntryPayload;
+    use openraft::raft::StreamAppendError;
 
     use super::*;
     use crate::raft::Entry;
@@ -472,6 +635,143 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// One step of a leader's session, as the pipeline sees it.
+    enum Step {
+        /// Raft's next request.
+        Raft(RaftAppend),
+        /// The held notice's time is up (or Raft has no more requests).
+        Release,
+        /// The follower's answer to the oldest request on the wire.
+        Reply(StreamAppendResult<TypeConfig>),
+    }
+    use Step::*;
+
+    fn accepted(term: u64, index: u64) -> Step {
+        Reply(Ok(Some(id(term, index))))
+    }
+
+    /// What the pipeline did, one line per request sent or answer given to Raft.
+    fn transcript(steps: Vec<Step>) -> Vec<String> {
+        let mut pipeline = Pipeline::default();
+        let mut out = Vec::new();
+        let sent = |out: &mut Vec<String>, requests: Vec<RaftAppend>| {
+            for r in requests {
+                let prev = r.prev_log_id.map(|p| p.index).unwrap_or(0);
+                let commit = r.leader_commit.map(|c| c.index).unwrap_or(0);
+                out.push(format!(
+                    "send after {prev}, {} entries, commit {commit}",
+                    r.entries.len()
+                ));
+            }
+        };
+        for step in steps {
+            match step {
+                Raft(request) => sent(&mut out, pipeline.request(request, Instant::now())),
+                Release => sent(&mut out, pipeline.release().into_iter().collect()),
+                Reply(answer) => {
+                    for a in pipeline.answered(answer) {
+                        out.push(match a {
+                            Ok(m) => format!("answer ok {}", m.map(|m| m.index).unwrap_or(0)),
+                            Err(StreamAppendError::Conflict(at)) => {
+                                format!("answer conflict at {}", at.index)
+                            }
+                            Err(StreamAppendError::HigherVote(_)) => "answer higher vote".into(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn commit_notices_ride_on_the_next_append_from_the_same_place() {
+        let cases: [(&str, Vec<Step>, Vec<&str>); 5] = [
+            (
+                // Raft's requests: a notice of commit 10, then entry 11 (carrying commit 10).
+                "a notice followed by an append goes with it, and is answered first",
+                vec![
+                    Raft(append(2, 10, 11, 10, 10)),
+                    Raft(append(2, 10, 11, 11, 10)),
+                    accepted(2, 11),
+                ],
+                vec![
+                    "send after 10, 1 entries, commit 10",
+                    "answer ok 10",
+                    "answer ok 11",
+                ],
+            ),
+            (
+                "notices in a row fold into the newest, which goes when its time is up",
+                vec![
+                    Raft(append(2, 10, 11, 10, 9)),
+                    Raft(append(2, 10, 11, 10, 10)),
+                    Release,
+                    accepted(2, 10),
+                ],
+                vec![
+                    "send after 10, 0 entries, commit 10",
+                    "answer ok 10",
+                    "answer ok 10",
+                ],
+            ),
+            (
+                // After the notice Raft went back to entry 8 (a probe): not the same place.
+                "a notice is not folded into an append from another place or leader",
+                vec![
+                    Raft(append(2, 10, 11, 10, 10)),
+                    Raft(append(2, 7, 8, 8, 10)),
+                    Raft(append(2, 8, 9, 8, 10)),
+                    Raft(append(3, 8, 9, 9, 10)),
+                    accepted(2, 10),
+                    accepted(2, 8),
+                    accepted(2, 8),
+                    accepted(3, 9),
+                ],
+                vec![
+                    "send after 10, 0 entries, commit 10",
+                    "send after 7, 1 entries, commit 10",
+                    "send after 8, 0 entries, commit 10",
+                    "send after 8, 1 entries, commit 10",
+                    "answer ok 10",
+                    "answer ok 8",
+                    "answer ok 8",
+                    "answer ok 9",
+                ],
+            ),
+            (
+                // The follower does not hold entry 10: the notice, asked alone, would have
+                // been refused the same way; the session ends at the first refusal.
+                "a refused append refuses the notices folded into it",
+                vec![
+                    Raft(append(2, 10, 11, 10, 10)),
+                    Raft(append(2, 10, 11, 11, 10)),
+                    Reply(Err(StreamAppendError::Conflict(id(2, 10)))),
+                ],
+                vec![
+                    "send after 10, 1 entries, commit 10",
+                    "answer conflict at 10",
+                ],
+            ),
+            (
+                "appends with entries are never held",
+                vec![
+                    Raft(append(2, 10, 11, 11, 10)),
+                    Raft(append(2, 11, 12, 12, 10)),
+                    accepted(2, 11),
+                ],
+                vec![
+                    "send after 10, 1 entries, commit 10",
+                    "send after 11, 1 entries, commit 10",
+                    "answer ok 11",
+                ],
+            ),
+        ];
+        for (case, steps, expected) in cases {
+            assert_eq!(transcript(steps), expected, "{case}");
+        }
     }
 
     #[test]
