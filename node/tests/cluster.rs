@@ -742,12 +742,16 @@ async fn a_follower_without_append_streams_gets_single_appends_and_commits_with_
         appends.load(Ordering::Relaxed) >= before + 20,
         "writes committed without single appends to node2"
     );
-    let on_node2 = node2
-        .admin()
-        .list("old/", None, None, Consistency::Serializable)
-        .await
-        .unwrap();
-    assert_eq!(on_node2.kvs.len(), 20);
+    // node2 applies the last commit when the leader's next message tells it of it.
+    let c2 = node2.admin();
+    eventually("node2 to apply all 20 writes", WAIT, || async {
+        let on_node2 = c2
+            .list("old/", None, None, Consistency::Serializable)
+            .await
+            .ok()?;
+        (on_node2.kvs.len() == 20).then_some(())
+    })
+    .await;
     assert!(
         node1.log_text().contains("does not take append streams"),
         "{}",
