@@ -317,11 +317,11 @@ where
                 return Some(answer);
             }
             let stream = self.stream.as_mut()?;
-            if self.requests.is_none() && !self.pipeline.awaiting_answers() {
+            let awaiting = self.pipeline.awaiting_answers();
+            if self.requests.is_none() && !awaiting {
                 *self.slot = self.stream.take();
                 return None;
             }
-            let awaiting = self.pipeline.awaiting_answers();
             let hold_until = self.pipeline.hold_until();
             let requests = &mut self.requests;
             let event = tokio::select! {
@@ -332,7 +332,6 @@ where
                 _ = tokio::time::sleep_until(hold_until.unwrap_or(self.deadline)), if hold_until.is_some() => Event::HoldOver,
                 _ = tokio::time::sleep_until(self.deadline), if awaiting => Event::Overdue,
             };
-            let was_awaiting = self.pipeline.awaiting_answers();
             let to_send =
                 match event {
                     Event::Request(Some(request)) => self.pipeline.request(request, Instant::now()),
@@ -357,7 +356,8 @@ where
             if to_send.is_empty() {
                 continue;
             }
-            if !was_awaiting {
+            // The first request on the wire starts the clock for its answer.
+            if !awaiting {
                 self.deadline = Instant::now() + ANSWER_TIMEOUT;
             }
             if let Err(failed) = self.send(to_send).await {
