@@ -1,7 +1,6 @@
 //! Local clusters on loopback for measurements: Concordance or etcd members as child
 //! processes with their own ports and data dirs under one temporary folder, killed on drop.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
@@ -20,7 +19,7 @@ use crate::driver::System;
 const READY_WAIT: Duration = Duration::from_secs(120);
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(concordance_client::dev::free_port()?)
 }
 
 /// One member process; restartable with the same arguments.

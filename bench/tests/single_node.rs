@@ -15,11 +15,7 @@ use concordance_bench::load::LoadSpec;
 use concordance_bench::load::Workload;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    concordance_client::dev::free_port().expect("a free loopback port")
 }
 
 async fn start_node(dir: &std::path::Path) -> String {

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -111,13 +113,42 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// A loopback port free right now (bound, then released).
+/// A loopback port free right now, for a process about to listen on it.
+///
+/// Taken below the kernel's ephemeral port range when there is room. A port from that range,
+/// released here and listened on a moment later, can meanwhile become the local end of some
+/// outgoing connection: the listen then fails, and a client may reach another server on the
+/// same port. Below the range only listeners take ports. Each process starts at its own place
+/// in that span and never hands the same port out twice while the span lasts.
 pub fn free_port() -> Result<u16, Error> {
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    if let Some((first, end)) = ports_below_ephemeral_range() {
+        let span = end - first;
+        let start = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span {
+            let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+            let port = first + start.wrapping_add(n) % span;
+            if let Ok(port) = u16::try_from(port)
+                && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::LocalNode(format!("no free port: {e}")))?;
     Ok(l.local_addr()
         .map_err(|e| Error::LocalNode(e.to_string()))?
         .port())
+}
+
+/// Up to 12,000 ports just below the kernel's ephemeral range (32768 by default), never
+/// under 10,000; `None` when that leaves fewer than 1,000 or the range cannot be read.
+fn ports_below_ephemeral_range() -> Option<(u32, u32)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let end: u32 = range.split_whitespace().next()?.parse().ok()?;
+    let first = end.saturating_sub(12_000).max(10_000);
+    (end >= first + 1_000).then_some((first, end))
 }
 
 impl LocalNode {

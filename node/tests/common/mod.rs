@@ -1,7 +1,6 @@
 //! Test harness: real `concordance` processes on unique ports and folders, killed on drop.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
@@ -22,13 +21,9 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_concordance")
 }
 
-/// A free loopback port (bound then released; the OS does not hand it out again at once).
+/// A free loopback port, outside the range outgoing connections take theirs from.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    concordance_client::dev::free_port().expect("a free loopback port")
 }
 
 pub struct NodeProc {
@@ -174,22 +169,29 @@ impl NodeProc {
         }
     }
 
-    /// SIGTERM and wait for a clean exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
+    /// SIGTERM and wait for a clean exit; panics with the node's log otherwise.
+    pub fn stop(&mut self) {
         self.signal("TERM");
         let mut c = self.child.take().unwrap();
         let deadline = Instant::now() + WAIT;
-        loop {
+        let status = loop {
             if let Some(s) = c.try_wait().unwrap() {
-                return s;
+                break s;
             }
             assert!(
                 Instant::now() < deadline,
-                "node {} did not stop after SIGTERM",
-                self.name
+                "node {} did not stop after SIGTERM; log:\n{}",
+                self.name,
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        assert!(
+            status.success(),
+            "node {} exited with {status} after SIGTERM; log:\n{}",
+            self.name,
+            self.log_text()
+        );
     }
 
     /// Starts the same node again with the same arguments.
@@ -214,6 +216,20 @@ impl NodeProc {
         }
     }
 
+    /// Whether the process has ended (a zombie not yet reaped), without reaping it.
+    fn has_exited(&self) -> bool {
+        let Some(child) = &self.child else {
+            return true;
+        };
+        std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            // The state follows the command name, which is in parentheses.
+            .map(|stat| {
+                stat.rsplit_once(") ")
+                    .is_none_or(|(_, rest)| rest.starts_with('Z'))
+            })
+            .unwrap_or(true)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -223,6 +239,14 @@ impl NodeProc {
         let c = self.client();
         let deadline = Instant::now() + WAIT;
         loop {
+            // A node that could not start (its port taken, say) must not pass for ready
+            // because something else answers on that port.
+            assert!(
+                !self.has_exited(),
+                "node {} exited before it was ready; log:\n{}",
+                self.name,
+                self.log_text()
+            );
             if let Ok(r) = c.ready().await
                 && r.ready
             {
