@@ -305,6 +305,10 @@ async fn serve_http(
     threads: usize,
     stopping: CancellationToken,
 ) -> Result<(), BoxError> {
+    // Installed before the first request is served: until then SIGTERM would still kill
+    // the process outright.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let listener = listener.into_std()?;
     let mut others = Vec::new();
     for n in 1..threads {
@@ -329,7 +333,10 @@ async fn serve_http(
     }
     let signalled = stopping.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("interrupt received"),
+        }
         signalled.cancel();
     });
     serve_loop(listener, app, stopping).await?;
@@ -383,12 +390,4 @@ fn spawn_leader_change_counter(raft: &Raft, metrics: Metrics) {
             leader = now;
         }
     });
-}
-
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-    }
 }
