@@ -139,6 +139,7 @@ fn routes(lease: u64) -> Vec<(&'static str, String, Option<String>, Needs)> {
         ),
         ("POST", "/api/v1/raft/append".into(), b("{}"), Needs::Admin),
         ("GET", "/api/v1/raft/stream".into(), None, Needs::Admin),
+        ("GET", "/api/v1/raft/forward".into(), None, Needs::Admin),
         ("POST", "/api/v1/raft/vote".into(), b("{}"), Needs::Admin),
         (
             "POST",

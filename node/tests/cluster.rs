@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -197,6 +195,20 @@ async fn a_followers_concurrent_writes_travel_in_batches_and_are_answered_one_by
         sum("concordance_forwarded_batch_writes_count"),
     );
     assert_eq!(writes, 300.0, "every write forwarded once");
+    // They travelled on a forward stream, not as requests to the leader.
+    let leader_metrics = reqwest::Client::new()
+        .get(cl.node(&leader).url("/api/v1/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !leader_metrics.contains("/api/v1/raft/write"),
+        "forwarded writes came as requests:\n{leader_metrics}"
+    );
     assert!(
         batches < writes,
         "{writes} writes went in {batches} requests: none batched"
@@ -673,24 +685,30 @@ async fn force_new_cluster_rebuilds_a_survivor_once() {
     );
 }
 
-/// Stands in front of a node as an older binary would: every route but the append stream's
-/// is passed through; that one answers 404. Counts the single appends it passes.
-async fn without_append_streams(port: u16, target: String) -> std::sync::Arc<AtomicUsize> {
+/// Requests an [`older_binary_front`] passed on, by path.
+type Passed = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>;
+
+fn passed(requests: &Passed, path: &str) -> usize {
+    requests.lock().unwrap().get(path).copied().unwrap_or(0)
+}
+
+/// Stands in front of a node as an older binary would: every route but the streams' (append
+/// and forward) is passed through; those answer 404. Counts the requests it passes by path.
+async fn older_binary_front(port: u16, target: String) -> Passed {
     use axum::body::Bytes;
     use axum::http::StatusCode;
-    let appends = std::sync::Arc::new(AtomicUsize::new(0));
-    let counted = appends.clone();
+    let requests = Passed::default();
+    let counted = requests.clone();
     let http = reqwest::Client::new();
     let pass = move |req: axum::extract::Request| {
         let (http, target, counted) = (http.clone(), target.clone(), counted.clone());
         async move {
             let path = req.uri().path_and_query().unwrap().to_string();
-            if path.starts_with("/api/v1/raft/stream") {
+            let route = req.uri().path().to_string();
+            if route == "/api/v1/raft/stream" || route == "/api/v1/raft/forward" {
                 return (StatusCode::NOT_FOUND, Bytes::new());
             }
-            if path == "/api/v1/raft/append" {
-                counted.fetch_add(1, Ordering::Relaxed);
-            }
+            *counted.lock().unwrap().entry(route).or_default() += 1;
             let (parts, body) = req.into_parts();
             let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
             let mut rb = http.request(parts.method, format!("http://{target}{path}"));
@@ -716,7 +734,7 @@ async fn without_append_streams(port: u16, target: String) -> std::sync::Arc<Ato
             .await
             .unwrap()
     });
-    appends
+    requests
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -725,7 +743,7 @@ async fn a_follower_without_append_streams_gets_single_appends_and_commits_with_
     let node1 = NodeProc::start_env("node1", dir.path(), &["--bootstrap"], KEYS);
     node1.wait_ready().await;
     let (real, front) = (free_port(), free_port());
-    let appends = without_append_streams(front, format!("127.0.0.1:{real}")).await;
+    let requests = older_binary_front(front, format!("127.0.0.1:{real}")).await;
     let join = format!("--join={}", node1.addr());
     let advertise = format!("--advertise=127.0.0.1:{front}");
     let node2 = NodeProc::start_on(real, "node2", dir.path(), &[&join, &advertise], KEYS);
@@ -734,12 +752,12 @@ async fn a_follower_without_append_streams_gets_single_appends_and_commits_with_
     assert_eq!(voters(&c1).await, ["node1", "node2"]);
 
     // Two voters: every write commits only once node2 has stored it, by single appends.
-    let before = appends.load(Ordering::Relaxed);
+    let before = passed(&requests, "/api/v1/raft/append");
     for i in 0..20 {
         c1.put(&format!("old/{i}"), &json!(i)).await.unwrap();
     }
     assert!(
-        appends.load(Ordering::Relaxed) >= before + 20,
+        passed(&requests, "/api/v1/raft/append") >= before + 20,
         "writes committed without single appends to node2"
     );
     // node2 applies the last commit when the leader's next message tells it of it.
@@ -760,29 +778,84 @@ async fn a_follower_without_append_streams_gets_single_appends_and_commits_with_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_append_stream_is_refused_without_an_upgrade_or_from_another_cluster() {
+async fn a_leader_without_forward_streams_gets_a_followers_writes_as_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (real, front) = (free_port(), free_port());
+    let requests = older_binary_front(front, format!("127.0.0.1:{real}")).await;
+    let advertise = format!("--advertise=127.0.0.1:{front}");
+    let node1 = NodeProc::start_on(
+        real,
+        "node1",
+        dir.path(),
+        &["--bootstrap", &advertise],
+        KEYS,
+    );
+    node1.wait_ready().await;
+    let join = format!("--join={}", node1.addr());
+    let node2 = NodeProc::start_env("node2", dir.path(), &[&join], KEYS);
+    node2.wait_ready().await;
+    assert_eq!(voters(&node1.admin()).await, ["node1", "node2"]);
+
+    // node2 reaches the leader at its advertised address, the front: no forward stream there.
+    let c2 = node2.admin();
+    let writes = (0..40).map(|i| {
+        let c2 = c2.clone();
+        async move { c2.put(&format!("fwd/{i:02}"), &json!(i)).await }
+    });
+    for (i, r) in futures::future::join_all(writes).await.iter().enumerate() {
+        r.as_ref().unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    let as_requests =
+        passed(&requests, "/api/v1/raft/write-batch") + passed(&requests, "/api/v1/raft/write");
+    assert!(
+        as_requests >= 1,
+        "the writes reached the leader without requests: {:?}",
+        requests.lock().unwrap()
+    );
+    let kvs = node1
+        .admin()
+        .list("fwd/", None, None, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .kvs;
+    assert_eq!(kvs.len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_streams_are_refused_without_an_upgrade_or_from_another_cluster() {
     let cl = Cluster::start(1, &[]).await;
     let node = cl.node("node1");
     let cluster = node.admin().status().await.unwrap().cluster_id.unwrap();
     let http = reqwest::Client::new();
-    let open = |cluster: &str, upgrade: bool| {
-        let mut rb = http
-            .get(node.url("/api/v1/raft/stream"))
-            .query(&[("protocol", "1"), ("cluster", cluster), ("from", "7")])
-            .bearer_auth(ADMIN_KEY);
-        if upgrade {
-            rb = rb
-                .header("connection", "upgrade")
-                .header("upgrade", "concordance-append/1");
-        }
-        rb.send()
-    };
-    let other = open("another-cluster", true).await.unwrap();
-    assert_eq!(other.status(), 409);
-    assert!(other.text().await.unwrap().contains("cluster_mismatch"));
-    let plain = open(&cluster, false).await.unwrap();
-    assert_eq!(plain.status(), 426);
-    assert!(plain.text().await.unwrap().contains("upgrade_required"));
-    let upgraded = open(&cluster, true).await.unwrap();
-    assert_eq!(upgraded.status(), 101);
+    for (path, protocol) in [
+        ("/api/v1/raft/stream", "concordance-append/1"),
+        ("/api/v1/raft/forward", "concordance-forward/1"),
+    ] {
+        let open = |cluster: &str, upgrade: Option<&str>, key: &str| {
+            let mut rb = http
+                .get(node.url(path))
+                .query(&[("protocol", "1"), ("cluster", cluster), ("from", "7")])
+                .bearer_auth(key);
+            if let Some(protocol) = upgrade {
+                rb = rb
+                    .header("connection", "upgrade")
+                    .header("upgrade", protocol);
+            }
+            rb.send()
+        };
+        let agent = open(&cluster, Some(protocol), AGENT_KEY).await.unwrap();
+        assert_eq!(agent.status(), 403, "{path} with the agent key");
+        let other = open("another-cluster", Some(protocol), ADMIN_KEY)
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 409, "{path}");
+        assert!(other.text().await.unwrap().contains("cluster_mismatch"));
+        let plain = open(&cluster, None, ADMIN_KEY).await.unwrap();
+        assert_eq!(plain.status(), 426, "{path}");
+        assert!(plain.text().await.unwrap().contains("upgrade_required"));
+        let wrong = open(&cluster, Some("websocket"), ADMIN_KEY).await.unwrap();
+        assert_eq!(wrong.status(), 426, "{path} upgraded to another protocol");
+        let upgraded = open(&cluster, Some(protocol), ADMIN_KEY).await.unwrap();
+        assert_eq!(upgraded.status(), 101, "{path}");
+    }
 }

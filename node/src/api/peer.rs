@@ -91,7 +91,7 @@ pub async fn append(
     .await
 }
 
-/// Who opens an append stream: the query of `GET /api/v1/raft/stream`.
+/// Who opens a stream: the query of `GET /api/v1/raft/stream` and `GET /api/v1/raft/forward`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamHello {
@@ -104,10 +104,35 @@ pub struct StreamHello {
 pub async fn stream(
     State(node): State<SharedNode>,
     QueryParams(hello): QueryParams<StreamHello>,
-    mut request: axum::extract::Request,
+    request: axum::extract::Request,
 ) -> Result<axum::response::Response, ApiError> {
+    let upgrade = switching(&node, hello, request, UPGRADE_PROTOCOL)?;
+    tokio::spawn(crate::raft::stream::accept(node, upgrade));
+    switched(UPGRADE_PROTOCOL)
+}
+
+/// Upgrades the connection to a forward stream (`forward/stream.rs`).
+pub async fn forward_stream(
+    State(node): State<SharedNode>,
+    QueryParams(hello): QueryParams<StreamHello>,
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    let protocol = crate::forward::stream::UPGRADE_PROTOCOL;
+    let upgrade = switching(&node, hello, request, protocol)?;
+    tokio::spawn(crate::forward::stream::accept(node, upgrade));
+    switched(protocol)
+}
+
+/// Checks who asks and that they ask to upgrade to `protocol`; the connection to take over
+/// once the `101` answer is sent.
+fn switching(
+    node: &SharedNode,
+    hello: StreamHello,
+    mut request: axum::extract::Request,
+    protocol: &str,
+) -> Result<hyper::upgrade::OnUpgrade, ApiError> {
     check(
-        &node,
+        node,
         &PeerMessage {
             protocol: hello.protocol,
             cluster: hello.cluster,
@@ -115,25 +140,28 @@ pub async fn stream(
             body: (),
         },
     )?;
-    let asks_for_stream = request
+    let asks_for_it = request
         .headers()
         .get(axum::http::header::UPGRADE)
-        .is_some_and(|v| v.as_bytes() == UPGRADE_PROTOCOL.as_bytes());
+        .is_some_and(|v| v.as_bytes() == protocol.as_bytes());
     let upgrade = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>();
-    let (true, Some(upgrade)) = (asks_for_stream, upgrade) else {
-        return Err(ApiError::new(
+    match (asks_for_it, upgrade) {
+        (true, Some(upgrade)) => Ok(upgrade),
+        _ => Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
-            format!("send Connection: upgrade and Upgrade: {UPGRADE_PROTOCOL}"),
-        ));
-    };
-    tokio::spawn(crate::raft::stream::accept(node, upgrade));
+            format!("send Connection: upgrade and Upgrade: {protocol}"),
+        )),
+    }
+}
+
+fn switched(protocol: &str) -> Result<axum::response::Response, ApiError> {
     axum::response::Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(axum::http::header::CONNECTION, "upgrade")
-        .header(axum::http::header::UPGRADE, UPGRADE_PROTOCOL)
+        .header(axum::http::header::UPGRADE, protocol)
         .body(Body::empty())
         .map_err(ApiError::internal_from)
 }
@@ -201,19 +229,7 @@ pub async fn write_batch(
                 ),
             ));
         }
-        // Proposed together, so Raft appends and replicates them as one batch.
-        let results = futures::future::join_all(
-            req.commands
-                .into_iter()
-                .map(|command| node.propose_local(command)),
-        )
-        .await;
-        Ok(wire::ForwardedWritesReply {
-            results: results
-                .into_iter()
-                .map(wire::ForwardedResult::from_result)
-                .collect(),
-        })
+        Ok(crate::forward::propose_forwarded(node, req.commands).await)
     })
     .await
 }

@@ -297,6 +297,10 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             post(peer::write_batch).layer(peer_limit()),
         ),
         (
+            doc("get", "/api/v1/raft/forward", Admin, "Upgrade to a forward stream (Upgrade: concordance-forward/1): length-prefixed batches of forwarded writes and their answers in order").answers(Body::Binary).internal(),
+            get(peer::forward_stream),
+        ),
+        (
             doc("post", "/api/v1/raft/read-index", Admin, "A follower's read-index request").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
             post(peer::read_index).layer(peer_limit()),
         ),

@@ -3,6 +3,7 @@
 
 pub mod network;
 pub mod stream;
+pub mod upgrade;
 pub mod wire;
 
 use std::collections::BTreeMap;

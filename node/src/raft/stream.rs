@@ -22,13 +22,10 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::SinkExt;
 use futures::StreamExt;
-use hyper_util::rt::TokioIo;
 use openraft::base::BoxStream;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::raft::StreamAppendResult;
-use tokio::io::AsyncRead;
-use tokio::io::AsyncWrite;
 use tokio::io::ReadHalf;
 use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
@@ -42,6 +39,7 @@ use super::TypeConfig;
 use super::log_id_to_record;
 use super::network::PeerContext;
 use super::network::PeerError;
+pub use super::upgrade::OpenError;
 use super::wire;
 use super::wire::RaftAppendRequest as RaftAppend;
 use crate::service::SharedNode;
@@ -56,9 +54,6 @@ pub const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// The longest a follower may take to answer the oldest unanswered append.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long opening a stream (connect and upgrade) may take.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
-
 fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(crate::api::PEER_BODY_BYTES)
@@ -71,46 +66,9 @@ pub struct AppendStream {
     requests: FramedWrite<WriteHalf<reqwest::Upgraded>, LengthDelimitedCodec>,
 }
 
-pub enum OpenError {
-    /// The peer's binary predates append streams.
-    Unsupported,
-    Peer(PeerError),
-}
-
 /// Opens a stream to the follower at `addr`.
 pub async fn open(ctx: &PeerContext, addr: &str) -> Result<AppendStream, OpenError> {
-    let unreachable = |e: String| OpenError::Peer(PeerError::Unreachable(addr.into(), e));
-    let hello = ctx.envelope(());
-    let request = ctx
-        .request(reqwest::Method::GET, addr, "raft/stream")
-        .query(&[
-            ("protocol", hello.protocol.to_string()),
-            ("cluster", hello.cluster),
-            ("from", hello.from.to_string()),
-        ])
-        .header(reqwest::header::CONNECTION, "upgrade")
-        .header(reqwest::header::UPGRADE, UPGRADE_PROTOCOL);
-    let opening = async {
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        match resp.status() {
-            reqwest::StatusCode::SWITCHING_PROTOCOLS => {
-                resp.upgrade().await.map_err(|e| unreachable(e.to_string()))
-            }
-            reqwest::StatusCode::NOT_FOUND => Err(OpenError::Unsupported),
-            _ => Err(OpenError::Peer(
-                super::network::decode::<()>(addr, resp)
-                    .await
-                    .err()
-                    .unwrap_or_else(|| PeerError::Refused(addr.into(), 200, "no upgrade".into())),
-            )),
-        }
-    };
-    let io = tokio::time::timeout(OPEN_TIMEOUT, opening)
-        .await
-        .map_err(|_| unreachable(format!("no stream within {OPEN_TIMEOUT:?}")))??;
+    let io = super::upgrade::open(ctx, addr, "raft/stream", UPGRADE_PROTOCOL).await?;
     let (read, write) = tokio::io::split(io);
     Ok(AppendStream {
         answers: FramedRead::new(read, codec()),
@@ -403,40 +361,10 @@ where
     }
 }
 
-/// The follower's end: takes over an upgraded connection. A plain TCP connection moves to the
-/// Raft thread, so appends reach Raft and answers leave without a thread hand-off.
+/// The follower's end: takes over an upgraded connection, on the Raft thread, so appends
+/// reach Raft and answers leave without a thread hand-off.
 pub async fn accept(node: SharedNode, upgrade: hyper::upgrade::OnUpgrade) {
-    let upgraded = match upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            tracing::warn!(error = %e, "an append stream failed to open");
-            return;
-        }
-    };
-    match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
-        Ok(parts) => {
-            let read_ahead = parts.read_buf;
-            let tcp = match parts.io.into_inner().into_std() {
-                Ok(tcp) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "an append stream's connection is unusable");
-                    return;
-                }
-            };
-            let raft_runtime = node.raft_runtime.clone();
-            raft_runtime.spawn(async move {
-                // Answers are small writes, each awaited by the leader: never held back.
-                match TcpStream::from_std(tcp).and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp)) {
-                    Ok(tcp) => serve(node, tcp, read_ahead).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "an append stream's connection is unusable")
-                    }
-                }
-            });
-        }
-        // Not a plain TCP connection: served where it is.
-        Err(upgraded) => serve(node, TokioIo::new(upgraded), Bytes::new()).await,
-    }
+    super::upgrade::serve_on_raft_thread(node, upgrade, "an append stream", serve).await;
 }
 
 /// Appends read together are handed to Raft as one (see [`merge`]): this many at most, and
@@ -459,11 +387,8 @@ struct Handed {
 
 /// Feeds the leader's appends to Raft and writes Raft's answers back, until the leader closes
 /// the stream, an answer is a refusal, or the node stops.
-async fn serve<IO>(node: SharedNode, io: IO, read_ahead: Bytes)
-where
-    IO: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (read, write) = tokio::io::split(io);
+async fn serve(node: SharedNode, tcp: TcpStream, read_ahead: Bytes) {
+    let (read, write) = tcp.into_split();
     let mut frames_in = FramedRead::new(read, codec());
     frames_in.read_buffer_mut().extend_from_slice(&read_ahead);
     let mut frames_out = FramedWrite::new(write, codec());

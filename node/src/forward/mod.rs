@@ -1,12 +1,16 @@
 //! Writes a follower forwards to the leader. Writes that arrive while earlier ones are in
-//! flight travel together in one request (`raft/write-batch`), so under load a follower
-//! sends one HTTP exchange per batch instead of one per write: the leader parses fewer
-//! requests and both sides wake fewer threads. A lone write goes at once, alone.
+//! flight travel together in one batch, so under load a follower sends one message per batch
+//! instead of one per write: the leader parses fewer and both sides wake fewer threads. A
+//! lone write goes at once, alone. Batches go over a forward stream ([`stream`]) to a leader
+//! that serves one, else as HTTP requests (`raft/write-batch`).
+
+pub mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use tokio::sync::Semaphore;
@@ -18,8 +22,10 @@ use crate::metrics::Metrics;
 use crate::raft::Raft;
 use crate::raft::network::PeerContext;
 use crate::raft::network::PeerError;
+use crate::raft::upgrade::OpenError;
 use crate::raft::wire;
 use crate::service::QUORUM_TIMEOUT;
+use crate::service::SharedNode;
 use crate::store::records::Command;
 use crate::store::records::Response;
 
@@ -29,6 +35,9 @@ pub const MAX_BATCH: usize = 64;
 /// Batches in flight from this follower at once: while they are out, new writes queue and
 /// leave together in the next one.
 const BATCHES_IN_FLIGHT: usize = 2;
+/// How long a follower sends HTTP requests to a leader that refused a forward stream before
+/// asking again (the leader may have been upgraded meanwhile).
+const STREAM_REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 struct Pending {
     leader: u64,
@@ -102,6 +111,16 @@ struct Sender {
     /// A leader found not to serve `raft/write-batch` (an older version during a rolling
     /// upgrade): it gets one request per write.
     unbatched_leader: AtomicU64,
+    /// The open forward stream, to the leader it was opened to.
+    stream: tokio::sync::Mutex<Option<LeaderStream>>,
+    /// A leader that answered 404 to a forward stream, and when.
+    stream_refused: std::sync::Mutex<Option<(u64, Instant)>>,
+}
+
+struct LeaderStream {
+    leader: u64,
+    addr: String,
+    stream: Arc<stream::ForwardStream>,
 }
 
 impl Sender {
@@ -110,6 +129,60 @@ impl Sender {
             peers,
             raft,
             unbatched_leader: AtomicU64::new(0),
+            stream: tokio::sync::Mutex::new(None),
+            stream_refused: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The forward stream to `leader`, opened if need be; `None` if it has none to offer (an
+    /// older binary) or cannot be reached, and the batch then goes as a request.
+    async fn stream_to(&self, leader: u64, addr: &str) -> Option<Arc<stream::ForwardStream>> {
+        let mut kept = self.stream.lock().await;
+        if let Some(s) = kept.as_ref()
+            && s.leader == leader
+            && s.addr == addr
+            && s.stream.is_open()
+        {
+            return Some(s.stream.clone());
+        }
+        *kept = None;
+        if self
+            .stream_refused
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|(refused, at)| refused == leader && at.elapsed() < STREAM_REFUSED_RETRY)
+        {
+            return None;
+        }
+        match stream::ForwardStream::open(&self.peers, addr).await {
+            Ok(s) => {
+                let s = Arc::new(s);
+                *kept = Some(LeaderStream {
+                    leader,
+                    addr: addr.to_string(),
+                    stream: s.clone(),
+                });
+                Some(s)
+            }
+            Err(OpenError::Unsupported) => {
+                *self.stream_refused.lock().expect("not poisoned") = Some((leader, Instant::now()));
+                None
+            }
+            Err(OpenError::Peer(e)) => {
+                tracing::debug!(error = %e, "no forward stream to the leader");
+                None
+            }
+        }
+    }
+
+    /// Forgets `failed` if it is still the kept stream, so the next batch opens another.
+    async fn drop_stream(&self, failed: &Arc<stream::ForwardStream>) {
+        let mut kept = self.stream.lock().await;
+        if kept
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(&s.stream, failed))
+        {
+            *kept = None;
         }
     }
 
@@ -121,10 +194,64 @@ impl Sender {
                 .into_iter()
                 .partition(|p| p.leader == leader && p.addr == addr);
             batch = rest;
+            let group = match self.stream_to(leader, &addr).await {
+                Some(stream) => match self.send_on_stream(leader, &addr, &stream, group).await {
+                    Some(unsent) => unsent,
+                    None => continue,
+                },
+                None => group,
+            };
             if group.len() == 1 || self.unbatched_leader.load(Ordering::Relaxed) == leader {
                 futures::future::join_all(group.into_iter().map(|p| self.send_one(p))).await;
             } else {
                 self.send_group(leader, &addr, group).await;
+            }
+        }
+    }
+
+    /// Sends a group over the forward stream and hands out the answers; gives the group back
+    /// if the stream had ended before it was sent.
+    async fn send_on_stream(
+        &self,
+        leader: u64,
+        addr: &str,
+        stream: &Arc<stream::ForwardStream>,
+        group: Vec<Pending>,
+    ) -> Option<Vec<Pending>> {
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let writes = wire::ForwardedWrites { commands };
+        let call = async {
+            match stream.call(&writes).await {
+                Ok(reply) => Ok(Ok(reply)),
+                Err(stream::CallError::NotSent) => Ok(Err(())),
+                Err(stream::CallError::Lost(e)) => Err(peer_failure(e)),
+            }
+        };
+        let answered = while_leader(&self.raft, leader, call).await;
+        match answered {
+            Ok(Ok(reply)) => {
+                hand_out(replies, Ok(reply));
+                None
+            }
+            Ok(Err(())) => {
+                self.drop_stream(stream).await;
+                let again = writes.commands.into_iter().zip(replies);
+                Some(
+                    again
+                        .map(|(command, reply)| Pending {
+                            leader,
+                            addr: addr.to_string(),
+                            command,
+                            reply,
+                        })
+                        .collect(),
+                )
+            }
+            Err(e) => {
+                self.drop_stream(stream).await;
+                hand_out(replies, Err(e));
+                None
             }
         }
     }
@@ -161,21 +288,6 @@ impl Sender {
         )
         .await;
         match r {
-            Ok(reply) if reply.results.len() == replies.len() => {
-                for (reply, result) in replies.into_iter().zip(reply.results) {
-                    let _ = reply.send(result.into_result());
-                }
-            }
-            Ok(reply) => {
-                let e = ApiError::internal(format!(
-                    "the leader answered {} results for {} forwarded writes; they may or may not have applied",
-                    reply.results.len(),
-                    replies.len()
-                ));
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
             Err(e) if e.status == StatusCode::NOT_FOUND && e.detail.code == "not_found" => {
                 // An older leader: nothing applied. Send each write on its own.
                 self.unbatched_leader.store(leader, Ordering::Relaxed);
@@ -191,12 +303,53 @@ impl Sender {
                     });
                 futures::future::join_all(again.map(|p| self.send_one(p))).await;
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
+            r => hand_out(replies, r),
+        }
+    }
+}
+
+/// Gives each forwarded write its answer from the leader's reply to the batch.
+fn hand_out(
+    replies: Vec<oneshot::Sender<Result<Response, ApiError>>>,
+    reply: Result<wire::ForwardedWritesReply, ApiError>,
+) {
+    match reply {
+        Ok(reply) if reply.results.len() == replies.len() => {
+            for (reply, result) in replies.into_iter().zip(reply.results) {
+                let _ = reply.send(result.into_result());
             }
         }
+        Ok(reply) => {
+            let e = ApiError::internal(format!(
+                "the leader answered {} results for {} forwarded writes; they may or may not have applied",
+                reply.results.len(),
+                replies.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// The leader's side of a batch: proposes the writes together, so Raft appends and
+/// replicates them as one, and answers each in order.
+pub async fn propose_forwarded(
+    node: SharedNode,
+    commands: Vec<Command>,
+) -> wire::ForwardedWritesReply {
+    let results =
+        futures::future::join_all(commands.into_iter().map(|c| node.propose_local(c))).await;
+    wire::ForwardedWritesReply {
+        results: results
+            .into_iter()
+            .map(wire::ForwardedResult::from_result)
+            .collect(),
     }
 }
 
@@ -233,6 +386,22 @@ pub async fn to_leader<B: serde::Serialize, T: serde::de::DeserializeOwned>(
     path: &str,
     body: &B,
 ) -> Result<T, ApiError> {
+    let request = async {
+        peers
+            .post(addr, path, body, QUORUM_TIMEOUT + Duration::from_secs(1))
+            .await
+            .map_err(peer_failure)
+    };
+    while_leader(raft, leader, request).await
+}
+
+/// Waits for `exchange` with `leader` while this node still sees it lead, and for at most
+/// as long as a write may take to commit (plus a second).
+async fn while_leader<T>(
+    raft: &Raft,
+    leader: u64,
+    exchange: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     let moved = async {
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -241,14 +410,17 @@ pub async fn to_leader<B: serde::Serialize, T: serde::de::DeserializeOwned>(
             }
         }
     };
+    let limit = QUORUM_TIMEOUT + Duration::from_secs(1);
     tokio::select! {
-        r = peers.post(addr, path, body, QUORUM_TIMEOUT + Duration::from_secs(1)) => {
-            r.map_err(peer_failure)
-        }
+        r = exchange => r,
         _ = moved => Err(ApiError::unavailable(
             "leader_changed",
             "the leader changed while the request was in flight; a write may or may not have \
              applied: retry it (with an Idempotency-Key to make the retry safe)",
+        )),
+        () = tokio::time::sleep(limit) => Err(ApiError::unavailable(
+            "no_quorum",
+            format!("the leader did not answer within {limit:?}; a write may or may not have applied"),
         )),
     }
 }

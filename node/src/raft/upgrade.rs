@@ -1,0 +1,109 @@
+//! Long-lived peer connections: an HTTP request upgraded to a protocol of our own (append
+//! streams, forward streams). The caller side asks for the upgrade; the serving side takes the
+//! raw TCP connection over and serves it on the Raft thread, where the work it carries is
+//! done, so nothing is handed between threads.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::network::PeerContext;
+use super::network::PeerError;
+use crate::service::SharedNode;
+
+/// How long opening a connection (connect and upgrade) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub enum OpenError {
+    /// The peer's binary predates this protocol (it answered 404).
+    Unsupported,
+    Peer(PeerError),
+}
+
+/// Asks the peer at `addr` to upgrade `GET /api/v1/<path>` to `protocol`.
+pub async fn open(
+    ctx: &PeerContext,
+    addr: &str,
+    path: &str,
+    protocol: &str,
+) -> Result<reqwest::Upgraded, OpenError> {
+    let unreachable = |e: String| OpenError::Peer(PeerError::Unreachable(addr.into(), e));
+    let hello = ctx.envelope(());
+    let request = ctx
+        .request(reqwest::Method::GET, addr, path)
+        .query(&[
+            ("protocol", hello.protocol.to_string()),
+            ("cluster", hello.cluster),
+            ("from", hello.from.to_string()),
+        ])
+        .header(reqwest::header::CONNECTION, "upgrade")
+        .header(reqwest::header::UPGRADE, protocol);
+    let opening = async {
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        match resp.status() {
+            reqwest::StatusCode::SWITCHING_PROTOCOLS => {
+                resp.upgrade().await.map_err(|e| unreachable(e.to_string()))
+            }
+            reqwest::StatusCode::NOT_FOUND => Err(OpenError::Unsupported),
+            _ => Err(OpenError::Peer(
+                super::network::decode::<()>(addr, resp)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| PeerError::Refused(addr.into(), 200, "no upgrade".into())),
+            )),
+        }
+    };
+    tokio::time::timeout(OPEN_TIMEOUT, opening)
+        .await
+        .map_err(|_| unreachable(format!("no {protocol} connection within {OPEN_TIMEOUT:?}")))?
+}
+
+/// The serving side: waits for the upgrade to complete, then serves the raw connection with
+/// `serve` on the Raft thread (with the bytes already read past the request, and Nagle off:
+/// every frame is a small write its peer waits for).
+pub async fn serve_on_raft_thread<F, Fut>(
+    node: SharedNode,
+    upgrade: hyper::upgrade::OnUpgrade,
+    what: &'static str,
+    serve: F,
+) where
+    F: FnOnce(SharedNode, TcpStream, Bytes) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let upgraded = match upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::warn!(error = %e, "{what} failed to open");
+            return;
+        }
+    };
+    let parts =
+        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
+            Ok(parts) => parts,
+            Err(_) => {
+                // Our listener only ever accepts TCP connections.
+                tracing::warn!("{what} is not on a TCP connection; closing it");
+                return;
+            }
+        };
+    let read_ahead = parts.read_buf;
+    let tcp = match parts.io.into_inner().into_std() {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::warn!(error = %e, "{what}'s connection is unusable");
+            return;
+        }
+    };
+    let raft_runtime = node.raft_runtime.clone();
+    raft_runtime.spawn(async move {
+        match TcpStream::from_std(tcp).and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp)) {
+            Ok(tcp) => serve(node, tcp, read_ahead).await,
+            Err(e) => tracing::warn!(error = %e, "{what}'s connection is unusable"),
+        }
+    });
+}
