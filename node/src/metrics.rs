@@ -159,7 +159,7 @@ impl Metrics {
         );
         r.register(
             "forwarded_batch_writes",
-            "Writes this follower forwarded to the leader in one request",
+            "Writes this follower forwarded to the leader in one batch",
             inner.forwarded_batch_writes.clone(),
         );
         r.register(

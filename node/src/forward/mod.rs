@@ -23,6 +23,7 @@ use crate::raft::Raft;
 use crate::raft::network::PeerContext;
 use crate::raft::network::PeerError;
 use crate::raft::upgrade::OpenError;
+use crate::raft::upgrade::REFUSED_RETRY;
 use crate::raft::wire;
 use crate::service::QUORUM_TIMEOUT;
 use crate::service::SharedNode;
@@ -35,9 +36,6 @@ pub const MAX_BATCH: usize = 64;
 /// Batches in flight from this follower at once: while they are out, new writes queue and
 /// leave together in the next one.
 const BATCHES_IN_FLIGHT: usize = 2;
-/// How long a follower sends HTTP requests to a leader that refused a forward stream before
-/// asking again (the leader may have been upgraded meanwhile).
-const STREAM_REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 struct Pending {
     leader: u64,
@@ -150,7 +148,7 @@ impl Sender {
             .stream_refused
             .lock()
             .expect("not poisoned")
-            .is_some_and(|(refused, at)| refused == leader && at.elapsed() < STREAM_REFUSED_RETRY)
+            .is_some_and(|(refused, at)| refused == leader && at.elapsed() < REFUSED_RETRY)
         {
             return None;
         }
@@ -221,20 +219,19 @@ impl Sender {
         let (commands, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|p| (p.command, p.reply)).unzip();
         let writes = wire::ForwardedWrites { commands };
+        // A batch lost on the stream is a failure; one never sent goes another way.
         let call = async {
             match stream.call(&writes).await {
-                Ok(reply) => Ok(Ok(reply)),
-                Err(stream::CallError::NotSent) => Ok(Err(())),
                 Err(stream::CallError::Lost(e)) => Err(peer_failure(e)),
+                sent_or_not => Ok(sent_or_not),
             }
         };
-        let answered = while_leader(&self.raft, leader, call).await;
-        match answered {
+        match while_leader(&self.raft, leader, call).await {
             Ok(Ok(reply)) => {
                 hand_out(replies, Ok(reply));
                 None
             }
-            Ok(Err(())) => {
+            Ok(Err(_not_sent)) => {
                 self.drop_stream(stream).await;
                 let again = writes.commands.into_iter().zip(replies);
                 Some(

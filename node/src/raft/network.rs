@@ -247,7 +247,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 Some(stream) => stream,
                 None if self
                     .stream_refused
-                    .is_some_and(|at| at.elapsed() < stream::REFUSED_RETRY) =>
+                    .is_some_and(|at| at.elapsed() < super::upgrade::REFUSED_RETRY) =>
                 {
                     return stream_append_sequential(self, input, option).await;
                 }

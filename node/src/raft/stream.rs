@@ -12,7 +12,7 @@
 //! [`wire::AppendRequest`] from the leader and one [`wire::StreamAppendReply`] per request
 //! back, in order. A stream ends when the leader closes it or at the first answer that is not
 //! `accepted`. A follower running an older binary answers 404, and the leader then sends single
-//! requests (`POST /api/v1/raft/append`), asking again after [`REFUSED_RETRY`].
+//! requests (`POST /api/v1/raft/append`), asking again after [`REFUSED_RETRY`](super::upgrade::REFUSED_RETRY).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -46,10 +46,6 @@ use crate::service::SharedNode;
 
 /// The `Upgrade` token of an append stream.
 pub const UPGRADE_PROTOCOL: &str = "concordance-append/1";
-
-/// How long a leader sends single requests to a follower that refused a stream before asking
-/// again (the follower may have been upgraded meanwhile).
-pub const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 /// The longest a follower may take to answer the oldest unanswered append.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);

@@ -13,6 +13,10 @@ use super::network::PeerContext;
 use super::network::PeerError;
 use crate::service::SharedNode;
 
+/// How long a peer that refused an upgrade (an older binary) gets plain requests before it
+/// is asked again (it may have been upgraded meanwhile).
+pub const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
 /// How long opening a connection (connect and upgrade) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 
