@@ -34,6 +34,9 @@ pub const STALE_QUORUM_ACK: Duration = Duration::from_millis(2500);
 /// A voter is "caught up" (ready) when it has applied within this many entries of the commit.
 pub const READY_LAG_ENTRIES: u64 = 100;
 
+/// The pause before a leader asks its quorum again to confirm a read index.
+const READ_INDEX_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 pub struct Node {
     pub raft: Raft,
     /// The thread Raft runs on; append streams from the leader are served there.
@@ -201,24 +204,37 @@ impl Node {
 
     /// On the leader: confirms leadership with a quorum and returns the index a read must see.
     pub async fn read_index_local(&self) -> Result<u64, ApiError> {
-        self.check_leader_quorum()?;
-        let r = tokio::time::timeout(
-            QUORUM_TIMEOUT,
-            self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
-        )
-        .await;
-        match r {
-            Err(_) => Err(ApiError::unavailable(
-                "no_quorum",
-                "could not confirm leadership with a quorum",
-            )),
-            Ok(Ok(lin)) => Ok(lin.read_log_id().index()),
-            Ok(Err(e)) => {
-                if let Some(f) = e.forward_to_leader() {
-                    return Err(self.not_leader_error(f.leader_id));
+        let deadline = Instant::now() + QUORUM_TIMEOUT;
+        loop {
+            self.check_leader_quorum()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let r =
+                tokio::time::timeout(left, self.raft.get_read_linearizer(ReadPolicy::ReadIndex))
+                    .await;
+            let e = match r {
+                Err(_) => {
+                    return Err(ApiError::unavailable(
+                        "no_quorum",
+                        "could not confirm leadership with a quorum",
+                    ));
                 }
-                Err(ApiError::unavailable("no_quorum", e.to_string()))
+                Ok(Ok(lin)) => return Ok(lin.read_log_id().index()),
+                Ok(Err(e)) => e,
+            };
+            if let Some(f) = e.forward_to_leader() {
+                return Err(self.not_leader_error(f.leader_id));
             }
+            // One round of heartbeats fell short (a member slow to answer, or a connection
+            // reset): ask again while this leader still hears from a quorum. A leader cut off
+            // from the quorum stops at `check_leader_quorum` or the deadline.
+            let one_round_short = matches!(
+                e.api_error(),
+                Some(openraft::errors::LinearizableReadError::QuorumNotEnough(_))
+            );
+            if !one_round_short || Instant::now() + READ_INDEX_RETRY_PAUSE >= deadline {
+                return Err(ApiError::unavailable("no_quorum", e.to_string()));
+            }
+            tokio::time::sleep(READ_INDEX_RETRY_PAUSE).await;
         }
     }
 
