@@ -24,24 +24,18 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tokio_util::codec::FramedWrite;
-use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::api::ApiError;
 use crate::raft::network::PeerContext;
 use crate::raft::network::PeerError;
 use crate::raft::upgrade::OpenError;
+use crate::raft::upgrade::frame_codec;
 use crate::raft::wire;
 use crate::service::SharedNode;
 use crate::store::records::Command;
 
 /// The `Upgrade` token of a forward stream.
 pub const UPGRADE_PROTOCOL: &str = "concordance-forward/1";
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(crate::api::PEER_BODY_BYTES)
-        .new_codec()
-}
 
 /// Why a batch got no answer.
 #[derive(Debug)]
@@ -103,8 +97,8 @@ impl ForwardStream {
 /// handle is dropped or the connection ends; batches still unanswered then get the error.
 async fn run(io: reqwest::Upgraded, mut calls: mpsc::UnboundedReceiver<Call>, addr: String) {
     let (read, write) = tokio::io::split(io);
-    let mut answers = FramedRead::new(read, codec());
-    let mut requests = FramedWrite::new(write, codec());
+    let mut answers = FramedRead::new(read, frame_codec());
+    let mut requests = FramedWrite::new(write, frame_codec());
     let mut waiting = VecDeque::new();
     let failure = loop {
         tokio::select! {
@@ -166,9 +160,9 @@ pub async fn accept(node: SharedNode, upgrade: hyper::upgrade::OnUpgrade) {
 /// (`shutting_down`: not applied), as HTTP requests are while a node drains.
 async fn serve(node: SharedNode, tcp: TcpStream, read_ahead: Bytes) {
     let (read, write) = tcp.into_split();
-    let mut batches = FramedRead::new(read, codec());
+    let mut batches = FramedRead::new(read, frame_codec());
     batches.read_buffer_mut().extend_from_slice(&read_ahead);
-    let mut answers = FramedWrite::new(write, codec());
+    let mut answers = FramedWrite::new(write, frame_codec());
     let mut proposed = FuturesOrdered::new();
     let mut follower_done = false;
     loop {

@@ -40,6 +40,7 @@ use super::log_id_to_record;
 use super::network::PeerContext;
 use super::network::PeerError;
 pub use super::upgrade::OpenError;
+use super::upgrade::frame_codec;
 use super::wire;
 use super::wire::RaftAppendRequest as RaftAppend;
 use crate::service::SharedNode;
@@ -49,12 +50,6 @@ pub const UPGRADE_PROTOCOL: &str = "concordance-append/1";
 
 /// The longest a follower may take to answer the oldest unanswered append.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(crate::api::PEER_BODY_BYTES)
-        .new_codec()
-}
 
 /// The leader's end of an open stream.
 pub struct AppendStream {
@@ -67,8 +62,8 @@ pub async fn open(ctx: &PeerContext, addr: &str) -> Result<AppendStream, OpenErr
     let io = super::upgrade::open(ctx, addr, "raft/stream", UPGRADE_PROTOCOL).await?;
     let (read, write) = tokio::io::split(io);
     Ok(AppendStream {
-        answers: FramedRead::new(read, codec()),
-        requests: FramedWrite::new(write, codec()),
+        answers: FramedRead::new(read, frame_codec()),
+        requests: FramedWrite::new(write, frame_codec()),
     })
 }
 
@@ -385,9 +380,9 @@ struct Handed {
 /// the stream, an answer is a refusal, or the node stops.
 async fn serve(node: SharedNode, tcp: TcpStream, read_ahead: Bytes) {
     let (read, write) = tcp.into_split();
-    let mut frames_in = FramedRead::new(read, codec());
+    let mut frames_in = FramedRead::new(read, frame_codec());
     frames_in.read_buffer_mut().extend_from_slice(&read_ahead);
-    let mut frames_out = FramedWrite::new(write, codec());
+    let mut frames_out = FramedWrite::new(write, frame_codec());
     let (to_raft, from_leader) = futures::channel::mpsc::channel(64);
     let handed: Mutex<VecDeque<Handed>> = Mutex::default();
 

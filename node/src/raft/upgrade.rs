@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::codec::LengthDelimitedCodec;
 
 use super::network::PeerContext;
 use super::network::PeerError;
@@ -19,6 +20,14 @@ pub const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 /// How long opening a connection (connect and upgrade) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The framing of every upgraded connection: a 4-byte big-endian length, then that many bytes
+/// (JSON), at most a peer request body.
+pub fn frame_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(crate::api::PEER_BODY_BYTES)
+        .new_codec()
+}
 
 pub enum OpenError {
     /// The peer's binary predates this protocol (it answered 404).
