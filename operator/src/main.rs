@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,8 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        // Colours only for a person at a terminal, not in pod logs.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let metrics = Metrics::new();
     let http = tokio::spawn(metrics::serve(args.http, metrics.clone()));
