@@ -259,7 +259,7 @@ pub enum MemberCommand {
         #[arg(long)]
         expected_version: Option<u64>,
     },
-    /// Hands leadership to a voter (default: the most caught-up one).
+    /// Hands leadership to a voter (default: the most caught-up one that is answering).
     TransferLeader {
         #[arg(long)]
         to: Option<String>,

@@ -29,7 +29,7 @@ impl Client {
         .await
     }
 
-    /// Hands leadership to `node_id`, or to the most caught-up voter.
+    /// Hands leadership to `node_id`, or to the most caught-up voter that is answering.
     pub async fn transfer_leader(&self, node_id: Option<&str>) -> Result<TransferReply, Error> {
         self.execute(
             Call::post("cluster/transfer-leader").json(&TransferRequest {

@@ -513,7 +513,7 @@ pub struct RemoveRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransferRequest {
-    /// The voter to hand leadership to (default: the most caught-up one).
+    /// The voter to hand leadership to (default: the most caught-up one that is answering).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
 }

@@ -255,8 +255,32 @@ impl Node {
         Ok(self.reply(format!("{} was removed", req.node_id)))
     }
 
-    /// Hands leadership to `target` (default: the most caught-up other voter) and waits until
-    /// it leads.
+    /// The other voters, best successor first: those that answered within the last election
+    /// timeout before the rest (one that just stopped still looks caught up but would never take
+    /// over), then the most caught up.
+    pub fn successors(&self) -> Vec<u64> {
+        let m = crate::raft::metrics_of(&self.raft);
+        let replicated = m.replication.clone().unwrap_or_default();
+        let heard = m.heartbeat.clone().unwrap_or_default();
+        let answering = |v: &u64| {
+            heard.get(v).cloned().flatten().is_some_and(|t| {
+                t.into_inner().elapsed()
+                    < Duration::from_millis(crate::server::ELECTION_TIMEOUT_MIN_MS)
+            })
+        };
+        let matched = |v: &u64| replicated.get(v).cloned().flatten().map_or(0, |l| l.index);
+        let mut voters: Vec<u64> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != m.id)
+            .collect();
+        voters.sort_by_key(|v| std::cmp::Reverse((answering(v), matched(v))));
+        voters
+    }
+
+    /// Hands leadership to `target` (default: the most caught-up other voter that is answering)
+    /// and waits until it leads.
     pub async fn transfer_leader(
         &self,
         req: TransferRequest,
@@ -278,17 +302,9 @@ impl Node {
                 }
                 id
             }
-            None => {
-                let repl = m.replication.clone().unwrap_or_default();
-                voters
-                    .iter()
-                    .filter(|v| **v != m.id)
-                    .max_by_key(|v| repl.get(v).cloned().flatten().map_or(0, |l| l.index))
-                    .copied()
-                    .ok_or_else(|| {
-                        ApiError::bad_request("no_other_voter", "there is no other voter to lead")
-                    })?
-            }
+            None => *self.successors().first().ok_or_else(|| {
+                ApiError::bad_request("no_other_voter", "there is no other voter to lead")
+            })?,
         };
         if target != m.id {
             self.raft
@@ -312,6 +328,40 @@ impl Node {
             leader: self.member_name(target).unwrap_or_default(),
             term: m.current_term,
         })
+    }
+
+    /// Before this leader stops: hands leadership to the best successor that takes it, moving
+    /// on to the next when one does not take over within `per_try`, all within `limit`.
+    pub async fn hand_over(
+        &self,
+        per_try: Duration,
+        limit: Duration,
+    ) -> Result<TransferReply, ApiError> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut failed = ApiError::bad_request("no_other_voter", "there is no other voter to lead");
+        for id in self.successors() {
+            let m = crate::raft::metrics_of(&self.raft);
+            if let Some(leader) = m.current_leader.filter(|l| *l != m.id) {
+                // An earlier try took over after its wait ended.
+                return Ok(TransferReply {
+                    leader: self.member_name(leader).unwrap_or_default(),
+                    term: m.current_term,
+                });
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let node_id = self.member_name(id);
+            match self
+                .transfer_leader(TransferRequest { node_id }, per_try.min(left))
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(e) => failed = e,
+            }
+        }
+        Err(failed)
     }
 
     /// On the leader: promote caught-up learners to voters, one change at a time.

@@ -239,9 +239,16 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         auth = if config.api_key.is_some() { "keys" } else { "none (loopback only)" },
         "serving"
     );
-    serve_http(listener, app, config.http_threads, node.stopping.clone()).await?;
+    let leaving = node.clone();
+    serve_http(
+        listener,
+        app,
+        config.http_threads,
+        node.stopping.clone(),
+        async move { hand_over_leadership(&leaving).await },
+    )
+    .await?;
 
-    hand_over_leadership(&node).await;
     tracing::info!("stopping: shutting down raft");
     if let Err(e) = tokio::time::timeout(Duration::from_secs(10), raft.shutdown()).await {
         tracing::warn!(error = %e, "raft did not stop in time");
@@ -250,6 +257,12 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stopping leader waits for one voter to take over before trying the next: a
+/// transfer to a voter that answers takes one election round.
+const HAND_OVER_PER_VOTER: Duration = Duration::from_secs(1);
+/// How long a stopping leader tries to hand over in all.
+const HAND_OVER_LIMIT: Duration = Duration::from_secs(3);
 
 /// A leader about to stop hands leadership to a caught-up voter first, so clients see one
 /// quick leader change instead of an election timeout.
@@ -260,13 +273,7 @@ async fn hand_over_leadership(node: &Node) {
     {
         return;
     }
-    match node
-        .transfer_leader(
-            crate::membership::TransferRequest::default(),
-            Duration::from_secs(3),
-        )
-        .await
-    {
+    match node.hand_over(HAND_OVER_PER_VOTER, HAND_OVER_LIMIT).await {
         Ok(r) => tracing::info!(leader = %r.leader, "handed leadership over before stopping"),
         Err(e) => tracing::warn!(error = %e, "could not hand leadership over before stopping"),
     }
@@ -300,13 +307,15 @@ fn spawn_catch_up(node: Arc<Node>) {
 /// to steal: about ten extra thread wake-ups per write across a 3-member cluster, which cost
 /// CPU on every member and latency at low concurrency (docs/benchmarks.md).
 ///
-/// On SIGTERM `stopping` is cancelled: long waits end (see `Node::stopping`) and the rest get
-/// [`DRAIN`] to finish before their connections are closed.
+/// On SIGTERM `before_stopping` runs while requests are still served (a leader's hand-over
+/// needs its peers' votes to reach it), then `stopping` is cancelled: long waits end (see
+/// `Node::stopping`) and the rest get [`DRAIN`] to finish before their connections are closed.
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     threads: usize,
     stopping: CancellationToken,
+    before_stopping: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     // Installed before the first request is served: until then SIGTERM would still kill
     // the process outright.
@@ -340,6 +349,7 @@ async fn serve_http(
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = interrupt.recv() => tracing::info!("interrupt received"),
         }
+        before_stopping.await;
         signalled.cancel();
     });
     serve_loop(listener, app, stopping).await?;

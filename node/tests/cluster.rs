@@ -295,6 +295,49 @@ async fn two_of_three_down_refuses_writes_fast_and_heals_on_restart() {
     .await;
 }
 
+/// A leader stopped with SIGTERM hands leadership over first, while it still answers its peers
+/// (the new leader needs its vote when another voter is down), to a voter that takes over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_leader_hands_over_to_a_voter_that_answers() {
+    let mut cl = Cluster::start(3, &[]).await;
+    let leader = cl.leader().await;
+    let raft_id = |name: &str| {
+        let log = cl.node(name).log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("new node identity"))
+            .expect("identity logged")
+            .to_string();
+        let hex = line.split("raft_id=").nth(1).unwrap();
+        u64::from_str_radix(&hex[..16], 16).unwrap()
+    };
+    let mut followers: Vec<String> = cl
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != leader)
+        .collect();
+    // Killed a moment before, a voter still looks as alive and caught up as the other, and
+    // the leader tries the lower Raft id first: make that the dead one, so the leader must
+    // move on to the next when it does not take over.
+    followers.sort_by_key(|n| raft_id(n));
+    let (gone, heir) = (followers[0].clone(), followers[1].clone());
+    cl.node_mut(&gone).kill();
+    let started = Instant::now();
+    cl.node_mut(&leader).stop();
+    let took = started.elapsed();
+    let log = cl.node(&leader).log_text();
+    assert!(
+        log.contains(&format!(
+            "handed leadership over before stopping leader={heir}"
+        )),
+        "the leader did not hand over to {heir} (stopping took {took:?}); log:\n{log}"
+    );
+    let c = cl.node(&heir).admin();
+    let status = c.status().await.unwrap();
+    assert_eq!(status.leader.as_deref(), Some(heir.as_str()));
+}
+
 /// A node's applied state is not fsynced, so after a crash it may be behind what it served
 /// before. Restarted where no leader is reachable, it refuses serializable reads rather than
 /// answer from that state; once it has caught up with a leader it serves them again, and keeps

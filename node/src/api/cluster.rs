@@ -120,7 +120,7 @@ pub async fn remove(
     on_leader(&node, "cluster/remove", req, |req| node.remove(req)).await
 }
 
-/// The body is optional: no body (or `{}`) picks the most caught-up voter.
+/// The body is optional: no body (or `{}`) picks the most caught-up voter that is answering.
 pub async fn transfer_leader(
     State(node): State<SharedNode>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
