@@ -307,21 +307,9 @@ impl Node {
             })?,
         };
         if target != m.id {
-            self.raft
-                .trigger()
-                .transfer_leader(target)
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            self.raft
-                .wait(Some(timeout))
-                .metrics(|x| x.current_leader == Some(target), "leadership transfer")
-                .await
-                .map_err(|e| {
-                    ApiError::unavailable(
-                        "transfer_timeout",
-                        format!("the new leader did not take over: {e}"),
-                    )
-                })?;
+            let moved = self.move_leadership(target, timeout).await;
+            self.proposals.refuse(None);
+            moved?;
         }
         let m = crate::raft::metrics_of(&self.raft);
         Ok(TransferReply {
@@ -330,9 +318,47 @@ impl Node {
         })
     }
 
+    /// Moves leadership to `target`, refusing new writes from now on (they wait for the next
+    /// leader; the caller takes them again): writes already proposed finish first, as this
+    /// node could not answer them once another node leads.
+    async fn move_leadership(&self, target: u64, timeout: Duration) -> Result<(), ApiError> {
+        let started = std::time::Instant::now();
+        self.proposals.refuse(Some(target));
+        if !self.proposals.drained(timeout).await {
+            tracing::warn!("writes still waiting for a quorum: moving leadership without them");
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.raft
+            .wait(Some(timeout.saturating_sub(started.elapsed())))
+            .metrics(|x| x.current_leader == Some(target), "leadership transfer")
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(
+                    "transfer_timeout",
+                    format!("the new leader did not take over: {e}"),
+                )
+            })?;
+        Ok(())
+    }
+
     /// Before this leader stops: hands leadership to the best successor that takes it, moving
     /// on to the next when one does not take over within `per_try`, all within `limit`.
+    /// New writes wait for the next leader meanwhile; those already proposed finish first.
     pub async fn hand_over(
+        &self,
+        per_try: Duration,
+        limit: Duration,
+    ) -> Result<TransferReply, ApiError> {
+        let handed = self.hand_over_to_successors(per_try, limit).await;
+        self.proposals.refuse(None);
+        handed
+    }
+
+    async fn hand_over_to_successors(
         &self,
         per_try: Duration,
         limit: Duration,
@@ -352,12 +378,13 @@ impl Node {
             if left.is_zero() {
                 break;
             }
-            let node_id = self.member_name(id);
-            match self
-                .transfer_leader(TransferRequest { node_id }, per_try.min(left))
-                .await
-            {
-                Ok(reply) => return Ok(reply),
+            match self.move_leadership(id, per_try.min(left)).await {
+                Ok(()) => {
+                    return Ok(TransferReply {
+                        leader: self.member_name(id).unwrap_or_default(),
+                        term: crate::raft::metrics_of(&self.raft).current_term,
+                    });
+                }
                 Err(e) => failed = e,
             }
         }

@@ -205,6 +205,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         log_confirmed_since_start: std::sync::atomic::AtomicBool::new(false),
         caught_up_since_start: std::sync::atomic::AtomicBool::new(false),
         stopping: tokio_util::sync::CancellationToken::new(),
+        proposals: Default::default(),
     });
     spawn_leader_change_counter(&raft, metrics);
     spawn_promoter(node.clone());

@@ -36,6 +36,25 @@ pub const READY_LAG_ENTRIES: u64 = 100;
 
 /// The pause before a leader asks its quorum again to confirm a read index.
 const READ_INDEX_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long a request that meets no leader (an election, a leader handing over) waits for
+/// one: the time the cluster promises to elect a new leader in.
+pub const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// How often a request waiting for a new leader looks again.
+const LEADER_POLL: Duration = Duration::from_millis(10);
+
+/// Why this node did not take a write.
+enum Refusal {
+    /// Not the leader: openraft proposed nothing. The leader it knows, if any.
+    NotLeader(Option<u64>),
+    Failed(ApiError),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal::Failed(e)
+    }
+}
 
 pub struct Node {
     pub raft: Raft,
@@ -64,6 +83,60 @@ pub struct Node {
     /// Cancelled on SIGTERM: requests that could wait for minutes (watch streams, lock and
     /// election waits) end then, so the node can hand over leadership and stop.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Writes taken by this node's Raft and not yet answered, and whether it takes new ones:
+    /// a leader handing over refuses new writes (they wait for the next leader) and lets
+    /// these finish first, as it could not answer them once another node leads.
+    pub proposals: Proposals,
+}
+
+#[derive(Default)]
+pub struct Proposals {
+    in_flight: std::sync::atomic::AtomicUsize,
+    refused: std::sync::atomic::AtomicBool,
+    /// While refused: the voter leadership is moving to, named to the refused.
+    successor: std::sync::atomic::AtomicU64,
+}
+
+impl Proposals {
+    /// Counts a proposal in, or refuses it, naming the voter about to lead.
+    fn enter(&self) -> Result<ProposalGuard<'_>, u64> {
+        // Counted before the check, and `refuse` sets before it counts (both SeqCst): a
+        // proposal either sees the refusal or is seen by `drained`.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = ProposalGuard(&self.in_flight);
+        if self.refused.load(Ordering::SeqCst) {
+            return Err(self.successor.load(Ordering::SeqCst));
+        }
+        Ok(guard)
+    }
+
+    /// Refuses new proposals while leadership moves to `successor`; `None` takes them again.
+    pub fn refuse(&self, successor: Option<u64>) {
+        if let Some(id) = successor {
+            self.successor.store(id, Ordering::SeqCst);
+        }
+        self.refused.store(successor.is_some(), Ordering::SeqCst);
+    }
+
+    /// Waits until no proposal is in flight, at most `limit`.
+    pub async fn drained(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+        true
+    }
+}
+
+struct ProposalGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for ProposalGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub type SharedNode = Arc<Node>;
@@ -139,10 +212,11 @@ impl Node {
         if m.state != ServerState::Leader {
             return Ok(());
         }
+        // None: elected moments ago (by a quorum's votes), no heartbeat round answered yet.
         let stale = m
             .last_quorum_acked
             .as_ref()
-            .is_none_or(|t| (*t).into_inner().elapsed() > STALE_QUORUM_ACK);
+            .is_some_and(|t| (*t).into_inner().elapsed() > STALE_QUORUM_ACK);
         let alone = m.membership_config.membership().voter_ids().count() == 1;
         if stale && !alone {
             return Err(ApiError::unavailable(
@@ -166,15 +240,76 @@ impl Node {
             proposed_at_ms: now_ms(),
         };
         // A follower forwards to the leader it knows; the leader, or a node that knows no
-        // leader, proposes here (and so answers not_leader/no_quorum itself).
-        let Some((leader, addr)) = self.leader_addr() else {
-            return self.propose_local(cmd).await;
-        };
-        self.forwarder.write(leader, addr, cmd).await
+        // leader, proposes here. A refusal as not the leader (between leaders, or a leader
+        // that just handed over) proposed nothing, so the write waits for the next leader.
+        let waiting_since = Instant::now();
+        loop {
+            let seen = self.leader_and_term();
+            let refused = match self.leader_addr() {
+                Some((leader, addr)) => match self.forwarder.write(leader, addr, cmd.clone()).await
+                {
+                    Err(e) if e.detail.code == "not_leader" => e,
+                    answered => return answered,
+                },
+                None => match self.propose_here(cmd.clone()).await {
+                    Err(Refusal::NotLeader(leader)) => self.not_leader_error(leader),
+                    Err(Refusal::Failed(e)) => return Err(e),
+                    Ok(r) => return Ok(r),
+                },
+            };
+            if !self
+                .await_new_leader(seen, waiting_since + LEADER_WAIT)
+                .await
+            {
+                return Err(refused);
+            }
+        }
+    }
+
+    fn leader_and_term(&self) -> (Option<u64>, u64) {
+        let m = crate::raft::metrics_of(&self.raft);
+        (m.current_leader, m.current_term)
+    }
+
+    /// After a refusal as not the leader: waits until a leader is known other than the one
+    /// `seen` before the attempt (or the same one in a later term, or this node), at most
+    /// until `deadline`.
+    async fn await_new_leader(&self, seen: (Option<u64>, u64), deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Never spin: a refusal and the metrics that explain it may arrive in either order.
+        tokio::time::sleep(LEADER_POLL.min(left)).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        !left.is_zero()
+            && self
+                .raft
+                .wait(Some(left))
+                .metrics(
+                    // This node leading but refusing (elected a moment ago, or handing over):
+                    // ask again after the pause.
+                    |m| {
+                        m.current_leader.is_some()
+                            && ((m.current_leader, m.current_term) != seen
+                                || m.current_leader == Some(m.id))
+                    },
+                    "a leader",
+                )
+                .await
+                .is_ok()
     }
 
     /// Proposes on this node only (the leader's side of a forwarded write).
-    pub async fn propose_local(&self, mut cmd: Command) -> Result<Response, ApiError> {
+    pub async fn propose_local(&self, cmd: Command) -> Result<Response, ApiError> {
+        self.propose_here(cmd).await.map_err(|r| match r {
+            Refusal::NotLeader(leader) => self.not_leader_error(leader),
+            Refusal::Failed(e) => e,
+        })
+    }
+
+    async fn propose_here(&self, mut cmd: Command) -> Result<Response, Refusal> {
+        let _counted = self
+            .proposals
+            .enter()
+            .map_err(|successor| Refusal::NotLeader(Some(successor)))?;
         self.check_leader_quorum()?;
         // Lease deadlines and idempotency ages are measured on the leader's clock only.
         cmd.proposed_at_ms = now_ms();
@@ -186,24 +321,32 @@ impl Node {
         let result = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(cmd)).await;
         self.metrics.observe_proposal(started.elapsed());
         match result {
-            Err(_) => Err(ApiError::unavailable(
+            Err(_) => Err(Refusal::Failed(ApiError::unavailable(
                 "no_quorum",
                 format!(
                     "the write was not committed within {QUORUM_TIMEOUT:?}: no quorum; it may still apply later"
                 ),
-            )),
-            Ok(Ok(resp)) => answer(resp.data),
-            Ok(Err(e)) => {
-                if let Some(f) = e.forward_to_leader() {
-                    return Err(self.not_leader_error(f.leader_id));
-                }
-                Err(ApiError::unavailable("raft_error", e.to_string()))
-            }
+            ))),
+            Ok(Ok(resp)) => answer(resp.data).map_err(Refusal::Failed),
+            Ok(Err(e)) => match e.forward_to_leader() {
+                Some(f) => Err(Refusal::NotLeader(f.leader_id)),
+                None => Err(Refusal::Failed(ApiError::unavailable(
+                    "raft_error",
+                    e.to_string(),
+                ))),
+            },
         }
     }
 
     /// On the leader: confirms leadership with a quorum and returns the index a read must see.
     pub async fn read_index_local(&self) -> Result<u64, ApiError> {
+        self.read_index_here().await.map_err(|r| match r {
+            Refusal::NotLeader(leader) => self.not_leader_error(leader),
+            Refusal::Failed(e) => e,
+        })
+    }
+
+    async fn read_index_here(&self) -> Result<u64, Refusal> {
         let deadline = Instant::now() + QUORUM_TIMEOUT;
         loop {
             self.check_leader_quorum()?;
@@ -213,16 +356,16 @@ impl Node {
                     .await;
             let e = match r {
                 Err(_) => {
-                    return Err(ApiError::unavailable(
+                    return Err(Refusal::Failed(ApiError::unavailable(
                         "no_quorum",
                         "could not confirm leadership with a quorum",
-                    ));
+                    )));
                 }
                 Ok(Ok(lin)) => return Ok(lin.read_log_id().index()),
                 Ok(Err(e)) => e,
             };
             if let Some(f) = e.forward_to_leader() {
-                return Err(self.not_leader_error(f.leader_id));
+                return Err(Refusal::NotLeader(f.leader_id));
             }
             // One round of heartbeats fell short (a member slow to answer, or a connection
             // reset): ask again while this leader still hears from a quorum. A leader cut off
@@ -232,7 +375,10 @@ impl Node {
                 Some(openraft::errors::LinearizableReadError::QuorumNotEnough(_))
             );
             if !one_round_short || Instant::now() + READ_INDEX_RETRY_PAUSE >= deadline {
-                return Err(ApiError::unavailable("no_quorum", e.to_string()));
+                return Err(Refusal::Failed(ApiError::unavailable(
+                    "no_quorum",
+                    e.to_string(),
+                )));
             }
             tokio::time::sleep(READ_INDEX_RETRY_PAUSE).await;
         }
@@ -270,25 +416,41 @@ impl Node {
 
     /// Read index from the leader (asked by a follower), then a wait for the local apply.
     async fn linearize(&self) -> Result<(), ApiError> {
-        let index = match self.read_index_local().await {
-            Ok(i) => i,
-            Err(e) if e.detail.code == "not_leader" => {
-                let Some((leader, addr)) = self.leader_addr() else {
-                    return Err(e);
-                };
-                let msg = self.peers.envelope(());
-                let reply: wire::ReadIndexReply = crate::forward::to_leader(
-                    &self.peers,
-                    &self.raft,
-                    leader,
-                    &addr,
-                    "raft/read-index",
-                    &msg,
-                )
-                .await?;
-                reply.read_log_id.index
+        // As for writes: between leaders, the read waits for the next one.
+        let waiting_since = Instant::now();
+        let index = loop {
+            let seen = self.leader_and_term();
+            let refused = match self.read_index_here().await {
+                Ok(i) => break i,
+                Err(Refusal::Failed(e)) => return Err(e),
+                Err(Refusal::NotLeader(known)) => match self.leader_addr() {
+                    None => self.not_leader_error(known),
+                    Some((leader, addr)) => {
+                        let msg = self.peers.envelope(());
+                        let reply: Result<wire::ReadIndexReply, ApiError> =
+                            crate::forward::to_leader(
+                                &self.peers,
+                                &self.raft,
+                                leader,
+                                &addr,
+                                "raft/read-index",
+                                &msg,
+                            )
+                            .await;
+                        match reply {
+                            Ok(reply) => break reply.read_log_id.index,
+                            Err(e) if e.detail.code == "not_leader" => e,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                },
+            };
+            if !self
+                .await_new_leader(seen, waiting_since + LEADER_WAIT)
+                .await
+            {
+                return Err(refused);
             }
-            Err(e) => return Err(e),
         };
         self.raft
             .wait(Some(QUORUM_TIMEOUT))

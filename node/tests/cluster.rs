@@ -338,6 +338,66 @@ async fn a_stopping_leader_hands_over_to_a_voter_that_answers() {
     assert_eq!(status.leader.as_deref(), Some(heir.as_str()));
 }
 
+/// Between leaders, a write waits for the next one instead of failing: while leadership
+/// moves again and again, writes sent to every member (without the client's retries) all
+/// succeed, and each reads back.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_during_leadership_transfers_wait_for_the_next_leader() {
+    let cl = Cluster::start(3, &[]).await;
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let c = cl.nodes[w % 3]
+                .client()
+                .with_key(AGENT_KEY)
+                .with_retry(concordance_client::RetryPolicy::none());
+            let writing = writing.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0u32;
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("moving/{w}/{i:05}");
+                    match c.put(&key, &json!(i)).await {
+                        Ok(r) => acked.push((key, r.revision)),
+                        Err(e) => panic!("write {key} failed: {e}"),
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    let admin = cl.node("node2").admin();
+    let mut leaders = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r: serde_json::Value = admin
+            .call(
+                reqwest::Method::POST,
+                "cluster/transfer-leader",
+                Some(&json!({})),
+            )
+            .await
+            .unwrap();
+        leaders.push(r["leader"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let reader = cl.node("node3").client().with_key(AGENT_KEY);
+    let mut total = 0;
+    for w in writers {
+        for (key, revision) in w.await.unwrap() {
+            let got = reader.get(&key).await.unwrap().expect("acknowledged write");
+            assert_eq!(got.kv.mod_revision, revision);
+            total += 1;
+        }
+    }
+    assert!(
+        total > 100,
+        "only {total} writes in 2 s (leaders: {leaders:?})"
+    );
+}
+
 /// A node's applied state is not fsynced, so after a crash it may be behind what it served
 /// before. Restarted where no leader is reachable, it refuses serializable reads rather than
 /// answer from that state; once it has caught up with a leader it serves them again, and keeps
