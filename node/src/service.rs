@@ -242,9 +242,8 @@ impl Node {
         // A follower forwards to the leader it knows; the leader, or a node that knows no
         // leader, proposes here. A refusal as not the leader (between leaders, or a leader
         // that just handed over) proposed nothing, so the write waits for the next leader.
-        let waiting_since = Instant::now();
+        let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let seen = self.leader_and_term();
             let refused = match self.leader_addr() {
                 Some((leader, addr)) => match self.forwarder.write(leader, addr, cmd.clone()).await
                 {
@@ -252,57 +251,51 @@ impl Node {
                     answered => return answered,
                 },
                 None => match self.propose_here(cmd.clone()).await {
-                    Err(Refusal::NotLeader(leader)) => self.not_leader_error(leader),
+                    Err(r @ Refusal::NotLeader(_)) => self.refusal_error(r),
                     Err(Refusal::Failed(e)) => return Err(e),
                     Ok(r) => return Ok(r),
                 },
             };
-            if !self
-                .await_new_leader(seen, waiting_since + LEADER_WAIT)
-                .await
-            {
+            if !self.await_leader(deadline).await {
                 return Err(refused);
             }
         }
     }
 
-    fn leader_and_term(&self) -> (Option<u64>, u64) {
-        let m = crate::raft::metrics_of(&self.raft);
-        (m.current_leader, m.current_term)
+    fn refusal_error(&self, refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::NotLeader(leader) => self.not_leader_error(leader),
+            Refusal::Failed(e) => e,
+        }
     }
 
-    /// After a refusal as not the leader: waits until a leader is known other than the one
-    /// `seen` before the attempt (or the same one in a later term, or this node), at most
-    /// until `deadline`.
-    async fn await_new_leader(&self, seen: (Option<u64>, u64), deadline: Instant) -> bool {
+    /// After a refusal as not the leader: pauses, then waits until a leader is known, at
+    /// most until `deadline`. The pause keeps a leader that refuses while it hands over, or
+    /// one elected a moment ago and not ready yet, from being asked in a tight loop.
+    async fn await_leader(&self, deadline: Instant) -> bool {
         let left = deadline.saturating_duration_since(Instant::now());
-        // Never spin: a refusal and the metrics that explain it may arrive in either order.
         tokio::time::sleep(LEADER_POLL.min(left)).await;
         let left = deadline.saturating_duration_since(Instant::now());
         !left.is_zero()
             && self
                 .raft
                 .wait(Some(left))
-                .metrics(
-                    // This node leading but refusing (elected a moment ago, or handing over):
-                    // ask again after the pause.
-                    |m| {
-                        m.current_leader.is_some()
-                            && ((m.current_leader, m.current_term) != seen
-                                || m.current_leader == Some(m.id))
-                    },
-                    "a leader",
-                )
+                .metrics(|m| m.current_leader.is_some(), "a leader")
                 .await
                 .is_ok()
     }
 
-    /// Proposes on this node only (the leader's side of a forwarded write).
+    /// Proposes on this node only (the leader's side of a forwarded write). Refused with no
+    /// leader known (elected a moment ago, not ready yet), it asks again itself: the follower
+    /// would only hear `no_quorum`.
     pub async fn propose_local(&self, cmd: Command) -> Result<Response, ApiError> {
-        self.propose_here(cmd).await.map_err(|r| match r {
-            Refusal::NotLeader(leader) => self.not_leader_error(leader),
-            Refusal::Failed(e) => e,
-        })
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.propose_here(cmd.clone()).await {
+                Err(Refusal::NotLeader(None)) if self.await_leader(deadline).await => {}
+                answered => return answered.map_err(|r| self.refusal_error(r)),
+            }
+        }
     }
 
     async fn propose_here(&self, mut cmd: Command) -> Result<Response, Refusal> {
@@ -339,11 +332,15 @@ impl Node {
     }
 
     /// On the leader: confirms leadership with a quorum and returns the index a read must see.
+    /// Refused with no leader known, it asks again, as `propose_local` does.
     pub async fn read_index_local(&self) -> Result<u64, ApiError> {
-        self.read_index_here().await.map_err(|r| match r {
-            Refusal::NotLeader(leader) => self.not_leader_error(leader),
-            Refusal::Failed(e) => e,
-        })
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.read_index_here().await {
+                Err(Refusal::NotLeader(None)) if self.await_leader(deadline).await => {}
+                answered => return answered.map_err(|r| self.refusal_error(r)),
+            }
+        }
     }
 
     async fn read_index_here(&self) -> Result<u64, Refusal> {
@@ -417,14 +414,13 @@ impl Node {
     /// Read index from the leader (asked by a follower), then a wait for the local apply.
     async fn linearize(&self) -> Result<(), ApiError> {
         // As for writes: between leaders, the read waits for the next one.
-        let waiting_since = Instant::now();
+        let deadline = Instant::now() + LEADER_WAIT;
         let index = loop {
-            let seen = self.leader_and_term();
             let refused = match self.read_index_here().await {
                 Ok(i) => break i,
                 Err(Refusal::Failed(e)) => return Err(e),
-                Err(Refusal::NotLeader(known)) => match self.leader_addr() {
-                    None => self.not_leader_error(known),
+                Err(r @ Refusal::NotLeader(_)) => match self.leader_addr() {
+                    None => self.refusal_error(r),
                     Some((leader, addr)) => {
                         let msg = self.peers.envelope(());
                         let reply: Result<wire::ReadIndexReply, ApiError> =
@@ -445,10 +441,7 @@ impl Node {
                     }
                 },
             };
-            if !self
-                .await_new_leader(seen, waiting_since + LEADER_WAIT)
-                .await
-            {
+            if !self.await_leader(deadline).await {
                 return Err(refused);
             }
         };
