@@ -289,9 +289,19 @@ impl Node {
     /// leader known (elected a moment ago, not ready yet), it asks again itself: the follower
     /// would only hear `no_quorum`.
     pub async fn propose_local(&self, cmd: Command) -> Result<Response, ApiError> {
+        self.asking_again_while_leaderless(|| self.propose_here(cmd.clone()))
+            .await
+    }
+
+    /// Runs `attempt` until it is not refused with no leader known, within [`LEADER_WAIT`].
+    async fn asking_again_while_leaderless<T, F, Fut>(&self, mut attempt: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Refusal>>,
+    {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            match self.propose_here(cmd.clone()).await {
+            match attempt().await {
                 Err(Refusal::NotLeader(None)) if self.await_leader(deadline).await => {}
                 answered => return answered.map_err(|r| self.refusal_error(r)),
             }
@@ -334,13 +344,8 @@ impl Node {
     /// On the leader: confirms leadership with a quorum and returns the index a read must see.
     /// Refused with no leader known, it asks again, as `propose_local` does.
     pub async fn read_index_local(&self) -> Result<u64, ApiError> {
-        let deadline = Instant::now() + LEADER_WAIT;
-        loop {
-            match self.read_index_here().await {
-                Err(Refusal::NotLeader(None)) if self.await_leader(deadline).await => {}
-                answered => return answered.map_err(|r| self.refusal_error(r)),
-            }
-        }
+        self.asking_again_while_leaderless(|| self.read_index_here())
+            .await
     }
 
     async fn read_index_here(&self) -> Result<u64, Refusal> {
