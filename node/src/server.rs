@@ -254,7 +254,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     if let Err(e) = tokio::time::timeout(Duration::from_secs(10), raft.shutdown()).await {
         tracing::warn!(error = %e, "raft did not stop in time");
     }
-    store.db().flush_wal(true)?;
+    store.close()?;
     tracing::info!("stopped");
     Ok(())
 }
