@@ -26,6 +26,8 @@ pub struct CompareSpec {
     /// etcd's gRPC `benchmark` tool; skipped when `None`.
     pub etcd_tool: Option<PathBuf>,
     pub members: usize,
+    /// Times every point is measured (the systems alternating each time).
+    pub rounds: usize,
     pub clients: Vec<usize>,
     pub workloads: Vec<Workload>,
     pub warmup: Duration,
@@ -39,6 +41,8 @@ pub struct CompareSpec {
 /// etcd's tool against etcd, with the CPU etcd spent serving it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NativeRun {
+    /// Which round of its point (from 1).
+    pub round: usize,
     pub tool: ToolResult,
     pub server_cpu_us_per_op: f64,
 }
@@ -46,6 +50,7 @@ pub struct NativeRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub members: usize,
+    pub rounds: usize,
     pub payload: Payload,
     pub mixed_write_percent: u32,
     pub seconds_per_run: f64,
@@ -90,8 +95,9 @@ async fn measure(
     spec: &CompareSpec,
     workload: Workload,
     clients: usize,
+    round: usize,
 ) -> anyhow::Result<RunResult> {
-    let r = load::run(
+    let mut r = load::run(
         target.driver.clone(),
         LoadSpec {
             workload,
@@ -104,6 +110,7 @@ async fn measure(
         spec.progress,
     )
     .await?;
+    r.round = round;
     if spec.progress {
         eprintln!("{}", crate::report::run_line(&r));
     }
@@ -116,6 +123,7 @@ async fn measure_native(
     etcd: &Target,
     spec: &CompareSpec,
     clients: usize,
+    round: usize,
     gateway_rate: f64,
 ) -> anyhow::Result<NativeRun> {
     let total = ((gateway_rate * 1.5 * spec.duration.as_secs_f64()) as u64).max(1000);
@@ -137,6 +145,7 @@ async fn measure_native(
     .await?;
     let used = etcd.cpu.sample()? - before;
     let n = NativeRun {
+        round,
         server_cpu_us_per_op: used * 1e6 / tool.total as f64,
         tool,
     };
@@ -163,12 +172,16 @@ pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
 
     for &workload in &spec.workloads {
         for &clients in &spec.clients {
-            runs.push(measure(&concordance, &spec, workload, clients).await?);
-            let gateway = measure(&etcd, &spec, workload, clients).await?;
-            let gateway_rate = gateway.ops_per_sec;
-            runs.push(gateway);
-            if let (Workload::Put, Some(tool)) = (workload, &spec.etcd_tool) {
-                native.push(measure_native(tool, &etcd, &spec, clients, gateway_rate).await?);
+            for round in 1..=spec.rounds.max(1) {
+                runs.push(measure(&concordance, &spec, workload, clients, round).await?);
+                let gateway = measure(&etcd, &spec, workload, clients, round).await?;
+                let gateway_rate = gateway.ops_per_sec;
+                runs.push(gateway);
+                if let (Workload::Put, Some(tool)) = (workload, &spec.etcd_tool) {
+                    native.push(
+                        measure_native(tool, &etcd, &spec, clients, round, gateway_rate).await?,
+                    );
+                }
             }
         }
     }
@@ -177,6 +190,7 @@ pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
 
     Ok(Comparison {
         members: spec.members,
+        rounds: spec.rounds.max(1),
         payload: spec.payload,
         mixed_write_percent: spec.mixed_write_percent,
         seconds_per_run: spec.duration.as_secs_f64(),

@@ -88,6 +88,8 @@ impl Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     pub system: String,
+    /// Which round of a repeated comparison (from 1; 1 for a single run).
+    pub round: usize,
     pub workload: Workload,
     pub clients: usize,
     pub seconds: f64,
@@ -190,6 +192,7 @@ pub async fn run(
     let server_cpu_seconds = (!server_cpu.is_empty()).then_some(cpu_after - cpu_before);
     Ok(RunResult {
         system: driver.system.name().into(),
+        round: 1,
         workload: spec.workload,
         clients: spec.clients,
         seconds,

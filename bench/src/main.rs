@@ -148,6 +148,10 @@ struct CompareArgs {
     /// Also write the JSON results to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Measure every point this many times, the two systems alternating, and report each
+    /// round and the median of the per-round ratios (the machine's speed drifts between runs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -244,6 +248,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         etcd_bin: args.etcd_bin.clone(),
         etcd_tool: args.etcd_benchmark.clone().filter(|p| p.is_file()),
         members: args.members,
+        rounds: args.rounds as usize,
         clients: l.clients.clone(),
         workloads: l.workload.clone(),
         warmup: secs(l.warmup),
