@@ -534,12 +534,7 @@ impl Node {
         let Some(leader) = m.current_leader else {
             return Err("no leader is known".into());
         };
-        if !m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == m.id)
-        {
+        if !votes_in_every_config(m.committed_membership_config.membership(), m.id) {
             return Err("this node is not a voter (yet)".into());
         }
         // A leader or follower cut off from the others (or removed while it was down and
@@ -601,5 +596,65 @@ impl Node {
             revision: self.reader.revision(),
             storage_bytes: self.store.size_bytes(),
         })
+    }
+}
+
+/// Whether `id` is a voter in every configuration of `membership`, the committed one (see
+/// `Node::ready`). A joining node holds the change that makes it a voter before that change
+/// commits, and while the change is half done (openraft's joint membership) an election still
+/// needs a majority of the old voters, which do not include it: whoever waits for it to be
+/// ready before stopping or cutting off another member (a replacement, an upgrade) must wait
+/// for the change to complete, or the rest could be left unable to elect a leader.
+fn votes_in_every_config(membership: &crate::raft::MembershipOf, id: u64) -> bool {
+    membership
+        .get_joint_config()
+        .iter()
+        .all(|voters| voters.contains(&id))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::votes_in_every_config;
+    use crate::raft::MembershipOf;
+
+    fn membership(configs: &[&[u64]], learners: &[u64]) -> MembershipOf {
+        let configs = configs
+            .iter()
+            .map(|c| c.iter().copied().collect::<BTreeSet<_>>())
+            .collect();
+        MembershipOf::new_with_defaults(configs, learners.iter().copied())
+    }
+
+    #[test]
+    fn only_a_voter_of_every_configuration_in_force_counts_as_one() {
+        let cases: &[(&str, MembershipOf, u64, bool)] = &[
+            ("voter, settled", membership(&[&[1, 2, 3]], &[]), 3, true),
+            ("learner", membership(&[&[1, 2]], &[3]), 3, false),
+            ("not a member", membership(&[&[1, 2]], &[]), 3, false),
+            // Joining: voter in the new half only; the old voters must still elect.
+            (
+                "joining, change half done",
+                membership(&[&[1, 2], &[1, 2, 3]], &[]),
+                3,
+                false,
+            ),
+            (
+                "staying, change half done",
+                membership(&[&[1, 2], &[1, 2, 3]], &[]),
+                1,
+                true,
+            ),
+            (
+                "leaving, change half done",
+                membership(&[&[1, 2, 3], &[1, 2]], &[]),
+                3,
+                false,
+            ),
+        ];
+        for (what, m, id, expected) in cases {
+            assert_eq!(votes_in_every_config(m, *id), *expected, "{what}");
+        }
     }
 }

@@ -322,7 +322,13 @@ fn the_runbook_as_typed_on_three_vms_with_a_replacement_and_a_partition() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let took = majority_write.expect("the majority side never accepted a write");
+    let took = majority_write.unwrap_or_else(|| {
+        panic!(
+            "the majority side never accepted a write; attempts: {attempts:?}\nnode3's log:\n{}\nnode2-new's log:\n{}",
+            vms.log("node3"),
+            vms.log("node2-new")
+        )
+    });
     assert!(
         took < Duration::from_secs(5),
         "majority took {took:?} to write again; attempts: {attempts:?}"

@@ -148,7 +148,7 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             get(cluster::health),
         ),
         (
-            doc("get", "/api/v1/ready", Public, "Readiness: 200 once a leader is known and this voter is caught up, else 503").json::<api::ReadyResponse>(),
+            doc("get", "/api/v1/ready", Public, "Readiness: 200 once a leader is known, this node is a voter in the committed membership (a joining node: once the change has fully committed), and it is caught up; else 503").json::<api::ReadyResponse>(),
             get(cluster::ready),
         ),
         (
