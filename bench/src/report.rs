@@ -62,15 +62,21 @@ pub fn comparison_table(c: &Comparison) -> String {
         }
     };
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| workload | clients |{} Concordance ops/s | etcd ops/s | ratio | Concordance p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | p99 ratio | Concordance CPU µs/op | etcd CPU µs/op | CPU ratio |",
-        if repeated { " round |" } else { "" }
-    );
-    let _ = writeln!(
-        out,
-        "|---|---|{}---|---|---|---|---|---|---|---|---|",
-        if repeated { "---|" } else { "" }
+    table_head(
+        &mut out,
+        &["workload", "clients"],
+        repeated,
+        &[
+            "Concordance ops/s",
+            "etcd ops/s",
+            "ratio",
+            "Concordance p50 / p99 / p99.9 ms",
+            "etcd p50 / p99 / p99.9 ms",
+            "p99 ratio",
+            "Concordance CPU µs/op",
+            "etcd CPU µs/op",
+            "CPU ratio",
+        ],
     );
     for (r, e) in pairs(c) {
         let lat = |x: &RunResult| {
@@ -93,7 +99,7 @@ pub fn comparison_table(c: &Comparison) -> String {
             ratio(r.latency.p99_ms, e.latency.p99_ms),
             cpu(r.server_cpu_us_per_op),
             cpu(e.server_cpu_us_per_op),
-            cpu_ratio(r, e.server_cpu_us_per_op).map_or_else(|| "-".into(), |x| format!("{x:.2}×")),
+            cpu_ratio_text(r, e.server_cpu_us_per_op),
         );
     }
     if !c.etcd_native_put.is_empty() {
@@ -101,15 +107,20 @@ pub fn comparison_table(c: &Comparison) -> String {
             out,
             "\nPuts: Concordance over HTTP against etcd's own gRPC `benchmark put` (same sizes, key space and client counts):\n"
         );
-        let _ = writeln!(
-            out,
-            "| clients |{} Concordance ops/s | etcd gRPC ops/s | ratio | Concordance p99 ms | etcd gRPC p99 ms | Concordance CPU µs/op | etcd gRPC CPU µs/op | CPU ratio |",
-            if repeated { " round |" } else { "" }
-        );
-        let _ = writeln!(
-            out,
-            "|---|{}---|---|---|---|---|---|---|---|",
-            if repeated { "---|" } else { "" }
+        table_head(
+            &mut out,
+            &["clients"],
+            repeated,
+            &[
+                "Concordance ops/s",
+                "etcd gRPC ops/s",
+                "ratio",
+                "Concordance p99 ms",
+                "etcd gRPC p99 ms",
+                "Concordance CPU µs/op",
+                "etcd gRPC CPU µs/op",
+                "CPU ratio",
+            ],
         );
         for (n, r) in native_pairs(c) {
             let _ = writeln!(
@@ -124,8 +135,7 @@ pub fn comparison_table(c: &Comparison) -> String {
                 n.tool.latency.p99_ms,
                 cpu(r.server_cpu_us_per_op),
                 n.server_cpu_us_per_op,
-                cpu_ratio(r, Some(n.server_cpu_us_per_op))
-                    .map_or_else(|| "-".into(), |x| format!("{x:.2}×")),
+                cpu_ratio_text(r, Some(n.server_cpu_us_per_op)),
             );
         }
     }
@@ -169,6 +179,22 @@ fn native_pairs(c: &Comparison) -> impl Iterator<Item = (&NativeRun, &RunResult)
         })?;
         Some((n, r))
     })
+}
+
+/// A Markdown table's header and rule: the `leading` columns, a "round" column when rounds
+/// repeat, then the `rest`.
+fn table_head(out: &mut String, leading: &[&str], repeated: bool, rest: &[&str]) {
+    let mut columns = leading.to_vec();
+    if repeated {
+        columns.push("round");
+    }
+    columns.extend_from_slice(rest);
+    let _ = writeln!(out, "| {} |", columns.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(columns.len()));
+}
+
+fn cpu_ratio_text(r: &RunResult, other_us: Option<f64>) -> String {
+    cpu_ratio(r, other_us).map_or_else(|| "-".into(), |x| format!("{x:.2}×"))
 }
 
 fn cpu_ratio(r: &RunResult, other_us: Option<f64>) -> Option<f64> {
@@ -245,11 +271,19 @@ fn rounds_summary(c: &Comparison) -> String {
         "\nRatios (Concordance / etcd) in each of the {} rounds, and their medians:\n\n",
         c.rounds
     );
-    let _ = writeln!(
-        out,
-        "| workload | clients | throughput ratio per round | median | p99 ratio per round | median | CPU ratio per round | median |"
+    table_head(
+        &mut out,
+        &["workload", "clients"],
+        false,
+        &[
+            "throughput ratio per round",
+            "median",
+            "p99 ratio per round",
+            "median",
+            "CPU ratio per round",
+            "median",
+        ],
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for p in &points {
         let _ = writeln!(
             out,
