@@ -194,7 +194,10 @@ fn table_head(out: &mut String, leading: &[&str], repeated: bool, rest: &[&str])
 }
 
 fn cpu_ratio_text(r: &RunResult, other_us: Option<f64>) -> String {
-    cpu_ratio(r, other_us).map_or_else(|| "-".into(), |x| format!("{x:.2}×"))
+    match (r.server_cpu_us_per_op, other_us) {
+        (Some(a), Some(b)) => ratio(a, b),
+        _ => "-".into(),
+    }
 }
 
 fn cpu_ratio(r: &RunResult, other_us: Option<f64>) -> Option<f64> {
@@ -340,6 +343,22 @@ mod tests {
         }
     }
 
+    fn comparison(rounds: usize, runs: Vec<RunResult>) -> Comparison {
+        Comparison {
+            members: 3,
+            rounds,
+            payload: Payload {
+                key_bytes: 8,
+                value_bytes: 256,
+                key_space: 10,
+            },
+            mixed_write_percent: 20,
+            seconds_per_run: 8.0,
+            runs,
+            etcd_native_put: Vec::new(),
+        }
+    }
+
     #[test]
     fn repeated_rounds_pair_each_round_and_report_median_ratios() {
         // Rounds out of order on purpose: each Concordance run must meet etcd's run of its
@@ -352,19 +371,7 @@ mod tests {
             result("concordance", 3, 900.0, 2.0, 1100.0),
             result("etcd", 3, 450.0, 4.0, 2200.0),
         ];
-        let c = Comparison {
-            members: 3,
-            rounds: 3,
-            payload: Payload {
-                key_bytes: 8,
-                value_bytes: 256,
-                key_space: 10,
-            },
-            mixed_write_percent: 20,
-            seconds_per_run: 8.0,
-            runs,
-            etcd_native_put: Vec::new(),
-        };
+        let c = comparison(3, runs);
         let table = comparison_table(&c);
         assert!(
             table.contains("| put | 1 | 1 | 600 | 400 | 1.50× |"),
@@ -387,22 +394,13 @@ mod tests {
 
     #[test]
     fn a_single_round_keeps_the_plain_table() {
-        let c = Comparison {
-            members: 3,
-            rounds: 1,
-            payload: Payload {
-                key_bytes: 8,
-                value_bytes: 256,
-                key_space: 10,
-            },
-            mixed_write_percent: 20,
-            seconds_per_run: 8.0,
-            runs: vec![
+        let c = comparison(
+            1,
+            vec![
                 result("concordance", 1, 600.0, 3.0, 1200.0),
                 result("etcd", 1, 400.0, 6.0, 2400.0),
             ],
-            etcd_native_put: Vec::new(),
-        };
+        );
         let table = comparison_table(&c);
         assert!(table.contains("| put | 1 | 600 | 400 | 1.50× |"), "{table}");
         assert!(!table.contains("round"), "{table}");
