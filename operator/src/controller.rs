@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::crd::{ConcordanceCluster, ConcordanceClusterStatus, PendingKind};
 use crate::decide::{self, Action};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::observe::{self, Observation};
 use crate::resources::{self, CLUSTER_LABEL, StartMode};
@@ -29,24 +30,6 @@ use crate::resources::{self, CLUSTER_LABEL, StartMode};
 pub const FINALIZER: &str = "concordance.io/cleanup";
 /// Field manager of everything the operator writes.
 pub const MANAGER: &str = "concordance-operator";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("resource has no namespace")]
-    NoNamespace,
-    #[error("status serialization: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("node API: {0}")]
-    Node(#[from] concordance_client::Error),
-    #[error("no member answers; cannot {0}")]
-    NoEndpoint(&'static str),
-    #[error("secret {0} holds no key {1}")]
-    MissingKey(String, String),
-    #[error("finalizer: {0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
-}
 
 pub struct Context {
     pub client: Client,

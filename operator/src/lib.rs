@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod observe;

@@ -13,9 +13,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
-use crate::controller::Error;
 use crate::crd::ConcordanceCluster;
 use crate::decide::{DataState, Observed, ObservedMember, PodPhase, PodState};
+use crate::error::Error;
 use crate::resources::{self, API_PORT, CLUSTER_LABEL, StartMode};
 
 /// Everything observed, plus the raw objects the controller acts on.
