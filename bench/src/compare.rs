@@ -47,6 +47,22 @@ pub struct NativeRun {
     pub server_cpu_us_per_op: f64,
 }
 
+/// One line, in the columns of a [`RunResult`]'s.
+impl std::fmt::Display for NativeRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "etcd-grpc   put              c={:<3} {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  cpu/op {:>5.0} µs",
+            self.tool.clients,
+            self.tool.ops_per_sec,
+            self.tool.latency.p50_ms,
+            self.tool.latency.p99_ms,
+            self.tool.latency.p999_ms,
+            self.server_cpu_us_per_op
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub members: usize,
@@ -112,7 +128,7 @@ async fn measure(
     .await?;
     r.round = round;
     if spec.progress {
-        eprintln!("{}", crate::report::run_line(&r));
+        eprintln!("{r}");
     }
     Ok(r)
 }
@@ -150,7 +166,7 @@ async fn measure_native(
         tool,
     };
     if spec.progress {
-        eprintln!("{}", crate::report::native_line(&n));
+        eprintln!("{n}");
     }
     Ok(n)
 }

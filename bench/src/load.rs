@@ -84,6 +84,11 @@ impl Latency {
     }
 }
 
+/// CPU per operation in µs as a table shows it: `-` where it was not measured.
+pub fn cpu_text(us: Option<f64>) -> String {
+    us.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
 /// One measured run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
@@ -106,6 +111,29 @@ pub struct RunResult {
     /// The load generator's own CPU over the window, for context.
     pub generator_cpu_seconds: f64,
     pub first_error: Option<String>,
+}
+
+/// One line: the system, workload, clients, rate, latency percentiles, CPU and errors.
+impl std::fmt::Display for RunResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<11} {:<16} c={:<3} {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  cpu/op {:>5} µs  errors {}",
+            self.system,
+            self.workload.name(),
+            self.clients,
+            self.ops_per_sec,
+            self.latency.p50_ms,
+            self.latency.p99_ms,
+            self.latency.p999_ms,
+            cpu_text(self.server_cpu_us_per_op),
+            self.errors
+        )?;
+        if let Some(e) = &self.first_error {
+            write!(f, " (first: {e})")?;
+        }
+        Ok(())
+    }
 }
 
 struct Shared {

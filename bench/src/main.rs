@@ -230,7 +230,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .await?;
             if l.output == Output::Text {
-                println!("{}", report::run_line(&r));
+                println!("{r}");
             }
             results.push(r);
         }
@@ -267,10 +267,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         Output::Json => print_json(&result)?,
         Output::Text => {
             for r in &result.runs {
-                println!("{}", report::run_line(r));
+                println!("{r}");
             }
             for n in &result.etcd_native_put {
-                println!("{}", report::native_line(n));
+                println!("{n}");
             }
             println!();
             print!("{}", report::comparison_table(&result));

@@ -5,41 +5,7 @@ use std::fmt::Write;
 use crate::compare::Comparison;
 use crate::compare::NativeRun;
 use crate::load::RunResult;
-
-fn cpu(us: Option<f64>) -> String {
-    us.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
-}
-
-pub fn run_line(r: &RunResult) -> String {
-    let mut s = format!(
-        "{:<11} {:<16} c={:<3} {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  cpu/op {:>5} µs  errors {}",
-        r.system,
-        r.workload.name(),
-        r.clients,
-        r.ops_per_sec,
-        r.latency.p50_ms,
-        r.latency.p99_ms,
-        r.latency.p999_ms,
-        cpu(r.server_cpu_us_per_op),
-        r.errors
-    );
-    if let Some(e) = &r.first_error {
-        let _ = write!(s, " (first: {e})");
-    }
-    s
-}
-
-pub fn native_line(n: &NativeRun) -> String {
-    format!(
-        "etcd-grpc   put              c={:<3} {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  cpu/op {:>5.0} µs",
-        n.tool.clients,
-        n.tool.ops_per_sec,
-        n.tool.latency.p50_ms,
-        n.tool.latency.p99_ms,
-        n.tool.latency.p999_ms,
-        n.server_cpu_us_per_op
-    )
-}
+use crate::load::cpu_text as cpu;
 
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
