@@ -11,7 +11,7 @@ use sha2::Digest;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use openraft::ServerState;
 
+use crate::clock::now_ms;
 use crate::service::SharedNode;
-use crate::service::now_ms;
 use crate::store::records::COMMAND_VERSION;
 use crate::store::records::COMMAND_VERSION_BASE;
 use crate::store::records::Command;
@@ -66,7 +66,9 @@ pub fn spawn(node: SharedNode, settings: Settings) {
             if version < COMMAND_VERSION && last_enable.is_none_or(|t| t.elapsed() >= ENABLE_EVERY)
             {
                 last_enable = Some(Instant::now());
-                if let Err(e) = crate::features::enable(&node, COMMAND_VERSION).await {
+                if let Err(e) =
+                    crate::features::enable(&node.raft, &node.reader, COMMAND_VERSION).await
+                {
                     tracing::debug!(error = %e, "newer command set not enabled yet");
                 }
             }

@@ -1,4 +1,5 @@
-//! API errors: every failure answers `{"error": {"code", "message", ...}}` with a fitting status.
+//! The errors a request can end in, from any layer: each carries the HTTP status and the
+//! `{"error": {"code", "message", ...}}` body it answers with.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -6,6 +7,11 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use concordance_client::ErrorBody;
 use concordance_client::ErrorDetail;
+
+use crate::store::records::Response as CommandResponse;
+
+/// Any failure of starting, serving or an offline tool, reported to the command line.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -81,5 +87,20 @@ impl IntoResponse for ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.detail.code, self.detail.message)
+    }
+}
+
+/// A command's answer as the client sees it: a rejected command is a 4xx.
+pub fn answer(response: CommandResponse) -> Result<CommandResponse, ApiError> {
+    match response {
+        CommandResponse::Rejected { code, message } => {
+            let status = match code.as_str() {
+                "lease_not_found" => StatusCode::NOT_FOUND,
+                "lease_exists" => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError::new(status, &code, message))
+        }
+        other => Ok(other),
     }
 }

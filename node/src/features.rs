@@ -15,14 +15,15 @@ use std::time::Duration;
 use concordance_client::VersionInfo;
 use openraft::ServerState;
 
-use crate::api::ApiError;
-use crate::service::Node;
-use crate::service::QUORUM_TIMEOUT;
-use crate::service::now_ms;
+use crate::clock::now_ms;
+use crate::error::ApiError;
+use crate::raft::QUORUM_TIMEOUT;
+use crate::raft::Raft;
 use crate::store::records::COMMAND_VERSION;
 use crate::store::records::COMMAND_VERSION_BASE;
 use crate::store::records::Command;
 use crate::store::records::Operation;
+use crate::store::state_machine::KvReader;
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -37,13 +38,13 @@ fn gate() -> &'static tokio::sync::Mutex<()> {
     GATE.get_or_init(|| tokio::sync::Mutex::new(()))
 }
 
-/// What this node reports about its versions.
-pub fn version_info(node: &Node) -> VersionInfo {
+/// What this node (named `node_id`) reports about its versions.
+pub fn version_info(node_id: &str, reader: &KvReader) -> VersionInfo {
     VersionInfo {
-        node_id: node.identity.name.clone(),
+        node_id: node_id.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         command_version: COMMAND_VERSION,
-        cluster_command_version: node.reader.command_version(),
+        cluster_command_version: reader.command_version(),
     }
 }
 
@@ -66,19 +67,19 @@ async fn member_version(addr: &str) -> Option<u32> {
 }
 
 /// Makes sure the cluster has enabled command set `needed`, enabling it if every member
-/// supports it. On a node that is not the leader this does nothing: the proposal that
-/// follows fails with `not_leader` by itself.
-pub async fn enable(node: &Node, needed: u32) -> Result<(), ApiError> {
+/// supports it. On a node that is not the leader (or no longer is) this does nothing: the
+/// proposal that follows fails with `not_leader`, naming the leader, by itself.
+pub async fn enable(raft: &Raft, reader: &KvReader, needed: u32) -> Result<(), ApiError> {
     if needed > COMMAND_VERSION {
         return Err(ApiError::internal(format!(
             "command set {needed} is newer than this binary's {COMMAND_VERSION}"
         )));
     }
     let _serial = gate().lock().await;
-    if node.reader.command_version() >= needed {
+    if reader.command_version() >= needed {
         return Ok(());
     }
-    let m = crate::raft::metrics_of(&node.raft);
+    let m = crate::raft::metrics_of(raft);
     if m.state != ServerState::Leader {
         return Ok(());
     }
@@ -127,7 +128,7 @@ pub async fn enable(node: &Node, needed: u32) -> Result<(), ApiError> {
         idempotency_key: None,
         proposed_at_ms: now_ms(),
     };
-    match tokio::time::timeout(QUORUM_TIMEOUT, node.raft.client_write(cmd)).await {
+    match tokio::time::timeout(QUORUM_TIMEOUT, raft.client_write(cmd)).await {
         Ok(Ok(_)) => {
             tracing::info!(
                 version,
@@ -135,10 +136,8 @@ pub async fn enable(node: &Node, needed: u32) -> Result<(), ApiError> {
             );
             Ok(())
         }
-        Ok(Err(e)) => match e.forward_to_leader() {
-            Some(f) => Err(node.not_leader_error(f.leader_id)),
-            None => Err(ApiError::unavailable("raft_error", e.to_string())),
-        },
+        Ok(Err(e)) if e.forward_to_leader().is_some() => Ok(()),
+        Ok(Err(e)) => Err(ApiError::unavailable("raft_error", e.to_string())),
         Err(_) => Err(ApiError::unavailable(
             "no_quorum",
             "enabling the new command set was not committed in time",

@@ -28,7 +28,7 @@ pub struct Inspection {
     pub members: Vec<String>,
 }
 
-pub fn inspect(dir: &Path) -> Result<Inspection, crate::server::BoxError> {
+pub fn inspect(dir: &Path) -> Result<Inspection, crate::error::BoxError> {
     let store = Store::open_read_only(dir)?;
     let identity = store
         .identity()?
@@ -71,7 +71,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, crate::server::BoxError> {
     })
 }
 
-pub fn run(dir: &Path, json: bool) -> Result<(), crate::server::BoxError> {
+pub fn run(dir: &Path, json: bool) -> Result<(), crate::error::BoxError> {
     let i = inspect(dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&i)?);

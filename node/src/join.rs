@@ -7,7 +7,7 @@ use concordance_client::ClusterStatus;
 
 use crate::membership::JoinRequest;
 use crate::membership::MembershipReply;
-use crate::raft::network::PeerError;
+use crate::raft::peer::PeerError;
 use crate::service::Node;
 
 pub async fn join_cluster(node: &Node, target: &str, advertise: &str) -> Result<(), String> {

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use concordance::config::Cli;
 use concordance::config::Command;
-use concordance::server::BoxError;
+use concordance::error::BoxError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -12,10 +12,10 @@ use openraft::Precondition;
 use openraft::ServerState;
 use openraft::async_runtime::Instant as _;
 
-use crate::api::ApiError;
-use crate::raft::Member;
-use crate::raft::TypeConfig;
+use crate::error::ApiError;
 use crate::service::Node;
+use crate::store::records::Member;
+use crate::store::types::TypeConfig;
 
 /// A learner within this many entries of the leader's log is promoted to voter.
 pub const PROMOTE_LAG_ENTRIES: u64 = 100;
@@ -265,7 +265,7 @@ impl Node {
         let answering = |v: &u64| {
             heard.get(v).cloned().flatten().is_some_and(|t| {
                 t.into_inner().elapsed()
-                    < Duration::from_millis(crate::server::ELECTION_TIMEOUT_MIN_MS)
+                    < Duration::from_millis(crate::raft::ELECTION_TIMEOUT_MIN_MS)
             })
         };
         let matched = |v: &u64| replicated.get(v).cloned().flatten().map_or(0, |l| l.index);

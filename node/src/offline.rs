@@ -10,9 +10,9 @@ use rocksdb::WriteOptions;
 use openraft::RaftLogReader;
 use openraft::storage::RaftStateMachine;
 
+use crate::clock::now_ms;
 use crate::config::valid_name;
 use crate::metrics::Metrics;
-use crate::service::now_ms;
 use crate::store::CF_APPLIED;
 use crate::store::CF_LOG;
 use crate::store::CF_META;
@@ -34,7 +34,7 @@ use crate::store::records::VoteRecord;
 use crate::store::snapshot;
 use crate::store::u64_key;
 
-pub use crate::server::BoxError;
+use crate::error::BoxError;
 
 /// Rewrites the applied state so that `identity` is the only voter, snapshots it, clears the
 /// log and vote, and stamps a new cluster UUID. Returns the new UUID.

@@ -5,36 +5,28 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::signal::unix::SignalKind;
 use tokio::signal::unix::signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Keys;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::config::LogFormat;
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
-use crate::raft::Member;
 use crate::raft::Raft;
 use crate::raft::network::Network;
-use crate::raft::network::PeerContext;
+use crate::raft::peer::PeerContext;
 use crate::service::Node;
-use crate::service::now_ms;
 use crate::store::LogStore;
 use crate::store::StateMachine;
 use crate::store::Store;
 use crate::store::records::IdentityRecord;
+use crate::store::records::Member;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-// A follower calls an election after hearing no leader for the leader lease (openraft uses
-// the maximum election timeout) plus its random election timeout: 500 + 250..500 ms here, so
-// a killed leader is replaced in under a second while seven heartbeats may go missing first.
-pub const HEARTBEAT_MS: u64 = 100;
-pub const ELECTION_TIMEOUT_MIN_MS: u64 = 250;
-pub const ELECTION_TIMEOUT_MAX_MS: u64 = 500;
+use crate::error::BoxError;
 
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
@@ -90,24 +82,6 @@ fn load_identity(store: &Store, config: &Config) -> Result<IdentityRecord, BoxEr
     }
 }
 
-fn raft_config(config: &Config) -> Result<openraft::Config, BoxError> {
-    let c = openraft::Config {
-        cluster_name: "concordance".into(),
-        heartbeat_interval: HEARTBEAT_MS,
-        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
-        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
-        enable_pre_vote: Some(true),
-        // A restarted leader must win a new election: it cannot know what was committed
-        // (the committed index and the state machine are not fsynced), and restoring its old
-        // leadership let it answer linearizable reads from a stale state after a restart.
-        enable_leader_restore: Some(false),
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
-        max_in_snapshot_log_to_keep: config.snapshot_entries.min(1000),
-        ..Default::default()
-    };
-    Ok(c.validate()?)
-}
-
 /// Raft's own tasks (core, replication, log and state machine workers) run on a thread of
 /// their own, so a consensus step never waits in the queue behind hundreds of HTTP
 /// connections' tasks.
@@ -145,7 +119,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         identity.cluster_uuid.clone(),
         identity.raft_id,
     );
-    let raft_config = Arc::new(raft_config(&config)?);
+    let raft_config = Arc::new(crate::raft::config(config.snapshot_entries)?);
     let network = Network { ctx: peers.clone() };
     let raft_id = identity.raft_id;
     let raft_runtime = raft_runtime()?;
@@ -201,8 +175,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         forwarder: crate::forward::Forwarder::start(peers.clone(), raft.clone(), metrics.clone()),
         peers,
         membership_lock: tokio::sync::Mutex::new(()),
-        last_leader_contact_ms: std::sync::atomic::AtomicU64::new(0),
-        log_confirmed_since_start: std::sync::atomic::AtomicBool::new(false),
+        leader_contact: Default::default(),
         caught_up_since_start: std::sync::atomic::AtomicBool::new(false),
         stopping: tokio_util::sync::CancellationToken::new(),
         proposals: Default::default(),

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
-use std::time::SystemTime;
 
 use concordance_client::ClusterStatus;
 use concordance_client::Consistency;
@@ -14,11 +13,15 @@ use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft::async_runtime::Instant as _;
 
-use crate::api::ApiError;
+use crate::clock::now_ms;
+use crate::error::ApiError;
+use crate::error::answer;
 use crate::metrics::Metrics;
 use crate::metrics::RaftGauges;
+use crate::raft::LeaderContact;
+use crate::raft::QUORUM_TIMEOUT;
 use crate::raft::Raft;
-use crate::raft::network::PeerContext;
+use crate::raft::peer::PeerContext;
 use crate::raft::wire;
 use crate::store::Store;
 use crate::store::records::Command;
@@ -27,8 +30,6 @@ use crate::store::records::Operation;
 use crate::store::records::Response;
 use crate::store::state_machine::KvReader;
 
-/// How long a write or a linearizable read waits for a quorum before failing.
-pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(5);
 /// A leader that heard from no quorum for this long refuses writes at once.
 pub const STALE_QUORUM_ACK: Duration = Duration::from_millis(2500);
 /// A voter is "caught up" (ready) when it has applied within this many entries of the commit.
@@ -68,12 +69,8 @@ pub struct Node {
     pub peers: PeerContext,
     /// Serializes membership changes made through this node.
     pub membership_lock: tokio::sync::Mutex<()>,
-    /// Unix ms of the last append or snapshot accepted from a leader.
-    pub last_leader_contact_ms: std::sync::atomic::AtomicU64,
-    /// Set once, since this start, an accepted append showed this node holding every entry
-    /// the leader had committed: until then its membership may be a stale one from before it
-    /// was removed (a leader's first probe after a re-join carries no entries).
-    pub log_confirmed_since_start: std::sync::atomic::AtomicBool,
+    /// The appends and snapshots accepted from a leader since this start.
+    pub leader_contact: Arc<LeaderContact>,
     /// Sends this follower's writes to the leader, batched under load.
     pub forwarder: crate::forward::Forwarder,
     /// Set once, since this start, the node has applied everything committed when it reached a
@@ -140,28 +137,6 @@ impl Drop for ProposalGuard<'_> {
 }
 
 pub type SharedNode = Arc<Node>;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A command's answer as the client sees it: a rejected command is a 4xx.
-pub(crate) fn answer(response: Response) -> Result<Response, ApiError> {
-    match response {
-        Response::Rejected { code, message } => {
-            let status = match code.as_str() {
-                "lease_not_found" => axum::http::StatusCode::NOT_FOUND,
-                "lease_exists" => axum::http::StatusCode::CONFLICT,
-                _ => axum::http::StatusCode::BAD_REQUEST,
-            };
-            Err(ApiError::new(status, &code, message))
-        }
-        other => Ok(other),
-    }
-}
 
 pub fn role_name(state: ServerState) -> &'static str {
     match state {
@@ -285,6 +260,19 @@ impl Node {
                 .is_ok()
     }
 
+    /// The leader's side of a follower's batch: proposes the writes together, so Raft appends
+    /// and replicates them as one, and answers each in order.
+    pub async fn propose_forwarded(&self, commands: Vec<Command>) -> wire::ForwardedWritesReply {
+        let results =
+            futures::future::join_all(commands.into_iter().map(|c| self.propose_local(c))).await;
+        wire::ForwardedWritesReply {
+            results: results
+                .into_iter()
+                .map(wire::ForwardedResult::from_result)
+                .collect(),
+        }
+    }
+
     /// Proposes on this node only (the leader's side of a forwarded write). Refused with no
     /// leader known (elected a moment ago, not ready yet), it asks again itself: the follower
     /// would only hear `no_quorum`.
@@ -318,7 +306,7 @@ impl Node {
         cmd.proposed_at_ms = now_ms();
         let needed = cmd.op.command_version();
         if needed > self.reader.command_version() {
-            crate::features::enable(self, needed).await?;
+            crate::features::enable(&self.raft, &self.reader, needed).await?;
         }
         let started = Instant::now();
         let result = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(cmd)).await;
@@ -549,16 +537,10 @@ impl Node {
                 return Err("this leader has not heard from a quorum lately".into());
             }
         } else {
-            if !self
-                .log_confirmed_since_start
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
+            if !self.leader_contact.log_confirmed() {
                 return Err("waiting for the leader's log up to its commit index".into());
             }
-            let last = self
-                .last_leader_contact_ms
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let since = now_ms().saturating_sub(last);
+            let since = now_ms().saturating_sub(self.leader_contact.last_ms());
             if since > STALE_QUORUM_ACK.as_millis() as u64 {
                 return Err(format!("no message from the leader for {since} ms"));
             }
@@ -570,17 +552,6 @@ impl Node {
             return Err(format!("catching up: applied {applied} of {commit}"));
         }
         Ok(())
-    }
-
-    /// Called when a leader's append or snapshot was accepted; `holds_commit` when it left
-    /// this node's log holding every entry the leader had committed.
-    pub fn leader_contacted(&self, holds_commit: bool) {
-        if holds_commit {
-            self.log_confirmed_since_start
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.last_leader_contact_ms
-            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn render_metrics(&self) -> String {
@@ -605,7 +576,7 @@ impl Node {
 /// needs a majority of the old voters, which do not include it: whoever waits for it to be
 /// ready before stopping or cutting off another member (a replacement, an upgrade) must wait
 /// for the change to complete, or the rest could be left unable to elect a leader.
-fn votes_in_every_config(membership: &crate::raft::MembershipOf, id: u64) -> bool {
+fn votes_in_every_config(membership: &crate::store::types::MembershipOf, id: u64) -> bool {
     membership
         .get_joint_config()
         .iter()
@@ -617,7 +588,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::votes_in_every_config;
-    use crate::raft::MembershipOf;
+    use crate::store::types::MembershipOf;
 
     fn membership(configs: &[&[u64]], learners: &[u64]) -> MembershipOf {
         let configs = configs

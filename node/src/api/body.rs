@@ -5,7 +5,7 @@ use axum::extract::FromRequest;
 use axum::extract::Request;
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use crate::error::ApiError;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 2 << 20;

@@ -9,8 +9,8 @@ use concordance_client::ClusterStatus;
 use concordance_client::HealthResponse;
 use concordance_client::ReadyResponse;
 
-use super::ApiError;
 use super::JsonBody;
+use crate::error::ApiError;
 use crate::membership::JoinRequest;
 use crate::membership::MembershipReply;
 use crate::membership::RemoveRequest;
@@ -60,7 +60,10 @@ pub async fn status(State(node): State<SharedNode>) -> Json<ClusterStatus> {
 
 /// The command sets this binary supports and the cluster has enabled (see `features`).
 pub async fn version(State(node): State<SharedNode>) -> Json<concordance_client::VersionInfo> {
-    Json(crate::features::version_info(&node))
+    Json(crate::features::version_info(
+        &node.identity.name,
+        &node.reader,
+    ))
 }
 
 pub async fn metrics(State(node): State<SharedNode>) -> impl IntoResponse {

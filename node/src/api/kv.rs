@@ -13,11 +13,11 @@ use concordance_client::PutRequest;
 use concordance_client::PutResponse;
 use serde::Deserialize;
 
-use super::ApiError;
 use super::JsonBody;
 use super::body::KeyPath;
 use super::body::QueryParams;
 use crate::auth::Role;
+use crate::error::ApiError;
 use crate::service::SharedNode;
 use crate::store::records::KeyRecord;
 use crate::store::records::Operation;

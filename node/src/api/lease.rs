@@ -13,14 +13,14 @@ use concordance_client::LeaseKeepAliveResponse;
 use concordance_client::LeaseListResponse;
 use concordance_client::LeaseRevokeResponse;
 
-use super::ApiError;
 use super::JsonBody;
 use super::body::QueryParams;
 use super::kv::ReadParams;
 use super::kv::idempotency_key;
 use super::kv::reused_key;
+use crate::clock::now_ms;
+use crate::error::ApiError;
 use crate::service::SharedNode;
-use crate::service::now_ms;
 use crate::store::records::LeaseRecord;
 use crate::store::records::Operation;
 use crate::store::records::Response;

@@ -31,7 +31,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::ApiError;
 use super::JsonBody;
 use super::body::QueryParams;
 use super::kv::MAX_LIST_LIMIT;
@@ -39,6 +38,7 @@ use super::kv::RESERVED_PREFIX;
 use super::kv::check_value_size;
 use super::kv::validate_key;
 use super::lease::not_found as lease_not_found;
+use crate::error::ApiError;
 use crate::service::SharedNode;
 use crate::store::records::CompareOpRecord;
 use crate::store::records::CompareRecord;

@@ -2,7 +2,6 @@
 
 mod body;
 mod cluster;
-mod error;
 mod kv;
 mod lease;
 mod lock;
@@ -25,13 +24,11 @@ use axum::response::Response;
 pub use self::body::JsonBody;
 pub use self::body::MAX_BODY_BYTES;
 
-/// Largest peer message accepted (Raft append batches).
-pub const PEER_BODY_BYTES: usize = 512 << 20;
-pub use self::error::ApiError;
 use self::routes::Access;
 use crate::auth;
 use crate::auth::Keys;
 use crate::auth::Role;
+use crate::error::ApiError;
 use crate::metrics::HttpLabels;
 use crate::service::SharedNode;
 

@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
-use super::ApiError;
 use super::JsonBody;
 use super::body::QueryParams;
+use crate::error::ApiError;
 use crate::raft::stream::UPGRADE_PROTOCOL;
 use crate::raft::wire;
 use crate::raft::wire::PeerMessage;
@@ -84,7 +84,7 @@ pub async fn append(
                 | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
         ) {
             let all_accepted = matches!(r, openraft::raft::AppendEntriesResponse::Success);
-            node.leader_contacted(holds_commit && all_accepted);
+            node.leader_contact.record(holds_commit && all_accepted);
         }
         Ok(wire::AppendResponse::from_raft(&r))
     })
@@ -107,7 +107,13 @@ pub async fn stream(
     request: axum::extract::Request,
 ) -> Result<axum::response::Response, ApiError> {
     let upgrade = switching(&node, hello, request, UPGRADE_PROTOCOL)?;
-    tokio::spawn(crate::raft::stream::accept(node, upgrade));
+    let follower = crate::raft::stream::Follower {
+        raft: node.raft.clone(),
+        raft_runtime: node.raft_runtime.clone(),
+        contact: node.leader_contact.clone(),
+        stopping: node.stopping.clone(),
+    };
+    tokio::spawn(crate::raft::stream::accept(follower, upgrade));
     switched(UPGRADE_PROTOCOL)
 }
 
@@ -119,7 +125,17 @@ pub async fn forward_stream(
 ) -> Result<axum::response::Response, ApiError> {
     let protocol = crate::forward::stream::UPGRADE_PROTOCOL;
     let upgrade = switching(&node, hello, request, protocol)?;
-    tokio::spawn(crate::forward::stream::accept(node, upgrade));
+    let (raft_runtime, stopping) = (node.raft_runtime.clone(), node.stopping.clone());
+    let propose = move |commands| {
+        let node = node.clone();
+        async move { node.propose_forwarded(commands).await }
+    };
+    tokio::spawn(crate::forward::stream::accept(
+        raft_runtime,
+        stopping,
+        upgrade,
+        propose,
+    ));
     switched(protocol)
 }
 
@@ -229,7 +245,7 @@ pub async fn write_batch(
                 ),
             ));
         }
-        Ok(crate::forward::propose_forwarded(node, req.commands).await)
+        Ok(node.propose_forwarded(req.commands).await)
     })
     .await
 }
@@ -319,9 +335,12 @@ async fn install(
         .await
         .map_err(ApiError::internal_from)?
         .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?;
-    let meta = crate::raft::SnapshotMeta {
-        last_log_id: h.last_log_id.as_ref().map(crate::raft::log_id_from_record),
-        last_membership: crate::raft::stored_membership_from_record(&h.membership)
+    let meta = crate::store::types::SnapshotMeta {
+        last_log_id: h
+            .last_log_id
+            .as_ref()
+            .map(crate::store::types::log_id_from_record),
+        last_membership: crate::store::types::stored_membership_from_record(&h.membership)
             .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?,
     };
     let snapshot = crate::store::snapshot::Snapshot {
@@ -330,11 +349,11 @@ async fn install(
     };
     let r = node
         .raft
-        .install_full_snapshot(crate::raft::vote_from_record(&h.vote), snapshot)
+        .install_full_snapshot(crate::store::types::vote_from_record(&h.vote), snapshot)
         .await
         .map_err(fatal)?;
-    node.leader_contacted(false);
+    node.leader_contact.record(false);
     Ok(Json(wire::SnapshotReply {
-        vote: crate::raft::vote_to_record(&r.vote),
+        vote: crate::store::types::vote_to_record(&r.vote),
     }))
 }

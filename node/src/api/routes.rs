@@ -12,7 +12,6 @@ use schemars::JsonSchema;
 use schemars::Schema;
 use schemars::SchemaGenerator;
 
-use super::PEER_BODY_BYTES;
 use super::cluster;
 use super::kv;
 use super::lease;
@@ -21,6 +20,7 @@ use super::peer;
 use super::txn;
 use super::watch;
 use crate::membership;
+use crate::raft::wire::PEER_BODY_BYTES;
 use crate::service::SharedNode;
 
 /// Who may call a route.

@@ -14,7 +14,6 @@ use concordance_client::TxnOpResult;
 use concordance_client::TxnRequest;
 use concordance_client::TxnResponse;
 
-use super::ApiError;
 use super::JsonBody;
 use super::kv::MAX_KEY_BYTES;
 use super::kv::check_prefix_writable;
@@ -25,6 +24,7 @@ use super::kv::reused_key;
 use super::kv::to_kv;
 use super::kv::validate_key;
 use crate::auth::Role;
+use crate::error::ApiError;
 use crate::service::SharedNode;
 use crate::store::records::CompareOpRecord;
 use crate::store::records::CompareRecord;

@@ -28,11 +28,11 @@ use concordance_client::WatchProgress;
 use futures::Stream;
 use serde::Deserialize;
 
-use super::ApiError;
 use super::body::QueryParams;
 use super::kv::MAX_KEY_BYTES;
 use super::kv::to_kv;
 use super::kv::validate_key;
+use crate::error::ApiError;
 use crate::service::SharedNode;
 use crate::store::records::EventKind;
 use crate::store::records::EventRecord;

@@ -17,16 +17,15 @@ use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::raft::QUORUM_TIMEOUT;
 use crate::raft::Raft;
-use crate::raft::network::PeerContext;
-use crate::raft::network::PeerError;
+use crate::raft::peer::PeerContext;
+use crate::raft::peer::PeerError;
 use crate::raft::upgrade::OpenError;
 use crate::raft::upgrade::REFUSED_RETRY;
 use crate::raft::wire;
-use crate::service::QUORUM_TIMEOUT;
-use crate::service::SharedNode;
 use crate::store::records::Command;
 use crate::store::records::Response;
 
@@ -268,7 +267,7 @@ impl Sender {
         .await;
         let _ = p
             .reply
-            .send(r.and_then(|r| crate::service::answer(r.response)));
+            .send(r.and_then(|r| crate::error::answer(r.response)));
     }
 
     async fn send_group(&self, leader: u64, addr: &str, group: Vec<Pending>) {
@@ -334,22 +333,6 @@ fn hand_out(
     }
 }
 
-/// The leader's side of a batch: proposes the writes together, so Raft appends and
-/// replicates them as one, and answers each in order.
-pub async fn propose_forwarded(
-    node: SharedNode,
-    commands: Vec<Command>,
-) -> wire::ForwardedWritesReply {
-    let results =
-        futures::future::join_all(commands.into_iter().map(|c| node.propose_local(c))).await;
-    wire::ForwardedWritesReply {
-        results: results
-            .into_iter()
-            .map(wire::ForwardedResult::from_result)
-            .collect(),
-    }
-}
-
 impl wire::ForwardedResult {
     pub fn from_result(r: Result<Response, ApiError>) -> Self {
         match r {
@@ -364,7 +347,7 @@ impl wire::ForwardedResult {
     /// The answer the follower's client sees, as if it had asked the leader itself.
     fn into_result(self) -> Result<Response, ApiError> {
         match self {
-            Self::Applied { response } => crate::service::answer(response),
+            Self::Applied { response } => crate::error::answer(response),
             Self::Failed { status, error } => Err(ApiError {
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
                 detail: error,

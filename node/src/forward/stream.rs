@@ -18,20 +18,21 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use futures::SinkExt;
 use futures::StreamExt;
+use futures::future::Either;
 use futures::stream::FuturesOrdered;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tokio_util::codec::FramedWrite;
+use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiError;
-use crate::raft::network::PeerContext;
-use crate::raft::network::PeerError;
+use crate::error::ApiError;
+use crate::raft::peer::PeerContext;
+use crate::raft::peer::PeerError;
 use crate::raft::upgrade::OpenError;
 use crate::raft::upgrade::frame_codec;
 use crate::raft::wire;
-use crate::service::SharedNode;
 use crate::store::records::Command;
 
 /// The `Upgrade` token of a forward stream.
@@ -150,15 +151,39 @@ async fn run(io: reqwest::Upgraded, mut calls: mpsc::UnboundedReceiver<Call>, ad
 
 /// The leader's end: takes over an upgraded connection, on the Raft thread, so forwarded
 /// writes reach Raft and their answers leave without a thread hand-off.
-pub async fn accept(node: SharedNode, upgrade: hyper::upgrade::OnUpgrade) {
-    crate::raft::upgrade::serve_on_raft_thread(node, upgrade, "a forward stream", serve).await;
+/// `propose` proposes a batch and answers each write; once `stopping` is cancelled, new
+/// batches are refused instead.
+pub async fn accept<P, Answers>(
+    raft_runtime: tokio::runtime::Handle,
+    stopping: CancellationToken,
+    upgrade: hyper::upgrade::OnUpgrade,
+    propose: P,
+) where
+    P: Fn(Vec<Command>) -> Answers + Send + 'static,
+    Answers: Future<Output = wire::ForwardedWritesReply> + Send + 'static,
+{
+    crate::raft::upgrade::serve_on_raft_thread(
+        raft_runtime,
+        upgrade,
+        "a forward stream",
+        |tcp, ahead| serve(stopping, propose, tcp, ahead),
+    )
+    .await;
 }
 
 /// Proposes each batch as it arrives and writes the answers back in order, until the follower
 /// closes the stream (answers still due are written first) or a frame is unreadable. Once the
 /// node is stopping, batches in flight still get their answers and new ones are refused
 /// (`shutting_down`: not applied), as HTTP requests are while a node drains.
-async fn serve(node: SharedNode, tcp: TcpStream, read_ahead: Bytes) {
+async fn serve<P, Answers>(
+    stopping: CancellationToken,
+    propose: P,
+    tcp: TcpStream,
+    read_ahead: Bytes,
+) where
+    P: Fn(Vec<Command>) -> Answers,
+    Answers: Future<Output = wire::ForwardedWritesReply>,
+{
     let (read, write) = tcp.into_split();
     let mut batches = FramedRead::new(read, frame_codec());
     batches.read_buffer_mut().extend_from_slice(&read_ahead);
@@ -170,7 +195,11 @@ async fn serve(node: SharedNode, tcp: TcpStream, read_ahead: Bytes) {
             frame = batches.next(), if !follower_done => match frame {
                 Some(Ok(frame)) => match decode(&frame) {
                     Ok(writes) => {
-                        proposed.push_back(answer(node.clone(), writes.commands));
+                        proposed.push_back(if stopping.is_cancelled() {
+                            Either::Left(std::future::ready(refused(&writes.commands)))
+                        } else {
+                            Either::Right(propose(writes.commands))
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "closing a forward stream");
@@ -196,17 +225,15 @@ async fn serve(node: SharedNode, tcp: TcpStream, read_ahead: Bytes) {
     }
 }
 
-async fn answer(node: SharedNode, commands: Vec<Command>) -> wire::ForwardedWritesReply {
-    if node.stopping.is_cancelled() {
-        let stopping = ApiError::unavailable("shutting_down", "the leader is stopping");
-        return wire::ForwardedWritesReply {
-            results: commands
-                .iter()
-                .map(|_| wire::ForwardedResult::from_result(Err(stopping.clone())))
-                .collect(),
-        };
+/// The answer to a batch that arrives while the leader stops: every write refused, none applied.
+fn refused(commands: &[Command]) -> wire::ForwardedWritesReply {
+    let stopping = ApiError::unavailable("shutting_down", "the leader is stopping");
+    wire::ForwardedWritesReply {
+        results: commands
+            .iter()
+            .map(|_| wire::ForwardedResult::from_result(Err(stopping.clone())))
+            .collect(),
     }
-    super::propose_forwarded(node, commands).await
 }
 
 fn decode(frame: &[u8]) -> Result<wire::ForwardedWrites, String> {

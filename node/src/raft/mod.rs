@@ -1,143 +1,82 @@
-//! Consensus: the Raft type configuration, conversions between the library's types and our
-//! stored/wire records, and the network that carries Raft RPCs over HTTP.
+//! Consensus: Raft's settings and handle, what a follower knows of its leader, and the network
+//! that carries Raft's messages between nodes (streams, wire types).
 
 pub mod network;
+pub mod peer;
 pub mod stream;
 pub mod upgrade;
 pub mod wire;
 
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
-use openraft::EntryPayload;
-use openraft::Membership;
-use openraft::StoredMembership;
-use openraft::impls::leader_id_adv::LeaderId;
+use openraft::SnapshotPolicy;
 
-pub use crate::store::records::Command;
-use crate::store::records::LogEntryRecord;
-use crate::store::records::LogIdRecord;
-pub use crate::store::records::Member;
-use crate::store::records::MembershipRecord;
-use crate::store::records::PayloadRecord;
-pub use crate::store::records::Response;
-use crate::store::records::StoredMembershipRecord;
-use crate::store::records::VoteRecord;
-
-openraft::declare_raft_types!(
-    /// Concordance's Raft types: commands and responses are ours, node ids are random u64s,
-    /// members carry the user-facing name and the address peers dial.
-    pub TypeConfig:
-        D = Command,
-        R = Response,
-        NodeId = u64,
-        Node = Member,
-);
+use crate::clock::now_ms;
+use crate::store::types::TypeConfig;
 
 pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
-pub type LogId = openraft::LogId<LeaderId<u64, u64>>;
-pub type Vote = openraft::impls::Vote<LeaderId<u64, u64>>;
-pub type Entry = openraft::alias::EntryOf<TypeConfig>;
-pub type MembershipOf = Membership<u64, Member>;
-pub type StoredMembershipOf = StoredMembership<LeaderId<u64, u64>, u64, Member>;
-pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 
-pub fn log_id_to_record(id: &LogId) -> LogIdRecord {
-    LogIdRecord {
-        term: id.leader_id.term,
-        leader: id.leader_id.node_id,
-        index: id.index,
+// A follower calls an election after hearing no leader for the leader lease (openraft uses
+// the maximum election timeout) plus its random election timeout: 500 + 250..500 ms here, so
+// a killed leader is replaced in under a second while seven heartbeats may go missing first.
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 250;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 500;
+
+/// How long a write or a linearizable read waits for a quorum before failing.
+pub const QUORUM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Raft's settings: timings above, a snapshot every `snapshot_entries` applied entries.
+pub fn config(snapshot_entries: u64) -> Result<openraft::Config, openraft::ConfigError> {
+    let c = openraft::Config {
+        cluster_name: "concordance".into(),
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        enable_pre_vote: Some(true),
+        // A restarted leader must win a new election: it cannot know what was committed
+        // (the committed index and the state machine are not fsynced), and restoring its old
+        // leadership let it answer linearizable reads from a stale state after a restart.
+        enable_leader_restore: Some(false),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_entries),
+        max_in_snapshot_log_to_keep: snapshot_entries.min(1000),
+        ..Default::default()
+    };
+    c.validate()
+}
+
+/// A follower's record of the appends and snapshots it accepted from a leader since this
+/// start, for its readiness.
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    /// Unix ms of the last one.
+    last_ms: AtomicU64,
+    /// Set once an accepted append showed this node holding every entry the leader had
+    /// committed: until then its membership may be a stale one from before it was removed (a
+    /// leader's first probe after a re-join carries no entries).
+    log_confirmed: AtomicBool,
+}
+
+impl LeaderContact {
+    /// Called when a leader's append or snapshot was accepted; `holds_commit` when it left
+    /// this node's log holding every entry the leader had committed.
+    pub fn record(&self, holds_commit: bool) {
+        if holds_commit {
+            self.log_confirmed.store(true, Ordering::Relaxed);
+        }
+        self.last_ms.store(now_ms(), Ordering::Relaxed);
     }
-}
 
-pub fn log_id_from_record(r: &LogIdRecord) -> LogId {
-    LogId::new(
-        LeaderId {
-            term: r.term,
-            node_id: r.leader,
-        },
-        r.index,
-    )
-}
-
-pub fn vote_to_record(v: &Vote) -> VoteRecord {
-    VoteRecord {
-        term: v.leader_id.term,
-        node: v.leader_id.node_id,
-        committed: v.committed,
+    /// Unix ms of the last append or snapshot accepted (0: none since this start).
+    pub fn last_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
     }
-}
 
-pub fn vote_from_record(r: &VoteRecord) -> Vote {
-    if r.committed {
-        Vote::new_committed(r.term, r.node)
-    } else {
-        Vote::new(r.term, r.node)
+    pub fn log_confirmed(&self) -> bool {
+        self.log_confirmed.load(Ordering::Relaxed)
     }
-}
-
-pub fn membership_to_record(m: &MembershipOf) -> MembershipRecord {
-    MembershipRecord {
-        configs: m
-            .get_joint_config()
-            .iter()
-            .map(|c| c.iter().copied().collect())
-            .collect(),
-        nodes: m.nodes().map(|(id, n)| (*id, n.clone())).collect(),
-    }
-}
-
-pub fn membership_from_record(r: &MembershipRecord) -> std::io::Result<MembershipOf> {
-    let configs: Vec<BTreeSet<u64>> = r
-        .configs
-        .iter()
-        .map(|c| c.iter().copied().collect())
-        .collect();
-    let nodes: BTreeMap<u64, Member> = r.nodes.iter().cloned().collect();
-    Membership::new(configs, nodes)
-        .map_err(|e| std::io::Error::other(format!("membership record: {e}")))
-}
-
-pub fn stored_membership_to_record(m: &StoredMembershipOf) -> StoredMembershipRecord {
-    StoredMembershipRecord {
-        log_id: m.log_id().as_ref().map(log_id_to_record),
-        membership: membership_to_record(m.membership()),
-    }
-}
-
-pub fn stored_membership_from_record(
-    r: &StoredMembershipRecord,
-) -> std::io::Result<StoredMembershipOf> {
-    Ok(StoredMembership::new(
-        r.log_id.as_ref().map(log_id_from_record),
-        membership_from_record(&r.membership)?,
-    ))
-}
-
-pub fn entry_to_record(e: &Entry) -> LogEntryRecord {
-    LogEntryRecord {
-        log_id: log_id_to_record(&e.log_id),
-        payload: match &e.payload {
-            EntryPayload::Blank => PayloadRecord::Blank,
-            EntryPayload::Normal(c) => PayloadRecord::Command { command: c.clone() },
-            EntryPayload::Membership(m) => PayloadRecord::Membership {
-                membership: membership_to_record(m),
-            },
-        },
-    }
-}
-
-pub fn entry_from_record(r: LogEntryRecord) -> std::io::Result<Entry> {
-    Ok(Entry {
-        log_id: log_id_from_record(&r.log_id),
-        payload: match r.payload {
-            PayloadRecord::Blank => EntryPayload::Blank,
-            PayloadRecord::Command { command } => EntryPayload::Normal(command),
-            PayloadRecord::Membership { membership } => {
-                EntryPayload::Membership(membership_from_record(&membership)?)
-            }
-        },
-    })
 }
 
 /// The node's current Raft metrics (a copy).

@@ -2,12 +2,9 @@
 //! authenticated with the admin key and stamped with the cluster UUID.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::RwLock;
 use std::time::Duration;
 use std::time::Instant;
 
-use concordance_client::ErrorBody;
 use futures::Stream;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
@@ -30,146 +27,20 @@ use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Member;
-use super::TypeConfig;
-use super::Vote;
-use super::log_id_to_record;
-use super::stored_membership_to_record;
+use super::peer::PeerContext;
+use super::peer::PeerError;
+use super::peer::rpc_error;
 use super::stream;
 use super::stream::AppendStream;
-use super::vote_to_record;
 use super::wire;
-use super::wire::PeerMessage;
+use crate::store::records::Member;
 use crate::store::snapshot::Snapshot;
 use crate::store::snapshot::SnapshotFile;
-
-/// What every outgoing peer request needs: an HTTP client, the admin key, the cluster UUID.
-#[derive(Clone)]
-pub struct PeerContext {
-    pub http: reqwest::Client,
-    key: Option<String>,
-    cluster: Arc<RwLock<String>>,
-    self_id: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PeerError {
-    #[error("{0} is unreachable: {1}")]
-    Unreachable(String, String),
-    #[error("{0} answered {1}: {2}")]
-    Refused(String, u16, String),
-    #[error("{0} answered {1}: {2}: {3}")]
-    Api(String, u16, String, String),
-}
-
-impl PeerError {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            PeerError::Api(_, _, code, _) => Some(code),
-            _ => None,
-        }
-    }
-}
-
-impl PeerContext {
-    pub fn new(key: Option<String>, cluster: Option<String>, self_id: u64) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()
-            .expect("HTTP client builds");
-        Self {
-            http,
-            key,
-            cluster: Arc::new(RwLock::new(cluster.unwrap_or_default())),
-            self_id,
-        }
-    }
-
-    pub fn set_cluster(&self, uuid: &str) {
-        *self.cluster.write().expect("not poisoned") = uuid.to_string();
-    }
-
-    pub fn cluster(&self) -> String {
-        self.cluster.read().expect("not poisoned").clone()
-    }
-
-    pub fn envelope<T>(&self, body: T) -> PeerMessage<T> {
-        PeerMessage {
-            protocol: wire::PROTOCOL_VERSION,
-            cluster: self.cluster(),
-            from: self.self_id,
-            body,
-        }
-    }
-
-    pub(super) fn request(
-        &self,
-        method: reqwest::Method,
-        addr: &str,
-        path: &str,
-    ) -> reqwest::RequestBuilder {
-        let rb = self
-            .http
-            .request(method, format!("http://{addr}/api/v1/{path}"));
-        match &self.key {
-            Some(k) => rb.bearer_auth(k),
-            None => rb,
-        }
-    }
-
-    /// POSTs a JSON message to a peer and decodes its JSON answer.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        addr: &str,
-        path: &str,
-        body: &B,
-        timeout: Duration,
-    ) -> Result<T, PeerError> {
-        let resp = self
-            .request(reqwest::Method::POST, addr, path)
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
-        decode(addr, resp).await
-    }
-}
-
-pub(super) async fn decode<T: DeserializeOwned>(
-    addr: &str,
-    resp: reqwest::Response,
-) -> Result<T, PeerError> {
-    let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| {
-            PeerError::Refused(
-                addr.into(),
-                status.as_u16(),
-                format!("undecodable answer: {e}"),
-            )
-        });
-    }
-    match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(b) => Err(PeerError::Api(
-            addr.into(),
-            status.as_u16(),
-            b.error.code,
-            b.error.message,
-        )),
-        Err(_) => Err(PeerError::Refused(
-            addr.into(),
-            status.as_u16(),
-            String::from_utf8_lossy(&bytes).into_owned(),
-        )),
-    }
-}
+use crate::store::types::TypeConfig;
+use crate::store::types::Vote;
+use crate::store::types::log_id_to_record;
+use crate::store::types::stored_membership_to_record;
+use crate::store::types::vote_to_record;
 
 /// Creates a connection per peer.
 #[derive(Clone)]
@@ -198,13 +69,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             stream: Default::default(),
             stream_refused: None,
         }
-    }
-}
-
-pub(super) fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
-    match e {
-        PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
-        _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
 
@@ -360,23 +224,20 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 head,
                 tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
             );
-            let mut rb = self
+            let resp = self
                 .ctx
-                .http
-                .post(format!("http://{addr}/api/v1/raft/snapshot"))
+                .request(reqwest::Method::POST, &addr, "raft/snapshot")
                 .timeout(option.hard_ttl().max(Duration::from_secs(600)))
-                .body(reqwest::Body::wrap_stream(body));
-            if let Some(k) = &self.ctx.key {
-                rb = rb.bearer_auth(k);
-            }
-            let resp = rb
+                .body(reqwest::Body::wrap_stream(body))
                 .send()
                 .await
                 .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
-            let reply: wire::SnapshotReply = decode(&addr, resp)
+            let reply: wire::SnapshotReply = super::peer::decode(&addr, resp)
                 .await
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-            Ok(SnapshotResponse::new(super::vote_from_record(&reply.vote)))
+            Ok(SnapshotResponse::new(
+                crate::store::types::vote_from_record(&reply.vote),
+            ))
         };
         tokio::select! {
             r = send => r,

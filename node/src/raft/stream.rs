@@ -34,16 +34,17 @@ use tokio_util::codec::FramedRead;
 use tokio_util::codec::FramedWrite;
 use tokio_util::codec::LengthDelimitedCodec;
 
-use super::LogId;
-use super::TypeConfig;
-use super::log_id_to_record;
-use super::network::PeerContext;
-use super::network::PeerError;
+use super::LeaderContact;
+use super::Raft;
+use super::peer::PeerContext;
+use super::peer::PeerError;
 pub use super::upgrade::OpenError;
 use super::upgrade::frame_codec;
 use super::wire;
 use super::wire::RaftAppendRequest as RaftAppend;
-use crate::service::SharedNode;
+use crate::store::types::LogId;
+use crate::store::types::TypeConfig;
+use crate::store::types::log_id_to_record;
 
 /// The `Upgrade` token of an append stream.
 pub const UPGRADE_PROTOCOL: &str = "concordance-append/1";
@@ -235,7 +236,7 @@ where
 {
     fn fail(&mut self, e: PeerError) -> Answer {
         self.stream = None;
-        Err(super::network::rpc_error(e))
+        Err(super::peer::rpc_error(e))
     }
 
     fn unreachable(&mut self, why: impl ToString) -> Answer {
@@ -354,8 +355,25 @@ where
 
 /// The follower's end: takes over an upgraded connection, on the Raft thread, so appends
 /// reach Raft and answers leave without a thread hand-off.
-pub async fn accept(node: SharedNode, upgrade: hyper::upgrade::OnUpgrade) {
-    super::upgrade::serve_on_raft_thread(node, upgrade, "an append stream", serve).await;
+pub async fn accept(follower: Follower, upgrade: hyper::upgrade::OnUpgrade) {
+    let raft_runtime = follower.raft_runtime.clone();
+    super::upgrade::serve_on_raft_thread(
+        raft_runtime,
+        upgrade,
+        "an append stream",
+        |tcp, ahead| serve(follower, tcp, ahead),
+    )
+    .await;
+}
+
+/// What the follower's end of a stream works with.
+pub struct Follower {
+    pub raft: Raft,
+    /// The thread Raft runs on, where the stream is served.
+    pub raft_runtime: tokio::runtime::Handle,
+    pub contact: std::sync::Arc<LeaderContact>,
+    /// Cancelled when the node stops: the stream ends.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Appends read together are handed to Raft as one (see [`merge`]): this many at most, and
@@ -378,7 +396,7 @@ struct Handed {
 
 /// Feeds the leader's appends to Raft and writes Raft's answers back, until the leader closes
 /// the stream, an answer is a refusal, or the node stops.
-async fn serve(node: SharedNode, tcp: TcpStream, read_ahead: Bytes) {
+async fn serve(node: Follower, tcp: TcpStream, read_ahead: Bytes) {
     let (read, write) = tcp.into_split();
     let mut frames_in = FramedRead::new(read, frame_codec());
     frames_in.read_buffer_mut().extend_from_slice(&read_ahead);
@@ -423,7 +441,8 @@ async fn serve(node: SharedNode, tcp: TcpStream, read_ahead: Bytes) {
             let replies = match &answer {
                 Ok(Ok(matching)) => {
                     // Holding the leader's commit: this node's log is confirmed current.
-                    node.leader_contacted(commit <= matching.as_ref().map(|m| m.index));
+                    node.contact
+                        .record(commit <= matching.as_ref().map(|m| m.index));
                     lasts
                         .iter()
                         .map(|last| wire::StreamAppendReply::Accepted {
@@ -512,11 +531,11 @@ mod tests {
     use openraft::raft::StreamAppendError;
 
     use super::*;
-    use crate::raft::Entry;
-    use crate::raft::Vote;
+    use crate::store::types::Entry;
+    use crate::store::types::Vote;
 
     fn id(term: u64, index: u64) -> LogId {
-        crate::raft::log_id_from_record(&crate::store::records::LogIdRecord {
+        crate::store::types::log_id_from_record(&crate::store::records::LogIdRecord {
             term,
             leader: 1,
             index,

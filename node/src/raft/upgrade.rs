@@ -10,9 +10,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::codec::LengthDelimitedCodec;
 
-use super::network::PeerContext;
-use super::network::PeerError;
-use crate::service::SharedNode;
+use super::peer::PeerContext;
+use super::peer::PeerError;
 
 /// How long a peer that refused an upgrade (an older binary) gets plain requests before it
 /// is asked again (it may have been upgraded meanwhile).
@@ -25,7 +24,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 /// (JSON), at most a peer request body.
 pub fn frame_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
-        .max_frame_length(crate::api::PEER_BODY_BYTES)
+        .max_frame_length(super::wire::PEER_BODY_BYTES)
         .new_codec()
 }
 
@@ -64,7 +63,7 @@ pub async fn open(
             }
             reqwest::StatusCode::NOT_FOUND => Err(OpenError::Unsupported),
             _ => Err(OpenError::Peer(
-                super::network::decode::<()>(addr, resp)
+                super::peer::decode::<()>(addr, resp)
                     .await
                     .err()
                     .unwrap_or_else(|| PeerError::Refused(addr.into(), 200, "no upgrade".into())),
@@ -77,15 +76,15 @@ pub async fn open(
 }
 
 /// The serving side: waits for the upgrade to complete, then serves the raw connection with
-/// `serve` on the Raft thread (with the bytes already read past the request, and Nagle off:
-/// every frame is a small write its peer waits for).
+/// `serve` on `raft_runtime`, the Raft thread (with the bytes already read past the request,
+/// and Nagle off: every frame is a small write its peer waits for).
 pub async fn serve_on_raft_thread<F, Fut>(
-    node: SharedNode,
+    raft_runtime: tokio::runtime::Handle,
     upgrade: hyper::upgrade::OnUpgrade,
     what: &'static str,
     serve: F,
 ) where
-    F: FnOnce(SharedNode, TcpStream, Bytes) -> Fut + Send + 'static,
+    F: FnOnce(TcpStream, Bytes) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let upgraded = match upgrade.await {
@@ -112,10 +111,9 @@ pub async fn serve_on_raft_thread<F, Fut>(
             return;
         }
     };
-    let raft_runtime = node.raft_runtime.clone();
     raft_runtime.spawn(async move {
         match TcpStream::from_std(tcp).and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp)) {
-            Ok(tcp) => serve(node, tcp, read_ahead).await,
+            Ok(tcp) => serve(tcp, read_ahead).await,
             Err(e) => tracing::warn!(error = %e, "{what}'s connection is unusable"),
         }
     });

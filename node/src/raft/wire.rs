@@ -6,14 +6,14 @@
 use serde::Deserialize;
 use serde::Serialize;
 
-use super::LogId;
-use super::TypeConfig;
-use super::entry_from_record;
-use super::entry_to_record;
-use super::log_id_from_record;
-use super::log_id_to_record;
-use super::vote_from_record;
-use super::vote_to_record;
+use crate::store::types::LogId;
+use crate::store::types::TypeConfig;
+use crate::store::types::entry_from_record;
+use crate::store::types::entry_to_record;
+use crate::store::types::log_id_from_record;
+use crate::store::types::log_id_to_record;
+use crate::store::types::vote_from_record;
+use crate::store::types::vote_to_record;
 use concordance_client::ErrorDetail;
 
 use crate::store::records::Command;
@@ -25,6 +25,9 @@ use crate::store::records::VoteRecord;
 
 /// The peer protocol this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest peer message accepted (Raft append batches), as a request body or a stream frame.
+pub const PEER_BODY_BYTES: usize = 512 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

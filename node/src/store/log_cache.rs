@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use crate::raft::Entry;
+use super::types::Entry;
 
 /// Bounds on what is kept: the newest entries, at most this many and about this many bytes
 /// of encoded entries (a few large values would otherwise pin a lot of memory).
@@ -91,8 +91,8 @@ impl LogCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::log_id_from_record;
     use crate::store::records::LogIdRecord;
+    use crate::store::types::log_id_from_record;
 
     fn entry(term: u64, index: u64) -> Entry {
         Entry {

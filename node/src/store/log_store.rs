@@ -35,19 +35,19 @@ use super::log_cache::LogCache;
 use super::records::LogEntryRecord;
 use super::records::LogIdRecord;
 use super::records::VoteRecord;
+use super::types::Entry;
+use super::types::LogId;
+use super::types::TypeConfig;
+use super::types::Vote;
+use super::types::entry_from_record;
+use super::types::entry_to_record;
+use super::types::log_id_from_record;
+use super::types::log_id_to_record;
+use super::types::vote_from_record;
+use super::types::vote_to_record;
 use super::u64_from_key;
 use super::u64_key;
 use crate::metrics::Metrics;
-use crate::raft::Entry;
-use crate::raft::LogId;
-use crate::raft::TypeConfig;
-use crate::raft::Vote;
-use crate::raft::entry_from_record;
-use crate::raft::entry_to_record;
-use crate::raft::log_id_from_record;
-use crate::raft::log_id_to_record;
-use crate::raft::vote_from_record;
-use crate::raft::vote_to_record;
 
 #[derive(Clone)]
 pub struct LogStore {

@@ -13,6 +13,7 @@ pub mod log_store;
 pub mod records;
 pub mod snapshot;
 pub mod state_machine;
+pub mod types;
 
 use std::path::Path;
 use std::path::PathBuf;

@@ -31,12 +31,12 @@ use super::io_err;
 use super::records::AppliedStateRecord;
 use super::records::SnapshotMetaRecord;
 use super::records::StoredMembershipRecord;
-use crate::raft::SnapshotMeta;
-use crate::raft::TypeConfig;
-use crate::raft::log_id_from_record;
-use crate::raft::log_id_to_record;
-use crate::raft::stored_membership_from_record;
-use crate::raft::stored_membership_to_record;
+use super::types::SnapshotMeta;
+use super::types::TypeConfig;
+use super::types::log_id_from_record;
+use super::types::log_id_to_record;
+use super::types::stored_membership_from_record;
+use super::types::stored_membership_to_record;
 
 const MAGIC: &[u8; 8] = b"CONCSNAP";
 const FILE_VERSION: u8 = 1;

@@ -49,16 +49,16 @@ use super::records::TxnOpRecord;
 use super::records::TxnOpResultRecord;
 use super::snapshot;
 use super::snapshot::SnapshotFile;
+use super::types::LogId;
+use super::types::SnapshotMeta;
+use super::types::StoredMembershipOf;
+use super::types::TypeConfig;
+use super::types::log_id_from_record;
+use super::types::log_id_to_record;
+use super::types::stored_membership_from_record;
+use super::types::stored_membership_to_record;
 use super::u64_key;
 use crate::metrics::Metrics;
-use crate::raft::LogId;
-use crate::raft::SnapshotMeta;
-use crate::raft::StoredMembershipOf;
-use crate::raft::TypeConfig;
-use crate::raft::log_id_from_record;
-use crate::raft::log_id_to_record;
-use crate::raft::stored_membership_from_record;
-use crate::raft::stored_membership_to_record;
 
 /// How many revisions of history are kept for watches by default (`--history-revisions`).
 /// Every replica with the same setting compacts at the same revisions; the setting only

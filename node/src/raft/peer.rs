@@ -1,0 +1,153 @@
+//! How a node reaches its peers: the HTTP client, admin key and cluster UUID every peer
+//! request carries, and the errors a peer request can end in.
+
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use concordance_client::ErrorBody;
+use openraft::errors::NetworkError;
+use openraft::errors::RPCError;
+use openraft::errors::Unreachable;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::wire;
+use super::wire::PeerMessage;
+use crate::store::types::TypeConfig;
+
+/// What every outgoing peer request needs: an HTTP client, the admin key, the cluster UUID.
+#[derive(Clone)]
+pub struct PeerContext {
+    pub http: reqwest::Client,
+    key: Option<String>,
+    cluster: Arc<RwLock<String>>,
+    self_id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("{0} is unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("{0} answered {1}: {2}")]
+    Refused(String, u16, String),
+    #[error("{0} answered {1}: {2}: {3}")]
+    Api(String, u16, String, String),
+}
+
+impl PeerError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            PeerError::Api(_, _, code, _) => Some(code),
+            _ => None,
+        }
+    }
+}
+
+impl PeerContext {
+    pub fn new(key: Option<String>, cluster: Option<String>, self_id: u64) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()
+            .expect("HTTP client builds");
+        Self {
+            http,
+            key,
+            cluster: Arc::new(RwLock::new(cluster.unwrap_or_default())),
+            self_id,
+        }
+    }
+
+    pub fn set_cluster(&self, uuid: &str) {
+        *self.cluster.write().expect("not poisoned") = uuid.to_string();
+    }
+
+    pub fn cluster(&self) -> String {
+        self.cluster.read().expect("not poisoned").clone()
+    }
+
+    pub fn envelope<T>(&self, body: T) -> PeerMessage<T> {
+        PeerMessage {
+            protocol: wire::PROTOCOL_VERSION,
+            cluster: self.cluster(),
+            from: self.self_id,
+            body,
+        }
+    }
+
+    pub(super) fn request(
+        &self,
+        method: reqwest::Method,
+        addr: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let rb = self
+            .http
+            .request(method, format!("http://{addr}/api/v1/{path}"));
+        match &self.key {
+            Some(k) => rb.bearer_auth(k),
+            None => rb,
+        }
+    }
+
+    /// POSTs a JSON message to a peer and decodes its JSON answer.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, PeerError> {
+        let resp = self
+            .request(reqwest::Method::POST, addr, path)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
+        decode(addr, resp).await
+    }
+}
+
+pub(super) async fn decode<T: DeserializeOwned>(
+    addr: &str,
+    resp: reqwest::Response,
+) -> Result<T, PeerError> {
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| {
+            PeerError::Refused(
+                addr.into(),
+                status.as_u16(),
+                format!("undecodable answer: {e}"),
+            )
+        });
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(b) => Err(PeerError::Api(
+            addr.into(),
+            status.as_u16(),
+            b.error.code,
+            b.error.message,
+        )),
+        Err(_) => Err(PeerError::Refused(
+            addr.into(),
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )),
+    }
+}
+
+/// A failed peer request as Raft sees it: an unreachable peer, or a network failure.
+pub(super) fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<TypeConfig, E> {
+    match e {
+        PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
