@@ -151,6 +151,7 @@ async fn run(io: reqwest::Upgraded, mut calls: mpsc::UnboundedReceiver<Call>, ad
 
 /// The leader's end: takes over an upgraded connection, on the Raft thread, so forwarded
 /// writes reach Raft and their answers leave without a thread hand-off.
+///
 /// `propose` proposes a batch and answers each write; once `stopping` is cancelled, new
 /// batches are refused instead.
 pub async fn accept<P, Answers>(
