@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::compare::Comparison;
 use crate::compare::NativeRun;
 use crate::load::RunResult;
-use crate::load::cpu_text as cpu;
+use crate::load::cpu_text;
 
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
@@ -63,8 +63,8 @@ pub fn comparison_table(c: &Comparison) -> String {
             lat(r),
             lat(e),
             ratio(r.latency.p99_ms, e.latency.p99_ms),
-            cpu(r.server_cpu_us_per_op),
-            cpu(e.server_cpu_us_per_op),
+            cpu_text(r.server_cpu_us_per_op),
+            cpu_text(e.server_cpu_us_per_op),
             cpu_ratio_text(r, e.server_cpu_us_per_op),
         );
     }
@@ -99,7 +99,7 @@ pub fn comparison_table(c: &Comparison) -> String {
                 ratio(r.ops_per_sec, n.tool.ops_per_sec),
                 r.latency.p99_ms,
                 n.tool.latency.p99_ms,
-                cpu(r.server_cpu_us_per_op),
+                cpu_text(r.server_cpu_us_per_op),
                 n.server_cpu_us_per_op,
                 cpu_ratio_text(r, Some(n.server_cpu_us_per_op)),
             );
