@@ -26,6 +26,8 @@ pub struct CompareSpec {
     /// etcd's gRPC `benchmark` tool; skipped when `None`.
     pub etcd_tool: Option<PathBuf>,
     pub members: usize,
+    /// HTTP threads of each Concordance member (its `--http-threads`); `None`: its default.
+    pub http_threads: Option<u16>,
     /// Times every point is measured (the systems alternating each time).
     pub rounds: usize,
     pub clients: Vec<usize>,
@@ -66,6 +68,8 @@ impl std::fmt::Display for NativeRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub members: usize,
+    /// Each Concordance member's `--http-threads` (`None`: its default, one per core).
+    pub http_threads: Option<u16>,
     pub rounds: usize,
     pub payload: Payload,
     pub mixed_write_percent: u32,
@@ -178,9 +182,23 @@ pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
     let mut runs = Vec::new();
     let mut native = Vec::new();
 
-    eprintln!("starting {} Concordance members", spec.members);
-    let c =
-        LocalCluster::concordance(&spec.concordance_bin, spec.members, &spec.work_dir, &[]).await?;
+    let member_args: Vec<String> = spec
+        .http_threads
+        .map(|n| format!("--http-threads={n}"))
+        .into_iter()
+        .collect();
+    eprintln!(
+        "starting {} Concordance members {}",
+        spec.members,
+        member_args.join(" ")
+    );
+    let c = LocalCluster::concordance(
+        &spec.concordance_bin,
+        spec.members,
+        &spec.work_dir,
+        &member_args,
+    )
+    .await?;
     eprintln!("starting {} etcd members", spec.members);
     let e = LocalCluster::etcd(&spec.etcd_bin, spec.members, &spec.work_dir).await?;
     let mut concordance = prepare(c, &spec).await?;
@@ -206,6 +224,7 @@ pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
 
     Ok(Comparison {
         members: spec.members,
+        http_threads: spec.http_threads,
         rounds: spec.rounds.max(1),
         payload: spec.payload,
         mixed_write_percent: spec.mixed_write_percent,

@@ -145,6 +145,11 @@ struct CompareArgs {
     etcd_benchmark: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     members: usize,
+    /// Each Concordance member's `--http-threads`. The members share this machine's cores, the
+    /// case the configuration reference gives one thread for; 0 leaves the node's default (one
+    /// per core).
+    #[arg(long, default_value_t = 1)]
+    http_threads: u16,
     /// Also write the JSON results to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -248,6 +253,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         etcd_bin: args.etcd_bin.clone(),
         etcd_tool: args.etcd_benchmark.clone().filter(|p| p.is_file()),
         members: args.members,
+        http_threads: Some(args.http_threads).filter(|&n| n > 0),
         rounds: args.rounds as usize,
         clients: l.clients.clone(),
         workloads: l.workload.clone(),
@@ -273,6 +279,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 println!("{n}");
             }
             println!();
+            let threads = result
+                .http_threads
+                .map_or("one per core".to_string(), |n| n.to_string());
+            println!("Concordance members' HTTP threads: {threads}");
             print!("{}", report::comparison_table(&result));
         }
     }

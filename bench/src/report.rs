@@ -312,6 +312,7 @@ mod tests {
     fn comparison(rounds: usize, runs: Vec<RunResult>) -> Comparison {
         Comparison {
             members: 3,
+            http_threads: Some(1),
             rounds,
             payload: Payload {
                 key_bytes: 8,

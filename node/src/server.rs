@@ -48,7 +48,7 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
         crate::offline::force_new_cluster(&config.data_dir, old_cluster, &config.advertise)?;
     }
     // The main thread is the first HTTP loop (see `serve_http`) and also runs the node's
-    // background tasks.
+    // background tasks (and Raft, with one loop: see `serve`).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -82,9 +82,11 @@ fn load_identity(store: &Store, config: &Config) -> Result<IdentityRecord, BoxEr
     }
 }
 
-/// Raft's own tasks (core, replication, log and state machine workers) run on a thread of
-/// their own, so a consensus step never waits in the queue behind hundreds of HTTP
-/// connections' tasks.
+/// With more than one HTTP loop, Raft's own tasks (core, replication, log and state machine
+/// workers) run on a thread of their own, so a consensus step never waits in the queue
+/// behind hundreds of HTTP connections' tasks. A member with one loop (`--http-threads=1`,
+/// members sharing cores) keeps Raft on that loop: a thread hand-off per request cost more
+/// there than the queue (docs/benchmarks.md).
 fn raft_runtime() -> Result<tokio::runtime::Handle, BoxError> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -122,7 +124,14 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let raft_config = Arc::new(crate::raft::config(config.snapshot_entries)?);
     let network = Network { ctx: peers.clone() };
     let raft_id = identity.raft_id;
-    let raft_runtime = raft_runtime()?;
+    // With one HTTP loop Raft runs on it too: then no request, append or answer crosses
+    // between threads on its way to Raft (see `raft_runtime` for why it has a thread of its
+    // own otherwise).
+    let raft_runtime = if config.http_threads == 1 {
+        tokio::runtime::Handle::current()
+    } else {
+        raft_runtime()?
+    };
     let raft = raft_runtime
         .spawn(
             async move { Raft::new(raft_id, raft_config, network, log_store, state_machine).await },

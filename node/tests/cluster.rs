@@ -86,7 +86,17 @@ async fn voters(c: &Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_replicate_and_any_node_serves_any_request() {
-    let cl = Cluster::start(3, &[]).await;
+    replicate_and_serve_anywhere(&[]).await;
+}
+
+/// With one HTTP loop Raft runs on it, with the append and forward streams.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_with_one_http_thread_each_replicate_and_serve_any_request() {
+    replicate_and_serve_anywhere(&["--http-threads=1"]).await;
+}
+
+async fn replicate_and_serve_anywhere(extra: &[&str]) {
+    let cl = Cluster::start(3, extra).await;
     let c1 = cl.node("node1").admin();
     assert_eq!(voters(&c1).await, ["node1", "node2", "node3"]);
     let leader = cl.leader().await;
@@ -214,7 +224,16 @@ async fn a_followers_concurrent_writes_travel_in_batches_and_are_answered_one_by
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_sigkill_a_new_leader_and_writes_within_3s_then_the_old_leader_catches_up() {
-    let mut cl = Cluster::start(3, &[]).await;
+    fail_over_and_catch_up(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_one_http_thread_each_a_new_leader_and_writes_within_3s_of_a_leader_sigkill() {
+    fail_over_and_catch_up(&["--http-threads=1"]).await;
+}
+
+async fn fail_over_and_catch_up(extra: &[&str]) {
+    let mut cl = Cluster::start(3, extra).await;
     let old = cl.leader().await;
     let survivor = cl.nodes.iter().find(|n| n.name != old).unwrap().admin();
     survivor.put("before", &json!(1)).await.unwrap();
