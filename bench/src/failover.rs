@@ -21,6 +21,8 @@ pub struct FailoverSpec {
     pub system: System,
     pub bin: PathBuf,
     pub members: usize,
+    /// Each Concordance member's `--http-threads` (`None`: its default).
+    pub http_threads: Option<u16>,
     pub kills: usize,
     /// A new write attempt starts this often (attempts overlap, so a hung one does not delay
     /// the measurement).
@@ -47,7 +49,12 @@ const MAX_PROBES: usize = 2000;
 pub async fn run(spec: FailoverSpec) -> anyhow::Result<FailoverResult> {
     let mut cluster = match spec.system {
         System::Concordance => {
-            LocalCluster::concordance(&spec.bin, spec.members, &spec.work_dir, &[]).await?
+            let member_args: Vec<String> = spec
+                .http_threads
+                .map(|n| format!("--http-threads={n}"))
+                .into_iter()
+                .collect();
+            LocalCluster::concordance(&spec.bin, spec.members, &spec.work_dir, &member_args).await?
         }
         System::Etcd => LocalCluster::etcd(&spec.bin, spec.members, &spec.work_dir).await?,
     };

@@ -172,6 +172,9 @@ struct FailoverArgs {
     etcd_bin: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     members: usize,
+    /// Each Concordance member's `--http-threads`, as for `compare` (0: the node's default).
+    #[arg(long, default_value_t = 1)]
+    http_threads: u16,
     #[arg(long, default_value_t = 20)]
     kills: usize,
     /// A new write attempt starts every this many milliseconds after the kill.
@@ -301,6 +304,7 @@ async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         system: args.system,
         bin,
         members: args.members,
+        http_threads: Some(args.http_threads).filter(|&n| n > 0),
         kills: args.kills,
         probe_interval: Duration::from_millis(args.probe_ms.max(1)),
         work_dir: args.bins.work_dir(),
