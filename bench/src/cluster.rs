@@ -22,6 +22,15 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(concordance_client::dev::free_port()?)
 }
 
+/// The flags that give each Concordance member `http_threads` HTTP threads (none for `None`:
+/// the node's default, one per core).
+pub fn http_threads_args(http_threads: Option<u16>) -> Vec<String> {
+    http_threads
+        .map(|n| format!("--http-threads={n}"))
+        .into_iter()
+        .collect()
+}
+
 /// One member process; restartable with the same arguments.
 pub struct Member {
     pub name: String,

@@ -182,11 +182,7 @@ pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
     let mut runs = Vec::new();
     let mut native = Vec::new();
 
-    let member_args: Vec<String> = spec
-        .http_threads
-        .map(|n| format!("--http-threads={n}"))
-        .into_iter()
-        .collect();
+    let member_args = crate::cluster::http_threads_args(spec.http_threads);
     eprintln!(
         "starting {} Concordance members {}",
         spec.members,

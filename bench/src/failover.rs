@@ -49,11 +49,7 @@ const MAX_PROBES: usize = 2000;
 pub async fn run(spec: FailoverSpec) -> anyhow::Result<FailoverResult> {
     let mut cluster = match spec.system {
         System::Concordance => {
-            let member_args: Vec<String> = spec
-                .http_threads
-                .map(|n| format!("--http-threads={n}"))
-                .into_iter()
-                .collect();
+            let member_args = crate::cluster::http_threads_args(spec.http_threads);
             LocalCluster::concordance(&spec.bin, spec.members, &spec.work_dir, &member_args).await?
         }
         System::Etcd => LocalCluster::etcd(&spec.bin, spec.members, &spec.work_dir).await?,

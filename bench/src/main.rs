@@ -89,6 +89,23 @@ impl LoadArgs {
     }
 }
 
+/// The thread layout of the local Concordance members that `compare` and `failover` start.
+#[derive(Debug, Args)]
+struct MemberThreads {
+    /// Each Concordance member's `--http-threads`. The members share this machine's cores, the
+    /// case the configuration reference gives one thread for; 0 leaves the node's default (one
+    /// per core).
+    #[arg(long, default_value_t = 1)]
+    http_threads: u16,
+}
+
+impl MemberThreads {
+    /// `None` for the node's default.
+    fn http_threads(&self) -> Option<u16> {
+        Some(self.http_threads).filter(|&n| n > 0)
+    }
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
     #[arg(long, default_value = "concordance")]
@@ -145,11 +162,8 @@ struct CompareArgs {
     etcd_benchmark: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     members: usize,
-    /// Each Concordance member's `--http-threads`. The members share this machine's cores, the
-    /// case the configuration reference gives one thread for; 0 leaves the node's default (one
-    /// per core).
-    #[arg(long, default_value_t = 1)]
-    http_threads: u16,
+    #[command(flatten)]
+    threads: MemberThreads,
     /// Also write the JSON results to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -172,9 +186,8 @@ struct FailoverArgs {
     etcd_bin: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     members: usize,
-    /// Each Concordance member's `--http-threads`, as for `compare` (0: the node's default).
-    #[arg(long, default_value_t = 1)]
-    http_threads: u16,
+    #[command(flatten)]
+    threads: MemberThreads,
     #[arg(long, default_value_t = 20)]
     kills: usize,
     /// A new write attempt starts every this many milliseconds after the kill.
@@ -256,7 +269,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         etcd_bin: args.etcd_bin.clone(),
         etcd_tool: args.etcd_benchmark.clone().filter(|p| p.is_file()),
         members: args.members,
-        http_threads: Some(args.http_threads).filter(|&n| n > 0),
+        http_threads: args.threads.http_threads(),
         rounds: args.rounds as usize,
         clients: l.clients.clone(),
         workloads: l.workload.clone(),
@@ -304,7 +317,7 @@ async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         system: args.system,
         bin,
         members: args.members,
-        http_threads: Some(args.http_threads).filter(|&n| n > 0),
+        http_threads: args.threads.http_threads(),
         kills: args.kills,
         probe_interval: Duration::from_millis(args.probe_ms.max(1)),
         work_dir: args.bins.work_dir(),
