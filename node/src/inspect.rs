@@ -36,7 +36,20 @@ pub fn inspect(dir: &Path) -> Result<Inspection, crate::error::BoxError> {
     let vote: Option<VoteRecord> = store.get_record(CF_META, KEY_VOTE, RecordKind::Vote, "vote")?;
     let purged: Option<LogIdRecord> =
         store.get_record(CF_META, KEY_PURGED, RecordKind::LogPointer, "purged log id")?;
-    let last_log = store.last_log_entry()?.or(purged);
+    let last_log = match store.last_log_entry()? {
+        Some(last) => Some(last),
+        None => match crate::store::log_file::last_entry_read_only(&store.log_dir())? {
+            Some((_, bytes)) => Some(
+                crate::store::codec::decode::<crate::store::records::LogEntryRecord>(
+                    RecordKind::LogEntry,
+                    &bytes,
+                )?
+                .log_id,
+            ),
+            None => None,
+        },
+    }
+    .or(purged);
     let applied = store.applied_state()?;
     let members = applied
         .membership

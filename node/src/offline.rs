@@ -98,6 +98,8 @@ fn make_single_member(
         }
     }
     store.db().write_opt(wb, &wo).map_err(io_err)?;
+    // Every entry was applied above and the purged pointer now covers them.
+    crate::store::log_file::remove_all(&store.log_dir())?;
     let uuid = uuid::Uuid::new_v4().to_string();
     identity.cluster_uuid = Some(uuid.clone());
     store.save_identity(identity)?;
@@ -140,7 +142,7 @@ fn apply_whole_log(store: &Store) -> Result<u64, BoxError> {
         .build()?;
     rt.block_on(async {
         let mut sm = StateMachine::open(store.clone(), Metrics::new())?;
-        let mut log = LogStore::new(store.clone(), Metrics::new());
+        let mut log = LogStore::open(store.clone(), Metrics::new())?;
         let (applied, _) = sm.applied_state().await?;
         let mut next = applied.map_or(0, |l| l.index + 1);
         let mut n = 0;
@@ -172,6 +174,10 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
     let mut identity = store
         .identity()?
         .ok_or_else(|| format!("{} holds no node identity", dir.display()))?;
+    let before = store.applied_state()?.last_applied.map_or(0, |l| l.index);
+    // The log first: the applied state may lag it by more than the membership (it is not
+    // synced by itself), and the membership this node last knew is the log's.
+    let caught_up = apply_whole_log(&store)?;
     let applied = store.applied_state()?;
     let old_addr = applied.membership.as_ref().and_then(|m| {
         m.membership
@@ -184,10 +190,6 @@ pub fn recover(dir: &Path, advertise: Option<&str>) -> Result<(), BoxError> {
         .map(str::to_string)
         .or(old_addr)
         .ok_or("this node is not in its last known membership; pass --advertise=<host:port>")?;
-
-    let before = applied.last_applied.map_or(0, |l| l.index);
-    let caught_up = apply_whole_log(&store)?;
-    let applied = store.applied_state()?;
     let applied_index = applied.last_applied.map_or(0, |l| l.index);
     let old_cluster = identity.cluster_uuid.clone().unwrap_or_default();
     let uuid = make_single_member(&store, &mut identity, &addr)?;

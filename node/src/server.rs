@@ -112,7 +112,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let store = Store::open(&config.data_dir)?;
     let mut identity = load_identity(&store, &config)?;
     let metrics = Metrics::new();
-    let log_store = LogStore::new(store.clone(), metrics.clone());
+    let log_store = LogStore::open(store.clone(), metrics.clone())?;
     let state_machine = StateMachine::open(store.clone(), metrics.clone())?
         .with_history_revisions(config.history_revisions);
     let reader = state_machine.reader();

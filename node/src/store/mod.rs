@@ -1,14 +1,16 @@
-//! Storage: one RocksDB database per data dir holding the node's identity, the Raft log and
-//! vote, and the state machine (keys, revision history, leases, idempotency table).
+//! Storage. A data dir holds `db`, one RocksDB database with the node's identity, the Raft
+//! vote and the state machine (keys, revision history, leases, idempotency table); `log`, the
+//! Raft log's segment files (`log_file`); and `snapshots`.
 //!
-//! Layout by column family:
+//! The database's layout by column family:
 //! - `meta`: identity, vote, committed and purged log ids, current snapshot.
-//! - `log`: Raft entries by index (big-endian u64 keys keep them in order).
+//! - `log`: empty; older versions kept the Raft log here (moved out at open, `log_store`).
 //! - `kv`: live keys. `history`: one event per change, by revision. `leases`, `idempotency`.
 //! - `applied`: the state machine's last applied log id, membership and revision.
 
 pub mod codec;
 pub mod log_cache;
+pub mod log_file;
 pub mod log_store;
 pub mod records;
 pub mod snapshot;
@@ -52,6 +54,9 @@ const ALL_CFS: [&str; 7] = [
     CF_IDEMPOTENCY,
     CF_APPLIED,
 ];
+
+/// The Raft log's segment files, beside the database (`db`) in a data dir.
+pub const LOG_DIR: &str = "log";
 
 pub const KEY_IDENTITY: &[u8] = b"identity";
 pub const KEY_VOTE: &[u8] = b"vote";
@@ -176,6 +181,10 @@ impl Store {
         &self.dir
     }
 
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join(LOG_DIR)
+    }
+
     pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(name)
@@ -267,7 +276,8 @@ impl Store {
         )
     }
 
-    /// The log id of the last entry in the log, if there is one.
+    /// The log id of the last entry in the `log` column family, which held the Raft log before
+    /// it had files of its own (`log_file`); empty once a node has opened the data dir.
     pub fn last_log_entry(&self) -> Result<Option<LogIdRecord>, StoreError> {
         let mut it = self.db.raw_iterator_cf(self.cf(CF_LOG));
         it.seek_to_last();
@@ -284,9 +294,18 @@ impl Store {
         }
     }
 
-    /// Approximate bytes on disk of live data (SST files plus memtables).
+    /// Approximate bytes on disk of live data (SST files plus memtables, and the Raft log's
+    /// segments, which are allocated whole).
     pub fn size_bytes(&self) -> u64 {
-        ALL_CFS
+        let log: u64 = std::fs::read_dir(self.log_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+        log + ALL_CFS
             .iter()
             .map(|cf| {
                 let h = self.cf(cf);
@@ -304,7 +323,7 @@ impl Store {
                     .unwrap_or(0);
                 sst + mem
             })
-            .sum()
+            .sum::<u64>()
     }
 }
 

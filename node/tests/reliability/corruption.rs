@@ -1,5 +1,5 @@
-//! A damaged data dir (bytes flipped in RocksDB's table files or write-ahead log, files
-//! truncated) is detected: the node refuses to start naming the problem, or it answers an
+//! A damaged data dir (bytes flipped in RocksDB's table files or write-ahead log or in the
+//! Raft log's segments, files truncated) is detected: the node refuses to start naming the problem, or it answers an
 //! error for what it cannot read. It never serves a wrong value or calls a written key
 //! missing.
 
@@ -38,6 +38,18 @@ pub fn flip(file: &Path, at_fraction: f64) {
     let at = ((b.len() as f64) * at_fraction) as usize;
     for i in at..(at + 8).min(b.len()) {
         b[i] ^= 0x5a;
+    }
+    std::fs::write(file, b).unwrap();
+}
+
+/// Flips bytes at `at_fraction` of the written part of a file that ends in zeros (a Raft log
+/// segment is allocated whole and written from its start).
+pub fn flip_written(file: &Path, at_fraction: f64) {
+    let mut b = std::fs::read(file).unwrap();
+    let used = b.iter().rposition(|x| *x != 0).unwrap() + 1;
+    let at = ((used as f64) * at_fraction) as usize;
+    for x in &mut b[at..(at + 8).min(used)] {
+        *x ^= 0x5a;
     }
     std::fs::write(file, b).unwrap();
 }

@@ -511,7 +511,7 @@ async fn fuzzed_http_requests_never_5xx_crash_or_half_apply() {
 async fn damaged_data_dirs_are_detected_never_served() {
     use corruption::*;
     type Damage = fn(&std::path::Path);
-    let cases: [(&str, bool, Damage); 6] = [
+    let cases: [(&str, bool, Damage); 7] = [
         ("bytes flipped in every table file", true, |d| {
             for f in files_with(d, ".sst") {
                 flip(&f, 0.3);
@@ -547,6 +547,12 @@ async fn damaged_data_dirs_are_detected_never_served() {
             false,
             |d| flip(&files_with(d, ".log")[0], 0.97),
         ),
+        ("bytes flipped in the middle of the Raft log", false, |d| {
+            flip_written(
+                &files_with(&d.parent().unwrap().join("log"), ".seg")[0],
+                0.5,
+            )
+        }),
     ];
     for (what, flushed, damage) in cases {
         let dir = tempfile::tempdir().unwrap();
