@@ -72,6 +72,46 @@ async fn restart_keeps_every_acknowledged_write() {
     assert!(node.log_text().contains("SIGTERM received"));
 }
 
+/// With a snapshot every 50 entries the log is purged again and again; after a SIGKILL the
+/// node starts from the snapshot and what is left of the log (its first segment still holds
+/// the purged entries) and keeps every acknowledged write.
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_after_purges_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProc::start("n1", dir.path(), &["--bootstrap", "--snapshot-entries=50"]);
+    node.wait_ready().await;
+    let c = node.client();
+    let mut acked = Vec::new();
+    for i in 0..240 {
+        let key = format!("p/{i:03}");
+        acked.push((key.clone(), c.put(&key, &json!(i)).await.unwrap().revision));
+    }
+    for round in 0..2 {
+        node.kill();
+        node.restart();
+        node.wait_ready().await;
+        for (key, rev) in &acked {
+            let got = c
+                .get(key)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{key} lost after SIGKILL (round {round})"));
+            assert_eq!(got.kv.mod_revision, *rev, "{key}");
+        }
+        // Writes go on after the restart, appended after the purged part.
+        let key = format!("after/{round}");
+        acked.push((
+            key.clone(),
+            c.put(&key, &json!(round)).await.unwrap().revision,
+        ));
+    }
+    assert!(
+        node.log_text().matches("snapshot built").count() >= 4,
+        "the log was compacted by snapshots:\n{}",
+        node.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn revisions_reads_and_lists_behave_as_documented() {
     let dir = tempfile::tempdir().unwrap();
