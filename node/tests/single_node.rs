@@ -6,9 +6,22 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use concordance_client::Client;
 use concordance_client::Consistency;
 use concordance_client::PutRequest;
 use serde_json::json;
+
+/// Every acknowledged (key, revision) is served at that revision.
+async fn assert_every_write_served(c: &Client, acked: &[(String, u64)], when: &str) {
+    for (key, rev) in acked {
+        let got = c
+            .get(key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{key} lost {when}"));
+        assert_eq!(got.kv.mod_revision, *rev, "{key}");
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_keeps_every_acknowledged_write() {
@@ -45,14 +58,7 @@ async fn restart_keeps_every_acknowledged_write() {
     node.kill();
     node.restart();
     node.wait_ready().await;
-    for (key, rev) in &acked {
-        let got = c
-            .get(key)
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("{key} lost after SIGKILL"));
-        assert_eq!(got.kv.mod_revision, *rev, "{key}");
-    }
+    assert_every_write_served(&c, &acked, "after SIGKILL").await;
     let status = c.status().await.unwrap();
     assert_eq!(status.revision, acked.len() as u64);
 
@@ -90,14 +96,7 @@ async fn restart_after_purges_keeps_every_acknowledged_write() {
         node.kill();
         node.restart();
         node.wait_ready().await;
-        for (key, rev) in &acked {
-            let got = c
-                .get(key)
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("{key} lost after SIGKILL (round {round})"));
-            assert_eq!(got.kv.mod_revision, *rev, "{key}");
-        }
+        assert_every_write_served(&c, &acked, &format!("after SIGKILL {round}")).await;
         // Writes go on after the restart, appended after the purged part.
         let key = format!("after/{round}");
         acked.push((

@@ -649,6 +649,13 @@ mod tests {
         log.read(0, u64::MAX).unwrap()
     }
 
+    fn open_error(dir: &Path, segment_bytes: u64) -> String {
+        match LogFiles::open_with(dir, None, segment_bytes) {
+            Ok(_) => panic!("a damaged log opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn entries_survive_reopen_across_segments() {
         let dir = tempfile::tempdir().unwrap();
@@ -755,10 +762,8 @@ mod tests {
         let third = scan.records[2].1;
         bytes[(third.offset + RECORD_HEADER + 2) as usize] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let err = LogFiles::open_with(dir.path(), None, 1 << 20)
-            .err()
-            .expect("open fails");
-        assert!(err.to_string().contains("corrupt"), "{err}");
+        let err = open_error(dir.path(), 1 << 20);
+        assert!(err.contains("corrupt"), "{err}");
     }
 
     #[test]
@@ -771,10 +776,8 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[SEGMENT_HEADER as usize + 20] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let err = LogFiles::open_with(dir.path(), None, SMALL)
-            .err()
-            .expect("open fails");
-        assert!(err.to_string().contains("later segments follow"), "{err}");
+        let err = open_error(dir.path(), SMALL);
+        assert!(err.contains("later segments follow"), "{err}");
     }
 
     #[test]
