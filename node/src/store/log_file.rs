@@ -254,14 +254,7 @@ fn allocate(file: &File, bytes: u64) -> io::Result<()> {
     if rc == 0 {
         return Ok(());
     }
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < bytes {
-        let n = (bytes - at).min(zeros.len() as u64);
-        file.write_all_at(&zeros[..n as usize], at)?;
-        at += n;
-    }
-    Ok(())
+    write_zeros(file, 0, bytes)
 }
 
 fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
@@ -383,14 +376,19 @@ impl LogFiles {
         Ok(log)
     }
 
+    /// Whether entry `index` may follow entry `last` other than at `last + 1`: only across a
+    /// purge past the log's end (a snapshot installed beyond it), to the entry after the purge.
+    fn may_jump(&self, last: u64, index: u64) -> bool {
+        let purged = self.purged.unwrap_or(0);
+        index > last && last <= purged && index <= purged + 1
+    }
+
     fn push_recovered(&mut self, path: &Path, index: u64, pos: Position) -> io::Result<()> {
         if let Some(last) = self.last_index()
             && index != last + 1
         {
-            // Across a purge (a snapshot installed past the log's end) the log may jump.
-            let purged = self.purged.unwrap_or(0);
-            let jump_allowed = index > last && last <= purged && index <= purged + 1;
-            if !jump_allowed {
+            if !self.may_jump(last, index) {
+                let purged = self.purged.unwrap_or(0);
                 return Err(damaged(
                     path,
                     format!("entry {index} follows entry {last} (purged up to {purged})"),
@@ -429,8 +427,7 @@ impl LogFiles {
             if let Some(last) = self.last_index_with(&buf_positions)
                 && *index != last + 1
             {
-                let purged = self.purged.unwrap_or(0);
-                if !(*index > last && last <= purged && *index <= purged + 1) {
+                if !self.may_jump(last, *index) {
                     return Err(io::Error::other(format!(
                         "Raft log: entry {index} appended after entry {last}"
                     )));
