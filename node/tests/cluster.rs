@@ -508,6 +508,12 @@ async fn a_replacement_with_a_new_name_catches_up_by_snapshot() {
         newbie.log_text().contains("snapshot installed"),
         "caught up by snapshot"
     );
+    assert!(
+        cl.node("node1")
+            .log_text()
+            .contains("snapshot written from its checkpoint"),
+        "the leader sends its snapshot from a checkpoint"
+    );
     cl.nodes.push(newbie);
 }
 

@@ -345,7 +345,7 @@ async fn install(
     };
     let snapshot = crate::store::snapshot::Snapshot {
         meta,
-        snapshot: SnapshotFile { path },
+        snapshot: SnapshotFile::received(path),
     };
     let r = node
         .raft

@@ -210,7 +210,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         });
         let addr = self.member.addr.clone();
         let send = async {
-            let file = tokio::fs::File::open(&snapshot.snapshot.path)
+            let data = snapshot_body(snapshot.snapshot)
                 .await
                 .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
             let header = serde_json::to_vec(&header).expect("serializes");
@@ -220,10 +220,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let head = futures::stream::once(async move {
                 Ok::<_, std::io::Error>(bytes::Bytes::from(prefix))
             });
-            let body = futures::StreamExt::chain(
-                head,
-                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
-            );
+            let body = futures::StreamExt::chain(head, data);
             let resp = self
                 .ctx
                 .request(reqwest::Method::POST, &addr, "raft/snapshot")
@@ -243,5 +240,45 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             r = send => r,
             closed = cancel => Err(StreamingError::Closed(closed)),
         }
+    }
+}
+
+/// The bytes of a snapshot in the file format: a received file as it is, a checkpoint read
+/// on a blocking thread and handed over a small channel (a follower's pace bounds the memory).
+async fn snapshot_body(
+    data: SnapshotFile,
+) -> std::io::Result<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>> {
+    use futures::StreamExt;
+    if !data.checkpoint {
+        let file = tokio::fs::File::open(&data.path).await?;
+        return Ok(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).boxed());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let out = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter(tx.clone()));
+        if let Err(e) = data.write_to(out) {
+            // Ends the body with an error: the follower never takes a cut-short snapshot.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    Ok(
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+            .boxed(),
+    )
+}
+
+/// Hands written bytes to an async body; fails once the body is dropped (the send ended).
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the send ended"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -1,4 +1,11 @@
-//! Snapshot files: a point-in-time copy of the state machine's column families.
+//! Snapshots: a point-in-time copy of the state machine's column families.
+//!
+//! A member's own snapshot is a RocksDB checkpoint (`snapshots/ckpt-<term>-<index>/db`): its
+//! memtables flushed and its table files hard-linked, so building one writes almost nothing.
+//! A follower that needs it gets it in the snapshot file format (below), read straight from the
+//! checkpoint ([`SnapshotFile::write_to`]); only a receiving member writes the file. Writing
+//! the whole state and its history at every snapshot, as before, made each snapshot cost as
+//! much disk as the state (docs/benchmarks.md, "Snapshots as checkpoints").
 //!
 //! File layout: `CONCSNAP` magic, format version byte, then length-prefixed frames
 //! (`[len u32 LE][bytes]`): first the meta record, then one frame per stored pair
@@ -44,10 +51,42 @@ const KEY_INSTALLING: &[u8] = b"snapshot-installing";
 /// Bytes per write batch when loading a snapshot, to bound memory on large states.
 const LOAD_BATCH_BYTES: usize = 8 << 20;
 
-/// The state machine's snapshot data: a verified file on disk.
+/// The state machine's snapshot data: a snapshot file (received), or for a snapshot this
+/// member built, its checkpoint, sent in the file's format read straight from it.
 #[derive(Debug, Clone)]
 pub struct SnapshotFile {
+    /// The file, or the checkpoint's directory.
     pub path: PathBuf,
+    pub checkpoint: bool,
+}
+
+impl SnapshotFile {
+    /// A snapshot file as received (verified by the caller).
+    pub fn received(path: PathBuf) -> Self {
+        Self {
+            path,
+            checkpoint: false,
+        }
+    }
+
+    /// Writes the snapshot in the file format to `out` (blocking: it reads the whole state).
+    pub fn write_to<W: Write>(&self, mut out: W) -> Result<(), StoreError> {
+        if !self.checkpoint {
+            io::copy(&mut File::open(&self.path)?, &mut out)?;
+            out.flush()?;
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let view = Store::open_read_only(&self.path)?;
+        let (meta, applied, _) = write_snapshot(&view, out)?;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            revision = applied.revision,
+            seconds = started.elapsed().as_secs_f64(),
+            "snapshot written from its checkpoint"
+        );
+        Ok(())
+    }
 }
 
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -117,43 +156,38 @@ fn to_openraft_meta(rec: &SnapshotMetaRecord) -> io::Result<SnapshotMeta> {
 }
 
 /// Writes a consistent copy of the applied state as of now to `path` (fsynced), returning
-/// what it covers. Used for snapshots and for online backups.
+/// what it covers. Used for online backups (and in tests).
 pub fn write_file(
     store: &Store,
     path: &Path,
 ) -> Result<(SnapshotMetaRecord, AppliedStateRecord), StoreError> {
+    let tmp = path.with_extension(format!("part-{}", uuid::Uuid::new_v4()));
+    let out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let (mut meta, applied, out) = write_snapshot(store, out)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    meta.file = file_name(path);
+    meta.size = std::fs::metadata(path)?.len();
+    Ok((meta, applied))
+}
+
+/// Writes `store`'s applied state as of now, in the snapshot file format, to `out`.
+fn write_snapshot<W: Write>(
+    store: &Store,
+    out: W,
+) -> Result<(SnapshotMetaRecord, AppliedStateRecord, W), StoreError> {
     let view = store.db().snapshot();
-    let applied: AppliedStateRecord = match view
-        .get_cf(store.cf(CF_APPLIED), KEY_APPLIED)
-        .map_err(io_err)?
-    {
-        Some(b) => {
-            codec::decode(RecordKind::AppliedState, &b).map_err(|source| StoreError::Corrupt {
-                what: "applied state".into(),
-                path: store.dir().to_path_buf(),
-                source,
-            })?
-        }
-        None => AppliedStateRecord::default(),
-    };
-    let mut meta = SnapshotMetaRecord {
-        last_log_id: applied.last_applied,
-        membership: applied
-            .membership
-            .clone()
-            .unwrap_or(StoredMembershipRecord {
-                log_id: None,
-                membership: crate::store::records::MembershipRecord {
-                    configs: vec![],
-                    nodes: vec![],
-                },
-            }),
-        file: String::new(),
-        size: 0,
-    };
-    let tmp = path.with_extension(format!("part-{}", std::process::id()));
+    let applied = decode_applied(
+        store,
+        view.get_cf(store.cf(CF_APPLIED), KEY_APPLIED)
+            .map_err(io_err)?,
+    )?;
+    let meta = meta_of(&applied);
     let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, File::create(&tmp)?),
+        inner: out,
         crc: crc32fast::Hasher::new(),
     };
     w.write_all(MAGIC)?;
@@ -175,35 +209,95 @@ pub fn write_file(
     }
     w.frame(&[])?;
     let crc = w.crc.clone().finalize();
-    let mut inner = w.inner.into_inner().map_err(|e| e.into_error())?;
-    inner.write_all(&crc.to_le_bytes())?;
-    inner.sync_all()?;
-    drop(inner);
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    meta.file = file_name(path);
-    meta.size = std::fs::metadata(path)?.len();
-    Ok((meta, applied))
+    let mut out = w.inner;
+    out.write_all(&crc.to_le_bytes())?;
+    out.flush()?;
+    Ok((meta, applied, out))
 }
 
-/// Writes a snapshot of the applied state as of now and makes it the current one.
+fn decode_applied(store: &Store, bytes: Option<Vec<u8>>) -> Result<AppliedStateRecord, StoreError> {
+    match bytes {
+        Some(b) => {
+            codec::decode(RecordKind::AppliedState, &b).map_err(|source| StoreError::Corrupt {
+                what: "applied state".into(),
+                path: store.dir().to_path_buf(),
+                source,
+            })
+        }
+        None => Ok(AppliedStateRecord::default()),
+    }
+}
+
+/// What a copy of the state machine at `applied` covers (its file not yet named).
+fn meta_of(applied: &AppliedStateRecord) -> SnapshotMetaRecord {
+    SnapshotMetaRecord {
+        last_log_id: applied.last_applied,
+        membership: applied
+            .membership
+            .clone()
+            .unwrap_or(StoredMembershipRecord {
+                log_id: None,
+                membership: crate::store::records::MembershipRecord {
+                    configs: vec![],
+                    nodes: vec![],
+                },
+            }),
+        file: String::new(),
+        size: 0,
+    }
+}
+
+/// The prefix of a checkpoint's directory name (and of the snapshot file written from it).
+const CHECKPOINT_PREFIX: &str = "ckpt-";
+
+/// Takes a checkpoint of the applied state as of now and makes it the current snapshot.
 pub fn build(store: &Store) -> Result<Snapshot, StoreError> {
-    // Named after what it covers, which is known only once written: write, then rename.
-    let staging = store
-        .dir()
-        .join("snapshots")
-        .join(format!("staging-{}.snap", uuid::Uuid::new_v4()));
-    let (mut meta, applied) = write_file(store, &staging)?;
-    let final_path = snapshot_path(store, &meta);
-    std::fs::rename(&staging, &final_path)?;
-    sync_dir(final_path.parent().expect("snapshots dir"))?;
-    meta.file = file_name(&final_path);
+    let dir = store.dir().join("snapshots");
+    // Named after what it covers, which is known only once taken: take, then rename.
+    let staging = dir.join(format!("staging-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&staging)?;
+    rocksdb::checkpoint::Checkpoint::new(store.db())
+        .and_then(|c| c.create_checkpoint(staging.join("db")))
+        .map_err(|source| StoreError::Rocks {
+            path: staging.clone(),
+            source,
+        })?;
+    sync_dir(&staging)?;
+    let applied = {
+        let view = Store::open_read_only(&staging)?;
+        decode_applied(
+            &view,
+            view.db()
+                .get_cf(view.cf(CF_APPLIED), KEY_APPLIED)
+                .map_err(io_err)?,
+        )?
+    };
+    let mut meta = meta_of(&applied);
+    let (term, index) = meta.last_log_id.map_or((0, 0), |l| (l.term, l.index));
+    let name = format!("{CHECKPOINT_PREFIX}{term:020}-{index:020}");
+    let final_dir = dir.join(&name);
+    if final_dir.exists() {
+        // The same applied index taken again (a restart in between): the same state.
+        std::fs::remove_dir_all(&staging)?;
+    } else {
+        std::fs::rename(&staging, &final_dir)?;
+        sync_dir(&dir)?;
+    }
+    meta.file = name;
     set_current(store, &meta)?;
-    tracing::info!(file = %meta.file, bytes = meta.size, revision = applied.revision, "snapshot built");
+    tracing::info!(checkpoint = %meta.file, revision = applied.revision, "snapshot built");
     Ok(Snapshot {
         meta: to_openraft_meta(&meta)?,
-        snapshot: SnapshotFile { path: final_path },
+        snapshot: snapshot_data(&dir, &meta),
     })
+}
+
+/// The data of snapshot `meta`: a checkpoint, or a received file.
+fn snapshot_data(dir: &Path, meta: &SnapshotMetaRecord) -> SnapshotFile {
+    SnapshotFile {
+        path: dir.join(&meta.file),
+        checkpoint: meta.file.starts_with(CHECKPOINT_PREFIX),
+    }
 }
 
 fn file_name(p: &Path) -> String {
@@ -216,15 +310,24 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Records `meta` as the current snapshot and removes older snapshot files.
+/// Records `meta` as the current snapshot and removes older snapshots (files and
+/// checkpoints).
 fn set_current(store: &Store, meta: &SnapshotMetaRecord) -> Result<(), StoreError> {
     store.put_record_synced(CF_META, KEY_SNAPSHOT, RecordKind::SnapshotMeta, meta)?;
     let dir = store.dir().join("snapshots");
     for entry in std::fs::read_dir(&dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name != meta.file && (name.starts_with("snap-") || name.starts_with("staging-")) {
-            let _ = std::fs::remove_file(entry.path());
+        let ours = ["snap-", "staging-", CHECKPOINT_PREFIX]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if ours && name != meta.file {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
         }
     }
     Ok(())
@@ -243,10 +346,9 @@ pub fn current(store: &Store) -> Result<Option<Snapshot>, StoreError> {
     let Some(meta) = current_meta(store)? else {
         return Ok(None);
     };
-    let path = store.dir().join("snapshots").join(&meta.file);
     Ok(Some(Snapshot {
         meta: to_openraft_meta(&meta)?,
-        snapshot: SnapshotFile { path },
+        snapshot: snapshot_data(&store.dir().join("snapshots"), &meta),
     }))
 }
 
@@ -556,7 +658,7 @@ mod tests {
         std::fs::copy(dir.join("source.snap"), &received).unwrap();
         let rec = verify(&received).unwrap();
         let meta = to_openraft_meta(&rec).unwrap();
-        let file = SnapshotFile { path: received };
+        let file = SnapshotFile::received(received);
         match mode.as_str() {
             "mid-load" => {
                 let rec = mark_installing(&store, &meta, file).unwrap();
@@ -609,6 +711,77 @@ mod tests {
         let target = Store::open(&dir.path().join("target")).unwrap();
         drop(StateMachine::open(target.clone(), Metrics::new()).unwrap());
         assert_complete(&target, &source, &meta);
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_built_snapshot_is_a_checkpoint_sent_in_the_file_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _, meta) = source(dir.path());
+        let snapshots = store.dir().join("snapshots");
+        let built = build(&store).unwrap();
+        let name = format!("ckpt-{:020}-{:020}", 3, 4000);
+        assert_eq!(
+            entries(&snapshots),
+            std::slice::from_ref(&name),
+            "only the checkpoint"
+        );
+        assert!(built.snapshot.checkpoint);
+
+        // Later writes do not reach it.
+        store
+            .db()
+            .put_cf(store.cf(CF_KV), "k/late", b"late")
+            .unwrap();
+        let data = current(&store).unwrap().unwrap().snapshot;
+        let mut sent = Vec::new();
+        data.write_to(&mut sent).unwrap();
+        let file = dir.path().join("sent.snap");
+        std::fs::write(&file, &sent).unwrap();
+        assert_eq!(verify(&file).unwrap().last_log_id, meta.last_log_id);
+        let mut read = Vec::new();
+        read_file(&file, |cf, k, v| {
+            read.push((cf, k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        let mut expected = pairs(&store);
+        expected.retain(|(_, k, _)| k != b"k/late");
+        read.retain(|(cf, k, _)| !(*cf == 4 && k == KEY_APPLIED));
+        assert!(read == expected, "the stream holds the checkpoint's pairs");
+        assert_eq!(entries(&snapshots), std::slice::from_ref(&name));
+
+        // A newer snapshot replaces it.
+        let applied = AppliedStateRecord {
+            last_applied: Some(LogIdRecord {
+                term: 3,
+                leader: 1,
+                index: 5000,
+            }),
+            revision: PAIRS,
+            ..AppliedStateRecord::default()
+        };
+        store
+            .db()
+            .put_cf(
+                store.cf(CF_APPLIED),
+                KEY_APPLIED,
+                codec::encode(RecordKind::AppliedState, &applied),
+            )
+            .unwrap();
+        build(&store).unwrap();
+        assert_eq!(
+            entries(&snapshots),
+            [format!("ckpt-{:020}-{:020}", 3, 5000)]
+        );
     }
 
     #[test]
