@@ -57,6 +57,7 @@ const LOAD_BATCH_BYTES: usize = 8 << 20;
 pub struct SnapshotFile {
     /// The file, or the checkpoint's directory.
     pub path: PathBuf,
+    /// Whether `path` is a checkpoint (this member's own snapshot) rather than a file.
     pub checkpoint: bool,
 }
 
@@ -247,7 +248,7 @@ fn meta_of(applied: &AppliedStateRecord) -> SnapshotMetaRecord {
     }
 }
 
-/// The prefix of a checkpoint's directory name (and of the snapshot file written from it).
+/// The prefix of a checkpoint's directory name in `snapshots/`.
 const CHECKPOINT_PREFIX: &str = "ckpt-";
 
 /// Takes a checkpoint of the applied state as of now and makes it the current snapshot.
