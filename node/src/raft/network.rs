@@ -210,9 +210,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         });
         let addr = self.member.addr.clone();
         let send = async {
-            let data = snapshot_body(snapshot.snapshot)
-                .await
-                .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+            let data = snapshot_body(snapshot.snapshot);
             let header = serde_json::to_vec(&header).expect("serializes");
             // Body: [header length u32 LE][header JSON][snapshot file bytes].
             let mut prefix = (header.len() as u32).to_le_bytes().to_vec();
@@ -243,16 +241,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     }
 }
 
-/// The bytes of a snapshot in the file format: a received file as it is, a checkpoint read
-/// on a blocking thread and handed over a small channel (a follower's pace bounds the memory).
-async fn snapshot_body(
+/// The bytes of a snapshot in the file format, written on a blocking thread (from a checkpoint
+/// it reads the whole state) and handed over a small channel: the follower's pace bounds the
+/// memory.
+fn snapshot_body(
     data: SnapshotFile,
-) -> std::io::Result<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>> {
+) -> futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>> {
     use futures::StreamExt;
-    if !data.checkpoint {
-        let file = tokio::fs::File::open(&data.path).await?;
-        return Ok(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).boxed());
-    }
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let out = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter(tx.clone()));
@@ -261,10 +256,7 @@ async fn snapshot_body(
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
-    Ok(
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
-            .boxed(),
-    )
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }).boxed()
 }
 
 /// Hands written bytes to an async body; fails once the body is dropped (the send ended).

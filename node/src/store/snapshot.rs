@@ -758,6 +758,11 @@ mod tests {
         expected.retain(|(_, k, _)| k != b"k/late");
         read.retain(|(cf, k, _)| !(*cf == 4 && k == KEY_APPLIED));
         assert!(read == expected, "the stream holds the checkpoint's pairs");
+        let mut resent = Vec::new();
+        SnapshotFile::received(file.clone())
+            .write_to(&mut resent)
+            .unwrap();
+        assert!(resent == sent, "a received file is sent on as it is");
         assert_eq!(entries(&snapshots), std::slice::from_ref(&name));
 
         // A newer snapshot replaces it.
