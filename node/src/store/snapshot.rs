@@ -264,15 +264,7 @@ pub fn build(store: &Store) -> Result<Snapshot, StoreError> {
             source,
         })?;
     sync_dir(&staging)?;
-    let applied = {
-        let view = Store::open_read_only(&staging)?;
-        decode_applied(
-            &view,
-            view.db()
-                .get_cf(view.cf(CF_APPLIED), KEY_APPLIED)
-                .map_err(io_err)?,
-        )?
-    };
+    let applied = Store::open_read_only(&staging)?.applied_state()?;
     let mut meta = meta_of(&applied);
     let (term, index) = meta.last_log_id.map_or((0, 0), |l| (l.term, l.index));
     let name = format!("{CHECKPOINT_PREFIX}{term:020}-{index:020}");
