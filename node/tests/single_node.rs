@@ -88,7 +88,9 @@ async fn restart_after_purges_keeps_every_acknowledged_write() {
     node.wait_ready().await;
     let c = node.client();
     let mut acked = Vec::new();
-    for i in 0..240 {
+    // Enough writes for four snapshots even when a build takes as long as 60 writes: openraft
+    // starts no new one while one is being taken.
+    for i in 0..400 {
         let key = format!("p/{i:03}");
         acked.push((key.clone(), c.put(&key, &json!(i)).await.unwrap().revision));
     }
