@@ -213,13 +213,22 @@ impl Store {
         else {
             return Ok(None);
         };
-        codec::decode(kind, &bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                what: what.to_string(),
-                path: self.dir.clone(),
-                source,
-            })
+        self.decode_record(kind, &bytes, what).map(Some)
+    }
+
+    /// Decodes one record read from this store (or from a view of it), naming what was
+    /// unreadable on failure.
+    pub fn decode_record<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: RecordKind,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<T, StoreError> {
+        codec::decode(kind, bytes).map_err(|source| StoreError::Corrupt {
+            what: what.to_string(),
+            path: self.dir.clone(),
+            source,
+        })
     }
 
     /// Writes one record and syncs it to disk before returning.

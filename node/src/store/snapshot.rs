@@ -181,11 +181,13 @@ fn write_snapshot<W: Write>(
     out: W,
 ) -> Result<(SnapshotMetaRecord, AppliedStateRecord, W), StoreError> {
     let view = store.db().snapshot();
-    let applied = decode_applied(
-        store,
-        view.get_cf(store.cf(CF_APPLIED), KEY_APPLIED)
-            .map_err(io_err)?,
-    )?;
+    let applied = match view
+        .get_cf(store.cf(CF_APPLIED), KEY_APPLIED)
+        .map_err(io_err)?
+    {
+        Some(bytes) => store.decode_record(RecordKind::AppliedState, &bytes, "applied state")?,
+        None => AppliedStateRecord::default(),
+    };
     let meta = meta_of(&applied);
     let mut w = CrcWriter {
         inner: out,
@@ -214,19 +216,6 @@ fn write_snapshot<W: Write>(
     out.write_all(&crc.to_le_bytes())?;
     out.flush()?;
     Ok((meta, applied, out))
-}
-
-fn decode_applied(store: &Store, bytes: Option<Vec<u8>>) -> Result<AppliedStateRecord, StoreError> {
-    match bytes {
-        Some(b) => {
-            codec::decode(RecordKind::AppliedState, &b).map_err(|source| StoreError::Corrupt {
-                what: "applied state".into(),
-                path: store.dir().to_path_buf(),
-                source,
-            })
-        }
-        None => Ok(AppliedStateRecord::default()),
-    }
 }
 
 /// What a copy of the state machine at `applied` covers (its file not yet named).
