@@ -734,8 +734,7 @@ pub fn decide(o: &Observed) -> Action {
     }
 
     // A lost pod with an intact volume comes back as the same member: never data-losing,
-    // so it needs no quorum.
-    // (Not where the volume cannot follow: such a member is replaced instead.)
+    // so it needs no quorum. Not where the volume cannot follow it: that member is replaced.
     for name in v.membership.keys() {
         let Some(m) = v.member(name) else { continue };
         if m.volume.as_ref().is_none_or(|vol| vol.stranded)
