@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use concordance_client::ClusterStatus;
+use concordance_client::{ClusterStatus, ErrorCode, TerminationMessage};
 use k8s_openapi::api::core::v1::{
     Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
@@ -375,22 +375,21 @@ fn data_state(pod: &Pod, node: Option<&ClusterStatus>, recorded: Option<&str>) -
             _ => DataState::Ours,
         };
     }
-    // A node that stopped because its join was refused says why in its last log lines.
-    let last_words = pod
+    // A node that stopped because its join was refused says why in its termination message.
+    let refusal = pod
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|c| c.first())
         .and_then(|c| c.last_state.as_ref())
         .and_then(|s| s.terminated.as_ref())
-        .and_then(|t| t.message.clone())
-        .unwrap_or_default();
-    if last_words.contains("name_in_use") {
-        DataState::Empty
-    } else if last_words.contains("cluster_mismatch") || last_words.contains("belongs to cluster") {
-        DataState::Foreign
-    } else {
-        DataState::Unknown
+        .and_then(|t| t.message.as_deref())
+        .and_then(|m| serde_json::from_str::<TerminationMessage>(m).ok());
+    match refusal.map(|r| r.code) {
+        // Its name is still a member's, with another identity: its data dir was lost.
+        Some(ErrorCode::NameInUse) => DataState::Empty,
+        Some(ErrorCode::ClusterMismatch) => DataState::Foreign,
+        _ => DataState::Unknown,
     }
 }
 
@@ -434,5 +433,63 @@ fn pod_state(pod: &Pod, node: Option<&ClusterStatus>) -> PodState {
             resources::start_mode_of(pod),
             Some(StartMode::ForceNewCluster { .. })
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+    };
+
+    use super::*;
+
+    fn stopped_with(message: &str) -> Pod {
+        Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    last_state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 2,
+                            message: Some(message.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_join_is_read_from_the_termination_message_code() {
+        let message = |code: ErrorCode| {
+            serde_json::to_string(&TerminationMessage {
+                code,
+                message: "the leader said no".into(),
+            })
+            .unwrap()
+        };
+        let cases = [
+            (message(ErrorCode::NameInUse), DataState::Empty),
+            (message(ErrorCode::ClusterMismatch), DataState::Foreign),
+            (message(ErrorCode::Unauthorized), DataState::Unknown),
+            // Log text is for people: a code in it decides nothing.
+            (
+                "ERROR cannot join: name_in_use".to_string(),
+                DataState::Unknown,
+            ),
+            (String::new(), DataState::Unknown),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                data_state(&stopped_with(&text), None, Some("c1")),
+                expected,
+                "{text}"
+            );
+        }
     }
 }

@@ -539,8 +539,9 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) 
             ..Default::default()
         }]),
         security_context: Some(container_security_context()),
-        // The last log lines land in the pod status when the node stops with an error, e.g.
-        // a join refused because the data dir was lost: the operator reads them.
+        // A node that refuses to start (e.g. a join refused because the data dir was lost)
+        // leaves `{"code","message"}` at /dev/termination-log: the operator reads its code
+        // from the pod status. Other failures fall back to the last log lines, for people.
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
     };

@@ -63,6 +63,34 @@ fn log_tail(path: &Path) -> Option<String> {
     Some(tail[start..].to_string()).filter(|t| !t.is_empty())
 }
 
+/// What a container left at its termination-message path, as Kubernetes keeps it (4 KiB).
+fn termination_message(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned();
+    Some(text).filter(|t| !t.is_empty())
+}
+
+/// A fresh, empty file for one run of a container to leave its termination message in,
+/// bound at its `terminationMessagePath`; writable by any user, as the kubelet makes it.
+fn termination_file(pod_dir: &Path, c: &Container, restarts: i32) -> Result<Mount> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = pod_dir.join("termination");
+    std::fs::create_dir_all(&dir)?;
+    let source = dir.join(format!("{}-{restarts}", c.name));
+    std::fs::write(&source, b"")?;
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o666))?;
+    let target = c
+        .termination_message_path
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/dev/termination-log".into());
+    Ok(Mount {
+        source,
+        target: PathBuf::from(target),
+        read_only: false,
+    })
+}
+
 fn waiting(reason: &str, message: Option<String>) -> ContainerState {
     ContainerState {
         waiting: Some(ContainerStateWaiting {
@@ -632,8 +660,12 @@ async fn container_loop(mut ctx: PodCtx, c: Container, idx: usize, init: bool) -
             let env = container_env(&ctx, &c)
                 .await
                 .map_err(|e| ("CreateContainerConfigError", format!("{e:#}")))?;
-            let mounts = container_mounts(&ctx, &c)
+            let mut mounts = container_mounts(&ctx, &c)
                 .map_err(|e| ("CreateContainerError", format!("{e:#}")))?;
+            mounts.push(
+                termination_file(&ctx.pod_dir, &c, restarts)
+                    .map_err(|e| ("CreateContainerError", format!("{e:#}")))?,
+            );
             let mut argv: Vec<String> = Vec::new();
             match c.command.as_ref().filter(|v| !v.is_empty()) {
                 Some(cmd) => {
@@ -729,11 +761,18 @@ async fn container_loop(mut ctx: PodCtx, c: Container, idx: usize, init: bool) -
         let code = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        // As a kubelet does for `FallbackToLogsOnError`: the log's tail explains a failure.
-        let message = (code != 0
-            && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
-        .then(|| log_tail(&log_dir.join(format!("{}-{restarts}.log", c.name))))
-        .flatten();
+        // As a kubelet does: what the container left at its termination-message path, else,
+        // for `FallbackToLogsOnError`, the log's tail explains a failure.
+        let left = termination_message(
+            &ctx.pod_dir
+                .join("termination")
+                .join(format!("{}-{restarts}", c.name)),
+        );
+        let message = left.or_else(|| {
+            (code != 0 && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
+                .then(|| log_tail(&log_dir.join(format!("{}-{restarts}.log", c.name))))
+                .flatten()
+        });
         let terminated = ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: code,
