@@ -1001,13 +1001,22 @@ fn smaller_volumes<'a>(v: &View<'a>) -> Vec<&'a str> {
     let Some(want) = resources::quantity_value(&v.o.spec.storage.size) else {
         return Vec::new();
     };
+    members_with_volume_below(v, want, |vol| vol.requested.as_deref())
+}
+
+/// Members whose volume's size, as `size_of` reads it (asked for or had), is below `want`.
+fn members_with_volume_below<'a>(
+    v: &View<'a>,
+    want: f64,
+    size_of: impl Fn(&'a VolumeState) -> Option<&'a str>,
+) -> Vec<&'a str> {
     v.o.members
         .iter()
         .filter(|m| v.membership.contains_key(&m.name))
         .filter(|m| {
             m.volume
                 .as_ref()
-                .and_then(|vol| vol.requested.as_deref())
+                .and_then(&size_of)
                 .and_then(resources::quantity_value)
                 .is_some_and(|size| size < want)
         })
@@ -1408,19 +1417,7 @@ fn storage_condition(v: &View) -> ConditionState {
     let Some(want) = resources::quantity_value(size) else {
         return condition("StorageResized", true, "AsSpecified", "");
     };
-    let growing: Vec<&str> =
-        v.o.members
-            .iter()
-            .filter(|m| v.membership.contains_key(&m.name))
-            .filter(|m| {
-                m.volume
-                    .as_ref()
-                    .and_then(|vol| vol.capacity.as_deref())
-                    .and_then(resources::quantity_value)
-                    .is_some_and(|c| c < want)
-            })
-            .map(|m| m.name.as_str())
-            .collect();
+    let growing = members_with_volume_below(v, want, |vol| vol.capacity.as_deref());
     if !growing.is_empty() {
         return condition(
             "StorageResized",
