@@ -14,6 +14,7 @@ use concordance_client::Client;
 use concordance_client::Compare;
 use concordance_client::Consistency;
 use concordance_client::Error;
+use concordance_client::ErrorCode;
 use concordance_client::LockRequest;
 use concordance_client::PutRequest;
 use concordance_client::RetryPolicy;
@@ -32,10 +33,14 @@ use crate::output::Printer;
 const EXIT_FAILED: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 3;
 
-/// A failure to report: an API or transport error, or a local one.
+/// A failure to report: an API or transport error, or a local one (with the API's code when
+/// it means the same, e.g. a key that does not exist).
 enum Failure {
     Client(Error),
-    Local(String),
+    Local {
+        code: Option<ErrorCode>,
+        message: String,
+    },
 }
 
 impl From<Error> for Failure {
@@ -45,8 +50,11 @@ impl From<Error> for Failure {
 }
 
 impl From<String> for Failure {
-    fn from(e: String) -> Self {
-        Failure::Local(e)
+    fn from(message: String) -> Self {
+        Failure::Local {
+            code: None,
+            message,
+        }
     }
 }
 
@@ -133,9 +141,10 @@ async fn run(client: &Client, command: Command, out: &Printer) -> Outcome {
         Command::Get { key, read } => match client.get_with(&key, consistency(&read)).await? {
             Some(r) => out.get(&r),
             None => {
-                return Err(Failure::Local(format!(
-                    "key_not_found: {key:?} does not exist"
-                )));
+                return Err(Failure::Local {
+                    code: Some(ErrorCode::KeyNotFound),
+                    message: format!("{key:?} does not exist"),
+                });
             }
         },
         Command::List {
@@ -331,9 +340,10 @@ async fn lease(client: &Client, cmd: LeaseCommand, out: &Printer) -> Outcome {
         LeaseCommand::Get { id } => match client.lease_get(id).await? {
             Some(l) => out.lease(&l),
             None => {
-                return Err(Failure::Local(format!(
-                    "lease_not_found: lease {id} does not exist or has expired"
-                )));
+                return Err(Failure::Local {
+                    code: Some(ErrorCode::LeaseNotFound),
+                    message: format!("lease {id} does not exist or has expired"),
+                });
             }
         },
     }

@@ -71,11 +71,13 @@ impl Printer {
         let (code_name, message, status) = match f {
             Failure::Client(e) => match e {
                 Error::Api { status, body } => (
-                    body.error.code.clone(),
+                    body.error.code.to_string(),
                     body.error.message.clone(),
                     Some(status.as_u16()),
                 ),
-                Error::Compacted { .. } => ("compacted".into(), e.to_string(), Some(410)),
+                Error::Compacted { .. } => {
+                    (ErrorCode::Compacted.to_string(), e.to_string(), Some(410))
+                }
                 Error::Transport(t) => (
                     "unreachable".into(),
                     format!("no endpoint answered: {t}"),
@@ -87,10 +89,11 @@ impl Printer {
                     other.status().map(|s| s.as_u16()),
                 ),
             },
-            Failure::Local(msg) => match msg.split_once(": ") {
-                Some((c, m)) if !c.contains(' ') => (c.to_string(), m.to_string(), None),
-                _ => ("error".into(), msg.clone(), None),
-            },
+            Failure::Local { code, message } => (
+                code.map_or("error", |c| c.as_str()).to_string(),
+                message.clone(),
+                None,
+            ),
         };
         if self.json {
             let mut body = json!({"error": {"code": code_name, "message": message}});

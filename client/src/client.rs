@@ -408,7 +408,7 @@ impl Client {
         {
             if let Some(leader) = e.leader_address() {
                 self.prefer(leader);
-            } else if e.code() == Some("not_leader") && self.retry.max_retries > 0 {
+            } else if e.error_code() == Some(ErrorCode::NotLeader) && self.retry.max_retries > 0 {
                 // A node that knows it does not lead but not who does: ask the others.
                 if self.discover_leader().await.is_none() {
                     self.rotate_from(&base);
@@ -520,7 +520,7 @@ impl Client {
         let call =
             Call::get(format!("kv/{}", key_path(key))).query("consistency", consistency.as_str());
         match self.execute(call).await {
-            Err(e) if e.code() == Some("key_not_found") => Ok(None),
+            Err(e) if e.error_code() == Some(ErrorCode::KeyNotFound) => Ok(None),
             other => other.map(Some),
         }
     }

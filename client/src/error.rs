@@ -3,9 +3,14 @@
 use reqwest::StatusCode;
 
 use crate::types::ErrorBody;
+use crate::types::ErrorCode;
 
 /// Codes that mean "not now, maybe elsewhere": the same request may succeed when retried.
-const RETRYABLE_CODES: &[&str] = &["no_quorum", "not_leader", "leader_changed"];
+const RETRYABLE_CODES: &[ErrorCode] = &[
+    ErrorCode::NoQuorum,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderChanged,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,13 +38,19 @@ pub enum Error {
 }
 
 impl Error {
-    /// The API error code, when the server answered one (`compacted` for [`Error::Compacted`]).
-    pub fn code(&self) -> Option<&str> {
+    /// The API error code, when the server answered one ([`ErrorCode::Compacted`] for
+    /// [`Error::Compacted`]).
+    pub fn error_code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Api { body, .. } => Some(&body.error.code),
-            Error::Compacted { .. } => Some("compacted"),
+            Error::Api { body, .. } => Some(body.error.code),
+            Error::Compacted { .. } => Some(ErrorCode::Compacted),
             _ => None,
         }
+    }
+
+    /// [`Error::error_code`] as its wire string, for messages and logs.
+    pub fn code(&self) -> Option<&'static str> {
+        self.error_code().map(ErrorCode::as_str)
     }
 
     pub fn status(&self) -> Option<StatusCode> {
@@ -58,7 +69,7 @@ impl Error {
             Error::Transport(e) => !e.is_builder(),
             Error::Api { status, body } => {
                 *status == StatusCode::SERVICE_UNAVAILABLE
-                    || RETRYABLE_CODES.contains(&body.error.code.as_str())
+                    || RETRYABLE_CODES.contains(&body.error.code)
             }
             Error::Unexpected { status, .. } => {
                 *status == StatusCode::SERVICE_UNAVAILABLE

@@ -35,7 +35,7 @@ impl Client {
     /// The lease, or `Ok(None)` when it does not exist (any more).
     pub async fn lease_get(&self, id: u64) -> Result<Option<LeaseInfo>, Error> {
         match self.execute(Call::get(format!("lease/{id}"))).await {
-            Err(e) if e.code() == Some("lease_not_found") => Ok(None),
+            Err(e) if e.error_code() == Some(ErrorCode::LeaseNotFound) => Ok(None),
             other => other.map(Some),
         }
     }

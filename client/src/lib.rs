@@ -22,6 +22,7 @@
 //! ```
 
 mod client;
+#[cfg(feature = "dev")]
 pub mod dev;
 mod error;
 mod lease;

@@ -136,6 +136,177 @@ pub struct ClusterStatus {
     pub version: String,
 }
 
+/// Declares [`ErrorCode`] from one list: each variant with its wire string, so the enum, its
+/// strings and [`ErrorCode::ALL`] cannot drift apart (a test checks serde agrees with
+/// [`ErrorCode::as_str`]).
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])+ $variant:ident = $code:literal,)+) => {
+        /// Every error code the node answers with, as `error.code` (stable, snake_case). A code
+        /// this version does not know (a newer node's) reads as [`ErrorCode::Unknown`], so an
+        /// older client or peer still reads the rest of the error.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])+ $variant,)+
+            /// A code this version does not know (sent by a newer version): read the message.
+            #[serde(other)]
+            #[schemars(skip)]
+            Unknown,
+        }
+
+        impl ErrorCode {
+            /// Every code a node sends (all but [`ErrorCode::Unknown`]).
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            /// The code as it is on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)+
+                    ErrorCode::Unknown => "unknown",
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // Requests the node cannot read.
+    /// The body is empty, not a JSON object, or not the expected fields.
+    InvalidBody = "invalid_body",
+    /// The body is over the size limit or could not be read.
+    BodyTooLarge = "body_too_large",
+    /// A query parameter is missing, unknown or malformed.
+    InvalidQuery = "invalid_query",
+    /// No route for this method and path.
+    NotFound = "not_found",
+    /// The path is served, but not with this method.
+    MethodNotAllowed = "method_not_allowed",
+    // Keys, values and options.
+    /// A key or prefix is empty, too long or has control characters.
+    InvalidKey = "invalid_key",
+    /// A value is over the size limit.
+    ValueTooLarge = "value_too_large",
+    /// An `Idempotency-Key` header that is not 1-128 ASCII characters.
+    InvalidIdempotencyKey = "invalid_idempotency_key",
+    /// An `Idempotency-Key` already answered a different kind of request.
+    IdempotencyKeyReused = "idempotency_key_reused",
+    /// A list limit outside 1-10000.
+    InvalidLimit = "invalid_limit",
+    /// The key does not exist.
+    KeyNotFound = "key_not_found",
+    /// A watch's start revision or `Last-Event-ID` is not a revision.
+    InvalidRevision = "invalid_revision",
+    /// A watch asked for history no longer kept; `oldestRevision` says where it may start.
+    Compacted = "compacted",
+    // Transactions.
+    /// A compare's value does not fit its target or operator.
+    InvalidCompare = "invalid_compare",
+    /// More compares or operations than a transaction may have.
+    TxnTooLarge = "txn_too_large",
+    /// A transaction branch writes a key more than once.
+    DuplicateKey = "duplicate_key",
+    // Leases, locks and elections.
+    /// Not a lease id, or lease 0.
+    InvalidLease = "invalid_lease",
+    /// A TTL outside the allowed range.
+    InvalidTtl = "invalid_ttl",
+    /// The lease does not exist or has expired.
+    LeaseNotFound = "lease_not_found",
+    /// A lease with this id already exists.
+    LeaseExists = "lease_exists",
+    /// A lock or election name that is empty, too long or has control characters.
+    InvalidName = "invalid_name",
+    /// A wait longer than allowed.
+    InvalidTimeout = "invalid_timeout",
+    /// The lock is held (`wait: false`).
+    LockHeld = "lock_held",
+    /// The lock was not obtained in time.
+    LockTimeout = "lock_timeout",
+    /// The candidate did not come to lead in time.
+    ElectionTimeout = "election_timeout",
+    /// This lease's place in the queue was deleted while it waited.
+    LockLost = "lock_lost",
+    // Keys and roles.
+    /// No key, or not a valid one.
+    Unauthorized = "unauthorized",
+    /// The key does not grant this (the agent key on an admin route or a reserved key).
+    Forbidden = "forbidden",
+    // The cluster.
+    /// This node is not the leader; `leader` and `leaderAddress` name the one that is.
+    NotLeader = "not_leader",
+    /// No quorum (or no leader) right now: retry.
+    NoQuorum = "no_quorum",
+    /// The leader changed while the request was in flight: a write may or may not have applied.
+    LeaderChanged = "leader_changed",
+    /// The node is stopping: retry on another member.
+    ShuttingDown = "shutting_down",
+    /// The operation needs a command set not every member supports yet.
+    FeatureUnavailable = "feature_unavailable",
+    /// Raft refused or failed the request.
+    RaftError = "raft_error",
+    /// Raft has stopped on this node.
+    RaftStopped = "raft_stopped",
+    /// A stored record is unreadable, or storage failed.
+    StorageError = "storage_error",
+    /// An unexpected failure on the node.
+    Internal = "internal",
+    // Membership.
+    /// The membership is not at the expected version.
+    MembershipChanged = "membership_changed",
+    /// Raft refused the membership change.
+    MembershipError = "membership_error",
+    /// Not a valid node name.
+    InvalidNodeId = "invalid_node_id",
+    /// The name is still bound to another member.
+    NameInUse = "name_in_use",
+    /// The data (or a message) belongs to another cluster.
+    ClusterMismatch = "cluster_mismatch",
+    /// No member has this name.
+    MemberNotFound = "member_not_found",
+    /// The last voter cannot be removed.
+    LastVoter = "last_voter",
+    /// The removal would leave the voters without a reachable majority.
+    WouldLoseQuorum = "would_lose_quorum",
+    /// The member named to lead is not a voter.
+    NotAVoter = "not_a_voter",
+    /// There is no other voter to hand leadership to.
+    NoOtherVoter = "no_other_voter",
+    /// The new leader did not take over in time.
+    TransferTimeout = "transfer_timeout",
+    // The peer protocol (node to node).
+    /// A peer message of a newer protocol than this node speaks.
+    ProtocolUnsupported = "protocol_unsupported",
+    /// A stream route asked for without its `Upgrade` header.
+    UpgradeRequired = "upgrade_required",
+    /// A log entry a peer sent cannot be read.
+    InvalidEntry = "invalid_entry",
+    /// More forwarded writes in one batch than allowed.
+    BatchTooLarge = "batch_too_large",
+    /// A snapshot's transfer was cut off.
+    SnapshotInterrupted = "snapshot_interrupted",
+    /// A received snapshot is not valid.
+    InvalidSnapshot = "invalid_snapshot",
+    // Starting.
+    /// The node refused to start: a flag, or the data dir, does not fit (only in a node's
+    /// termination message, never in an HTTP answer).
+    InvalidConfig = "invalid_config",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a node that refused to start leaves at its termination-message path
+/// (`/dev/termination-log` in a Kubernetes container): why, as a code and a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminationMessage {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
 /// Every error answer: `{"error": {"code", "message", ...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
@@ -146,7 +317,7 @@ pub struct ErrorBody {
 #[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
     /// Stable, machine-readable: e.g. `key_not_found`, `unauthorized`, `no_quorum`.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     /// The leader's name and address, for `not_leader`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -395,7 +566,7 @@ pub struct CampaignRequest {
     pub lease: u64,
     /// What observers see while this candidate leads (e.g. its address).
     pub value: Value,
-    /// How long to wait, in ms (default 30000, at most 300000); then `campaign_timeout`.
+    /// How long to wait, in ms (default 30000, at most 300000); then `election_timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
 }
@@ -531,4 +702,50 @@ pub struct MembershipReply {
 pub struct TransferReply {
     pub leader: String,
     pub term: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_round_trips_as_its_string() {
+        let mut seen = std::collections::BTreeSet::new();
+        for &code in ErrorCode::ALL {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire, Value::from(code.as_str()), "{code:?}");
+            assert_eq!(serde_json::from_value::<ErrorCode>(wire).unwrap(), code);
+            assert_eq!(code.to_string(), code.as_str());
+            assert!(seen.insert(code.as_str()), "{code:?} listed twice");
+            assert_ne!(code, ErrorCode::Unknown);
+        }
+    }
+
+    #[test]
+    fn a_code_this_version_does_not_know_reads_as_unknown_with_the_rest_intact() {
+        let body: ErrorBody = serde_json::from_value(serde_json::json!({
+            "error": {"code": "some_future_code", "message": "why", "leader": "n2"}
+        }))
+        .unwrap();
+        assert_eq!(body.error.code, ErrorCode::Unknown);
+        assert_eq!(body.error.message, "why");
+        assert_eq!(body.error.leader.as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn a_termination_message_is_a_code_and_a_message() {
+        let m = TerminationMessage {
+            code: ErrorCode::NameInUse,
+            message: "the name is taken".into(),
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            text,
+            r#"{"code":"name_in_use","message":"the name is taken"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<TerminationMessage>(&text).unwrap(),
+            m
+        );
+    }
 }

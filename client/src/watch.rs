@@ -226,8 +226,8 @@ impl Client {
 
 /// A `compacted` answer as its typed error; other answers as they are.
 fn api_error(status: StatusCode, body: ErrorBody, requested: u64) -> Error {
-    match (body.error.code.as_str(), body.error.oldest_revision) {
-        ("compacted", Some(oldest_revision)) => Error::Compacted {
+    match (body.error.code, body.error.oldest_revision) {
+        (ErrorCode::Compacted, Some(oldest_revision)) => Error::Compacted {
             requested,
             oldest_revision,
         },

@@ -2,16 +2,9 @@
 //! only. Keys are compared in constant time (as SHA-256 digests, so their length leaks
 //! nothing either) and never logged.
 
-use axum::extract::Request;
-use axum::extract::State;
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::Response;
 use sha2::Digest;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-
-use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -26,6 +19,17 @@ impl Role {
             Role::Admin => "admin",
         }
     }
+}
+
+/// Why a request's key was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing Authorization: Bearer <key> header")]
+    Missing,
+    #[error("Authorization header must be 'Bearer <key>'")]
+    NotBearer,
+    #[error("the key is not valid")]
+    Invalid,
 }
 
 /// The configured keys, kept only as digests.
@@ -77,46 +81,17 @@ impl Keys {
     }
 
     /// Authenticates a request's `Authorization: Bearer` header.
-    pub fn authenticate(&self, header: Option<&str>) -> Result<Role, ApiError> {
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Role, AuthError> {
         if self.open() {
             return Ok(Role::Admin);
         }
-        let Some(h) = header else {
-            return Err(ApiError::unauthorized(
-                "missing Authorization: Bearer <key> header",
-            ));
-        };
+        let h = header.ok_or(AuthError::Missing)?;
         let token = h
             .strip_prefix("Bearer ")
             .or_else(|| h.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <key>'"))?;
-        self.role_of(token.trim())
-            .ok_or_else(|| ApiError::unauthorized("the key is not valid"))
+            .ok_or(AuthError::NotBearer)?;
+        self.role_of(token.trim()).ok_or(AuthError::Invalid)
     }
-}
-
-/// Middleware: the request must carry a key granting at least `required`.
-pub async fn require(
-    State((keys, required)): State<(Keys, Role)>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|h| h.to_str().ok());
-    let role = keys.authenticate(header)?;
-    // Handlers that check sub-operations (reserved keys inside a transaction) read it.
-    let mut req = req;
-    req.extensions_mut().insert(role);
-    if role < required {
-        return Err(ApiError::forbidden(format!(
-            "this needs the {} key; the {} key may not do it",
-            required.name(),
-            role.name()
-        )));
-    }
-    Ok(next.run(req).await)
 }
 
 #[cfg(test)]

@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// With one, Raft runs on it too: best for members that share cores (docs/benchmarks.md).
     #[arg(long, env = "CONCORDANCE_HTTP_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub http_threads: Option<u16>,
+    /// Where to leave `{"code","message"}` when the node refuses to start or stops with an
+    /// error (default: /dev/termination-log, written only where it exists, as in a container).
+    #[arg(long, env = "CONCORDANCE_TERMINATION_LOG", value_name = "PATH")]
+    pub termination_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -12,18 +12,19 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use concordance_client::ErrorCode;
 use concordance_client::VersionInfo;
 use openraft::ServerState;
 
 use crate::clock::now_ms;
-use crate::error::ApiError;
+use crate::error::NodeError;
 use crate::raft::QUORUM_TIMEOUT;
 use crate::raft::Raft;
+use crate::store::reader::KvReader;
 use crate::store::records::COMMAND_VERSION;
 use crate::store::records::COMMAND_VERSION_BASE;
 use crate::store::records::Command;
 use crate::store::records::Operation;
-use crate::store::state_machine::KvReader;
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -69,9 +70,9 @@ async fn member_version(addr: &str) -> Option<u32> {
 /// Makes sure the cluster has enabled command set `needed`, enabling it if every member
 /// supports it. On a node that is not the leader (or no longer is) this does nothing: the
 /// proposal that follows fails with `not_leader`, naming the leader, by itself.
-pub async fn enable(raft: &Raft, reader: &KvReader, needed: u32) -> Result<(), ApiError> {
+pub async fn enable(raft: &Raft, reader: &KvReader, needed: u32) -> Result<(), NodeError> {
     if needed > COMMAND_VERSION {
-        return Err(ApiError::internal(format!(
+        return Err(NodeError::Internal(format!(
             "command set {needed} is newer than this binary's {COMMAND_VERSION}"
         )));
     }
@@ -107,8 +108,8 @@ pub async fn enable(raft: &Raft, reader: &KvReader, needed: u32) -> Result<(), A
         })
         .collect();
     if !lacking.is_empty() {
-        return Err(ApiError::unavailable(
-            "feature_unavailable",
+        return Err(NodeError::Rejected(
+            ErrorCode::FeatureUnavailable,
             format!(
                 "this operation needs command set {needed}, which the cluster enables only once \
                  every member runs a binary that supports it; not yet: {}. Upgrade (or wait for) \
@@ -137,10 +138,9 @@ pub async fn enable(raft: &Raft, reader: &KvReader, needed: u32) -> Result<(), A
             Ok(())
         }
         Ok(Err(e)) if e.forward_to_leader().is_some() => Ok(()),
-        Ok(Err(e)) => Err(ApiError::unavailable("raft_error", e.to_string())),
-        Err(_) => Err(ApiError::unavailable(
-            "no_quorum",
-            "enabling the new command set was not committed in time",
+        Ok(Err(e)) => Err(NodeError::Rejected(ErrorCode::RaftError, e.to_string())),
+        Err(_) => Err(NodeError::NoQuorum(
+            "enabling the new command set was not committed in time".into(),
         )),
     }
 }

@@ -4,13 +4,21 @@
 use std::time::Duration;
 
 use concordance_client::ClusterStatus;
+use concordance_client::ErrorCode;
+use concordance_client::TerminationMessage;
 
 use crate::membership::JoinRequest;
 use crate::membership::MembershipReply;
-use crate::raft::peer::PeerError;
+use crate::raft::client::PeerError;
 use crate::service::Node;
 
-pub async fn join_cluster(node: &Node, target: &str, advertise: &str) -> Result<(), String> {
+/// Joins, or says why the cluster refused this node for good (as the node's termination
+/// message: the operator reads the code).
+pub async fn join_cluster(
+    node: &Node,
+    target: &str,
+    advertise: &str,
+) -> Result<(), TerminationMessage> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0u32;
     loop {
@@ -34,8 +42,12 @@ pub async fn join_cluster(node: &Node, target: &str, advertise: &str) -> Result<
 
 enum JoinError {
     /// The target answered no: retrying would not help.
-    Refused(String),
+    Refused(TerminationMessage),
     Retry(String),
+}
+
+fn refused(code: ErrorCode, message: String) -> JoinError {
+    JoinError::Refused(TerminationMessage { code, message })
 }
 
 async fn try_join(
@@ -61,17 +73,20 @@ async fn try_join(
     };
     let ours = node.peers.cluster();
     if !ours.is_empty() && ours != cluster {
-        return Err(JoinError::Refused(format!(
-            "this data dir belongs to cluster {ours}, but {target} is in cluster {cluster}; \
-             start with an empty data dir to join it as a new member"
-        )));
+        return Err(refused(
+            ErrorCode::ClusterMismatch,
+            format!(
+                "this data dir belongs to cluster {ours}, but {target} is in cluster {cluster}; \
+                 start with an empty data dir to join it as a new member"
+            ),
+        ));
     }
     if ours.is_empty() {
         let mut identity = node.identity.clone();
         identity.cluster_uuid = Some(cluster.clone());
         node.store
             .save_identity(&identity)
-            .map_err(|e| JoinError::Refused(e.to_string()))?;
+            .map_err(|e| refused(ErrorCode::StorageError, e.to_string()))?;
         node.peers.set_cluster(&cluster);
     }
     let req = JoinRequest {
@@ -87,15 +102,15 @@ async fn try_join(
         .map_err(|e| match &e {
             PeerError::Api(_, status, code, _)
                 if matches!(
-                    code.as_str(),
-                    "name_in_use"
-                        | "cluster_mismatch"
-                        | "unauthorized"
-                        | "forbidden"
-                        | "invalid_node_id"
+                    code,
+                    ErrorCode::NameInUse
+                        | ErrorCode::ClusterMismatch
+                        | ErrorCode::Unauthorized
+                        | ErrorCode::Forbidden
+                        | ErrorCode::InvalidNodeId
                 ) || *status == 400 =>
             {
-                JoinError::Refused(e.to_string())
+                refused(*code, e.to_string())
             }
             _ => JoinError::Retry(e.to_string()),
         })

@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use concordance_client::ErrorCode;
 use openraft::ChangeMembers;
 use openraft::Precondition;
 use openraft::ServerState;
 use openraft::async_runtime::Instant as _;
+use openraft::errors::ClientWriteError;
 
-use crate::error::ApiError;
+use crate::error::NodeError;
 use crate::service::Node;
 use crate::store::records::Member;
 use crate::store::types::TypeConfig;
@@ -24,6 +26,13 @@ pub const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a change waits for an earlier one still committing (a few heartbeat rounds).
 const PENDING_CHANGE_WITHIN: Duration = Duration::from_secs(3);
+
+fn no_other_voter() -> NodeError {
+    NodeError::Rejected(
+        ErrorCode::NoOtherVoter,
+        "there is no other voter to lead".into(),
+    )
+}
 
 // The request and reply bodies are the API types shared with clients.
 pub use concordance_client::types::JoinRequest;
@@ -37,7 +46,7 @@ impl Node {
     fn expect_version(
         &self,
         expected: Option<u64>,
-    ) -> Result<Vec<Precondition<TypeConfig>>, ApiError> {
+    ) -> Result<Vec<Precondition<TypeConfig>>, NodeError> {
         let Some(expected) = expected else {
             return Ok(vec![]);
         };
@@ -46,9 +55,8 @@ impl Node {
             .clone();
         let current = *m.log_id();
         if current.map(|l| l.index) != Some(expected) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "membership_changed",
+            return Err(NodeError::Rejected(
+                ErrorCode::MembershipChanged,
                 format!(
                     "membership is at version {}, not the expected {expected}; read cluster/status and decide again",
                     current.map_or("none".into(), |l| l.index.to_string())
@@ -65,7 +73,7 @@ impl Node {
         change: ChangeMembers<u64, Member>,
         retain: bool,
         pre: Vec<Precondition<TypeConfig>>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), NodeError> {
         // A change still committing (the second step of an earlier one, or one a new leader
         // inherited and commits with its first entry) makes openraft refuse another; it
         // finishes within a few heartbeats, so wait for it instead of failing the request.
@@ -84,22 +92,20 @@ impl Node {
         )
         .await;
         match r {
-            Err(_) => Err(ApiError::unavailable(
-                "no_quorum",
-                "the membership change did not commit in time: no quorum",
+            Err(_) => Err(NodeError::NoQuorum(
+                "the membership change did not commit in time: no quorum".into(),
             )),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 if let Some(f) = e.forward_to_leader() {
                     return Err(self.not_leader_error(f.leader_id));
                 }
-                let msg = e.to_string();
-                let code = if msg.contains("recondition") {
-                    "membership_changed"
-                } else {
-                    "membership_error"
+                // The expected membership moved between our check and the change.
+                let code = match e.api_error() {
+                    Some(ClientWriteError::PreconditionFailed(_)) => ErrorCode::MembershipChanged,
+                    _ => ErrorCode::MembershipError,
                 };
-                Err(ApiError::new(axum::http::StatusCode::CONFLICT, code, msg))
+                Err(NodeError::Rejected(code, e.to_string()))
             }
         }
     }
@@ -116,19 +122,18 @@ impl Node {
     }
 
     /// Adds a node as a learner; the promoter makes it a voter once it has caught up.
-    pub async fn join(&self, req: JoinRequest) -> Result<MembershipReply, ApiError> {
+    pub async fn join(&self, req: JoinRequest) -> Result<MembershipReply, NodeError> {
         if !crate::config::valid_name(&req.node_id) {
-            return Err(ApiError::bad_request(
-                "invalid_node_id",
+            return Err(NodeError::Rejected(
+                ErrorCode::InvalidNodeId,
                 format!("{:?} is not a valid node name", req.node_id),
             ));
         }
         if let Some(theirs) = &req.cluster_id
             && *theirs != self.peers.cluster()
         {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "cluster_mismatch",
+            return Err(NodeError::Rejected(
+                ErrorCode::ClusterMismatch,
                 format!(
                     "{}'s data belongs to cluster {theirs}, this is cluster {}; give it an empty data dir",
                     req.node_id,
@@ -150,9 +155,8 @@ impl Node {
             .nodes()
             .find(|(id, n)| n.name == req.node_id && **id != req.raft_id)
         {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "name_in_use",
+            return Err(NodeError::Rejected(
+                ErrorCode::NameInUse,
                 format!(
                     "the name {} is still bound to another member (raft id {id:016x}); remove it first with cluster/remove",
                     req.node_id
@@ -177,7 +181,7 @@ impl Node {
         )))
     }
 
-    fn id_of(&self, name: &str) -> Result<u64, ApiError> {
+    fn id_of(&self, name: &str) -> Result<u64, NodeError> {
         let m = crate::raft::metrics_of(&self.raft)
             .membership_config
             .clone();
@@ -186,7 +190,10 @@ impl Node {
             .find(|(_, n)| n.name == name)
             .map(|(id, _)| *id)
             .ok_or_else(|| {
-                ApiError::not_found("member_not_found", format!("no member is named {name:?}"))
+                NodeError::Rejected(
+                    ErrorCode::MemberNotFound,
+                    format!("no member is named {name:?}"),
+                )
             })
     }
 
@@ -208,7 +215,7 @@ impl Node {
         out
     }
 
-    pub async fn remove(&self, req: RemoveRequest) -> Result<MembershipReply, ApiError> {
+    pub async fn remove(&self, req: RemoveRequest) -> Result<MembershipReply, NodeError> {
         let _guard = self.membership_lock.lock().await;
         let id = self.id_of(&req.node_id)?;
         let m = crate::raft::metrics_of(&self.raft);
@@ -217,9 +224,9 @@ impl Node {
         if voters.contains(&id) {
             let remaining: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != id).collect();
             if remaining.is_empty() {
-                return Err(ApiError::bad_request(
-                    "last_voter",
-                    "cannot remove the last voter",
+                return Err(NodeError::Rejected(
+                    ErrorCode::LastVoter,
+                    "cannot remove the last voter".into(),
                 ));
             }
             // A leader elected moments ago has not heard every voter yet: give it a few
@@ -231,9 +238,8 @@ impl Node {
                 up = remaining.intersection(&self.reachable_voters()).count();
             }
             if up * 2 <= remaining.len() {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    "would_lose_quorum",
+                return Err(NodeError::Rejected(
+                    ErrorCode::WouldLoseQuorum,
                     format!(
                         "removing {} would leave {} voters of which only {up} are reachable: no quorum",
                         req.node_id,
@@ -285,7 +291,7 @@ impl Node {
         &self,
         req: TransferRequest,
         timeout: Duration,
-    ) -> Result<TransferReply, ApiError> {
+    ) -> Result<TransferReply, NodeError> {
         let m = crate::raft::metrics_of(&self.raft);
         if m.state != ServerState::Leader {
             return Err(self.not_leader_error(m.current_leader));
@@ -295,16 +301,14 @@ impl Node {
             Some(name) => {
                 let id = self.id_of(name)?;
                 if !voters.contains(&id) {
-                    return Err(ApiError::bad_request(
-                        "not_a_voter",
+                    return Err(NodeError::Rejected(
+                        ErrorCode::NotAVoter,
                         format!("{name} is not a voter"),
                     ));
                 }
                 id
             }
-            None => *self.successors().first().ok_or_else(|| {
-                ApiError::bad_request("no_other_voter", "there is no other voter to lead")
-            })?,
+            None => *self.successors().first().ok_or_else(no_other_voter)?,
         };
         if target != m.id {
             let moved = self.move_leadership(target, timeout).await;
@@ -321,7 +325,7 @@ impl Node {
     /// Moves leadership to `target`, refusing new writes from now on (they wait for the next
     /// leader; the caller takes them again): writes already proposed finish first, as this
     /// node could not answer them once another node leads.
-    async fn move_leadership(&self, target: u64, timeout: Duration) -> Result<(), ApiError> {
+    async fn move_leadership(&self, target: u64, timeout: Duration) -> Result<(), NodeError> {
         let started = std::time::Instant::now();
         self.proposals.refuse(Some(target));
         if !self.proposals.drained(timeout).await {
@@ -331,14 +335,14 @@ impl Node {
             .trigger()
             .transfer_leader(target)
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(NodeError::internal)?;
         self.raft
             .wait(Some(timeout.saturating_sub(started.elapsed())))
             .metrics(|x| x.current_leader == Some(target), "leadership transfer")
             .await
             .map_err(|e| {
-                ApiError::unavailable(
-                    "transfer_timeout",
+                NodeError::Rejected(
+                    ErrorCode::TransferTimeout,
                     format!("the new leader did not take over: {e}"),
                 )
             })?;
@@ -352,7 +356,7 @@ impl Node {
         &self,
         per_try: Duration,
         limit: Duration,
-    ) -> Result<TransferReply, ApiError> {
+    ) -> Result<TransferReply, NodeError> {
         let handed = self.hand_over_to_successors(per_try, limit).await;
         self.proposals.refuse(None);
         handed
@@ -362,9 +366,9 @@ impl Node {
         &self,
         per_try: Duration,
         limit: Duration,
-    ) -> Result<TransferReply, ApiError> {
+    ) -> Result<TransferReply, NodeError> {
         let deadline = std::time::Instant::now() + limit;
-        let mut failed = ApiError::bad_request("no_other_voter", "there is no other voter to lead");
+        let mut failed = no_other_voter();
         for id in self.successors() {
             let m = crate::raft::metrics_of(&self.raft);
             if let Some(leader) = m.current_leader.filter(|l| *l != m.id) {

@@ -5,6 +5,8 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concordance_client::ErrorCode;
+use concordance_client::TerminationMessage;
 use tokio::net::TcpListener;
 use tokio::signal::unix::SignalKind;
 use tokio::signal::unix::signal;
@@ -13,20 +15,33 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Keys;
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::config::ConfigError;
 use crate::config::LogFormat;
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
 use crate::raft::Raft;
+use crate::raft::client::PeerContext;
 use crate::raft::network::Network;
-use crate::raft::peer::PeerContext;
 use crate::service::Node;
 use crate::store::LogStore;
 use crate::store::StateMachine;
 use crate::store::Store;
+use crate::store::StoreError;
 use crate::store::records::IdentityRecord;
 use crate::store::records::Member;
 
 use crate::error::BoxError;
+
+/// The data dir belongs to another node than `--node-id` names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "data dir {dir} belongs to node {stored:?}, not {asked:?}: pass --node-id={stored} or use an empty data dir for a new member"
+)]
+pub struct IdentityMismatch {
+    dir: String,
+    stored: String,
+    asked: String,
+}
 
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
@@ -41,7 +56,32 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
+/// Runs a node until it stops. If it refuses to start (or fails), it says why in its
+/// termination message too ([`crate::termination`]).
 pub fn run(args: ServeArgs) -> Result<(), BoxError> {
+    crate::termination::configure(args.termination_log.clone());
+    let result = start(args);
+    if let Err(e) = &result {
+        crate::termination::write(&TerminationMessage {
+            code: failure_code(e.as_ref()),
+            message: e.to_string(),
+        });
+    }
+    result
+}
+
+/// The code of a failure to start: a flag or data dir that does not fit, storage, or else.
+fn failure_code(e: &(dyn std::error::Error + 'static)) -> ErrorCode {
+    if e.is::<ConfigError>() || e.is::<IdentityMismatch>() {
+        ErrorCode::InvalidConfig
+    } else if e.is::<StoreError>() {
+        ErrorCode::StorageError
+    } else {
+        ErrorCode::Internal
+    }
+}
+
+fn start(args: ServeArgs) -> Result<(), BoxError> {
     init_logging(args.log_format, &args.log);
     let config = args.validate()?;
     if let Some(old_cluster) = &config.force_new_cluster {
@@ -58,13 +98,11 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
 /// Loads the identity stored in the data dir, or draws a new one for an empty dir.
 fn load_identity(store: &Store, config: &Config) -> Result<IdentityRecord, BoxError> {
     match store.identity()? {
-        Some(id) if id.name != config.node_name => Err(format!(
-            "data dir {} belongs to node {:?}, not {:?}: pass --node-id={} or use an empty data dir for a new member",
-            config.data_dir.display(),
-            id.name,
-            config.node_name,
-            id.name
-        )
+        Some(id) if id.name != config.node_name => Err(IdentityMismatch {
+            dir: config.data_dir.display().to_string(),
+            stored: id.name,
+            asked: config.node_name.clone(),
+        }
         .into()),
         Some(id) => Ok(id),
         None => {
@@ -202,8 +240,9 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         let joiner = node.clone();
         let advertise = config.advertise.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::join::join_cluster(&joiner, &target, &advertise).await {
-                tracing::error!(error = %e, "cannot join the cluster; stopping");
+            if let Err(refused) = crate::join::join_cluster(&joiner, &target, &advertise).await {
+                tracing::error!(code = %refused.code, error = %refused.message, "cannot join the cluster; stopping");
+                crate::termination::write(&refused);
                 std::process::exit(2);
             }
         });

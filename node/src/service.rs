@@ -8,27 +8,28 @@ use std::time::Instant;
 
 use concordance_client::ClusterStatus;
 use concordance_client::Consistency;
+use concordance_client::ErrorCode;
 use concordance_client::MemberStatus;
 use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft::async_runtime::Instant as _;
 
 use crate::clock::now_ms;
-use crate::error::ApiError;
+use crate::error::NodeError;
 use crate::error::answer;
 use crate::metrics::Metrics;
 use crate::metrics::RaftGauges;
 use crate::raft::LeaderContact;
 use crate::raft::QUORUM_TIMEOUT;
 use crate::raft::Raft;
-use crate::raft::peer::PeerContext;
+use crate::raft::client::PeerContext;
 use crate::raft::wire;
 use crate::store::Store;
+use crate::store::reader::KvReader;
 use crate::store::records::Command;
 use crate::store::records::IdentityRecord;
 use crate::store::records::Operation;
 use crate::store::records::Response;
-use crate::store::state_machine::KvReader;
 
 /// A leader that heard from no quorum for this long refuses writes at once.
 pub const STALE_QUORUM_ACK: Duration = Duration::from_millis(2500);
@@ -48,11 +49,11 @@ const LEADER_POLL: Duration = Duration::from_millis(10);
 enum Refusal {
     /// Not the leader: openraft proposed nothing. The leader it knows, if any.
     NotLeader(Option<u64>),
-    Failed(ApiError),
+    Failed(NodeError),
 }
 
-impl From<ApiError> for Refusal {
-    fn from(e: ApiError) -> Self {
+impl From<NodeError> for Refusal {
+    fn from(e: NodeError) -> Self {
         Refusal::Failed(e)
     }
 }
@@ -156,19 +157,17 @@ impl Node {
         m.membership().get_node(&id).map(|n| n.name.clone())
     }
 
-    pub(crate) fn not_leader_error(&self, leader: Option<u64>) -> ApiError {
+    pub(crate) fn not_leader_error(&self, leader: Option<u64>) -> NodeError {
         let metrics = crate::raft::metrics_of(&self.raft);
         let node =
             leader.and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
         match node {
-            Some(n) => ApiError::unavailable(
-                "not_leader",
-                format!("this node is not the leader; the leader is {}", n.name),
-            )
-            .with_leader(Some(n.name), Some(n.addr)),
-            None => ApiError::unavailable(
-                "no_quorum",
-                "no leader is known: the cluster has no quorum right now",
+            Some(n) => NodeError::NotLeader {
+                name: n.name,
+                address: n.addr,
+            },
+            None => NodeError::NoQuorum(
+                "no leader is known: the cluster has no quorum right now".into(),
             ),
         }
     }
@@ -182,7 +181,7 @@ impl Node {
     }
 
     /// Fails fast when this leader has not heard from a quorum lately (it is partitioned).
-    fn check_leader_quorum(&self) -> Result<(), ApiError> {
+    fn check_leader_quorum(&self) -> Result<(), NodeError> {
         let m = crate::raft::metrics_of(&self.raft);
         if m.state != ServerState::Leader {
             return Ok(());
@@ -194,9 +193,8 @@ impl Node {
             .is_some_and(|t| (*t).into_inner().elapsed() > STALE_QUORUM_ACK);
         let alone = m.membership_config.membership().voter_ids().count() == 1;
         if stale && !alone {
-            return Err(ApiError::unavailable(
-                "no_quorum",
-                "this leader has not heard from a quorum lately: writes cannot commit",
+            return Err(NodeError::NoQuorum(
+                "this leader has not heard from a quorum lately: writes cannot commit".into(),
             ));
         }
         Ok(())
@@ -208,7 +206,7 @@ impl Node {
         &self,
         op: Operation,
         idempotency_key: Option<String>,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Response, NodeError> {
         let cmd = Command {
             op,
             idempotency_key,
@@ -222,7 +220,7 @@ impl Node {
             let refused = match self.leader_addr() {
                 Some((leader, addr)) => match self.forwarder.write(leader, addr, cmd.clone()).await
                 {
-                    Err(e) if e.detail.code == "not_leader" => e,
+                    Err(e) if e.is_not_leader() => e,
                     answered => return answered,
                 },
                 None => match self.propose_here(cmd.clone()).await {
@@ -237,7 +235,7 @@ impl Node {
         }
     }
 
-    fn refusal_error(&self, refusal: Refusal) -> ApiError {
+    fn refusal_error(&self, refusal: Refusal) -> NodeError {
         match refusal {
             Refusal::NotLeader(leader) => self.not_leader_error(leader),
             Refusal::Failed(e) => e,
@@ -262,27 +260,23 @@ impl Node {
 
     /// The leader's side of a follower's batch: proposes the writes together, so Raft appends
     /// and replicates them as one, and answers each in order.
-    pub async fn propose_forwarded(&self, commands: Vec<Command>) -> wire::ForwardedWritesReply {
-        let results =
-            futures::future::join_all(commands.into_iter().map(|c| self.propose_local(c))).await;
-        wire::ForwardedWritesReply {
-            results: results
-                .into_iter()
-                .map(wire::ForwardedResult::from_result)
-                .collect(),
-        }
+    pub async fn propose_forwarded(
+        &self,
+        commands: Vec<Command>,
+    ) -> Vec<Result<Response, NodeError>> {
+        futures::future::join_all(commands.into_iter().map(|c| self.propose_local(c))).await
     }
 
     /// Proposes on this node only (the leader's side of a forwarded write). Refused with no
     /// leader known (elected a moment ago, not ready yet), it asks again itself: the follower
     /// would only hear `no_quorum`.
-    pub async fn propose_local(&self, cmd: Command) -> Result<Response, ApiError> {
+    pub async fn propose_local(&self, cmd: Command) -> Result<Response, NodeError> {
         self.asking_again_while_leaderless(|| self.propose_here(cmd.clone()))
             .await
     }
 
     /// Runs `attempt` until it is not refused with no leader known, within [`LEADER_WAIT`].
-    async fn asking_again_while_leaderless<T, F, Fut>(&self, mut attempt: F) -> Result<T, ApiError>
+    async fn asking_again_while_leaderless<T, F, Fut>(&self, mut attempt: F) -> Result<T, NodeError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Refusal>>,
@@ -312,17 +306,14 @@ impl Node {
         let result = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(cmd)).await;
         self.metrics.observe_proposal(started.elapsed());
         match result {
-            Err(_) => Err(Refusal::Failed(ApiError::unavailable(
-                "no_quorum",
-                format!(
-                    "the write was not committed within {QUORUM_TIMEOUT:?}: no quorum; it may still apply later"
-                ),
-            ))),
+            Err(_) => Err(Refusal::Failed(NodeError::NoQuorum(format!(
+                "the write was not committed within {QUORUM_TIMEOUT:?}: no quorum; it may still apply later"
+            )))),
             Ok(Ok(resp)) => answer(resp.data).map_err(Refusal::Failed),
             Ok(Err(e)) => match e.forward_to_leader() {
                 Some(f) => Err(Refusal::NotLeader(f.leader_id)),
-                None => Err(Refusal::Failed(ApiError::unavailable(
-                    "raft_error",
+                None => Err(Refusal::Failed(NodeError::Rejected(
+                    ErrorCode::RaftError,
                     e.to_string(),
                 ))),
             },
@@ -331,7 +322,7 @@ impl Node {
 
     /// On the leader: confirms leadership with a quorum and returns the index a read must see.
     /// Refused with no leader known, it asks again, as `propose_local` does.
-    pub async fn read_index_local(&self) -> Result<u64, ApiError> {
+    pub async fn read_index_local(&self) -> Result<u64, NodeError> {
         self.asking_again_while_leaderless(|| self.read_index_here())
             .await
     }
@@ -346,9 +337,8 @@ impl Node {
                     .await;
             let e = match r {
                 Err(_) => {
-                    return Err(Refusal::Failed(ApiError::unavailable(
-                        "no_quorum",
-                        "could not confirm leadership with a quorum",
+                    return Err(Refusal::Failed(NodeError::NoQuorum(
+                        "could not confirm leadership with a quorum".into(),
                     )));
                 }
                 Ok(Ok(lin)) => return Ok(lin.read_log_id().index()),
@@ -365,10 +355,7 @@ impl Node {
                 Some(openraft::errors::LinearizableReadError::QuorumNotEnough(_))
             );
             if !one_round_short || Instant::now() + READ_INDEX_RETRY_PAUSE >= deadline {
-                return Err(Refusal::Failed(ApiError::unavailable(
-                    "no_quorum",
-                    e.to_string(),
-                )));
+                return Err(Refusal::Failed(NodeError::NoQuorum(e.to_string())));
             }
             tokio::time::sleep(READ_INDEX_RETRY_PAUSE).await;
         }
@@ -377,35 +364,28 @@ impl Node {
     /// Returns once the local state machine reflects every write acknowledged before the call
     /// (for linearizable reads: read index from the leader, then wait for local apply), or, for
     /// serializable reads, at once when this node has caught up with a leader since it started.
-    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), ApiError> {
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), NodeError> {
         if consistency == Consistency::Linearizable {
             return self.linearize().await;
         }
         if self.caught_up_since_start.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.catch_up_since_start().await.map_err(|e| {
-            ApiError::unavailable(
-                &e.detail.code,
-                format!(
-                    "this node has not caught up with a leader since it started, so its state may \
-                     be older than what it served before; serializable reads resume once it has: {}",
-                    e.detail.message
-                ),
-            )
-        })
+        self.catch_up_since_start()
+            .await
+            .map_err(|e| NodeError::NotCaughtUp(Box::new(e)))
     }
 
     /// Waits until this node has applied everything committed, then lets serializable reads be
     /// served from its state for as long as it runs.
-    pub async fn catch_up_since_start(&self) -> Result<(), ApiError> {
+    pub async fn catch_up_since_start(&self) -> Result<(), NodeError> {
         self.linearize().await?;
         self.caught_up_since_start.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Read index from the leader (asked by a follower), then a wait for the local apply.
-    async fn linearize(&self) -> Result<(), ApiError> {
+    async fn linearize(&self) -> Result<(), NodeError> {
         // As for writes: between leaders, the read waits for the next one.
         let deadline = Instant::now() + LEADER_WAIT;
         let index = loop {
@@ -416,7 +396,7 @@ impl Node {
                     None => self.refusal_error(r),
                     Some((leader, addr)) => {
                         let msg = self.peers.envelope(());
-                        let reply: Result<wire::ReadIndexReply, ApiError> =
+                        let reply: Result<wire::ReadIndexReply, NodeError> =
                             crate::forward::to_leader(
                                 &self.peers,
                                 &self.raft,
@@ -428,7 +408,7 @@ impl Node {
                             .await;
                         match reply {
                             Ok(reply) => break reply.read_log_id.index,
-                            Err(e) if e.detail.code == "not_leader" => e,
+                            Err(e) if e.is_not_leader() => e,
                             Err(e) => return Err(e),
                         }
                     }
@@ -443,10 +423,7 @@ impl Node {
             .applied_index_at_least(Some(index), "linearizable read")
             .await
             .map_err(|e| {
-                ApiError::unavailable(
-                    "no_quorum",
-                    format!("this replica did not catch up in time: {e}"),
-                )
+                NodeError::NoQuorum(format!("this replica did not catch up in time: {e}"))
             })?;
         Ok(())
     }
@@ -456,8 +433,8 @@ impl Node {
         &self,
         path: &str,
         body: &B,
-        not_leader: ApiError,
-    ) -> Result<T, ApiError> {
+        not_leader: NodeError,
+    ) -> Result<T, NodeError> {
         let Some((_, addr)) = self.leader_addr() else {
             return Err(not_leader);
         };

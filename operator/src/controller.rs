@@ -1,8 +1,9 @@
-//! The controller: observe a `ConcordanceCluster`, `decide` the one next step, record it when a
-//! crash could leave it half done, take it, and report the outcome in the status.
+//! The controller: observe a `ConcordanceCluster`, keep its owned objects as decided, take the
+//! one next step decided (recorded first when a crash could leave it half done), and write the
+//! status decided.
 //!
-//! Everything here is thin: the rules are in [`crate::decide`], the objects in
-//! [`crate::resources`].
+//! Nothing here decides: every rule is in [`crate::decide`], every object is built in
+//! [`crate::resources`]; this is the applier, a match on what they return.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,17 +20,23 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{ConcordanceCluster, ConcordanceClusterStatus, PendingKind};
-use crate::decide::{self, Action};
+use crate::crd::{ConcordanceCluster, ConcordanceClusterStatus};
+use crate::decide::{self, Action, ConditionState, ObjectStep, Owned};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::observe::{self, Observation};
-use crate::resources::{self, CLUSTER_LABEL, StartMode};
+use crate::resources::{self, CLUSTER_LABEL, KeyKind};
 
 /// Name of the finalizer that keeps a deleted cluster until its volumes are dealt with.
 pub const FINALIZER: &str = "concordance.io/cleanup";
 /// Field manager of everything the operator writes.
-pub const MANAGER: &str = "concordance-operator";
+pub const MANAGER: &str = resources::FIELD_MANAGER;
+/// Next pass while a step is under way or awaited.
+const BUSY_REQUEUE: Duration = Duration::from_secs(2);
+/// Next pass of a settled cluster (a change of its pods triggers one sooner).
+const IDLE_REQUEUE: Duration = Duration::from_secs(20);
+/// Retry after a failed pass.
+const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 
 pub struct Context {
     pub client: Client,
@@ -78,7 +85,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 fn error_policy(cluster: Arc<ConcordanceCluster>, error: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_errors.inc();
     tracing::warn!(cluster = %cluster.name_any(), %error, "reconcile failed; retrying");
-    Requeue::requeue(Duration::from_secs(5))
+    Requeue::requeue(ERROR_REQUEUE)
 }
 
 async fn reconcile(cluster: Arc<ConcordanceCluster>, ctx: Arc<Context>) -> Result<Requeue, Error> {
@@ -135,7 +142,7 @@ async fn event(
     note: &str,
 ) {
     let ev = Event {
-        type_: if reason.starts_with("Waiting") || reason.ends_with("Failed") {
+        type_: if reason.ends_with("Failed") {
             EventType::Warning
         } else {
             EventType::Normal
@@ -152,22 +159,46 @@ async fn event(
 
 async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, Error> {
     let obs = observe::observe(cluster, &ctx.client).await?;
-    let action = decide::decide(&obs.observed);
-    let mut status = obs.observed.status.clone();
+    let o = &obs.observed;
+
+    // The owned objects, kept in their rendered state on every pass.
+    for step in decide::objects(o) {
+        keep_object(cluster, ctx, &step).await?;
+    }
+
+    let action = decide::decide(o);
+    let info = action.info();
+    let mut status = o.status.clone();
+    // Recorded before it is taken, so a restarted operator finishes or undoes it.
+    if let Some(mut record) = decide::record(o, &action) {
+        record.started = Some(now());
+        status.pending_action = Some(record);
+        write_status(ctx, cluster, &status).await?;
+    }
     let written = status.clone();
 
-    // Record the step before taking it. A recovery replaces a step that quorum loss stalled.
-    let replaces_pending = matches!(action, Action::RecoverFrom { .. })
-        && status
-            .pending_action
-            .as_ref()
-            .is_some_and(|p| p.kind != PendingKind::Recover);
-    if (status.pending_action.is_none() || replaces_pending)
-        && let Some(mut p) = action.to_pending(&obs.observed)
-    {
-        p.started = Some(now());
-        status.pending_action = Some(p);
-        write_status(ctx, cluster, &status).await?;
+    if action.is_step() {
+        tracing::info!(cluster = %cluster.name_any(), step = %info.description, "taking a step");
+        ctx.metrics.step(info.name);
+    }
+    let taken = match take(cluster, ctx, &obs, &action, &mut status).await {
+        Ok(taken) => taken,
+        Err(e) => {
+            event(
+                ctx,
+                cluster,
+                "StepFailed",
+                info.name,
+                &format!("{}: {e}", info.description),
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    // A step found already done (a pod being recreated while the old one still stops) is not
+    // reported again.
+    if taken && let Some(reason) = info.event {
+        event(ctx, cluster, reason, info.name, &info.description).await;
     }
     let written = if status != written {
         status.clone()
@@ -175,44 +206,20 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
         written
     };
 
-    if !matches!(
-        action,
-        Action::Nothing | Action::UpdateStatus | Action::WaitFor { .. }
-    ) {
-        tracing::info!(cluster = %cluster.name_any(), ?action, "taking a step");
-        ctx.metrics.action(&action);
-    }
-    let outcome = take(cluster, ctx, &obs, &action, &mut status).await;
-    if let Err(e) = &outcome {
-        event(
-            ctx,
-            cluster,
-            "StepFailed",
-            action_name(&action),
-            &format!("{action:?}: {e}"),
-        )
-        .await;
-    }
-    outcome?;
-
-    // Report: observed summary, conditions, and what the operator is doing or waiting for.
-    let summary = decide::summarize(&obs.observed);
-    status.observed_generation = summary.observed_generation;
-    status.ready_members = summary.ready_members;
-    status.leader = summary.leader;
-    status.membership_version = summary.membership_version;
-    status.members = summary.members;
-    if cluster.spec.force_recover_from.is_none() {
-        // Removed from the spec: the next time it is set, it applies again.
-        status.recovered_from = None;
-    }
-    status.message = match &action {
-        Action::Nothing | Action::UpdateStatus => None,
-        Action::WaitFor { reason } => Some(format!("waiting: {reason}")),
-        Action::ClearPending { reason } => Some(reason.clone()),
-        other => Some(format!("step: {}", describe(other))),
-    };
-    status.conditions = conditions(cluster, &obs, &action, &written);
+    let report = decide::report(o, &action);
+    let s = report.summary;
+    status.observed_generation = s.observed_generation;
+    status.replicas = s.replicas;
+    status.ready_members = s.ready_members;
+    status.updated_members = s.updated_members;
+    status.selector = s.selector;
+    status.pod_hash = s.pod_hash;
+    status.leader = s.leader;
+    status.membership_version = s.membership_version;
+    status.members = s.members;
+    status.recovered_from = report.recovered_from;
+    status.message = report.message;
+    status.conditions = conditions(cluster, report.conditions, &written);
     if status != written {
         write_status(ctx, cluster, &status).await?;
     }
@@ -220,35 +227,34 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
     let busy = status.pending_action.is_some()
         || !matches!(action, Action::Nothing | Action::UpdateStatus);
     Ok(Requeue::requeue(if busy {
-        Duration::from_secs(2)
+        BUSY_REQUEUE
     } else {
-        Duration::from_secs(20)
+        IDLE_REQUEUE
     }))
 }
 
+/// Conditions with their transition times: kept while a condition's status stands, so an
+/// unchanged cluster is not rewritten.
 fn conditions(
     cluster: &ConcordanceCluster,
-    obs: &Observation,
-    action: &Action,
+    states: Vec<ConditionState>,
     current: &ConcordanceClusterStatus,
 ) -> Vec<Condition> {
-    decide::conditions(&obs.observed, action)
+    states
         .into_iter()
-        .map(|(type_, ok, reason, message)| {
-            let status = if ok { "True" } else { "False" }.to_string();
-            // Keep the transition time while the status stands, so an unchanged cluster is
-            // not rewritten.
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" }.to_string();
             let since = current
                 .conditions
                 .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
+                .find(|old| old.type_ == c.type_ && old.status == status)
+                .map(|old| old.last_transition_time.clone())
                 .unwrap_or_else(now);
             Condition {
-                type_: type_.to_string(),
+                type_: c.type_.to_string(),
                 status,
-                reason: reason.to_string(),
-                message,
+                reason: c.reason.to_string(),
+                message: c.message,
                 last_transition_time: since,
                 observed_generation: cluster.metadata.generation,
             }
@@ -282,174 +288,80 @@ async fn write_status(
     Ok(())
 }
 
-fn action_name(a: &Action) -> &'static str {
-    match a {
-        Action::CreateSecrets => "CreateSecrets",
-        Action::CreateServices => "CreateServices",
-        Action::CreatePdb => "CreatePodDisruptionBudget",
-        Action::BootstrapFirstMember { .. } => "Bootstrap",
-        Action::RecordClusterId { .. } => "RecordClusterId",
-        Action::CreatePod { .. } => "CreatePod",
-        Action::DeletePod { .. } => "DeletePod",
-        Action::AddMember { .. } => "AddMember",
-        Action::RemoveMember { .. } => "RemoveMember",
-        Action::DeletePodAndVolume { .. } => "DeleteMemberPodAndVolume",
-        Action::TransferLeadership { .. } => "TransferLeadership",
-        Action::RestartMemberWithImage { .. } => "RestartMember",
-        Action::RecoverFrom { .. } => "ForceRecover",
-        Action::ClearPending { .. } => "StepDone",
-        Action::WaitFor { .. } => "Wait",
-        Action::UpdateStatus => "UpdateStatus",
-        Action::Nothing => "Nothing",
-    }
-}
-
-fn describe(a: &Action) -> String {
-    match a {
-        Action::BootstrapFirstMember { name } => format!("bootstrap the cluster with {name}"),
-        Action::RecordClusterId { cluster_id } => format!("record cluster id {cluster_id}"),
-        Action::CreatePod { name } => format!("create the pod of {name}"),
-        Action::DeletePod { name } => format!("delete the finished pod of {name}"),
-        Action::AddMember { name } => format!("add member {name}"),
-        Action::RemoveMember {
-            name,
-            expected_version,
-        } => format!("remove {name} from the membership (at version {expected_version})"),
-        Action::DeletePodAndVolume { name } => format!("delete the pod and volume of {name}"),
-        Action::TransferLeadership { from, to } => {
-            format!("transfer leadership from {from} to {to}")
+/// Keeps one owned object as [`decide::objects`] says.
+async fn keep_object(
+    cluster: &ConcordanceCluster,
+    ctx: &Context,
+    step: &ObjectStep,
+) -> Result<(), Error> {
+    let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
+    let name = cluster.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+    match step {
+        ObjectStep::CreateKeySecret(key) => {
+            create(&secrets, &resources::secret(cluster, *key, random_key())).await?;
         }
-        Action::RestartMemberWithImage { name, image } => format!("restart {name} on {image}"),
-        Action::RecoverFrom { name } => format!("rebuild the cluster from {name}'s data"),
-        other => action_name(other).to_string(),
+        ObjectStep::KeepKeySecret(key) => {
+            apply_object(&secrets, &resources::secret_metadata(cluster, *key)).await?;
+        }
+        ObjectStep::ApplyPeerService => {
+            apply_object(&services, &resources::headless_service(cluster)).await?;
+        }
+        ObjectStep::ApplyClientService => {
+            apply_object(&services, &resources::client_service(cluster)).await?;
+        }
+        ObjectStep::ApplyDisruptionBudget { min_available } => {
+            apply_object(&pdbs, &resources::pdb(cluster, *min_available)).await?;
+        }
+        ObjectStep::Delete(owned) => {
+            let object = owned.object_name(&name);
+            match owned {
+                Owned::KeySecret(_) => delete(&secrets, &object).await?,
+                Owned::PeerService | Owned::ClientService => delete(&services, &object).await?,
+                Owned::DisruptionBudget => delete(&pdbs, &object).await?,
+            };
+            tracing::info!(cluster = %name, kind = owned.kind(), %object, "deleted");
+        }
     }
+    Ok(())
 }
 
-/// Events for the steps that change membership or a member's life.
-fn event_for(a: &Action) -> Option<(&'static str, String)> {
-    let reason = match a {
-        Action::BootstrapFirstMember { .. } => "Bootstrapping",
-        Action::RecordClusterId { .. } => "ClusterIdRecorded",
-        Action::CreatePod { .. } => "MemberPodCreated",
-        Action::DeletePod { .. } => "MemberPodDeleted",
-        Action::AddMember { .. } => "MemberAdding",
-        Action::RemoveMember { .. } => "MemberRemoved",
-        Action::DeletePodAndVolume { .. } => "MemberDeleted",
-        Action::TransferLeadership { .. } => "LeadershipTransferred",
-        Action::RestartMemberWithImage { .. } => "MemberRestarting",
-        Action::RecoverFrom { .. } => "ForceRecovering",
-        Action::ClearPending { .. } => "StepCompleted",
-        _ => return None,
-    };
-    let note = match a {
-        Action::ClearPending { reason } => reason.clone(),
-        other => describe(other),
-    };
-    Some((reason, note))
-}
-
-/// Takes one step. Every step is idempotent or guarded by the recorded pending action.
+/// Takes one step, exactly as decided; `Ok(false)` when it was already done. Every step is
+/// idempotent or guarded by the recorded pending action.
 async fn take(
     cluster: &ConcordanceCluster,
     ctx: &Context,
     obs: &Observation,
     action: &Action,
     status: &mut ConcordanceClusterStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
-    let client = &ctx.client;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     match action {
-        Action::Nothing | Action::UpdateStatus | Action::WaitFor { .. } => return Ok(()),
-        Action::CreateSecrets => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            for (which, given) in [
-                ("admin", &cluster.spec.admin_key_secret),
-                ("agent", &cluster.spec.agent_key_secret),
-            ] {
-                if given.is_some() {
-                    continue;
-                }
-                let s = resources::secret(cluster, which, random_key());
-                create(&secrets, &s).await?;
-            }
-        }
-        Action::CreateServices => {
-            let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-            create(&services, &resources::headless_service(cluster)).await?;
-            create(&services, &resources::client_service(cluster)).await?;
-        }
-        Action::CreatePdb => {
-            let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-            create(&pdbs, &resources::pdb(cluster)).await?;
-        }
-        Action::BootstrapFirstMember { name } => {
-            create_member(
-                cluster,
-                &pods,
-                &claims,
-                name,
-                &cluster.spec.image,
-                StartMode::Bootstrap,
-            )
-            .await?;
+        Action::Nothing | Action::UpdateStatus | Action::WaitFor { .. } => Ok(false),
+        Action::Bootstrap { name } | Action::AddMember { name } | Action::CreateVolume { name } => {
+            create(&claims, &resources::claim(cluster, name)).await
         }
         Action::RecordClusterId { cluster_id } => {
             status.cluster_id = Some(cluster_id.clone());
-            if status
-                .pending_action
-                .as_ref()
-                .is_some_and(|p| matches!(p.kind, PendingKind::Bootstrap | PendingKind::Recover))
-            {
-                clear_pending_step(status);
-            }
             write_status(ctx, cluster, status).await?;
+            Ok(true)
         }
-        Action::CreatePod { name } => {
-            let pending = status.pending_action.as_ref().filter(|p| &p.member == name);
-            // Only a bootstrap recorded for this very member, before any cluster id is
-            // recorded, starts a new cluster; every other pod joins.
-            let mode = match (pending.map(|p| p.kind), &status.cluster_id) {
-                (Some(PendingKind::Bootstrap), None) => StartMode::Bootstrap,
-                (Some(PendingKind::Recover), Some(old)) => StartMode::ForceNewCluster {
-                    old_cluster_id: old.clone(),
-                },
-                _ => StartMode::Join,
-            };
-            let image = pending
-                .and_then(|p| p.image.clone())
-                .unwrap_or_else(|| cluster.spec.image.clone());
-            create_member(cluster, &pods, &claims, name, &image, mode).await?;
+        Action::CreatePod { name, image, mode } => {
+            create(&pods, &resources::pod(cluster, name, image, mode)).await
         }
-        Action::DeletePod { name } | Action::RestartMemberWithImage { name, .. } => {
-            delete(&pods, name).await?;
-        }
-        Action::AddMember { name } => {
-            create_member(
-                cluster,
-                &pods,
-                &claims,
-                name,
-                &cluster.spec.image,
-                StartMode::Join,
-            )
-            .await?;
+        Action::DeletePod { name } | Action::RestartMember { name, .. } => {
+            delete(&pods, name).await
         }
         Action::RemoveMember {
             name,
             expected_version,
+            stop_first,
         } => {
-            // A member that cannot serve loses nothing by stopping first, and a stopped one
-            // cannot rejoin under its old name between its removal and its deletion.
-            let serving = obs
-                .observed
-                .members
-                .iter()
-                .find(|m| &m.name == name)
-                .and_then(|m| m.pod.as_ref())
-                .is_some_and(|p| p.ready);
-            if !serving && obs.pods.contains_key(name) {
+            if *stop_first {
                 delete(&pods, name).await?;
             }
             let node = admin_client(cluster, ctx, obs).await?;
@@ -460,10 +372,12 @@ async fn take(
                     Some(&json!({"nodeId": name, "expectedVersion": expected_version})),
                 )
                 .await?;
+            Ok(true)
         }
         Action::DeletePodAndVolume { name } => {
-            delete(&pods, name).await?;
-            delete(&claims, name).await?;
+            let pod = delete(&pods, name).await?;
+            let claim = delete(&claims, name).await?;
+            Ok(pod || claim)
         }
         Action::TransferLeadership { to, .. } => {
             let node = admin_client(cluster, ctx, obs).await?;
@@ -474,87 +388,70 @@ async fn take(
                     Some(&json!({"nodeId": to})),
                 )
                 .await?;
+            Ok(true)
         }
-        Action::RecoverFrom { name } => {
-            for other in obs.pods.keys().filter(|p| *p != name) {
-                delete(&pods, other).await?;
-            }
-            let recovering =
-                obs.observed.members.iter().any(|m| {
-                    &m.name == name && m.pod.as_ref().is_some_and(|p| p.force_new_cluster)
-                });
-            if obs.pods.contains_key(name) && !recovering {
-                // Created again in recovery mode on the next pass, once this one is gone.
+        Action::RecoverFrom { delete: stop, .. } => {
+            for name in stop {
                 delete(&pods, name).await?;
             }
+            Ok(true)
         }
-        Action::ClearPending { .. } => {
-            clear_pending_step(status);
+        Action::ExpandVolume { name, size } => {
+            claims
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(resources::claim_size_patch(size)),
+                )
+                .await?;
+            Ok(true)
+        }
+        Action::ClearPending { recovered_from, .. } => {
+            status.pending_action = None;
+            if recovered_from.is_some() {
+                status.recovered_from = recovered_from.clone();
+            }
             write_status(ctx, cluster, status).await?;
+            Ok(true)
         }
     }
-    if let Some((reason, note)) = event_for(action) {
-        event(ctx, cluster, reason, action_name(action), &note).await;
-    }
-    Ok(())
 }
 
-/// Drops the finished step; a finished recovery spends `spec.forceRecoverFrom`.
-fn clear_pending_step(status: &mut ConcordanceClusterStatus) {
-    if let Some(p) = status.pending_action.take()
-        && p.kind == PendingKind::Recover
-    {
-        status.recovered_from = Some(p.member);
-    }
-}
-
-async fn create_member(
-    cluster: &ConcordanceCluster,
-    pods: &Api<Pod>,
-    claims: &Api<PersistentVolumeClaim>,
-    name: &str,
-    image: &str,
-    mode: StartMode,
-) -> Result<(), Error> {
-    // The pod follows once its claim is bound: a pod created before a volume exists for it
-    // can sit unschedulable for minutes (the scheduler retries such pods slowly). A claim that
-    // stays unbound (a class that binds at first use) gets its pod after a short grace.
-    let Some(claim) = claims.get_opt(name).await? else {
-        create(claims, &resources::claim(cluster, name)).await?;
-        return Ok(());
-    };
-    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
-    let age = claim.metadata.creation_timestamp.as_ref().map_or(0, |t| {
-        k8s_openapi::jiff::Timestamp::now()
-            .duration_since(t.0)
-            .as_secs()
-    });
-    if !bound && age < 15 {
-        return Ok(());
-    }
-    create(pods, &resources::pod(cluster, name, image, &mode)).await
-}
-
-/// Creates the object unless it exists (a retried step finds it there).
-async fn create<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+/// Creates the object; `Ok(false)` when it exists (a retried step finds it there).
+async fn create<K>(api: &Api<K>, obj: &K) -> Result<bool, Error>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Deletes the object unless it is already gone.
-async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+/// Server-side applies the object as rendered: created when missing, and the fields the
+/// operator set before but no longer sets are removed.
+async fn apply_object<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        &obj.meta().name.clone().unwrap_or_default(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the object; `Ok(false)` when it is already gone.
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<bool, Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -568,7 +465,7 @@ async fn admin_client(
     let endpoint = obs
         .leader_endpoint()
         .ok_or(Error::NoEndpoint("change the membership"))?;
-    let r = resources::key_ref(cluster, "admin");
+    let r = resources::key_ref(&cluster.name_any(), &cluster.spec, KeyKind::Admin);
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let secret = secrets.get(&r.name).await?;

@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -21,9 +24,23 @@ use serde::{Deserialize, Serialize};
     status = "ConcordanceClusterStatus",
     shortname = "ccl",
     doc = "A Raft-replicated Concordance coordination store run by concordance-operator",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyMembers"),
+    printcolumn(
+        name = "Ready Members",
+        type_ = "integer",
+        json_path = ".status.readyMembers"
+    ),
     printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(
         name = "Available",
         type_ = "string",
@@ -35,30 +52,49 @@ use serde::{Deserialize, Serialize};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new(
+    "has(self.adminKeySecret) == has(oldSelf.adminKeySecret) && (!has(self.adminKeySecret) || self.adminKeySecret == oldSelf.adminKeySecret)"
+).message("adminKeySecret cannot change: key rotation is not supported yet"))]
+#[x_kube(validation = Rule::new(
+    "has(self.agentKeySecret) == has(oldSelf.agentKeySecret) && (!has(self.agentKeySecret) || self.agentKeySecret == oldSelf.agentKeySecret)"
+).message("agentKeySecret cannot change: key rotation is not supported yet"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConcordanceClusterSpec {
-    /// Number of voting members. Odd sizes only: an even size adds no fault tolerance.
+    /// Number of voting members. Odd sizes only: an even size adds no fault tolerance. Also
+    /// set by `kubectl scale ccl/NAME --replicas=N` (the `/scale` subresource).
     #[x_kube(validation = Rule::new("self in [1, 3, 5, 7]").message("replicas must be 1, 3, 5 or 7"))]
     pub replicas: i32,
     /// Container image of the Concordance node, e.g. `concordance:0.1.0`.
     #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
     pub image: String,
-    /// One PersistentVolumeClaim per member. Cannot be changed after creation.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable: create a new cluster to change the size or class"))]
+    /// One PersistentVolumeClaim per member. The size may grow (the claims are expanded where
+    /// the StorageClass allows it), never shrink; the class cannot change.
     pub storage: StorageSpec,
-    /// Resources of each member's container.
+    /// Settings of the members' pods: resources, placement, metadata, extra environment.
+    /// A change rolls through the members one at a time, the leader last.
+    #[serde(default, skip_serializing_if = "PodSettings::is_empty")]
+    pub pod: PodSettings,
+    /// Node settings (flags of `concordance`). A change rolls through the members.
+    #[serde(default, skip_serializing_if = "NodeConfig::is_empty")]
+    pub config: NodeConfig,
+    /// Deprecated: use `pod.resources` (which wins when both are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Secret holding the admin API key (key `key`); generated when absent.
+    /// Secret holding the admin API key (key `key`); generated when absent. Cannot change once
+    /// set: key rotation is not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_key_secret: Option<SecretKeyRef>,
-    /// Secret holding the agent (data-only) API key (key `key`); generated when absent.
+    /// Secret holding the agent (data-only) API key (key `key`); generated when absent. Cannot
+    /// change once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_key_secret: Option<SecretKeyRef>,
+    /// Deprecated: use `pod.affinity` (which wins when both are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Deprecated: use `pod.tolerations` (which wins when not empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Deprecated: use `pod.nodeSelector` (which wins when not empty).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// The client Service.
@@ -82,14 +118,116 @@ fn default_unready_replacement_seconds() -> i64 {
     300
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)"
+).message("storage.storageClassName cannot change: create a new cluster to change the class"))]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Size of each member's volume, e.g. `1Gi`.
+    /// Size of each member's volume, e.g. `1Gi`. May grow, never shrink.
+    #[x_kube(
+        validation = Rule::new("isQuantity(self)").message("storage.size must be a quantity, e.g. 1Gi"),
+        validation = Rule::new("!isQuantity(oldSelf) || !isQuantity(self) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("storage.size may grow, never shrink")
+    )]
+    #[schemars(length(max = 40))]
     pub size: String,
     /// StorageClass of the volumes; the cluster default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+}
+
+/// Settings of the members' pods. Everything here is part of the pod hash: a change rolls
+/// through the members one at a time, the leader last.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Labels added to the pods (the operator's own labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Resources of the node's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Replaces the default placement part by part: a `podAntiAffinity` given here replaces
+    /// the default (preferably one member per node; `podAntiAffinity: {}` turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Replaces the default spread (members preferably in different zones, where nodes carry
+    /// `topology.kubernetes.io/zone`); an empty list turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// The pods' service account (the namespace's default when absent). Its token is never
+    /// mounted: the node does not use the Kubernetes API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Extra environment variables of the node's container (the keys' variables, which the
+    /// operator sets, cannot be overridden; node settings belong in `config`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Replaces the pod security context. The default runs as uid/gid 10001 (the image's
+    /// user) with `fsGroup` 10001, non-root, seccomp `RuntimeDefault`: Pod Security
+    /// `restricted`. Set it where the platform assigns user ids itself (e.g. OpenShift).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+}
+
+impl PodSettings {
+    pub fn is_empty(&self) -> bool {
+        self == &PodSettings::default()
+    }
+}
+
+/// Node settings a user may tune, passed to each member as `concordance` flags. Absent
+/// fields keep the node's defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeConfig {
+    /// `--log-format`: `text` or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// `--log`: the log filter, e.g. `info` or `concordance=debug,openraft=info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub log: Option<String>,
+    /// `--snapshot-entries`: take a snapshot (and compact the log) after this many entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub snapshot_entries: Option<u64>,
+    /// `--history-revisions`: revisions of change history kept for watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub history_revisions: Option<u64>,
+    /// `--idempotency-retention-secs`: seconds an `Idempotency-Key`'s answer is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub idempotency_retention_seconds: Option<u64>,
+    /// `--http-threads`: threads serving HTTP (default: one per CPU core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub http_threads: Option<u16>,
+}
+
+impl NodeConfig {
+    pub fn is_empty(&self) -> bool {
+        self == &NodeConfig::default()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -133,13 +271,28 @@ pub enum ServiceType {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConcordanceClusterStatus {
-    /// `Available`, `Progressing` and `Degraded`.
+    /// `Ready` (every member the spec asks for is a ready voter on the current spec, nothing
+    /// under way: wait on this before changing the cluster again), `Available` (quorum holds:
+    /// writes are accepted), `Progressing`, `Degraded` and `StorageResized`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Voters in the Raft membership (the `/scale` subresource's current count).
+    #[serde(default)]
+    pub replicas: i32,
     #[serde(default)]
     pub ready_members: i32,
+    /// Voters whose pod runs the current spec (`podHash`).
+    #[serde(default)]
+    pub updated_members: i32,
+    /// Label selector of the members' pods (for the `/scale` subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Hash of what the current spec puts in a member's pod; a member whose pod carries
+    /// another (`concordance.io/pod-hash`) is restarted onto it, one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
     /// The cluster UUID, recorded once bootstrapped. Never bootstrapped again while set.
@@ -172,6 +325,9 @@ pub struct MemberStatus {
     pub pod: Option<String>,
     pub role: MemberRole,
     pub ready: bool,
+    /// The member's pod runs the current spec (its pod hash is `status.podHash`).
+    #[serde(default)]
+    pub up_to_date: bool,
     /// Image the member's pod runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -197,9 +353,13 @@ pub struct PendingAction {
     /// meanwhile by someone else makes the step fail instead of racing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_membership_version: Option<u64>,
-    /// Image a restart moves the member to.
+    /// Image a restart moves the member to (for people reading the status; the pod is
+    /// created from the spec in force).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Pod hash a restart moves the member to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<Time>,
 }
@@ -255,7 +415,9 @@ mod tests {
     fn schema_carries_the_validation_rules() {
         let yaml = crd_yaml();
         assert!(yaml.contains("self in [1, 3, 5, 7]"));
-        assert!(yaml.contains("self == oldSelf"));
+        assert!(yaml.contains("quantity(self).compareTo(quantity(oldSelf)) >= 0"));
+        assert!(yaml.contains("self.storageClassName == oldSelf.storageClassName"));
+        assert!(yaml.contains("self.adminKeySecret == oldSelf.adminKeySecret"));
         assert!(yaml.contains("scope: Namespaced"));
     }
 
@@ -268,5 +430,22 @@ mod tests {
         assert_eq!(spec.unready_replacement_seconds, 300);
         assert!(!spec.delete_volumes_on_cluster_delete);
         assert_eq!(spec.force_recover_from, None);
+        assert!(spec.pod.is_empty() && spec.config.is_empty());
+    }
+
+    #[test]
+    fn the_scale_subresource_reads_spec_and_status_replicas() {
+        let crd = ConcordanceCluster::crd();
+        let scale = crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .and_then(|s| s.scale.as_ref())
+            .expect("a scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
     }
 }

@@ -1,9 +1,12 @@
-//! The reconcile decision: one pure function from what the operator observed to the one next
-//! step. Keeping it pure lets every rule (and every crash point) be tested as a table.
+//! The reconcile decision: pure functions from what the operator observed to what it does
+//! next. Keeping them pure lets every rule (and every crash point) be tested as a table
+//! (`operator/tests/decide_table.rs`); the controller only carries out what they return.
 //!
-//! Steps that change membership or restart a member are recorded on the resource as its
-//! `pendingAction` before they are taken ([`Action::to_pending`]); while one is recorded,
-//! `decide` only finishes or rolls it back.
+//! Each pass: [`objects`] says how to keep the cluster's Secrets, Services and disruption
+//! budget in their rendered state; [`decide`] picks the one next membership or member step,
+//! complete with everything needed to take it; [`record`] says what to write on the resource
+//! as its `pendingAction` before a step a crash could leave half done (while one is recorded,
+//! `decide` only finishes or rolls it back); [`report`] computes the status.
 
 use std::collections::BTreeMap;
 
@@ -13,9 +16,17 @@ use crate::crd::{
     ConcordanceClusterSpec, ConcordanceClusterStatus, MemberRole, MemberStatus, PendingAction,
     PendingKind,
 };
+use crate::resources::{self, KeyKind, StartMode};
 
 /// Applied-index distance within which a follower counts as caught up for a leadership transfer.
 const CAUGHT_UP_LAG: u64 = 100;
+/// Seconds a member's claim may stay unbound before its pod is created anyway: a pod created
+/// before a volume exists for it can sit unschedulable for minutes (the scheduler retries such
+/// pods slowly), but a class that binds at first use binds only once a pod uses the claim.
+pub const UNBOUND_CLAIM_GRACE_SECONDS: i64 = 15;
+
+/// Why a member whose volume is pinned to drained nodes cannot run.
+const STRANDED: &str = "its volume can only be used on nodes that are cordoned or gone";
 
 /// Everything the decision looks at, gathered by the controller.
 #[derive(Clone, Debug)]
@@ -25,21 +36,69 @@ pub struct Observed {
     pub generation: Option<i64>,
     pub spec: ConcordanceClusterSpec,
     pub status: ConcordanceClusterStatus,
-    pub secrets_exist: bool,
-    pub services_exist: bool,
-    pub pdb_exists: bool,
+    /// The cluster's own objects besides members: the Services and the disruption budget
+    /// always, a key Secret when the operator generates it (the spec names none).
+    pub objects: BTreeMap<Owned, Presence>,
+    /// Keys whose Secret the spec names but which does not exist.
+    pub missing_secrets: Vec<KeyKind>,
+    /// `allowVolumeExpansion` of the members' StorageClass; `None` when it could not be read.
+    pub volume_expansion: Option<bool>,
     /// Every member that has a pod or a volume.
     pub members: Vec<ObservedMember>,
     /// `cluster/status` through the client Service; `None` when no member answered.
     pub cluster: Option<ClusterStatus>,
 }
 
+/// An object a cluster owns besides its members' pods and volumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Owned {
+    /// A generated key Secret.
+    KeySecret(KeyKind),
+    /// The headless Service the members reach each other through.
+    PeerService,
+    /// The Service clients and joining members use.
+    ClientService,
+    DisruptionBudget,
+}
+
+impl Owned {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Owned::KeySecret(_) => "Secret",
+            Owned::PeerService | Owned::ClientService => "Service",
+            Owned::DisruptionBudget => "PodDisruptionBudget",
+        }
+    }
+
+    pub fn object_name(self, cluster: &str) -> String {
+        match self {
+            Owned::KeySecret(k) => resources::generated_secret_name(cluster, k),
+            Owned::PeerService => resources::headless_service_name(cluster),
+            Owned::ClientService => resources::client_service_name(cluster),
+            Owned::DisruptionBudget => resources::pdb_name(cluster),
+        }
+    }
+}
+
+/// Whether an owned object exists, and whose it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Missing,
+    /// Controlled by this cluster (its owner reference). `applied`: already kept by the
+    /// operator's server-side apply (an earlier operator created objects instead).
+    Ours {
+        applied: bool,
+    },
+    /// An object of that name that this cluster does not control: never adopted.
+    Foreign,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObservedMember {
     pub name: String,
     pub pod: Option<PodState>,
-    /// The member's PersistentVolumeClaim exists.
-    pub volume: bool,
+    /// The member's PersistentVolumeClaim, when it exists (and is not being deleted).
+    pub volume: Option<VolumeState>,
     /// What the member's own node says about its data directory.
     pub data: DataState,
 }
@@ -50,12 +109,48 @@ pub struct PodState {
     /// The node's `/ready`: a leader is known and this voter is caught up.
     pub ready: bool,
     pub image: String,
+    /// The pod's `concordance.io/pod-hash`; `None` on pods of an earlier operator.
+    pub pod_hash: Option<String>,
+    /// Seconds since the pod was created.
+    pub age_seconds: i64,
     /// How long the pod has been unready (0 when ready).
     pub unready_seconds: i64,
     /// Version the node reports, when it answered.
     pub version: Option<String>,
     /// The pod was started in quorum-loss recovery mode (`--force-new-cluster`).
     pub force_new_cluster: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeState {
+    /// Bound to a PersistentVolume.
+    pub bound: bool,
+    /// Seconds since the claim was created.
+    pub age_seconds: i64,
+    /// The size the claim asks for.
+    pub requested: Option<String>,
+    /// The size the volume has.
+    pub capacity: Option<String>,
+    /// Seconds since the claim's file system resize became pending (it is done when the
+    /// volume is next mounted), if it is.
+    pub resize_pending_seconds: Option<i64>,
+    /// The volume can be used only on nodes that are cordoned or gone (a drained node): the
+    /// member cannot run until one comes back.
+    pub stranded: bool,
+}
+
+impl VolumeState {
+    /// A bound claim of `size`, long created.
+    pub fn bound(size: &str) -> Self {
+        VolumeState {
+            bound: true,
+            age_seconds: 3600,
+            requested: Some(size.to_string()),
+            capacity: Some(size.to_string()),
+            resize_pending_seconds: None,
+            stranded: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,59 +173,79 @@ pub enum DataState {
     Foreign,
 }
 
-/// The one next step.
+/// The one next step, with everything needed to take it: the controller matches on it and
+/// calls the API, deciding nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    CreateSecrets,
-    /// The headless Service (publishing not-ready addresses) and the client Service.
-    CreateServices,
-    CreatePdb,
-    /// Claim and pod of the first member, started to bootstrap a new cluster.
-    BootstrapFirstMember {
+    /// Recorded; creates the first member's claim (its pod follows, started with
+    /// `--bootstrap`).
+    Bootstrap {
         name: String,
     },
-    /// Write the cluster id the node reports into the status (and clear a pending
-    /// bootstrap or recovery in the same write).
+    /// Write the cluster id the node reports into the status.
     RecordClusterId {
         cluster_id: String,
     },
-    /// Claim (if missing) and pod of an existing member, which comes back as itself.
-    CreatePod {
+    /// Create a member's claim.
+    CreateVolume {
         name: String,
     },
-    /// Delete a finished pod so that it is created again as the same member.
+    /// Create a member's pod (its claim exists).
+    CreatePod {
+        name: String,
+        image: String,
+        mode: StartMode,
+    },
+    /// Delete a member's pod: it is created again as the same member.
     DeletePod {
         name: String,
     },
-    /// Claim and pod of a new member that joins as a learner and is promoted to voter.
+    /// Recorded; creates the claim of a new member, whose pod then joins as a learner and is
+    /// promoted to voter.
     AddMember {
         name: String,
     },
+    /// Recorded; the membership change, carrying the version it expects. `stop_first`: delete
+    /// the member's pod before (a member that cannot serve loses nothing by stopping, and a
+    /// stopped one cannot rejoin under its old name between its removal and its deletion).
     RemoveMember {
         name: String,
         expected_version: u64,
+        stop_first: bool,
     },
     /// Only once the member is out of the Raft membership.
     DeletePodAndVolume {
         name: String,
     },
+    /// Recorded.
     TransferLeadership {
         from: String,
         to: String,
     },
-    /// Delete the pod; it is created again on the spec's image.
-    RestartMemberWithImage {
+    /// Recorded; deletes the pod, which is created again from the current spec.
+    RestartMember {
         name: String,
         image: String,
+        pod_hash: String,
     },
-    /// After quorum loss, on request: stop every other member and restart `name` in the node's
-    /// recovery mode (a one-member cluster with a new id); the others then join afresh.
+    /// After quorum loss, on request; recorded. Deletes the pods in `delete` (every other
+    /// member's, and `name`'s own unless it already runs in recovery mode); `name` then comes
+    /// back in the node's recovery mode (a one-member cluster with a new id) and the others
+    /// join afresh.
     RecoverFrom {
         name: String,
+        delete: Vec<String>,
+    },
+    /// Ask for a larger volume (the claim's requested size).
+    ExpandVolume {
+        name: String,
+        size: String,
     },
     /// The recorded step is finished or rolled back; the reason goes to the status message.
+    /// A finished recovery spends `spec.forceRecoverFrom` (`status.recoveredFrom`).
     ClearPending {
         reason: String,
+        recovered_from: Option<String>,
     },
     WaitFor {
         reason: String,
@@ -139,20 +254,152 @@ pub enum Action {
     Nothing,
 }
 
+/// How a step is named and described, in the status, Events, logs and metrics alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionInfo {
+    /// Short name: the metric label and the Event action.
+    pub name: &'static str,
+    /// The Event reason, for the steps that change membership or a member's life.
+    pub event: Option<&'static str>,
+    pub description: String,
+}
+
 impl Action {
-    /// The record to write on the resource before taking this step, for steps a crash could
-    /// leave half done. `None` for idempotent steps.
+    pub fn info(&self) -> ActionInfo {
+        let (name, event, description) = match self {
+            Action::Bootstrap { name } => (
+                "Bootstrap",
+                Some("Bootstrapping"),
+                format!("bootstrap the cluster with {name}"),
+            ),
+            Action::RecordClusterId { cluster_id } => (
+                "RecordClusterId",
+                Some("ClusterIdRecorded"),
+                format!("record cluster id {cluster_id}"),
+            ),
+            Action::CreateVolume { name } => (
+                "CreateVolume",
+                Some("MemberVolumeCreated"),
+                format!("create the volume of {name}"),
+            ),
+            Action::CreatePod { name, image, mode } => {
+                let how = match mode {
+                    StartMode::Bootstrap => "to bootstrap",
+                    StartMode::Join => "to join or resume",
+                    StartMode::ForceNewCluster { .. } => "in recovery mode",
+                };
+                (
+                    "CreatePod",
+                    Some("MemberPodCreated"),
+                    format!("create the pod of {name} on {image}, {how}"),
+                )
+            }
+            Action::DeletePod { name } => (
+                "DeletePod",
+                Some("MemberPodDeleted"),
+                format!("delete the pod of {name} to create it again"),
+            ),
+            Action::AddMember { name } => (
+                "AddMember",
+                Some("MemberAdding"),
+                format!("add member {name}"),
+            ),
+            Action::RemoveMember {
+                name,
+                expected_version,
+                stop_first,
+            } => (
+                "RemoveMember",
+                Some("MemberRemoved"),
+                format!(
+                    "remove {name} from the membership (at version {expected_version}){}",
+                    if *stop_first {
+                        ", its pod stopped first"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Action::DeletePodAndVolume { name } => (
+                "DeleteMemberPodAndVolume",
+                Some("MemberDeleted"),
+                format!("delete the pod and volume of {name}"),
+            ),
+            Action::TransferLeadership { from, to } => (
+                "TransferLeadership",
+                Some("LeadershipTransferred"),
+                format!("transfer leadership from {from} to {to}"),
+            ),
+            Action::RestartMember {
+                name,
+                image,
+                pod_hash,
+            } => (
+                "RestartMember",
+                Some("MemberRestarting"),
+                format!("restart {name} onto the current spec ({image}, pod hash {pod_hash})"),
+            ),
+            Action::RecoverFrom { name, delete } => (
+                "ForceRecover",
+                Some("ForceRecovering"),
+                if delete.is_empty() {
+                    format!("rebuild the cluster from {name}'s data")
+                } else {
+                    format!(
+                        "rebuild the cluster from {name}'s data (stopping {})",
+                        delete.join(", ")
+                    )
+                },
+            ),
+            Action::ExpandVolume { name, size } => (
+                "ExpandVolume",
+                Some("VolumeExpanding"),
+                format!("expand the volume of {name} to {size}"),
+            ),
+            Action::ClearPending { reason, .. } => {
+                ("StepDone", Some("StepCompleted"), reason.clone())
+            }
+            Action::WaitFor { reason } => ("Wait", None, format!("waiting: {reason}")),
+            Action::UpdateStatus => ("UpdateStatus", None, "update the status".to_string()),
+            Action::Nothing => ("Nothing", None, "nothing to do".to_string()),
+        };
+        ActionInfo {
+            name,
+            event,
+            description,
+        }
+    }
+
+    /// Whether the step changes something (the status aside).
+    pub fn is_step(&self) -> bool {
+        !matches!(
+            self,
+            Action::Nothing | Action::UpdateStatus | Action::WaitFor { .. }
+        )
+    }
+
+    /// The record of this step, for steps a crash could leave half done; `None` for
+    /// idempotent steps.
     pub fn to_pending(&self, o: &Observed) -> Option<PendingAction> {
         let version = o.cluster.as_ref().and_then(|c| c.membership_version);
-        let (kind, member, image) = match self {
-            Action::BootstrapFirstMember { name } => (PendingKind::Bootstrap, name, None),
-            Action::AddMember { name } => (PendingKind::AddMember, name, None),
-            Action::RemoveMember { name, .. } => (PendingKind::RemoveMember, name, None),
-            Action::TransferLeadership { to, .. } => (PendingKind::TransferLeadership, to, None),
-            Action::RestartMemberWithImage { name, image } => {
-                (PendingKind::RestartMember, name, Some(image.clone()))
+        let (kind, member, image, pod_hash) = match self {
+            Action::Bootstrap { name } => (PendingKind::Bootstrap, name, None, None),
+            Action::AddMember { name } => (PendingKind::AddMember, name, None, None),
+            Action::RemoveMember { name, .. } => (PendingKind::RemoveMember, name, None, None),
+            Action::TransferLeadership { to, .. } => {
+                (PendingKind::TransferLeadership, to, None, None)
             }
-            Action::RecoverFrom { name } => (PendingKind::Recover, name, None),
+            Action::RestartMember {
+                name,
+                image,
+                pod_hash,
+            } => (
+                PendingKind::RestartMember,
+                name,
+                Some(image.clone()),
+                Some(pod_hash.clone()),
+            ),
+            Action::RecoverFrom { name, .. } => (PendingKind::Recover, name, None, None),
             _ => return None,
         };
         Some(PendingAction {
@@ -160,8 +407,24 @@ impl Action {
             member: member.clone(),
             expected_membership_version: version,
             image,
+            pod_hash,
             started: None,
         })
+    }
+}
+
+/// What to write as `status.pendingAction` before taking `next`: a new step's record when
+/// none is recorded, or a recovery's, which replaces a step that quorum loss stalled.
+pub fn record(o: &Observed, next: &Action) -> Option<PendingAction> {
+    let new = next.to_pending(o)?;
+    match &o.status.pending_action {
+        None => Some(new),
+        Some(current)
+            if new.kind == PendingKind::Recover && current.kind != PendingKind::Recover =>
+        {
+            Some(new)
+        }
+        Some(_) => None,
     }
 }
 
@@ -174,7 +437,72 @@ fn wait(reason: impl Into<String>) -> Action {
 fn clear(reason: impl Into<String>) -> Action {
     Action::ClearPending {
         reason: reason.into(),
+        recovered_from: None,
     }
+}
+
+/// How to keep an owned object in its rendered state this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectStep {
+    /// Create the generated key Secret, with a new random key.
+    CreateKeySecret(KeyKind),
+    /// Apply the labels and owner of an existing generated key Secret, never its data.
+    KeepKeySecret(KeyKind),
+    ApplyPeerService,
+    ApplyClientService,
+    ApplyDisruptionBudget {
+        min_available: i32,
+    },
+    /// Delete an object the cluster owns and no longer needs (or one of an earlier shape that
+    /// applying cannot turn into the current one; it is created again on the next pass).
+    Delete(Owned),
+}
+
+/// The owned objects to apply, create or delete this pass. Objects that exist under another
+/// owner are left alone: [`decide`] refuses to go on while there are any.
+pub fn objects(o: &Observed) -> Vec<ObjectStep> {
+    let presence = |owned: Owned| o.objects.get(&owned).copied().unwrap_or(Presence::Missing);
+    let mut steps = Vec::new();
+    for key in [KeyKind::Admin, KeyKind::Agent] {
+        // Only generated Secrets are in `objects`; a Secret the spec names is the user's.
+        match o.objects.get(&Owned::KeySecret(key)) {
+            Some(Presence::Missing) => steps.push(ObjectStep::CreateKeySecret(key)),
+            Some(Presence::Ours { .. }) => steps.push(ObjectStep::KeepKeySecret(key)),
+            _ => {}
+        }
+    }
+    for (owned, step) in [
+        (Owned::PeerService, ObjectStep::ApplyPeerService),
+        (Owned::ClientService, ObjectStep::ApplyClientService),
+    ] {
+        if presence(owned) != Presence::Foreign {
+            steps.push(step);
+        }
+    }
+    match (min_available(o), presence(Owned::DisruptionBudget)) {
+        (_, Presence::Foreign) | (None, Presence::Missing) => {}
+        // An earlier operator's budget (`maxUnavailable`, which cannot sit beside
+        // `minAvailable`): replaced.
+        (Some(_), Presence::Ours { applied: false }) | (None, Presence::Ours { .. }) => {
+            steps.push(ObjectStep::Delete(Owned::DisruptionBudget))
+        }
+        (Some(min_available), _) => steps.push(ObjectStep::ApplyDisruptionBudget { min_available }),
+    }
+    steps
+}
+
+/// The disruption budget's `minAvailable`: one voter less than the membership, and never less
+/// than a majority. So a healthy cluster allows exactly one voluntary disruption (a drain, an
+/// eviction), and a cluster with a member down (or a membership of two) allows none. `None`
+/// for a one-member cluster, which gets no budget: a drain evicts its only member (the cluster
+/// is down until the pod runs again), where a budget would block the drain for good.
+pub fn min_available(o: &Observed) -> Option<i32> {
+    let voters = View::new(o).voters().len();
+    if o.spec.replicas <= 1 && voters <= 1 {
+        return None;
+    }
+    let voters = i32::try_from(voters.max(1)).unwrap_or(i32::MAX);
+    Some((voters - 1).max(voters / 2 + 1))
 }
 
 /// Derived facts shared by the rules.
@@ -183,6 +511,8 @@ struct View<'a> {
     /// Raft members by name: `true` for voters. From the node when it answers, else the record.
     membership: BTreeMap<String, bool>,
     leader: Option<String>,
+    /// What the current spec puts in a pod.
+    pod_hash: String,
 }
 
 impl<'a> View<'a> {
@@ -205,6 +535,7 @@ impl<'a> View<'a> {
             o,
             membership,
             leader,
+            pod_hash: resources::pod_hash(&o.spec),
         }
     }
 
@@ -216,9 +547,38 @@ impl<'a> View<'a> {
         self.member(name).and_then(|m| m.pod.as_ref())
     }
 
+    fn volume(&self, name: &str) -> Option<&'a VolumeState> {
+        self.member(name).and_then(|m| m.volume.as_ref())
+    }
+
     fn ready(&self, name: &str) -> bool {
         self.pod(name)
             .is_some_and(|p| p.ready && p.phase == PodPhase::Running)
+    }
+
+    /// The member's pod runs what the current spec asks for.
+    fn up_to_date(&self, name: &str) -> bool {
+        self.pod(name).is_some_and(|p| match &p.pod_hash {
+            Some(h) => *h == self.pod_hash,
+            // A pod of an earlier operator, which stamped no hash: current while it runs the
+            // spec's image, so upgrading the operator restarts nothing.
+            None => p.image == self.o.spec.image,
+        })
+    }
+
+    /// The member's volume grew while its pod ran, and the file system grows only when the
+    /// volume is mounted again.
+    fn resize_waits_for_restart(&self, name: &str) -> bool {
+        match (self.pod(name), self.volume(name)) {
+            (Some(p), Some(v)) => v
+                .resize_pending_seconds
+                .is_some_and(|since| p.age_seconds > since),
+            _ => false,
+        }
+    }
+
+    fn needs_restart(&self, name: &str) -> bool {
+        self.pod(name).is_some() && (!self.up_to_date(name) || self.resize_waits_for_restart(name))
     }
 
     fn voters(&self) -> Vec<&str> {
@@ -267,6 +627,64 @@ impl<'a> View<'a> {
             .max();
         member_name(&self.o.name, used.map_or(0, |n| n + 1))
     }
+
+    /// The step that brings a member's pod up: its claim first, then (once the claim is bound,
+    /// or after a grace) the pod, on the spec's image.
+    fn start(&self, name: &str, mode: StartMode) -> Action {
+        match self.volume(name) {
+            None => Action::CreateVolume {
+                name: name.to_string(),
+            },
+            Some(v) if !v.bound && v.age_seconds < UNBOUND_CLAIM_GRACE_SECONDS => {
+                wait(format!("the volume of {name} to be bound"))
+            }
+            Some(_) => Action::CreatePod {
+                name: name.to_string(),
+                image: self.o.spec.image.clone(),
+                mode,
+            },
+        }
+    }
+
+    fn remove(&self, name: &str, expected_version: u64) -> Action {
+        Action::RemoveMember {
+            name: name.to_string(),
+            expected_version,
+            stop_first: self.pod(name).is_some() && !self.ready(name),
+        }
+    }
+
+    fn restart(&self, name: &str) -> Action {
+        Action::RestartMember {
+            name: name.to_string(),
+            image: self.o.spec.image.clone(),
+            pod_hash: self.pod_hash.clone(),
+        }
+    }
+
+    /// Objects of the cluster's names that belong to someone else.
+    fn foreign_objects(&self) -> Vec<String> {
+        self.o
+            .objects
+            .iter()
+            .filter(|(_, p)| **p == Presence::Foreign)
+            .map(|(k, _)| format!("{} {}", k.kind(), k.object_name(&self.o.name)))
+            .collect()
+    }
+
+    fn missing_secrets(&self) -> Vec<String> {
+        self.o
+            .missing_secrets
+            .iter()
+            .map(|k| {
+                format!(
+                    "Secret {} ({})",
+                    resources::key_ref(&self.o.name, &self.o.spec, *k).name,
+                    k.spec_field()
+                )
+            })
+            .collect()
+    }
 }
 
 pub fn member_name(cluster: &str, ordinal: u64) -> String {
@@ -275,16 +693,22 @@ pub fn member_name(cluster: &str, ordinal: u64) -> String {
 
 /// The one next step for the observed state.
 pub fn decide(o: &Observed) -> Action {
-    if !o.secrets_exist {
-        return Action::CreateSecrets;
-    }
-    if !o.services_exist {
-        return Action::CreateServices;
-    }
-    if !o.pdb_exists {
-        return Action::CreatePdb;
-    }
     let v = View::new(o);
+    let foreign = v.foreign_objects();
+    if !foreign.is_empty() {
+        return wait(format!(
+            "{} already exist(s) and do(es) not belong to this cluster; it is not adopted: \
+             delete or rename it, or give the cluster another name",
+            foreign.join(", ")
+        ));
+    }
+    let missing = v.missing_secrets();
+    if !missing.is_empty() {
+        return wait(format!(
+            "{} named by the spec do(es) not exist",
+            missing.join(", ")
+        ));
+    }
     if let Some(p) = &o.status.pending_action {
         // A step that needs quorum stalls once quorum is gone; an armed forceRecoverFrom
         // takes over, since the recovery replaces every other member anyway.
@@ -310,14 +734,16 @@ pub fn decide(o: &Observed) -> Action {
     }
 
     // A lost pod with an intact volume comes back as the same member: never data-losing,
-    // so it needs no quorum.
+    // so it needs no quorum. Not where the volume cannot follow it: that member is replaced.
     for name in v.membership.keys() {
         let Some(m) = v.member(name) else { continue };
-        if !m.volume || matches!(m.data, DataState::Empty | DataState::Foreign) {
+        if m.volume.as_ref().is_none_or(|vol| vol.stranded)
+            || matches!(m.data, DataState::Empty | DataState::Foreign)
+        {
             continue;
         }
         match &m.pod {
-            None => return Action::CreatePod { name: name.clone() },
+            None => return v.start(name, StartMode::Join),
             Some(p) if p.phase == PodPhase::Finished => {
                 return Action::DeletePod { name: name.clone() };
             }
@@ -335,7 +761,7 @@ pub fn decide(o: &Observed) -> Action {
 
     // Pods and volumes of members no longer in Raft (removed, or a join that never happened).
     for m in &o.members {
-        if !v.membership.contains_key(&m.name) && (m.pod.is_some() || m.volume) {
+        if !v.membership.contains_key(&m.name) && (m.pod.is_some() || m.volume.is_some()) {
             return Action::DeletePodAndVolume {
                 name: m.name.clone(),
             };
@@ -349,7 +775,10 @@ pub fn decide(o: &Observed) -> Action {
     if let Some(a) = scale(&v) {
         return a;
     }
-    if let Some(a) = upgrade(&v) {
+    if let Some(a) = roll(&v) {
+        return a;
+    }
+    if let Some(a) = expansion(&v) {
         return a;
     }
     if summarize(o) != recorded_summary(&o.status) {
@@ -372,7 +801,7 @@ fn before_bootstrap(v: &View) -> Action {
             m.name
         ));
     }
-    Action::BootstrapFirstMember {
+    Action::Bootstrap {
         name: member_name(&v.o.name, 0),
     }
 }
@@ -382,9 +811,35 @@ fn recovery_armed(o: &Observed) -> bool {
     o.spec.force_recover_from.is_some() && o.status.recovered_from.is_none()
 }
 
+fn recover_from(v: &View, name: &str) -> Action {
+    let mut delete: Vec<String> =
+        v.o.members
+            .iter()
+            .filter(|m| m.name != name && m.pod.is_some())
+            .map(|m| m.name.clone())
+            .collect();
+    // Created again in recovery mode on a later pass, once this one is gone.
+    if v.pod(name).is_some_and(|p| !p.force_new_cluster) {
+        delete.push(name.to_string());
+    }
+    Action::RecoverFrom {
+        name: name.to_string(),
+        delete,
+    }
+}
+
 fn quorum_lost(v: &View) -> Action {
     let voters = v.voters();
-    let down: Vec<&str> = voters.iter().copied().filter(|n| !v.ready(n)).collect();
+    let down: Vec<String> = voters
+        .iter()
+        .filter(|n| !v.ready(n))
+        .map(|n| match v.volume(n) {
+            Some(vol) if vol.stranded => {
+                format!("{n} ({STRANDED})")
+            }
+            _ => n.to_string(),
+        })
+        .collect();
     let lost = format!(
         "quorum lost: {} of {} voters ready (down: {})",
         v.ready_voters(),
@@ -400,9 +855,7 @@ fn quorum_lost(v: &View) -> Action {
             ));
         }
         return match v.member(from) {
-            Some(m) if m.volume && m.data != DataState::Foreign => {
-                Action::RecoverFrom { name: from.clone() }
-            }
+            Some(m) if m.volume.is_some() && m.data != DataState::Foreign => recover_from(v, from),
             _ => wait(format!(
                 "forceRecoverFrom names {from}, which has no volume with this cluster's data"
             )),
@@ -420,42 +873,52 @@ fn quorum_lost(v: &View) -> Action {
     ))
 }
 
-/// Replace a member whose data is gone or foreign, or a voter unready for too long, while
-/// quorum holds and removing it keeps it.
+/// Replace a member whose data is gone or foreign, a voter unready for too long, or a member
+/// that cannot run because its volume is pinned to nodes that are cordoned or gone (a drained
+/// node: waiting for it could take days), while quorum holds and removing it keeps it.
 fn replacement(v: &View) -> Option<Action> {
     let expected_version = v.version()?;
     let voters = v.voters();
     for (name, voter) in &v.membership {
         let m = v.member(name);
-        let lost_volume = m.is_none_or(|m| !m.volume);
-        let bad_data = m.is_some_and(|m| matches!(m.data, DataState::Empty | DataState::Foreign));
-        // A learner catching up is unready by design: never a reason to replace it.
-        let long_unready = *voter
-            && v.pod(name).is_some_and(|p| {
-                !p.ready && p.unready_seconds >= v.o.spec.unready_replacement_seconds
-            });
-        if !(lost_volume || bad_data || long_unready) {
+        let volume = m.and_then(|m| m.volume.as_ref());
+        let unready_for = v
+            .pod(name)
+            .filter(|p| !p.ready)
+            .map_or(0, |p| p.unready_seconds);
+        let why = if volume.is_none() {
+            "its volume is lost".to_string()
+        } else if m.is_some_and(|m| m.data == DataState::Empty) {
+            "its data dir is empty".to_string()
+        } else if m.is_some_and(|m| m.data == DataState::Foreign) {
+            "its data belongs to another cluster".to_string()
+        } else if *voter
+            && v.pod(name).is_some()
+            && unready_for >= v.o.spec.unready_replacement_seconds
+        {
+            // A learner catching up is unready by design: never a reason to replace it.
+            format!("it has been unready for {unready_for} s")
+        } else if volume.is_some_and(|vol| vol.stranded) && !v.ready(name) {
+            STRANDED.to_string()
+        } else {
             continue;
-        }
+        };
         if *voter {
             if voters.len() == 1 {
                 return Some(wait(format!(
-                    "{name} is the only voter and lost its data; set spec.forceRecoverFrom or \
-                     restore it"
+                    "{name} is the only voter and {why}; bring its node or data back, or \
+                     restore it (spec.forceRecoverFrom needs a member with data)"
                 )));
             }
             let ready_after = v.ready_voters() - usize::from(v.ready(name));
             // Ready voters must stay a majority of the `len - 1` voters left.
             if ready_after * 2 < voters.len() {
                 return Some(wait(format!(
-                    "{name} needs replacing, but removing it now would lose quorum"
+                    "{name} needs replacing ({why}), but removing it now would lose quorum"
                 )));
             }
         }
-        return Some(Action::RemoveMember {
-            name: name.clone(),
-            expected_version,
-        });
+        return Some(v.remove(name, expected_version));
     }
     None
 }
@@ -482,54 +945,48 @@ fn scale(v: &View) -> Option<Action> {
                 std::cmp::Reverse(v.ordinal(n)),
             )
         });
-        return Some(Action::RemoveMember {
-            name: order[0].to_string(),
-            expected_version,
-        });
+        return Some(v.remove(order[0], expected_version));
     }
     None
 }
 
-fn upgrade(v: &View) -> Option<Action> {
-    let image = &v.o.spec.image;
+/// Every change that reaches the pods (image, pod settings, node config, a volume whose file
+/// system waits for a remount) rolls through the members the same way: members already down
+/// first, then followers, the leader last after handing leadership to a caught-up follower
+/// already on the current spec (so it moves once); never a second voter down.
+fn roll(v: &View) -> Option<Action> {
     let voters = v.voters();
     let stale: Vec<&str> = voters
         .iter()
         .copied()
-        .filter(|n| v.pod(n).is_some_and(|p| &p.image != image))
+        .filter(|n| v.needs_restart(n))
         .collect();
     if stale.is_empty() {
         return None;
     }
-    let restart = |n: &str| Action::RestartMemberWithImage {
-        name: n.to_string(),
-        image: image.clone(),
-    };
     // A member already down costs nothing to restart, so it goes first.
     if let Some(n) = stale.iter().find(|n| !v.ready(n)) {
-        return Some(restart(n));
+        return Some(v.restart(n));
     }
     // At most one voting member down at a time.
     if let Some(down) = voters.iter().find(|n| !v.ready(n)) {
-        return Some(wait(format!(
-            "{down} to be ready before the next upgrade step"
-        )));
+        return Some(wait(format!("{down} to be ready before the next restart")));
     }
     let leader = v.leader.as_deref();
     if let Some(n) = stale.iter().find(|n| Some(**n) != leader) {
-        return Some(restart(n));
+        return Some(v.restart(n));
     }
     let leader = leader?;
     if voters.len() == 1 {
-        return Some(restart(leader));
+        return Some(v.restart(leader));
     }
-    // Prefer a follower already on the new image, so leadership moves exactly once.
+    // Prefer a follower already on the current spec, so leadership moves exactly once.
     let mut candidates: Vec<&str> = voters
         .iter()
         .copied()
         .filter(|n| *n != leader && v.ready(n) && v.lag(n).is_none_or(|l| l <= CAUGHT_UP_LAG))
         .collect();
-    candidates.sort_by_key(|n| v.pod(n).is_none_or(|p| &p.image != image));
+    candidates.sort_by_key(|n| v.needs_restart(n));
     match candidates.first() {
         Some(to) => Some(Action::TransferLeadership {
             from: leader.to_string(),
@@ -539,11 +996,52 @@ fn upgrade(v: &View) -> Option<Action> {
     }
 }
 
+/// Members whose claim asks for less than `spec.storage.size`.
+fn smaller_volumes<'a>(v: &View<'a>) -> Vec<&'a str> {
+    let Some(want) = resources::quantity_value(&v.o.spec.storage.size) else {
+        return Vec::new();
+    };
+    members_with_volume_below(v, want, |vol| vol.requested.as_deref())
+}
+
+/// Members whose volume's size, as `size_of` reads it (asked for or had), is below `want`.
+fn members_with_volume_below<'a>(
+    v: &View<'a>,
+    want: f64,
+    size_of: impl Fn(&'a VolumeState) -> Option<&'a str>,
+) -> Vec<&'a str> {
+    v.o.members
+        .iter()
+        .filter(|m| v.membership.contains_key(&m.name))
+        .filter(|m| {
+            m.volume
+                .as_ref()
+                .and_then(&size_of)
+                .and_then(resources::quantity_value)
+                .is_some_and(|size| size < want)
+        })
+        .map(|m| m.name.as_str())
+        .collect()
+}
+
+/// A larger `spec.storage.size` reaches the claims where the StorageClass allows expansion
+/// (where it does not, the `StorageResized` condition says so).
+fn expansion(v: &View) -> Option<Action> {
+    if v.o.volume_expansion != Some(true) {
+        return None;
+    }
+    let name = smaller_volumes(v).first()?.to_string();
+    Some(Action::ExpandVolume {
+        name,
+        size: v.o.spec.storage.size.clone(),
+    })
+}
+
 fn finish_pending(v: &View, p: &PendingAction) -> Action {
     let name = p.member.as_str();
     let in_raft = v.membership.get(name).copied();
     let pod = v.pod(name);
-    let volume = v.member(name).is_some_and(|m| m.volume);
+    let has_volume = v.volume(name).is_some();
     let reported_id = v.o.cluster.as_ref().and_then(|c| c.cluster_id.clone());
     match p.kind {
         PendingKind::Bootstrap => {
@@ -554,9 +1052,7 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
                 return Action::RecordClusterId { cluster_id: id };
             }
             if pod.is_none() {
-                return Action::CreatePod {
-                    name: p.member.clone(),
-                };
+                return v.start(name, StartMode::Bootstrap);
             }
             wait(format!("{name} to bootstrap and report its cluster id"))
         }
@@ -566,9 +1062,13 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
             Some(true) if v.ready(name) => clear(format!("{name} joined as a voter and is ready")),
             Some(true) => wait(format!("voter {name} to be ready")),
             Some(false) => wait(format!("learner {name} to catch up and be promoted")),
+            // Without an answer nobody can tell whether the join went through.
+            None if v.o.cluster.is_none() => wait(format!(
+                "a member to answer cluster/status, to see whether {name} joined"
+            )),
             None if v.version() != p.expected_membership_version => {
                 // Membership changed under us before this member joined: undo, decide again.
-                if pod.is_some() || volume {
+                if pod.is_some() || has_volume {
                     Action::DeletePodAndVolume {
                         name: p.member.clone(),
                     }
@@ -578,7 +1078,10 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
                     ))
                 }
             }
-            None if pod.is_none() => Action::CreatePod {
+            None if pod.is_none() => v.start(name, StartMode::Join),
+            // The spec changed before it joined (an image, or the port joins go through):
+            // started again from the current spec.
+            None if v.needs_restart(name) => Action::DeletePod {
                 name: p.member.clone(),
             },
             None => wait(format!("{name} to join")),
@@ -588,16 +1091,13 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
                 if !v.quorum() {
                     return wait(format!("quorum to remove {name}"));
                 }
-                Action::RemoveMember {
-                    name: p.member.clone(),
-                    expected_version: v.version().unwrap_or_default(),
-                }
+                v.remove(name, v.version().unwrap_or_default())
             }
             Some(_) if v.o.cluster.is_none() => wait(format!("cluster status to remove {name}")),
             Some(_) => clear(format!(
                 "membership changed before {name} was removed; rolled back"
             )),
-            None if pod.is_some() || volume => Action::DeletePodAndVolume {
+            None if pod.is_some() || has_volume => Action::DeletePodAndVolume {
                 name: p.member.clone(),
             },
             None => clear(format!("{name} removed")),
@@ -609,26 +1109,25 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
             None => wait("a leader to be elected"),
         },
         PendingKind::RestartMember => {
-            let image = p.image.as_deref().unwrap_or(&v.o.spec.image);
+            // The pod is created from the spec in force: a spec changed again meanwhile (an
+            // image reverted) is what the member restarts onto.
+            let image = &v.o.spec.image;
             match pod {
-                None => Action::CreatePod {
-                    name: p.member.clone(),
-                },
-                Some(pod) if pod.image != image => {
+                None => v.start(name, StartMode::Join),
+                Some(_) if v.needs_restart(name) => {
                     let others_down = v.voters().into_iter().any(|n| n != name && !v.ready(n));
                     if others_down {
                         clear(format!(
                             "another voter is down; restart of {name} rolled back"
                         ))
                     } else {
-                        Action::RestartMemberWithImage {
-                            name: p.member.clone(),
-                            image: image.to_string(),
-                        }
+                        v.restart(name)
                     }
                 }
-                Some(_) if v.ready(name) => clear(format!("{name} runs {image} and is ready")),
-                Some(_) => wait(format!("{name} to be ready on {image}")),
+                Some(_) if v.ready(name) => clear(format!(
+                    "{name} runs the current spec ({image}) and is ready"
+                )),
+                Some(_) => wait(format!("{name} to be ready on the current spec ({image})")),
             }
         }
         PendingKind::Recover => {
@@ -639,7 +1138,10 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
                 return Action::RecordClusterId { cluster_id: id };
             }
             if v.o.status.cluster_id.is_some() && reported_id_matches(v) && v.leader.is_some() {
-                return clear(format!("recovered from {name}"));
+                return Action::ClearPending {
+                    reason: format!("recovered from {name}"),
+                    recovered_from: Some(p.member.clone()),
+                };
             }
             // Every other member stopped and this one started in recovery mode; a crash
             // between those steps repeats the (idempotent) recovery step.
@@ -648,14 +1150,16 @@ fn finish_pending(v: &View, p: &PendingAction) -> Action {
                     .iter()
                     .any(|m| m.name != name && m.pod.is_some());
             if others_running || pod.is_some_and(|p| !p.force_new_cluster) {
-                return Action::RecoverFrom {
-                    name: p.member.clone(),
-                };
+                return recover_from(v, name);
             }
             if pod.is_none() {
-                return Action::CreatePod {
-                    name: p.member.clone(),
+                let mode = match &v.o.status.cluster_id {
+                    Some(old) => StartMode::ForceNewCluster {
+                        old_cluster_id: old.clone(),
+                    },
+                    None => StartMode::Join,
                 };
+                return v.start(name, mode);
             }
             wait(format!("{name} to come back as a new one-member cluster"))
         }
@@ -667,15 +1171,23 @@ fn reported_id_matches(v: &View) -> bool {
     reported.is_some() && reported == v.o.status.cluster_id.as_ref()
 }
 
-/// The status fields that follow from observation (conditions and message are the
-/// controller's; compared apart so an unchanged cluster writes nothing).
+/// The status fields that follow from observation (compared apart from conditions and message
+/// so an unchanged cluster writes nothing).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     pub observed_generation: Option<i64>,
+    pub replicas: i32,
     pub ready_members: i32,
+    pub updated_members: i32,
+    pub selector: Option<String>,
+    pub pod_hash: Option<String>,
     pub leader: Option<String>,
     pub membership_version: Option<u64>,
     pub members: Vec<MemberStatus>,
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 pub fn summarize(o: &Observed) -> Summary {
@@ -692,13 +1204,19 @@ pub fn summarize(o: &Observed) -> Summary {
                 MemberRole::Learner
             },
             ready: v.ready(name),
+            up_to_date: v.up_to_date(name),
             image: v.pod(name).map(|p| p.image.clone()),
             version: v.pod(name).and_then(|p| p.version.clone()),
         })
         .collect();
+    let voters = v.voters();
     Summary {
         observed_generation: o.generation,
-        ready_members: i32::try_from(members.iter().filter(|m| m.ready).count()).unwrap_or(0),
+        replicas: count(voters.len()),
+        ready_members: count(members.iter().filter(|m| m.ready).count()),
+        updated_members: count(voters.iter().filter(|n| v.up_to_date(n)).count()),
+        selector: Some(resources::selector(&o.name)),
+        pod_hash: Some(v.pod_hash.clone()),
         leader: v.leader.clone(),
         membership_version: v.version(),
         members,
@@ -708,55 +1226,263 @@ pub fn summarize(o: &Observed) -> Summary {
 fn recorded_summary(s: &ConcordanceClusterStatus) -> Summary {
     Summary {
         observed_generation: s.observed_generation,
+        replicas: s.replicas,
         ready_members: s.ready_members,
+        updated_members: s.updated_members,
+        selector: s.selector.clone(),
+        pod_hash: s.pod_hash.clone(),
         leader: s.leader.clone(),
         membership_version: s.membership_version,
         members: s.members.clone(),
     }
 }
 
-/// One standard condition, before timestamps: `(type, status, reason, message)`.
-pub type ConditionState = (&'static str, bool, &'static str, String);
+/// One standard condition, before timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionState {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
 
-/// `Available` (quorum holds: writes are accepted), `Progressing` (a step is under way or
-/// decided) and `Degraded` (fewer ready voters than asked for, or no quorum).
-pub fn conditions(o: &Observed, next: &Action) -> [ConditionState; 3] {
+fn condition(
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> ConditionState {
+    ConditionState {
+        type_,
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// `Ready` (the cluster is whole: every member the spec asks for is a ready voter on the
+/// current spec, quorum holds, nothing under way), `Available` (quorum holds: writes are
+/// accepted), `Progressing` (a step is under way or awaited), `Degraded` (fewer ready voters
+/// than asked for, or no quorum) and `StorageResized` (every volume has the spec's size).
+pub fn conditions(o: &Observed, next: &Action) -> Vec<ConditionState> {
     let v = View::new(o);
-    let voters = v.voters().len();
+    let voters = v.voters();
     let ready = v.ready_voters();
     let want = usize::try_from(o.spec.replicas).unwrap_or(0);
     let quorum = v.quorum();
+    let voters_ready = format!("{ready} of {} voters ready", voters.len());
     let available = if quorum {
-        (
-            "Available",
-            true,
-            "QuorumHolds",
-            format!("{ready} of {voters} voters ready"),
-        )
+        condition("Available", true, "QuorumHolds", voters_ready.clone())
     } else {
-        (
-            "Available",
-            false,
-            "NoQuorum",
-            format!("{ready} of {voters} voters ready"),
-        )
+        condition("Available", false, "NoQuorum", voters_ready.clone())
     };
     let busy = o.status.pending_action.is_some()
         || !matches!(next, Action::Nothing | Action::UpdateStatus);
     let progressing = if busy {
-        ("Progressing", true, "StepUnderWay", format!("{next:?}"))
+        condition("Progressing", true, "StepUnderWay", next.info().description)
     } else {
-        ("Progressing", false, "Settled", String::new())
+        condition("Progressing", false, "Settled", "")
     };
     let degraded = if !quorum || ready < want {
-        (
+        condition(
             "Degraded",
             true,
             "MembersNotReady",
             format!("{ready} ready voters, {want} wanted"),
         )
     } else {
-        ("Degraded", false, "AllReady", String::new())
+        condition("Degraded", false, "AllReady", "")
     };
-    [available, progressing, degraded]
+    vec![
+        ready_condition(&v, next, busy),
+        available,
+        progressing,
+        degraded,
+        storage_condition(&v),
+    ]
+}
+
+/// `Ready` with the first of what is missing as its reason, and all of it in its message.
+fn ready_condition(v: &View, next: &Action, busy: bool) -> ConditionState {
+    let o = v.o;
+    let voters = v.voters();
+    let want = usize::try_from(o.spec.replicas).unwrap_or(0);
+    let mut missing: Vec<(&'static str, String)> = Vec::new();
+    let foreign = v.foreign_objects();
+    if !foreign.is_empty() {
+        missing.push((
+            "ObjectConflict",
+            format!("{} belong(s) to someone else", foreign.join(", ")),
+        ));
+    }
+    let secrets = v.missing_secrets();
+    if !secrets.is_empty() {
+        missing.push(("SecretMissing", format!("{} missing", secrets.join(", "))));
+    }
+    if o.status.cluster_id.is_none() {
+        let why = match next {
+            Action::WaitFor { reason } => format!("the cluster is not bootstrapped: {reason}"),
+            _ => "the cluster is being bootstrapped".to_string(),
+        };
+        missing.push(("Bootstrapping", why));
+    } else if !v.quorum() {
+        missing.push(("NoQuorum", "quorum is lost".into()));
+    }
+    let learners: Vec<&str> = v
+        .membership
+        .iter()
+        .filter(|(_, voter)| !**voter)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if voters.len() != want || !learners.is_empty() {
+        let mut m = format!("{} of {want} voters", voters.len());
+        if !learners.is_empty() {
+            m.push_str(&format!(" (learner {} catching up)", learners.join(", ")));
+        }
+        missing.push(("Scaling", m));
+    }
+    let down: Vec<&str> = voters.iter().copied().filter(|n| !v.ready(n)).collect();
+    if !down.is_empty() {
+        missing.push(("MembersNotReady", format!("not ready: {}", down.join(", "))));
+    }
+    let stale: Vec<&str> = voters
+        .iter()
+        .copied()
+        .filter(|n| v.needs_restart(n))
+        .collect();
+    if !stale.is_empty() {
+        missing.push((
+            "RollingOut",
+            format!("not on the current spec: {}", stale.join(", ")),
+        ));
+    }
+    if busy && missing.is_empty() {
+        missing.push(("StepUnderWay", next.info().description));
+    }
+    match missing.first() {
+        None => condition(
+            "Ready",
+            true,
+            "AllMembersReady",
+            format!(
+                "{} of {want} voters ready on the current spec",
+                voters.len()
+            ),
+        ),
+        Some((reason, _)) => condition(
+            "Ready",
+            false,
+            reason,
+            missing
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
+}
+
+fn storage_condition(v: &View) -> ConditionState {
+    let size = &v.o.spec.storage.size;
+    let smaller = smaller_volumes(v);
+    if !smaller.is_empty() {
+        let names = smaller.join(", ");
+        return match v.o.volume_expansion {
+            Some(true) => condition(
+                "StorageResized",
+                false,
+                "Expanding",
+                format!("expanding the volumes of {names} to {size}"),
+            ),
+            Some(false) => condition(
+                "StorageResized",
+                false,
+                "ExpansionNotAllowed",
+                format!(
+                    "the StorageClass does not allow volume expansion (allowVolumeExpansion); \
+                     the volumes of {names} keep their size, smaller than {size}"
+                ),
+            ),
+            None => condition(
+                "StorageResized",
+                false,
+                "StorageClassUnknown",
+                format!(
+                    "the volumes of {names} are smaller than {size}, and the StorageClass \
+                     could not be read to expand them"
+                ),
+            ),
+        };
+    }
+    let Some(want) = resources::quantity_value(size) else {
+        return condition("StorageResized", true, "AsSpecified", "");
+    };
+    let growing = members_with_volume_below(v, want, |vol| vol.capacity.as_deref());
+    if !growing.is_empty() {
+        return condition(
+            "StorageResized",
+            false,
+            "Expanding",
+            format!(
+                "the volumes of {} are being expanded to {size}",
+                growing.join(", ")
+            ),
+        );
+    }
+    let remount: Vec<&str> = v
+        .voters()
+        .into_iter()
+        .filter(|n| v.resize_waits_for_restart(n))
+        .collect();
+    if !remount.is_empty() {
+        return condition(
+            "StorageResized",
+            false,
+            "FileSystemResizePending",
+            format!(
+                "the file systems of {} grow when their members restart",
+                remount.join(", ")
+            ),
+        );
+    }
+    condition(
+        "StorageResized",
+        true,
+        "AsSpecified",
+        format!("every volume has {size}"),
+    )
+}
+
+/// The status a pass writes, before timestamps: the observed summary, what the operator is
+/// doing or waiting for, and the conditions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub summary: Summary,
+    /// `status.recoveredFrom`: set by a finished recovery, cleared once `spec.forceRecoverFrom`
+    /// is removed (so setting it again applies again).
+    pub recovered_from: Option<String>,
+    pub message: Option<String>,
+    pub conditions: Vec<ConditionState>,
+}
+
+pub fn report(o: &Observed, next: &Action) -> Report {
+    let recovered_from = match next {
+        Action::ClearPending {
+            recovered_from: Some(from),
+            ..
+        } => Some(from.clone()),
+        _ if o.spec.force_recover_from.is_none() => None,
+        _ => o.status.recovered_from.clone(),
+    };
+    let message = match next {
+        Action::Nothing | Action::UpdateStatus => None,
+        Action::WaitFor { .. } | Action::ClearPending { .. } => Some(next.info().description),
+        other => Some(format!("step: {}", other.info().description)),
+    };
+    Report {
+        summary: summarize(o),
+        recovered_from,
+        message,
+        conditions: conditions(o, next),
+    }
 }

@@ -8,4 +8,5 @@ pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod observe;
+pub mod placement;
 pub mod resources;

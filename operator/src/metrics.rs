@@ -15,8 +15,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::decide::Action;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
     pub step: String,
@@ -62,14 +60,13 @@ impl Metrics {
         })
     }
 
-    pub fn action(&self, a: &Action) {
-        let step = format!("{a:?}");
-        let step = step
-            .split([' ', '{', '('])
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        self.steps.get_or_create(&StepLabels { step }).inc();
+    /// Counts a step by its name ([`crate::decide::ActionInfo::name`], as in its Events).
+    pub fn step(&self, name: &str) {
+        self.steps
+            .get_or_create(&StepLabels {
+                step: name.to_string(),
+            })
+            .inc();
     }
 
     /// Ready once connected to the API server (a standby replica is ready too: it is healthy,

@@ -7,16 +7,28 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use concordance_client::ClusterStatus;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use concordance_client::{ClusterStatus, ErrorCode, TerminationMessage};
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use crate::crd::ConcordanceCluster;
-use crate::decide::{DataState, Observed, ObservedMember, PodPhase, PodState};
+use crate::decide::{
+    DataState, Observed, ObservedMember, Owned, PodPhase, PodState, Presence, VolumeState,
+};
 use crate::error::Error;
-use crate::resources::{self, API_PORT, CLUSTER_LABEL, StartMode};
+use crate::placement;
+use crate::resources::{
+    self, API_PORT, CLUSTER_LABEL, FIELD_MANAGER, KeyKind, POD_HASH_ANNOTATION, StartMode,
+};
+
+/// How long a member's node has to answer `cluster/status`.
+const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything observed, plus the raw objects the controller acts on.
 pub struct Observation {
@@ -46,24 +58,50 @@ impl Observation {
     }
 }
 
-async fn exists<K>(api: &Api<K>, name: &str) -> Result<bool, Error>
+/// Whether an object of the cluster's naming exists and is this cluster's.
+fn presence(cluster_uid: Option<&str>, meta: Option<&ObjectMeta>) -> Presence {
+    let Some(meta) = meta else {
+        return Presence::Missing;
+    };
+    let ours = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == cluster_uid);
+    if !ours {
+        return Presence::Foreign;
+    }
+    let applied = meta.managed_fields.iter().flatten().any(|f| {
+        f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Apply")
+    });
+    Presence::Ours { applied }
+}
+
+async fn meta_of<K>(api: &Api<K>, name: &str) -> Result<Option<ObjectMeta>, Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    Ok(api.get_opt(name).await?.is_some())
+    Ok(api.get_opt(name).await?.map(|o| o.meta().clone()))
 }
 
 async fn node_status(endpoint: String) -> Option<ClusterStatus> {
     let client = concordance_client::Client::new(&endpoint).ok()?;
-    tokio::time::timeout(Duration::from_secs(3), client.status())
+    tokio::time::timeout(NODE_STATUS_TIMEOUT, client.status())
         .await
         .ok()?
         .ok()
 }
 
+fn seconds_since(t: &Time) -> i64 {
+    k8s_openapi::jiff::Timestamp::now()
+        .duration_since(t.0)
+        .as_secs()
+}
+
 pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Observation, Error> {
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
     let name = cluster.name_any();
+    let uid = cluster.uid();
     let selector = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
     let pod_list = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&selector)
@@ -75,14 +113,29 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
     let services = Api::<Service>::namespaced(client.clone(), &ns);
     let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
 
-    let mut secrets_exist = true;
-    for which in ["admin", "agent"] {
-        let r = resources::key_ref(cluster, which);
-        secrets_exist &= exists(&secrets, &r.name).await?;
+    let mut objects = BTreeMap::new();
+    let mut missing_secrets = Vec::new();
+    for key in [KeyKind::Admin, KeyKind::Agent] {
+        match key.given(&cluster.spec) {
+            Some(given) => {
+                if secrets.get_opt(&given.name).await?.is_none() {
+                    missing_secrets.push(key);
+                }
+            }
+            None => {
+                let owned = Owned::KeySecret(key);
+                let meta = meta_of(&secrets, &owned.object_name(&name)).await?;
+                objects.insert(owned, presence(uid.as_deref(), meta.as_ref()));
+            }
+        }
     }
-    let services_exist = exists(&services, &resources::headless_service_name(cluster)).await?
-        && exists(&services, &resources::client_service_name(cluster)).await?;
-    let pdb_exists = exists(&pdbs, &name).await?;
+    for owned in [Owned::PeerService, Owned::ClientService] {
+        let meta = meta_of(&services, &owned.object_name(&name)).await?;
+        objects.insert(owned, presence(uid.as_deref(), meta.as_ref()));
+    }
+    let owned = Owned::DisruptionBudget;
+    let meta = meta_of(&pdbs, &owned.object_name(&name)).await?;
+    objects.insert(owned, presence(uid.as_deref(), meta.as_ref()));
 
     // Pods being deleted are gone as far as decisions go; their replacement waits for the
     // name to be free (creating it fails with a conflict until then).
@@ -117,7 +170,7 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
         .map(|name| ObservedMember {
             name,
             pod: None,
-            volume: false,
+            volume: None,
             data: DataState::Unknown,
         })
         .collect();
@@ -126,10 +179,11 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
         members.push(ObservedMember {
             name: member.clone(),
             pod: Some(pod_state(pod, nodes.get(member))),
-            volume: false,
+            volume: None,
             data: data_state(pod, nodes.get(member), recorded.as_deref()),
         });
     }
+    let mut placement = Placement::new(client);
     for claim in &claims.items {
         let claim_name = claim.name_any();
         if claim.metadata.deletion_timestamp.is_some() {
@@ -139,23 +193,42 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
                 members.push(ObservedMember {
                     name: claim_name,
                     pod: None,
-                    volume: false,
+                    volume: None,
                     data: DataState::Unknown,
                 });
             }
             continue;
         }
+        // Where a volume may be used matters only for a member that is not serving.
+        let serving = members
+            .iter()
+            .find(|m| m.name == claim_name)
+            .and_then(|m| m.pod.as_ref())
+            .is_some_and(|p| p.ready);
+        let stranded = !serving && placement.stranded(claim).await;
+        let volume = Some(volume_state(claim, stranded));
         match members.iter_mut().find(|m| m.name == claim_name) {
-            Some(m) => m.volume = true,
+            Some(m) => m.volume = volume,
             None => members.push(ObservedMember {
                 name: claim_name,
                 pod: None,
-                volume: true,
+                volume,
                 data: DataState::Unknown,
             }),
         }
     }
     members.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let class = cluster.spec.storage.storage_class_name.clone().or_else(|| {
+        claims
+            .items
+            .iter()
+            .find_map(|c| c.spec.as_ref()?.storage_class_name.clone())
+    });
+    let volume_expansion = match class {
+        Some(class) => expandable(client, &class).await,
+        None => None,
+    };
 
     let cluster_view = leader_view(&nodes);
     Ok(Observation {
@@ -164,15 +237,119 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
             generation: cluster.metadata.generation,
             spec: cluster.spec.clone(),
             status: cluster.status.clone().unwrap_or_default(),
-            secrets_exist,
-            services_exist,
-            pdb_exists,
+            objects,
+            missing_secrets,
+            volume_expansion,
             members,
             cluster: cluster_view,
         },
         pods,
         nodes,
     })
+}
+
+/// `allowVolumeExpansion` of a StorageClass; `None` when it cannot be read.
+async fn expandable(client: &Client, class: &str) -> Option<bool> {
+    match Api::<StorageClass>::all(client.clone())
+        .get_opt(class)
+        .await
+    {
+        Ok(Some(c)) => Some(c.allow_volume_expansion.unwrap_or(false)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(%class, error = %e, "cannot read the StorageClass");
+            None
+        }
+    }
+}
+
+/// Reads volumes and nodes (cluster-wide objects) only when a member is not running, and the
+/// nodes once per pass.
+struct Placement<'a> {
+    client: &'a Client,
+    nodes: Option<Vec<Node>>,
+}
+
+impl<'a> Placement<'a> {
+    fn new(client: &'a Client) -> Self {
+        Placement {
+            client,
+            nodes: None,
+        }
+    }
+
+    /// The claim's volume can only be used on nodes that are cordoned or gone.
+    /// Unknown (not bound, or not readable) counts as not stranded: nothing is replaced on a
+    /// guess.
+    async fn stranded(&mut self, claim: &PersistentVolumeClaim) -> bool {
+        let Some(volume_name) = claim.spec.as_ref().and_then(|s| s.volume_name.clone()) else {
+            return false;
+        };
+        let volume = match Api::<PersistentVolume>::all(self.client.clone())
+            .get_opt(&volume_name)
+            .await
+        {
+            Ok(Some(v)) => v,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::debug!(volume = %volume_name, error = %e, "cannot read the volume");
+                return false;
+            }
+        };
+        let pinned = volume
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_affinity.as_ref())
+            .is_some();
+        if !pinned {
+            return false;
+        }
+        if self.nodes.is_none() {
+            match Api::<Node>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await
+            {
+                Ok(list) => self.nodes = Some(list.items),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list the nodes");
+                    return false;
+                }
+            }
+        }
+        placement::stranded(&volume, self.nodes.as_deref().unwrap_or_default())
+    }
+}
+
+fn volume_state(claim: &PersistentVolumeClaim, stranded: bool) -> VolumeState {
+    let status = claim.status.as_ref();
+    let resize_pending = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == "FileSystemResizePending" && c.status == "True")
+        })
+        .map(|c| c.last_transition_time.as_ref().map_or(0, seconds_since));
+    VolumeState {
+        bound: status.and_then(|s| s.phase.as_deref()) == Some("Bound"),
+        age_seconds: claim
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, seconds_since),
+        requested: claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone()),
+        capacity: status
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .map(|q| q.0.clone()),
+        resize_pending_seconds: resize_pending,
+        stranded,
+    }
 }
 
 /// The leader's own status when it answered; else the most recent view any node has (highest
@@ -198,22 +375,21 @@ fn data_state(pod: &Pod, node: Option<&ClusterStatus>, recorded: Option<&str>) -
             _ => DataState::Ours,
         };
     }
-    // A node that stopped because its join was refused says why in its last log lines.
-    let last_words = pod
+    // A node that stopped because its join was refused says why in its termination message.
+    let refusal = pod
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|c| c.first())
         .and_then(|c| c.last_state.as_ref())
         .and_then(|s| s.terminated.as_ref())
-        .and_then(|t| t.message.clone())
-        .unwrap_or_default();
-    if last_words.contains("name_in_use") {
-        DataState::Empty
-    } else if last_words.contains("cluster_mismatch") || last_words.contains("belongs to cluster") {
-        DataState::Foreign
-    } else {
-        DataState::Unknown
+        .and_then(|t| t.message.as_deref())
+        .and_then(|m| serde_json::from_str::<TerminationMessage>(m).ok());
+    match refusal.map(|r| r.code) {
+        // Its name is still a member's, with another identity: its data dir was lost.
+        Some(ErrorCode::NameInUse) => DataState::Empty,
+        Some(ErrorCode::ClusterMismatch) => DataState::Foreign,
+        _ => DataState::Unknown,
     }
 }
 
@@ -228,18 +404,16 @@ fn pod_state(pod: &Pod, node: Option<&ClusterStatus>) -> PodState {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
         .map(|c| (c.status == "True", c.last_transition_time.clone()));
+    let age_seconds = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, seconds_since);
     let unready_seconds = match &ready {
-        Some((false, Some(since))) => {
-            let now = k8s_openapi::jiff::Timestamp::now();
-            now.duration_since(since.0).as_secs()
-        }
+        Some((false, Some(since))) => seconds_since(since),
         Some((true, _)) => 0,
         // Never ready yet: count from the pod's creation.
-        _ => pod.metadata.creation_timestamp.as_ref().map_or(0, |t| {
-            k8s_openapi::jiff::Timestamp::now()
-                .duration_since(t.0)
-                .as_secs()
-        }),
+        _ => age_seconds,
     };
     let image = pod
         .spec
@@ -251,11 +425,71 @@ fn pod_state(pod: &Pod, node: Option<&ClusterStatus>) -> PodState {
         phase,
         ready: ready.is_some_and(|(r, _)| r),
         image,
+        pod_hash: pod.annotations().get(POD_HASH_ANNOTATION).cloned(),
+        age_seconds,
         unready_seconds,
         version: node.map(|s| s.version.clone()),
         force_new_cluster: matches!(
             resources::start_mode_of(pod),
             Some(StartMode::ForceNewCluster { .. })
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+    };
+
+    use super::*;
+
+    fn stopped_with(message: &str) -> Pod {
+        Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    last_state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 2,
+                            message: Some(message.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_join_is_read_from_the_termination_message_code() {
+        let message = |code: ErrorCode| {
+            serde_json::to_string(&TerminationMessage {
+                code,
+                message: "the leader said no".into(),
+            })
+            .unwrap()
+        };
+        let cases = [
+            (message(ErrorCode::NameInUse), DataState::Empty),
+            (message(ErrorCode::ClusterMismatch), DataState::Foreign),
+            (message(ErrorCode::Unauthorized), DataState::Unknown),
+            // Log text is for people: a code in it decides nothing.
+            (
+                "ERROR cannot join: name_in_use".to_string(),
+                DataState::Unknown,
+            ),
+            (String::new(), DataState::Unknown),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                data_state(&stopped_with(&text), None, Some("c1")),
+                expected,
+                "{text}"
+            );
+        }
     }
 }

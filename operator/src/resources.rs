@@ -1,30 +1,45 @@
 //! The Kubernetes objects a cluster owns, built from its spec. Pure builders: the controller
-//! creates them; tests can inspect them.
+//! applies them; tests can inspect them.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Probe, Secret,
-    SecretKeySelector, Service, ServicePort, ServiceSpec as K8sServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec as K8sServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 
-use crate::crd::{ConcordanceCluster, SecretKeyRef};
+use crate::crd::{
+    ConcordanceCluster, ConcordanceClusterSpec, LogFormat, NodeConfig, PodSettings, SecretKeyRef,
+};
 
+/// Field manager of everything the operator writes (server-side apply).
+pub const FIELD_MANAGER: &str = "concordance-operator";
 /// Label every owned object carries, with the cluster's name.
 pub const CLUSTER_LABEL: &str = "concordance.io/cluster";
 /// Label of a member's pod and volume, with the member's name.
 pub const MEMBER_LABEL: &str = "concordance.io/member";
+/// Annotation of a member's pod: the hash of what the spec put in it ([`pod_hash`]).
+pub const POD_HASH_ANNOTATION: &str = "concordance.io/pod-hash";
 /// Port of the node's HTTP API (clients and peers).
 pub const API_PORT: u16 = 4100;
 /// Where the member's volume is mounted.
 pub const DATA_DIR: &str = "/data";
+/// User and group the node image runs as; the volume is made writable for this group.
+pub const NODE_UID: i64 = 10001;
+/// The node's environment variables holding the two keys.
+const ADMIN_KEY_ENV: &str = "CONCORDANCE_API_KEY";
+const AGENT_KEY_ENV: &str = "CONCORDANCE_AGENT_API_KEY";
 
 /// How a member's node starts on an empty data dir. A data dir that already holds a member
 /// resumes it whatever these say.
@@ -37,6 +52,39 @@ pub enum StartMode {
     /// Quorum-loss recovery: rebuild a one-member cluster from this data dir if it still
     /// belongs to the given (old) cluster id; a no-op once done, so restarts are safe.
     ForceNewCluster { old_cluster_id: String },
+}
+
+/// The two API keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyKind {
+    /// May do everything; peers authenticate with it too.
+    Admin,
+    /// May use the data API only.
+    Agent,
+}
+
+impl KeyKind {
+    fn word(self) -> &'static str {
+        match self {
+            KeyKind::Admin => "admin",
+            KeyKind::Agent => "agent",
+        }
+    }
+
+    /// The spec field that may name the Secret.
+    pub fn spec_field(self) -> &'static str {
+        match self {
+            KeyKind::Admin => "spec.adminKeySecret",
+            KeyKind::Agent => "spec.agentKeySecret",
+        }
+    }
+
+    pub fn given(self, spec: &ConcordanceClusterSpec) -> Option<&SecretKeyRef> {
+        match self {
+            KeyKind::Admin => spec.admin_key_secret.as_ref(),
+            KeyKind::Agent => spec.agent_key_secret.as_ref(),
+        }
+    }
 }
 
 pub fn owner_ref(c: &ConcordanceCluster) -> OwnerReference {
@@ -58,8 +106,20 @@ pub fn cluster_labels(c: &ConcordanceCluster) -> BTreeMap<String, String> {
     ])
 }
 
-fn selector(c: &ConcordanceCluster) -> BTreeMap<String, String> {
-    BTreeMap::from([(CLUSTER_LABEL.to_string(), c.name_any())])
+fn selector_labels(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(CLUSTER_LABEL.to_string(), cluster.to_string())])
+}
+
+/// The members' pods, as a label selector string (`status.selector`, for `/scale`).
+pub fn selector(cluster: &str) -> String {
+    format!("{CLUSTER_LABEL}={cluster}")
+}
+
+fn label_selector(cluster: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(cluster)),
+        ..Default::default()
+    }
 }
 
 fn meta(c: &ConcordanceCluster, name: String, owned: bool) -> ObjectMeta {
@@ -72,17 +132,20 @@ fn meta(c: &ConcordanceCluster, name: String, owned: bool) -> ObjectMeta {
     }
 }
 
-pub fn headless_service_name(c: &ConcordanceCluster) -> String {
-    format!("{}-peers", c.name_any())
+pub fn headless_service_name(cluster: &str) -> String {
+    format!("{cluster}-peers")
 }
 
-pub fn client_service_name(c: &ConcordanceCluster) -> String {
-    c.name_any()
+pub fn client_service_name(cluster: &str) -> String {
+    cluster.to_string()
 }
 
-pub fn client_port(c: &ConcordanceCluster) -> u16 {
-    c.spec
-        .service
+pub fn pdb_name(cluster: &str) -> String {
+    cluster.to_string()
+}
+
+pub fn client_port(spec: &ConcordanceClusterSpec) -> u16 {
+    spec.service
         .port
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(API_PORT)
@@ -92,33 +155,48 @@ pub fn client_port(c: &ConcordanceCluster) -> u16 {
 pub fn advertise_address(c: &ConcordanceCluster, member: &str) -> String {
     format!(
         "{member}.{}.{}.svc.cluster.local:{API_PORT}",
-        headless_service_name(c),
+        headless_service_name(&c.name_any()),
         c.namespace().unwrap_or_default()
     )
 }
 
 /// The generated Secret for a key, when the spec references none.
-pub fn generated_secret_name(c: &ConcordanceCluster, which: &str) -> String {
-    format!("{}-{which}-key", c.name_any())
+pub fn generated_secret_name(cluster: &str, key: KeyKind) -> String {
+    format!("{cluster}-{}-key", key.word())
 }
 
-/// The Secret and key the node reads the admin (`which = "admin"`) or agent key from.
-pub fn key_ref(c: &ConcordanceCluster, which: &str) -> SecretKeyRef {
-    let given = match which {
-        "admin" => &c.spec.admin_key_secret,
-        _ => &c.spec.agent_key_secret,
-    };
-    given.clone().unwrap_or_else(|| SecretKeyRef {
-        name: generated_secret_name(c, which),
+/// The Secret and key the node reads a key from.
+pub fn key_ref(cluster: &str, spec: &ConcordanceClusterSpec, key: KeyKind) -> SecretKeyRef {
+    key.given(spec).cloned().unwrap_or_else(|| SecretKeyRef {
+        name: generated_secret_name(cluster, key),
         key: "key".to_string(),
     })
 }
 
-pub fn secret(c: &ConcordanceCluster, which: &str, key: String) -> Secret {
+/// A new generated key Secret.
+pub fn secret(c: &ConcordanceCluster, key: KeyKind, value: String) -> Secret {
     Secret {
-        metadata: meta(c, generated_secret_name(c, which), true),
-        string_data: Some(BTreeMap::from([("key".to_string(), key)])),
+        string_data: Some(BTreeMap::from([("key".to_string(), value)])),
+        ..secret_metadata(c, key)
+    }
+}
+
+/// What the operator keeps of a generated key Secret on every pass: its labels and owner.
+/// Never its data: the key was created once, and server-side apply only touches the fields
+/// it is given.
+pub fn secret_metadata(c: &ConcordanceCluster, key: KeyKind) -> Secret {
+    Secret {
+        metadata: meta(c, generated_secret_name(&c.name_any(), key), true),
         type_: Some("Opaque".to_string()),
+        ..Default::default()
+    }
+}
+
+fn api_port(port: u16) -> ServicePort {
+    ServicePort {
+        name: Some("api".to_string()),
+        port: i32::from(port),
+        target_port: Some(IntOrString::Int(i32::from(API_PORT))),
         ..Default::default()
     }
 }
@@ -126,18 +204,14 @@ pub fn secret(c: &ConcordanceCluster, which: &str, key: String) -> Secret {
 /// Resolves every member, ready or not, so learners and a cluster without quorum still reach
 /// each other.
 pub fn headless_service(c: &ConcordanceCluster) -> Service {
+    let name = c.name_any();
     Service {
-        metadata: meta(c, headless_service_name(c), true),
+        metadata: meta(c, headless_service_name(&name), true),
         spec: Some(K8sServiceSpec {
             cluster_ip: Some("None".to_string()),
             publish_not_ready_addresses: Some(true),
-            selector: Some(selector(c)),
-            ports: Some(vec![ServicePort {
-                name: Some("api".to_string()),
-                port: i32::from(API_PORT),
-                target_port: Some(IntOrString::Int(i32::from(API_PORT))),
-                ..Default::default()
-            }]),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![api_port(API_PORT)]),
             ..Default::default()
         }),
         ..Default::default()
@@ -146,45 +220,42 @@ pub fn headless_service(c: &ConcordanceCluster) -> Service {
 
 /// Ready members only: clients and joining members go through it.
 pub fn client_service(c: &ConcordanceCluster) -> Service {
-    let mut metadata = meta(c, client_service_name(c), true);
+    let name = c.name_any();
+    let mut metadata = meta(c, client_service_name(&name), true);
     let s = &c.spec.service;
-    if !s.labels.is_empty() {
-        metadata
-            .labels
-            .get_or_insert_default()
-            .extend(s.labels.clone());
-    }
+    let mut labels = s.labels.clone();
+    labels.extend(cluster_labels(c));
+    metadata.labels = Some(labels);
     if !s.annotations.is_empty() {
         metadata.annotations = Some(s.annotations.clone());
     }
     Service {
         metadata,
         spec: Some(K8sServiceSpec {
-            type_: s.type_.map(|t| format!("{t:?}")),
-            selector: Some(selector(c)),
-            ports: Some(vec![ServicePort {
-                name: Some("api".to_string()),
-                port: i32::from(client_port(c)),
-                target_port: Some(IntOrString::Int(i32::from(API_PORT))),
-                ..Default::default()
-            }]),
+            type_: Some(format!(
+                "{:?}",
+                s.type_.unwrap_or(crate::crd::ServiceType::ClusterIP)
+            )),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![api_port(client_port(&c.spec))]),
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
-/// At most one member down by voluntary disruption. Unhealthy pods may always be evicted, so
-/// an already-broken member never blocks a node drain.
-pub fn pdb(c: &ConcordanceCluster) -> PodDisruptionBudget {
+/// At least `min_available` members ready: [`crate::decide::min_available`] keeps it at one
+/// voter less than the membership, so a healthy cluster allows one voluntary disruption and a
+/// cluster with a member down allows none. An integer `minAvailable` needs no `/scale` from
+/// the pods' owner (a percentage or `maxUnavailable` would). Unhealthy pods may always be
+/// evicted, so an already-broken member never blocks a node drain.
+pub fn pdb(c: &ConcordanceCluster, min_available: i32) -> PodDisruptionBudget {
+    let name = c.name_any();
     PodDisruptionBudget {
-        metadata: meta(c, c.name_any(), true),
+        metadata: meta(c, pdb_name(&name), true),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(selector(c)),
-                ..Default::default()
-            }),
+            min_available: Some(IntOrString::Int(min_available)),
+            selector: Some(label_selector(&name)),
             unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
             ..Default::default()
         }),
@@ -218,8 +289,13 @@ pub fn claim(c: &ConcordanceCluster, member: &str) -> PersistentVolumeClaim {
     }
 }
 
-fn key_env(c: &ConcordanceCluster, var: &str, which: &str) -> EnvVar {
-    let r = key_ref(c, which);
+/// The merge patch that asks for a larger volume.
+pub fn claim_size_patch(size: &str) -> serde_json::Value {
+    serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}})
+}
+
+fn key_env(cluster: &str, spec: &ConcordanceClusterSpec, var: &str, key: KeyKind) -> EnvVar {
+    let r = key_ref(cluster, spec, key);
     EnvVar {
         name: var.to_string(),
         value_from: Some(EnvVarSource {
@@ -248,6 +324,34 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The node flags `spec.config` sets.
+pub fn config_args(config: &NodeConfig) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(f) = config.log_format {
+        let f = match f {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        args.push(format!("--log-format={f}"));
+    }
+    if let Some(l) = &config.log {
+        args.push(format!("--log={l}"));
+    }
+    if let Some(n) = config.snapshot_entries {
+        args.push(format!("--snapshot-entries={n}"));
+    }
+    if let Some(n) = config.history_revisions {
+        args.push(format!("--history-revisions={n}"));
+    }
+    if let Some(n) = config.idempotency_retention_seconds {
+        args.push(format!("--idempotency-retention-secs={n}"));
+    }
+    if let Some(n) = config.http_threads {
+        args.push(format!("--http-threads={n}"));
+    }
+    args
+}
+
 /// The node's arguments: an explicit name and a fully qualified advertise address always.
 pub fn node_args(c: &ConcordanceCluster, member: &str, mode: &StartMode) -> Vec<String> {
     let mut args = vec![
@@ -260,31 +364,164 @@ pub fn node_args(c: &ConcordanceCluster, member: &str, mode: &StartMode) -> Vec<
         StartMode::Bootstrap => args.push("--bootstrap".to_string()),
         StartMode::Join => args.push(format!(
             "--join={}.{}.svc.cluster.local:{}",
-            client_service_name(c),
+            client_service_name(&c.name_any()),
             c.namespace().unwrap_or_default(),
-            client_port(c)
+            client_port(&c.spec)
         )),
         StartMode::ForceNewCluster { old_cluster_id } => {
             args.push(format!("--force-new-cluster={old_cluster_id}"))
         }
     }
+    args.extend(config_args(&c.spec.config));
     args
 }
 
+/// What the spec puts in a member's pod: everything the pod is rendered from except the
+/// member's name and start mode (the start mode only matters on an empty data dir). An
+/// operator upgrade that renders pods differently does not change it, so upgrading the
+/// operator never restarts members.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodInputs<'a> {
+    image: &'a str,
+    pod: &'a PodSettings,
+    config: &'a NodeConfig,
+    resources: &'a Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    affinity: &'a Option<Affinity>,
+    tolerations: &'a Vec<k8s_openapi::api::core::v1::Toleration>,
+    node_selector: &'a BTreeMap<String, String>,
+    admin_key_secret: &'a Option<SecretKeyRef>,
+    agent_key_secret: &'a Option<SecretKeyRef>,
+    /// The port new members join through.
+    join_port: u16,
+}
+
+/// The hash stamped on each member's pod (`concordance.io/pod-hash`). A member whose pod
+/// carries another one is restarted onto the current spec, one member at a time.
+pub fn pod_hash(spec: &ConcordanceClusterSpec) -> String {
+    let inputs = PodInputs {
+        image: &spec.image,
+        pod: &spec.pod,
+        config: &spec.config,
+        resources: &spec.resources,
+        affinity: &spec.affinity,
+        tolerations: &spec.tolerations,
+        node_selector: &spec.node_selector,
+        admin_key_secret: &spec.admin_key_secret,
+        agent_key_secret: &spec.agent_key_secret,
+        join_port: client_port(spec),
+    };
+    let bytes = serde_json::to_vec(&inputs).expect("the spec serializes");
+    let digest = Sha256::digest(&bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Pod Security `restricted`: non-root as the image's user, `fsGroup` so that the volume is
+/// writable for it (a fresh CSI volume's root belongs to root), seccomp `RuntimeDefault`.
+pub fn default_pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NODE_UID),
+        run_as_group: Some(NODE_UID),
+        fs_group: Some(NODE_UID),
+        // Walks the volume only when its root is not already the group's.
+        fs_group_change_policy: Some("OnRootMismatch".to_string()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        // The node writes only to its data dir.
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The user's affinity, with the default spread of members over nodes (preferably one per
+/// node) unless the user gave a pod anti-affinity of their own.
+fn affinity(cluster: &str, given: Option<&Affinity>) -> Affinity {
+    let mut a = given.cloned().unwrap_or_default();
+    if a.pod_anti_affinity.is_none() {
+        a.pod_anti_affinity = Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(label_selector(cluster)),
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        });
+    }
+    a
+}
+
+/// The user's spread constraints, else members spread over zones where nodes carry a zone
+/// label (a preference: nodes without one still take members).
+fn spread(
+    cluster: &str,
+    given: Option<&Vec<TopologySpreadConstraint>>,
+) -> Option<Vec<TopologySpreadConstraint>> {
+    let list = match given {
+        Some(list) => list.clone(),
+        None => vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "topology.kubernetes.io/zone".to_string(),
+            when_unsatisfiable: "ScheduleAnyway".to_string(),
+            label_selector: Some(label_selector(cluster)),
+            ..Default::default()
+        }],
+    };
+    (!list.is_empty()).then_some(list)
+}
+
 pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) -> Pod {
+    let name = c.name_any();
+    let spec = &c.spec;
+    let settings = &spec.pod;
     let mut metadata = meta(c, member.to_string(), true);
-    metadata
-        .labels
-        .get_or_insert_default()
-        .insert(MEMBER_LABEL.to_string(), member.to_string());
+    let mut labels = settings.labels.clone();
+    labels.extend(cluster_labels(c));
+    labels.insert(MEMBER_LABEL.to_string(), member.to_string());
+    metadata.labels = Some(labels);
+    let mut annotations = settings.annotations.clone();
+    let hash_spec = ConcordanceClusterSpec {
+        image: image.to_string(),
+        ..spec.clone()
+    };
+    annotations.insert(POD_HASH_ANNOTATION.to_string(), pod_hash(&hash_spec));
+    metadata.annotations = Some(annotations);
+
+    let mut env = vec![
+        key_env(&name, spec, ADMIN_KEY_ENV, KeyKind::Admin),
+        key_env(&name, spec, AGENT_KEY_ENV, KeyKind::Agent),
+    ];
+    env.extend(
+        settings
+            .env
+            .iter()
+            .filter(|e| e.name != ADMIN_KEY_ENV && e.name != AGENT_KEY_ENV)
+            .cloned(),
+    );
     let container = Container {
         name: "concordance".to_string(),
         image: Some(image.to_string()),
         args: Some(node_args(c, member, mode)),
-        env: Some(vec![
-            key_env(c, "CONCORDANCE_API_KEY", "admin"),
-            key_env(c, "CONCORDANCE_AGENT_API_KEY", "agent"),
-        ]),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("api".to_string()),
             container_port: i32::from(API_PORT),
@@ -292,22 +529,37 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) 
         }]),
         readiness_probe: Some(http_probe("/api/v1/ready", 2, 1)),
         liveness_probe: Some(http_probe("/api/v1/health", 10, 6)),
-        resources: c.spec.resources.clone(),
+        resources: settings
+            .resources
+            .clone()
+            .or_else(|| spec.resources.clone()),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_string(),
             mount_path: DATA_DIR.to_string(),
             ..Default::default()
         }]),
-        // The last log lines land in the pod status when the node stops with an error, e.g.
-        // a join refused because the data dir was lost: the operator reads them.
+        security_context: Some(container_security_context()),
+        // A node that refuses to start (e.g. a join refused because the data dir was lost)
+        // leaves `{"code","message"}` at /dev/termination-log: the operator reads its code
+        // from the pod status. Other failures fall back to the last log lines, for people.
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
+    };
+    let tolerations = if settings.tolerations.is_empty() {
+        &spec.tolerations
+    } else {
+        &settings.tolerations
+    };
+    let node_selector = if settings.node_selector.is_empty() {
+        &spec.node_selector
+    } else {
+        &settings.node_selector
     };
     Pod {
         metadata,
         spec: Some(PodSpec {
             hostname: Some(member.to_string()),
-            subdomain: Some(headless_service_name(c)),
+            subdomain: Some(headless_service_name(&name)),
             containers: vec![container],
             volumes: Some(vec![Volume {
                 name: "data".to_string(),
@@ -317,9 +569,27 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) 
                 }),
                 ..Default::default()
             }]),
-            affinity: c.spec.affinity.clone(),
-            tolerations: (!c.spec.tolerations.is_empty()).then(|| c.spec.tolerations.clone()),
-            node_selector: (!c.spec.node_selector.is_empty()).then(|| c.spec.node_selector.clone()),
+            affinity: Some(affinity(
+                &name,
+                settings.affinity.as_ref().or(spec.affinity.as_ref()),
+            )),
+            topology_spread_constraints: spread(
+                &name,
+                settings.topology_spread_constraints.as_ref(),
+            ),
+            tolerations: (!tolerations.is_empty()).then(|| tolerations.clone()),
+            node_selector: (!node_selector.is_empty()).then(|| node_selector.clone()),
+            priority_class_name: settings.priority_class_name.clone(),
+            image_pull_secrets: (!settings.image_pull_secrets.is_empty())
+                .then(|| settings.image_pull_secrets.clone()),
+            service_account_name: settings.service_account_name.clone(),
+            automount_service_account_token: Some(false),
+            security_context: Some(
+                settings
+                    .security_context
+                    .clone()
+                    .unwrap_or_else(default_pod_security_context),
+            ),
             restart_policy: Some("Always".to_string()),
             termination_grace_period_seconds: Some(30),
             ..Default::default()
@@ -345,6 +615,41 @@ pub fn start_mode_of(pod: &Pod) -> Option<StartMode> {
     })
 }
 
+/// The value of a Kubernetes quantity (`1Gi`, `500M`, `1.5Gi`, `1e9`, `100m`), to compare
+/// sizes written differently; `None` when it is not a quantity.
+pub fn quantity_value(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let binary = |power: i32| 1024f64.powi(power);
+    let multiplier = match suffix {
+        "" => 1.0,
+        "Ki" => binary(1),
+        "Mi" => binary(2),
+        "Gi" => binary(3),
+        "Ti" => binary(4),
+        "Pi" => binary(5),
+        "Ei" => binary(6),
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        s => {
+            let exponent: i32 = s.strip_prefix(['e', 'E'])?.parse().ok()?;
+            10f64.powi(exponent)
+        }
+    };
+    Some(n * multiplier)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +665,12 @@ mod tests {
         c.metadata.namespace = Some("ns".into());
         c.metadata.uid = Some("u".into());
         c
+    }
+
+    fn pod_spec(c: &ConcordanceCluster) -> PodSpec {
+        pod(c, "demo-1", &c.spec.image, &StartMode::Join)
+            .spec
+            .unwrap()
     }
 
     #[test]
@@ -387,5 +698,178 @@ mod tests {
                 Some(mode.clone())
             );
         }
+    }
+
+    /// R12: the image runs as uid 10001 and a fresh volume's root belongs to root, so the
+    /// pod needs `fsGroup`; and a namespace enforcing Pod Security `restricted` admits it.
+    #[test]
+    fn pods_meet_pod_security_restricted_with_an_fs_group() {
+        let spec = pod_spec(&cluster());
+        let pod_sc = spec.security_context.unwrap();
+        assert_eq!(pod_sc.fs_group, Some(NODE_UID));
+        assert_eq!(pod_sc.run_as_user, Some(NODE_UID));
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_sc.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+        assert_eq!(pod_sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let sc = spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        // Restricted allows only these volume types; the node needs no writable /tmp.
+        for v in spec.volumes.unwrap() {
+            assert!(v.persistent_volume_claim.is_some() || v.empty_dir.is_some());
+        }
+    }
+
+    #[test]
+    fn pods_spread_over_nodes_and_zones_unless_told_otherwise() {
+        let spec = pod_spec(&cluster());
+        let anti = spec.affinity.unwrap().pod_anti_affinity.unwrap();
+        let term = &anti
+            .preferred_during_scheduling_ignored_during_execution
+            .unwrap()[0];
+        assert_eq!(
+            term.pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        let zones = spec.topology_spread_constraints.unwrap();
+        assert_eq!(zones[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(zones[0].when_unsatisfiable, "ScheduleAnyway");
+
+        let mut c = cluster();
+        c.spec.pod.topology_spread_constraints = Some(vec![]);
+        c.spec.pod.affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity::default()),
+            ..Default::default()
+        });
+        let spec = pod_spec(&c);
+        assert_eq!(spec.topology_spread_constraints, None);
+        assert_eq!(
+            spec.affinity.unwrap().pod_anti_affinity,
+            Some(PodAntiAffinity::default())
+        );
+    }
+
+    #[test]
+    fn pod_settings_and_config_reach_the_pod() {
+        let mut c = cluster();
+        c.spec = serde_json::from_value(serde_json::json!({
+            "replicas": 3, "image": "concordance:1", "storage": {"size": "1Gi"},
+            "pod": {
+                "labels": {"team": "a", "concordance.io/cluster": "other"},
+                "annotations": {"note": "x"},
+                "resources": {"requests": {"cpu": "100m"}},
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "priorityClassName": "high",
+                "imagePullSecrets": [{"name": "pull"}],
+                "serviceAccountName": "sa",
+                "env": [{"name": "TZ", "value": "UTC"}, {"name": "CONCORDANCE_API_KEY", "value": "leak"}]
+            },
+            "config": {"logFormat": "json", "snapshotEntries": 5000, "httpThreads": 1}
+        }))
+        .unwrap();
+        let p = pod(&c, "demo-1", "concordance:1", &StartMode::Join);
+        let labels = p.metadata.labels.unwrap();
+        assert_eq!(labels["team"], "a");
+        assert_eq!(labels[CLUSTER_LABEL], "demo", "the operator's labels win");
+        assert_eq!(p.metadata.annotations.unwrap()["note"], "x");
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.node_selector.unwrap()["disk"], "ssd");
+        assert_eq!(spec.tolerations.unwrap().len(), 1);
+        assert_eq!(spec.priority_class_name.as_deref(), Some("high"));
+        assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "pull");
+        assert_eq!(spec.service_account_name.as_deref(), Some("sa"));
+        let container = &spec.containers[0];
+        assert!(container.resources.is_some());
+        let env = container.env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "TZ"));
+        let key_vars: Vec<_> = env.iter().filter(|e| e.name == ADMIN_KEY_ENV).collect();
+        assert_eq!(key_vars.len(), 1, "the key's variable cannot be overridden");
+        assert!(key_vars[0].value.is_none());
+        let args = container.args.clone().unwrap();
+        for a in [
+            "--log-format=json",
+            "--snapshot-entries=5000",
+            "--http-threads=1",
+        ] {
+            assert!(args.contains(&a.to_string()), "{a} in {args:?}");
+        }
+    }
+
+    #[test]
+    fn the_pod_hash_follows_what_reaches_the_pod_and_nothing_else() {
+        let c = cluster();
+        let base = pod_hash(&c.spec);
+        let changed = |f: &dyn Fn(&mut ConcordanceClusterSpec)| {
+            let mut s = c.spec.clone();
+            f(&mut s);
+            pod_hash(&s)
+        };
+        assert_eq!(base, pod_hash(&c.spec.clone()), "stable");
+        assert_ne!(base, changed(&|s| s.image = "concordance:2".into()));
+        assert_ne!(
+            base,
+            changed(&|s| {
+                s.pod.annotations.insert("a".into(), "b".into());
+            })
+        );
+        assert_ne!(base, changed(&|s| s.config.snapshot_entries = Some(10)));
+        assert_ne!(base, changed(&|s| s.service.port = Some(8080)));
+        assert_eq!(base, changed(&|s| s.replicas = 5));
+        assert_eq!(base, changed(&|s| s.storage.size = "2Gi".into()));
+        assert_eq!(base, changed(&|s| s.unready_replacement_seconds = 60));
+        // The pod carries the hash of its own image.
+        let p = pod(&c, "demo-0", "concordance:1", &StartMode::Bootstrap);
+        assert_eq!(p.metadata.annotations.unwrap()[POD_HASH_ANNOTATION], base);
+    }
+
+    #[test]
+    fn the_disruption_budget_is_an_integer_min_available() {
+        let p = pdb(&cluster(), 2).spec.unwrap();
+        assert_eq!(p.min_available, Some(IntOrString::Int(2)));
+        assert_eq!(p.max_unavailable, None);
+        assert_eq!(
+            p.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
+    }
+
+    #[test]
+    fn generated_secrets_keep_their_data_out_of_the_applied_object() {
+        let s = secret_metadata(&cluster(), KeyKind::Admin);
+        assert_eq!(s.metadata.name.as_deref(), Some("demo-admin-key"));
+        assert!(s.data.is_none() && s.string_data.is_none());
+        let s = serde_json::to_value(&s).unwrap();
+        assert!(s.get("data").is_none() && s.get("stringData").is_none());
+    }
+
+    #[test]
+    fn client_service_follows_the_spec() {
+        let mut c = cluster();
+        c.spec.service.port = Some(8080);
+        c.spec.service.type_ = Some(crate::crd::ServiceType::NodePort);
+        let s = client_service(&c).spec.unwrap();
+        assert_eq!(s.ports.unwrap()[0].port, 8080);
+        assert_eq!(s.type_.as_deref(), Some("NodePort"));
+        let args = node_args(&c, "demo-3", &StartMode::Join);
+        assert!(args.contains(&"--join=demo.ns.svc.cluster.local:8080".to_string()));
+    }
+
+    #[test]
+    fn quantities_compare_across_spellings() {
+        assert_eq!(quantity_value("1Gi"), Some(1073741824.0));
+        assert_eq!(quantity_value("1024Mi"), quantity_value("1Gi"));
+        assert_eq!(quantity_value("1G"), Some(1e9));
+        assert_eq!(quantity_value("1e9"), Some(1e9));
+        assert_eq!(quantity_value("1.5Gi"), Some(1.5 * 1073741824.0));
+        assert_eq!(quantity_value("100m"), Some(0.1));
+        assert_eq!(quantity_value("500"), Some(500.0));
+        assert_eq!(quantity_value("big"), None);
+        assert_eq!(quantity_value("1Gb"), None);
     }
 }

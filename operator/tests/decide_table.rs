@@ -1,12 +1,17 @@
-//! The reconcile decision as a table: observed state -> the one next step.
+//! The reconcile decision as a table: observed state -> the one next step, the objects kept,
+//! the record written first, and the status conditions.
+
+use std::collections::BTreeMap;
 
 use concordance_client::{ClusterStatus, MemberStatus as RaftMember};
 use concordance_operator::crd::{
     ConcordanceClusterSpec, ConcordanceClusterStatus, PendingAction, PendingKind, StorageSpec,
 };
 use concordance_operator::decide::{
-    Action, DataState, Observed, ObservedMember, PodPhase, PodState, decide, summarize,
+    Action, DataState, ObjectStep, Observed, ObservedMember, Owned, PodPhase, PodState, Presence,
+    VolumeState, conditions, decide, min_available, objects, record, report, summarize,
 };
+use concordance_operator::resources::{KeyKind, StartMode, pod_hash};
 
 const OLD: &str = "concordance:1";
 const NEW: &str = "concordance:2";
@@ -35,6 +40,7 @@ fn raft_member(name: &str, voter: bool) -> RaftMember {
     }
 }
 
+/// A running, ready member on the starting spec.
 fn member(name: &str) -> ObservedMember {
     ObservedMember {
         name: name.to_string(),
@@ -42,25 +48,39 @@ fn member(name: &str) -> ObservedMember {
             phase: PodPhase::Running,
             ready: true,
             image: OLD.to_string(),
+            pod_hash: Some(pod_hash(&spec(3))),
+            age_seconds: 3600,
             unready_seconds: 0,
             version: Some("0.1.0".to_string()),
             force_new_cluster: false,
         }),
-        volume: true,
+        volume: Some(VolumeState::bound("1Gi")),
         data: DataState::Ours,
     }
 }
 
-/// Nothing created yet.
+/// Nothing created yet but the owned objects.
 fn empty(replicas: i32) -> Observed {
     Observed {
         name: "c".to_string(),
         generation: Some(1),
         spec: spec(replicas),
         status: ConcordanceClusterStatus::default(),
-        secrets_exist: true,
-        services_exist: true,
-        pdb_exists: true,
+        objects: BTreeMap::from([
+            (
+                Owned::KeySecret(KeyKind::Admin),
+                Presence::Ours { applied: true },
+            ),
+            (
+                Owned::KeySecret(KeyKind::Agent),
+                Presence::Ours { applied: true },
+            ),
+            (Owned::PeerService, Presence::Ours { applied: true }),
+            (Owned::ClientService, Presence::Ours { applied: true }),
+            (Owned::DisruptionBudget, Presence::Ours { applied: true }),
+        ]),
+        missing_secrets: vec![],
+        volume_expansion: Some(false),
         members: vec![],
         cluster: None,
     }
@@ -92,7 +112,11 @@ fn healthy(size: usize, replicas: i32) -> Observed {
 fn sync(mut o: Observed) -> Observed {
     let s = summarize(&o);
     o.status.observed_generation = s.observed_generation;
+    o.status.replicas = s.replicas;
     o.status.ready_members = s.ready_members;
+    o.status.updated_members = s.updated_members;
+    o.status.selector = s.selector;
+    o.status.pod_hash = s.pod_hash;
     o.status.leader = s.leader;
     o.status.membership_version = s.membership_version;
     o.status.members = s.members;
@@ -109,7 +133,7 @@ fn m<'a>(o: &'a mut Observed, name: &str) -> &'a mut ObservedMember {
         o.members.push(ObservedMember {
             name: name.to_string(),
             pod: None,
-            volume: false,
+            volume: None,
             data: DataState::Unknown,
         });
     }
@@ -120,10 +144,22 @@ fn pod<'a>(o: &'a mut Observed, name: &str) -> &'a mut PodState {
     m(o, name).pod.as_mut().unwrap()
 }
 
+fn volume<'a>(o: &'a mut Observed, name: &str) -> &'a mut VolumeState {
+    m(o, name).volume.as_mut().unwrap()
+}
+
 fn unready(o: &mut Observed, name: &str, seconds: i64) {
     let p = pod(o, name);
     p.ready = false;
     p.unready_seconds = seconds;
+}
+
+/// The member's pod runs the current spec.
+fn on_current_spec(o: &mut Observed, name: &str) {
+    let (image, hash) = (o.spec.image.clone(), pod_hash(&o.spec));
+    let p = pod(o, name);
+    p.image = image;
+    p.pod_hash = Some(hash);
 }
 
 fn raft(o: &mut Observed) -> &mut ClusterStatus {
@@ -142,8 +178,16 @@ fn pending(o: &mut Observed, kind: PendingKind, member: &str, image: Option<&str
         member: member.to_string(),
         expected_membership_version: Some(VERSION),
         image: image.map(str::to_string),
+        pod_hash: None,
         started: None,
     });
+}
+
+/// Quorum lost: two of three voters down, no leader.
+fn two_down(o: &mut Observed) {
+    unready(o, "c-1", 1000);
+    unready(o, "c-2", 1000);
+    raft(o).leader = None;
 }
 
 enum Expect {
@@ -159,20 +203,46 @@ fn remove(name: &str) -> Expect {
     Is(Action::RemoveMember {
         name: name.to_string(),
         expected_version: VERSION,
+        stop_first: false,
     })
 }
 
+/// A removal of a member that cannot serve: its pod is stopped first.
+fn remove_stopped(name: &str) -> Expect {
+    Is(Action::RemoveMember {
+        name: name.to_string(),
+        expected_version: VERSION,
+        stop_first: true,
+    })
+}
+
+fn new_spec() -> ConcordanceClusterSpec {
+    ConcordanceClusterSpec {
+        image: NEW.to_string(),
+        ..spec(3)
+    }
+}
+
+/// A restart onto the new image.
 fn restart(name: &str) -> Expect {
-    Is(Action::RestartMemberWithImage {
+    Is(Action::RestartMember {
         name: name.to_string(),
         image: NEW.to_string(),
+        pod_hash: pod_hash(&new_spec()),
     })
 }
 
-fn create_pod(name: &str) -> Expect {
+fn create_pod(name: &str, image: &str, mode: StartMode) -> Expect {
     Is(Action::CreatePod {
         name: name.to_string(),
+        image: image.to_string(),
+        mode,
     })
+}
+
+/// The pod of a member that comes back as itself.
+fn resume(name: &str) -> Expect {
+    create_pod(name, OLD, StartMode::Join)
 }
 
 fn delete_all(name: &str) -> Expect {
@@ -187,28 +257,66 @@ fn upgrading(size: usize) -> Observed {
     })
 }
 
+/// A change of pod settings (resources) on a healthy cluster.
+fn resized(size: usize) -> Observed {
+    with(healthy(size, size as i32), |o| {
+        o.spec.pod.resources = Some(
+            serde_json::from_value(serde_json::json!({
+                "requests": {"cpu": "500m", "memory": "1Gi"}
+            }))
+            .unwrap(),
+        )
+    })
+}
+
+fn restart_onto(o: &Observed, name: &str) -> Expect {
+    Is(Action::RestartMember {
+        name: name.to_string(),
+        image: o.spec.image.clone(),
+        pod_hash: pod_hash(&o.spec),
+    })
+}
+
 fn cases() -> Vec<(&'static str, Observed, Expect)> {
     vec![
         // Groundwork and bootstrap.
         (
-            "secrets first",
-            with(empty(3), |o| o.secrets_exist = false),
-            Is(Action::CreateSecrets),
-        ),
-        (
-            "then services",
-            with(empty(3), |o| o.services_exist = false),
-            Is(Action::CreateServices),
-        ),
-        (
-            "then the disruption budget",
-            with(empty(3), |o| o.pdb_exists = false),
-            Is(Action::CreatePdb),
-        ),
-        (
             "fresh cluster: bootstrap the first member",
             empty(3),
-            Is(Action::BootstrapFirstMember { name: n(0) }),
+            Is(Action::Bootstrap { name: n(0) }),
+        ),
+        (
+            "fresh cluster, objects not created yet: bootstrap (they are applied first)",
+            with(empty(3), |o| {
+                for p in o.objects.values_mut() {
+                    *p = Presence::Missing;
+                }
+            }),
+            Is(Action::Bootstrap { name: n(0) }),
+        ),
+        (
+            "R15: a Service of the cluster's name that it does not own is refused, not adopted",
+            with(empty(3), |o| {
+                o.objects.insert(Owned::PeerService, Presence::Foreign);
+            }),
+            Wait("Service c-peers already exist(s) and do(es) not belong to this cluster"),
+        ),
+        (
+            "R15: a foreign object stops a running cluster's steps too",
+            with(healthy(3, 5), |o| {
+                o.objects.insert(Owned::DisruptionBudget, Presence::Foreign);
+            }),
+            Wait("PodDisruptionBudget c already exist(s)"),
+        ),
+        (
+            "a key Secret the spec names does not exist: wait and say which",
+            with(empty(3), |o| {
+                o.spec.admin_key_secret =
+                    Some(serde_json::from_value(serde_json::json!({"name": "mine"})).unwrap());
+                o.objects.remove(&Owned::KeySecret(KeyKind::Admin));
+                o.missing_secrets = vec![KeyKind::Admin];
+            }),
+            Wait("Secret mine (spec.adminKeySecret) named by the spec do(es) not exist"),
         ),
         (
             "node reports an id that is not recorded: record it",
@@ -219,13 +327,15 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         ),
         (
             "volumes but no recorded id: never bootstrap over them",
-            with(empty(3), |o| m(o, "c-0").volume = true),
+            with(empty(3), |o| {
+                m(o, "c-0").volume = Some(VolumeState::bound("1Gi"))
+            }),
             Wait("refusing to bootstrap"),
         ),
         (
             "first member loses its volume after bootstrap: replaced, never bootstrapped again",
             with(healthy(3, 3), |o| {
-                m(o, "c-0").volume = false;
+                m(o, "c-0").volume = None;
                 m(o, "c-0").pod = None;
                 raft(o).leader = Some(n(1));
             }),
@@ -283,7 +393,7 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         (
             "pod lost, volume intact: the same member comes back",
             with(healthy(3, 3), |o| m(o, "c-1").pod = None),
-            create_pod("c-1"),
+            resume("c-1"),
         ),
         (
             "pod finished: recreated as the same member",
@@ -291,12 +401,12 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             Is(Action::DeletePod { name: n(1) }),
         ),
         (
-            "volume lost: removed from Raft first",
+            "volume lost: removed from Raft first, its pod stopped before",
             with(healthy(3, 3), |o| {
-                m(o, "c-1").volume = false;
+                m(o, "c-1").volume = None;
                 unready(o, "c-1", 5);
             }),
-            remove("c-1"),
+            remove_stopped("c-1"),
         ),
         (
             "foreign data: replaced",
@@ -304,7 +414,7 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                 m(o, "c-2").data = DataState::Foreign;
                 unready(o, "c-2", 5);
             }),
-            remove("c-2"),
+            remove_stopped("c-2"),
         ),
         (
             "empty data: replaced",
@@ -312,12 +422,12 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                 m(o, "c-2").data = DataState::Empty;
                 unready(o, "c-2", 5);
             }),
-            remove("c-2"),
+            remove_stopped("c-2"),
         ),
         (
             "voter unready past the limit while quorum holds: replaced",
             with(healthy(3, 3), |o| unready(o, "c-2", 300)),
-            remove("c-2"),
+            remove_stopped("c-2"),
         ),
         (
             "replacing a ready member with bad data would lose quorum: wait",
@@ -346,38 +456,33 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         (
             "two of three voters down: wait and say why",
             with(healthy(3, 3), |o| {
-                unready(o, "c-1", 1000);
-                unready(o, "c-2", 1000);
-                raft(o).leader = None;
+                two_down(o);
             }),
             Wait("quorum lost: 1 of 3 voters ready (down: c-1, c-2)"),
         ),
         (
             "quorum lost and a volume lost: no removal",
             with(healthy(3, 3), |o| {
-                m(o, "c-1").volume = false;
-                unready(o, "c-1", 1000);
-                unready(o, "c-2", 1000);
-                raft(o).leader = None;
+                m(o, "c-1").volume = None;
+                two_down(o);
             }),
             Wait("quorum lost"),
         ),
         (
             "quorum lost, recovery asked for: rebuild from that member",
             with(healthy(3, 3), |o| {
-                unready(o, "c-1", 1000);
-                unready(o, "c-2", 1000);
-                raft(o).leader = None;
+                two_down(o);
                 o.spec.force_recover_from = Some(n(0));
             }),
-            Is(Action::RecoverFrom { name: n(0) }),
+            Is(Action::RecoverFrom {
+                name: n(0),
+                delete: vec![n(1), n(2), n(0)],
+            }),
         ),
         (
             "quorum lost again after a recovery the spec still asks for: it is not repeated",
             with(healthy(3, 3), |o| {
-                unready(o, "c-1", 1000);
-                unready(o, "c-2", 1000);
-                raft(o).leader = None;
+                two_down(o);
                 o.spec.force_recover_from = Some(n(0));
                 o.status.recovered_from = Some(n(0));
             }),
@@ -386,9 +491,7 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         (
             "a removal stalled by quorum loss waits for quorum",
             with(healthy(3, 3), |o| {
-                unready(o, "c-1", 1000);
-                unready(o, "c-2", 1000);
-                raft(o).leader = None;
+                two_down(o);
                 pending(o, PendingKind::RemoveMember, "c-1", None);
             }),
             Wait("quorum to remove c-1"),
@@ -396,31 +499,31 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         (
             "a removal stalled by quorum loss gives way to an asked-for recovery",
             with(healthy(3, 3), |o| {
-                unready(o, "c-1", 1000);
-                unready(o, "c-2", 1000);
-                raft(o).leader = None;
+                two_down(o);
                 pending(o, PendingKind::RemoveMember, "c-1", None);
                 o.spec.force_recover_from = Some(n(0));
             }),
-            Is(Action::RecoverFrom { name: n(0) }),
+            Is(Action::RecoverFrom {
+                name: n(0),
+                delete: vec![n(1), n(2), n(0)],
+            }),
         ),
         (
             "an upgrade step stalled by quorum loss gives way to an asked-for recovery",
             with(healthy(3, 3), |o| {
-                unready(o, "c-1", 1000);
-                unready(o, "c-2", 1000);
-                raft(o).leader = None;
+                two_down(o);
                 pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
                 o.spec.force_recover_from = Some(n(0));
             }),
-            Is(Action::RecoverFrom { name: n(0) }),
+            Is(Action::RecoverFrom {
+                name: n(0),
+                delete: vec![n(1), n(2), n(0)],
+            }),
         ),
         (
             "recovery from a member without data is refused",
             with(healthy(3, 3), |o| {
-                unready(o, "c-1", 1000);
-                unready(o, "c-2", 1000);
-                raft(o).leader = None;
+                two_down(o);
                 o.spec.force_recover_from = Some(n(9));
             }),
             Wait("no volume"),
@@ -433,7 +536,7 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                     x.pod = None;
                 }
             }),
-            create_pod("c-0"),
+            resume("c-0"),
         ),
         (
             "pods up but no member answers: wait and say so",
@@ -449,7 +552,7 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         (
             "scaling down takes an unready member first",
             with(healthy(5, 3), |o| unready(o, "c-1", 5)),
-            remove("c-1"),
+            remove_stopped("c-1"),
         ),
         (
             "scaling down leaves the leader last",
@@ -470,7 +573,7 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         (
             "image change: never a second voter down",
             with(upgrading(3), |o| {
-                pod(o, "c-1").image = NEW.to_string();
+                on_current_spec(o, "c-1");
                 unready(o, "c-1", 5);
             }),
             Wait("c-1 to be ready"),
@@ -478,8 +581,8 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         (
             "image change: the leader last, after handing leadership to an upgraded follower",
             with(upgrading(3), |o| {
-                pod(o, "c-1").image = NEW.to_string();
-                pod(o, "c-2").image = NEW.to_string();
+                on_current_spec(o, "c-1");
+                on_current_spec(o, "c-2");
                 raft(o).members[1].lag = Some(5_000);
             }),
             Is(Action::TransferLeadership {
@@ -495,19 +598,51 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         (
             "upgrade finished: nothing",
             sync(with(upgrading(3), |o| {
-                for x in &mut o.members {
-                    x.pod.as_mut().unwrap().image = NEW.to_string();
+                for i in 0..3 {
+                    on_current_spec(o, &n(i));
                 }
             })),
             Is(Action::Nothing),
         ),
         // Crash at each point of a recorded bootstrap.
         (
-            "bootstrap recorded, crash before the pod",
+            "bootstrap recorded, crash before the claim",
             with(empty(3), |o| {
                 pending(o, PendingKind::Bootstrap, "c-0", None)
             }),
-            create_pod("c-0"),
+            Is(Action::CreateVolume { name: n(0) }),
+        ),
+        (
+            "bootstrap recorded, claim not bound yet: wait for it",
+            with(empty(3), |o| {
+                pending(o, PendingKind::Bootstrap, "c-0", None);
+                m(o, "c-0").volume = Some(VolumeState {
+                    bound: false,
+                    age_seconds: 2,
+                    ..VolumeState::bound("1Gi")
+                });
+            }),
+            Wait("the volume of c-0 to be bound"),
+        ),
+        (
+            "bootstrap recorded, claim bound: the pod starts a new cluster",
+            with(empty(3), |o| {
+                pending(o, PendingKind::Bootstrap, "c-0", None);
+                m(o, "c-0").volume = Some(VolumeState::bound("1Gi"));
+            }),
+            create_pod("c-0", OLD, StartMode::Bootstrap),
+        ),
+        (
+            "a claim still unbound after the grace gets its pod (a class that binds at first use)",
+            with(empty(3), |o| {
+                pending(o, PendingKind::Bootstrap, "c-0", None);
+                m(o, "c-0").volume = Some(VolumeState {
+                    bound: false,
+                    age_seconds: 20,
+                    ..VolumeState::bound("1Gi")
+                });
+            }),
+            create_pod("c-0", OLD, StartMode::Bootstrap),
         ),
         (
             "bootstrap recorded, pod up, no id yet",
@@ -536,11 +671,19 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
         ),
         // Crash at each point of adding a member.
         (
-            "add recorded, crash before the pod",
+            "add recorded, crash before the claim",
             with(healthy(1, 3), |o| {
                 pending(o, PendingKind::AddMember, "c-1", None)
             }),
-            create_pod("c-1"),
+            Is(Action::CreateVolume { name: n(1) }),
+        ),
+        (
+            "add recorded, claim made, crash before the pod",
+            with(healthy(1, 3), |o| {
+                pending(o, PendingKind::AddMember, "c-1", None);
+                m(o, "c-1").volume = Some(VolumeState::bound("1Gi"));
+            }),
+            create_pod("c-1", OLD, StartMode::Join),
         ),
         (
             "add: pod up, not joined yet",
@@ -581,7 +724,7 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                 o.members.push(ObservedMember {
                     name: n(2),
                     pod: None,
-                    volume: false,
+                    volume: None,
                     data: DataState::Unknown,
                 });
             }),
@@ -678,13 +821,13 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                 pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
                 m(o, "c-1").pod = None;
             }),
-            create_pod("c-1"),
+            create_pod("c-1", NEW, StartMode::Join),
         ),
         (
             "restart: new pod not ready yet",
             with(upgrading(3), |o| {
                 pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
-                pod(o, "c-1").image = NEW.to_string();
+                on_current_spec(o, "c-1");
                 unready(o, "c-1", 5);
             }),
             Wait("c-1 to be ready"),
@@ -693,9 +836,9 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             "restart: ready on the new image, crash before clearing the step",
             with(upgrading(3), |o| {
                 pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
-                pod(o, "c-1").image = NEW.to_string();
+                on_current_spec(o, "c-1");
             }),
-            Clear("c-1 runs concordance:2"),
+            Clear("c-1 runs the current spec (concordance:2) and is ready"),
         ),
         (
             "restart recorded, another voter went down meanwhile: rolled back",
@@ -715,7 +858,13 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                     x.pod = None;
                 }
             }),
-            create_pod("c-0"),
+            create_pod(
+                "c-0",
+                OLD,
+                StartMode::ForceNewCluster {
+                    old_cluster_id: ID.to_string(),
+                },
+            ),
         ),
         (
             "recovery recorded, crash before the other members were stopped",
@@ -723,7 +872,10 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                 pending(o, PendingKind::Recover, "c-0", None);
                 o.cluster = None;
             }),
-            Is(Action::RecoverFrom { name: n(0) }),
+            Is(Action::RecoverFrom {
+                name: n(0),
+                delete: vec![n(1), n(2), n(0)],
+            }),
         ),
         (
             "recovery recorded, others stopped, its own pod not yet in recovery mode",
@@ -736,7 +888,10 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                     }
                 }
             }),
-            Is(Action::RecoverFrom { name: n(0) }),
+            Is(Action::RecoverFrom {
+                name: n(0),
+                delete: vec![n(0)],
+            }),
         ),
         (
             "recovery pod running in recovery mode, no leader yet",
@@ -769,6 +924,195 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             }),
             Clear("recovered from c-0"),
         ),
+        // Every spec change that reaches the pods rolls like an image change.
+        (
+            "pod settings changed: a follower first",
+            resized(3),
+            restart_onto(&resized(3), "c-1"),
+        ),
+        (
+            "pod settings changed: never a second voter down",
+            with(resized(3), |o| {
+                on_current_spec(o, "c-1");
+                unready(o, "c-1", 5);
+            }),
+            Wait("c-1 to be ready before the next restart"),
+        ),
+        (
+            "pod settings changed: the leader last, leadership to a follower on the new spec",
+            with(resized(3), |o| {
+                on_current_spec(o, "c-1");
+                on_current_spec(o, "c-2");
+            }),
+            Is(Action::TransferLeadership {
+                from: n(0),
+                to: n(1),
+            }),
+        ),
+        (
+            "pod settings changed: the former leader, now a follower, restarts",
+            with(resized(3), |o| {
+                on_current_spec(o, "c-1");
+                on_current_spec(o, "c-2");
+                raft(o).leader = Some(n(1));
+            }),
+            restart_onto(&resized(3), "c-0"),
+        ),
+        (
+            "node config changed: rolled too",
+            with(healthy(3, 3), |o| {
+                o.spec.config.snapshot_entries = Some(5000)
+            }),
+            restart_onto(
+                &with(healthy(3, 3), |o| {
+                    o.spec.config.snapshot_entries = Some(5000)
+                }),
+                "c-1",
+            ),
+        ),
+        (
+            "R9: the client Service's port changed: pods restart onto the new join address",
+            with(healthy(3, 3), |o| o.spec.service.port = Some(8080)),
+            restart_onto(
+                &with(healthy(3, 3), |o| o.spec.service.port = Some(8080)),
+                "c-1",
+            ),
+        ),
+        (
+            "replicas, storage size and replacement delay do not restart anyone",
+            sync(with(healthy(3, 3), |o| {
+                o.spec.unready_replacement_seconds = 60;
+                o.spec.delete_volumes_on_cluster_delete = true;
+            })),
+            Is(Action::Nothing),
+        ),
+        (
+            "pods of an earlier operator (no hash) on the spec's image are current",
+            sync(with(healthy(3, 3), |o| {
+                for x in &mut o.members {
+                    x.pod.as_mut().unwrap().pod_hash = None;
+                }
+            })),
+            Is(Action::Nothing),
+        ),
+        (
+            "pods of an earlier operator on another image are rolled",
+            with(upgrading(3), |o| {
+                for x in &mut o.members {
+                    x.pod.as_mut().unwrap().pod_hash = None;
+                }
+            }),
+            restart("c-1"),
+        ),
+        (
+            "add: the spec changed before the member joined: its pod starts again from it",
+            with(upgrading(1), |o| {
+                o.spec.replicas = 3;
+                pending(o, PendingKind::AddMember, "c-1", None);
+                o.members.push(member("c-1"));
+            }),
+            Is(Action::DeletePod { name: n(1) }),
+        ),
+        (
+            "R3: add: pod up, no member answered: wait, never a rollback",
+            with(healthy(1, 3), |o| {
+                pending(o, PendingKind::AddMember, "c-1", None);
+                o.members.push(member("c-1"));
+                o.cluster = None;
+            }),
+            Wait("to see whether c-1 joined"),
+        ),
+        (
+            "R4: restart recorded, image reverted meanwhile: the member goes back to the spec",
+            with(healthy(3, 3), |o| {
+                pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
+                pod(o, "c-1").image = NEW.to_string();
+                pod(o, "c-1").pod_hash = Some(pod_hash(&new_spec()));
+                unready(o, "c-1", 30);
+            }),
+            Is(Action::RestartMember {
+                name: n(1),
+                image: OLD.to_string(),
+                pod_hash: pod_hash(&spec(3)),
+            }),
+        ),
+        // Drains: a member whose volume cannot follow it.
+        (
+            "volume pinned to a cordoned node, pod unschedulable: replaced at once",
+            with(healthy(3, 3), |o| {
+                pod(o, "c-1").phase = PodPhase::Pending;
+                unready(o, "c-1", 5);
+                volume(o, "c-1").stranded = true;
+            }),
+            remove_stopped("c-1"),
+        ),
+        (
+            "volume pinned to a cordoned node, pod evicted: replaced, no pod created for it",
+            with(healthy(3, 3), |o| {
+                m(o, "c-1").pod = None;
+                volume(o, "c-1").stranded = true;
+            }),
+            remove("c-1"),
+        ),
+        (
+            "volume pinned to a cordoned node while the member still runs: nothing",
+            sync(with(healthy(3, 3), |o| volume(o, "c-1").stranded = true)),
+            Is(Action::Nothing),
+        ),
+        (
+            "volume pinned to a cordoned node while another voter is down: nothing removed",
+            with(healthy(3, 3), |o| {
+                m(o, "c-1").pod = None;
+                volume(o, "c-1").stranded = true;
+                unready(o, "c-2", 5);
+            }),
+            Wait(
+                "quorum lost: 1 of 3 voters ready (down: c-1 (its volume can only be used on nodes that are cordoned or gone), c-2)",
+            ),
+        ),
+        (
+            "a one-member cluster whose volume is pinned to a cordoned node waits for it",
+            with(healthy(1, 1), |o| {
+                m(o, "c-0").pod = None;
+                volume(o, "c-0").stranded = true;
+            }),
+            Wait("down: c-0 (its volume can only be used on nodes that are cordoned or gone)"),
+        ),
+        // Volume expansion.
+        (
+            "storage grown, the class allows expansion: the claims grow one at a time",
+            with(healthy(3, 3), |o| {
+                o.spec.storage.size = "2Gi".to_string();
+                o.volume_expansion = Some(true);
+                volume(o, "c-0").requested = Some("2048Mi".to_string());
+            }),
+            Is(Action::ExpandVolume {
+                name: n(1),
+                size: "2Gi".to_string(),
+            }),
+        ),
+        (
+            "storage grown, the class does not allow it: nothing (the condition says so)",
+            sync(with(healthy(3, 3), |o| {
+                o.spec.storage.size = "2Gi".to_string()
+            })),
+            Is(Action::Nothing),
+        ),
+        (
+            "a file system resize waits for a remount: the member restarts like in a roll",
+            with(healthy(3, 3), |o| {
+                volume(o, "c-2").resize_pending_seconds = Some(60);
+            }),
+            restart_onto(&healthy(3, 3), "c-2"),
+        ),
+        (
+            "a member restarted after its resize became pending is not restarted again",
+            sync(with(healthy(3, 3), |o| {
+                volume(o, "c-2").resize_pending_seconds = Some(60);
+                pod(o, "c-2").age_seconds = 30;
+            })),
+            Is(Action::Nothing),
+        ),
     ]
 }
 
@@ -781,7 +1125,7 @@ fn decision_table() {
         let ok = match (expected, &got) {
             (Is(a), b) => a == b,
             (Wait(text), Action::WaitFor { reason }) => reason.contains(text),
-            (Clear(text), Action::ClearPending { reason }) => reason.contains(text),
+            (Clear(text), Action::ClearPending { reason, .. }) => reason.contains(text),
             _ => false,
         };
         if !ok {
@@ -803,16 +1147,28 @@ fn decision_table() {
 }
 
 #[test]
-fn status_reports_each_member_version_and_image() {
+fn status_reports_each_member_version_image_and_spec() {
     let o = with(healthy(3, 3), |o| {
         pod(o, "c-2").version = Some("0.2.0".to_string());
         pod(o, "c-2").image = NEW.to_string();
+        pod(o, "c-2").pod_hash = Some(pod_hash(&new_spec()));
     });
     let s = summarize(&o);
     let c2 = s.members.iter().find(|m| m.name == "c-2").unwrap();
     assert_eq!(c2.version.as_deref(), Some("0.2.0"));
     assert_eq!(c2.image.as_deref(), Some(NEW));
+    assert!(!c2.up_to_date, "c-2 runs another spec than the current one");
+    assert!(
+        s.members
+            .iter()
+            .filter(|m| m.name != "c-2")
+            .all(|m| m.up_to_date)
+    );
     assert_eq!(s.ready_members, 3);
+    assert_eq!(s.replicas, 3);
+    assert_eq!(s.updated_members, 2);
+    assert_eq!(s.selector.as_deref(), Some("concordance.io/cluster=c"));
+    assert_eq!(s.pod_hash, Some(pod_hash(&o.spec)));
     assert_eq!(s.leader.as_deref(), Some("c-0"));
 }
 
@@ -820,11 +1176,53 @@ fn status_reports_each_member_version_and_image() {
 fn membership_steps_are_recorded_before_they_are_taken() {
     let o = healthy(5, 3);
     let step = decide(&o);
-    let record = step.to_pending(&o).expect("a removal is recorded first");
-    assert_eq!(record.kind, PendingKind::RemoveMember);
-    assert_eq!(record.member, "c-4");
-    assert_eq!(record.expected_membership_version, Some(VERSION));
-    assert_eq!(Action::UpdateStatus.to_pending(&o), None);
+    let r = record(&o, &step).expect("a removal is recorded first");
+    assert_eq!(r.kind, PendingKind::RemoveMember);
+    assert_eq!(r.member, "c-4");
+    assert_eq!(r.expected_membership_version, Some(VERSION));
+    assert_eq!(record(&o, &Action::UpdateStatus), None);
+
+    // A restart records where it goes.
+    let o = upgrading(3);
+    let r = record(&o, &decide(&o)).unwrap();
+    assert_eq!(r.kind, PendingKind::RestartMember);
+    assert_eq!(r.image.as_deref(), Some(NEW));
+    assert_eq!(r.pod_hash, Some(pod_hash(&new_spec())));
+
+    // A step re-issued while recorded does not rewrite the record.
+    let o = with(healthy(5, 3), |o| {
+        pending(o, PendingKind::RemoveMember, "c-4", None)
+    });
+    assert!(matches!(decide(&o), Action::RemoveMember { .. }));
+    assert_eq!(record(&o, &decide(&o)), None);
+}
+
+#[test]
+fn a_recovery_replaces_a_step_that_quorum_loss_stalled() {
+    let o = with(healthy(3, 3), |o| {
+        two_down(o);
+        pending(o, PendingKind::RemoveMember, "c-1", None);
+        o.spec.force_recover_from = Some(n(0));
+    });
+    let step = decide(&o);
+    let r = record(&o, &step).expect("the recovery takes the record over");
+    assert_eq!((r.kind, r.member.as_str()), (PendingKind::Recover, "c-0"));
+    // Once recorded, the recovery is not recorded again.
+    let o = with(o, |o| pending(o, PendingKind::Recover, "c-0", None));
+    assert_eq!(record(&o, &decide(&o)), None);
+}
+
+#[test]
+fn a_finished_recovery_spends_the_field_and_removing_it_rearms() {
+    let o = with(healthy(1, 3), |o| {
+        pending(o, PendingKind::Recover, "c-0", None);
+        o.spec.force_recover_from = Some(n(0));
+    });
+    let step = decide(&o);
+    assert!(matches!(&step, Action::ClearPending { recovered_from: Some(f), .. } if f == "c-0"));
+    assert_eq!(report(&o, &step).recovered_from.as_deref(), Some("c-0"));
+    let o = with(healthy(3, 3), |o| o.status.recovered_from = Some(n(0)));
+    assert_eq!(report(&o, &decide(&o)).recovered_from, None);
 }
 
 #[test]
@@ -838,42 +1236,365 @@ fn spec_storage_is_required() {
     };
 }
 
+fn condition_of(o: &Observed, type_: &str) -> (bool, &'static str, String) {
+    let c = conditions(o, &decide(o))
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .unwrap();
+    (c.status, c.reason, c.message)
+}
+
 #[test]
 fn conditions_follow_quorum_and_readiness() {
-    use concordance_operator::decide::conditions;
     let status = |o: &Observed| -> Vec<(&'static str, bool)> {
         conditions(o, &decide(o))
             .iter()
-            .map(|(t, s, _, _)| (*t, *s))
+            .map(|c| (c.type_, c.status))
             .collect()
     };
     assert_eq!(
         status(&healthy(3, 3)),
         [
+            ("Ready", true),
             ("Available", true),
             ("Progressing", false),
-            ("Degraded", false)
+            ("Degraded", false),
+            ("StorageResized", true)
         ]
     );
     assert_eq!(
         status(&healthy(1, 3)),
         [
+            ("Ready", false),
             ("Available", true),
             ("Progressing", true),
-            ("Degraded", true)
+            ("Degraded", true),
+            ("StorageResized", true)
         ]
     );
-    let lost = with(healthy(3, 3), |o| {
-        unready(o, "c-1", 1000);
-        unready(o, "c-2", 1000);
-        raft(o).leader = None;
-    });
+    let lost = with(healthy(3, 3), two_down);
     assert_eq!(
         status(&lost),
         [
+            ("Ready", false),
             ("Available", false),
             ("Progressing", true),
-            ("Degraded", true)
+            ("Degraded", true),
+            ("StorageResized", true)
         ]
     );
+}
+
+/// `Ready`: every member the spec asks for is a ready voter on the current spec, nothing
+/// under way; when False, the reason is what is missing first, the message all of it.
+#[test]
+fn ready_means_the_cluster_is_whole() {
+    let cases: Vec<(&str, Observed, Option<&str>, &str)> = vec![
+        (
+            "bootstrap in progress",
+            with(empty(3), |o| {
+                pending(o, PendingKind::Bootstrap, "c-0", None)
+            }),
+            Some("Bootstrapping"),
+            "being bootstrapped",
+        ),
+        (
+            "bootstrapped, members still being added",
+            healthy(1, 3),
+            Some("Scaling"),
+            "1 of 3 voters",
+        ),
+        (
+            "a learner catching up",
+            with(healthy(3, 3), |o| {
+                set_members(o, &[("c-0", true), ("c-1", true), ("c-2", false)], VERSION)
+            }),
+            Some("Scaling"),
+            "learner c-2 catching up",
+        ),
+        (
+            "one member down",
+            with(healthy(3, 3), |o| unready(o, "c-2", 30)),
+            Some("MembersNotReady"),
+            "not ready: c-2",
+        ),
+        (
+            "rollout in progress",
+            with(upgrading(3), |o| on_current_spec(o, "c-1")),
+            Some("RollingOut"),
+            "not on the current spec: c-0, c-2",
+        ),
+        (
+            "rollout: a member restarting is both down and not yet on the spec",
+            with(upgrading(3), |o| {
+                pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
+                m(o, "c-1").pod = None;
+            }),
+            Some("MembersNotReady"),
+            "not ready: c-1; not on the current spec: c-0, c-2",
+        ),
+        (
+            "scale in progress",
+            healthy(3, 5),
+            Some("Scaling"),
+            "3 of 5 voters",
+        ),
+        (
+            "scale down in progress",
+            healthy(5, 3),
+            Some("Scaling"),
+            "5 of 3 voters",
+        ),
+        (
+            "every member fine, a step still recorded",
+            with(healthy(3, 3), |o| {
+                pending(o, PendingKind::TransferLeadership, "c-0", None)
+            }),
+            Some("StepUnderWay"),
+            "leadership moved to c-0",
+        ),
+        (
+            "quorum lost",
+            with(healthy(3, 3), two_down),
+            Some("NoQuorum"),
+            "quorum is lost",
+        ),
+        (
+            "an object of the cluster's name belongs to someone else",
+            with(healthy(3, 3), |o| {
+                o.objects.insert(Owned::ClientService, Presence::Foreign);
+            }),
+            Some("ObjectConflict"),
+            "Service c belong(s) to someone else",
+        ),
+        (
+            "all settled",
+            healthy(3, 3),
+            None,
+            "3 of 3 voters ready on the current spec",
+        ),
+        (
+            "all settled, status behind",
+            with(healthy(3, 3), |o| o.status.ready_members = 1),
+            None,
+            "3 of 3 voters ready",
+        ),
+        (
+            "a volume the class cannot expand does not make the cluster less whole",
+            sync(with(healthy(3, 3), |o| {
+                o.spec.storage.size = "2Gi".to_string()
+            })),
+            None,
+            "3 of 3 voters ready",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, o, reason, message) in &cases {
+        let (ready, got_reason, got_message) = condition_of(o, "Ready");
+        let ok = match reason {
+            None => ready && got_reason == "AllMembersReady",
+            Some(r) => !ready && got_reason == *r,
+        } && got_message.contains(message);
+        if !ok {
+            failures.push(format!(
+                "{name}: expected {reason:?} with {message:?}, got ready={ready} \
+                 {got_reason} {got_message:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Issue 39: once `Ready` is True, `readyMembers` is `spec.replicas` and every member runs the
+/// spec's image: checked over every observed state of the decision table.
+#[test]
+fn ready_implies_every_wanted_member_ready_on_the_spec_image() {
+    let mut checked = 0;
+    for (name, o, _) in cases() {
+        let (ready, _, _) = condition_of(&o, "Ready");
+        if !ready {
+            continue;
+        }
+        checked += 1;
+        let s = summarize(&o);
+        assert_eq!(s.ready_members, o.spec.replicas, "{name}");
+        assert!(
+            s.members
+                .iter()
+                .all(|m| m.image.as_deref() == Some(o.spec.image.as_str()) && m.up_to_date),
+            "{name}"
+        );
+    }
+    assert!(checked >= 5, "only {checked} Ready cases");
+}
+
+#[test]
+fn the_disruption_budget_allows_one_voter_down_and_none_more() {
+    // minAvailable = voters - 1 (never below a majority): the disruption controller allows
+    // `ready pods - minAvailable` evictions, so 1 on a healthy cluster, 0 with one down.
+    for (voters, replicas, want) in [
+        (3, 3, Some(2)),
+        (5, 5, Some(4)),
+        (7, 7, Some(6)),
+        // Transient memberships: two voters need both; one voter being grown blocks.
+        (2, 3, Some(2)),
+        (1, 3, Some(1)),
+        (4, 3, Some(3)),
+        // A one-member cluster: no budget (documented), so a drain is never blocked.
+        (1, 1, None),
+    ] {
+        assert_eq!(
+            min_available(&healthy(voters, replicas)),
+            want,
+            "{voters} voters, {replicas} wanted"
+        );
+    }
+    // Before bootstrap there is no membership yet.
+    assert_eq!(min_available(&empty(3)), Some(1));
+}
+
+#[test]
+fn owned_objects_are_kept_as_rendered_every_pass() {
+    use ObjectStep::*;
+    let everything = vec![
+        KeepKeySecret(KeyKind::Admin),
+        KeepKeySecret(KeyKind::Agent),
+        ApplyPeerService,
+        ApplyClientService,
+        ApplyDisruptionBudget { min_available: 2 },
+    ];
+    assert_eq!(objects(&healthy(3, 3)), everything, "applied on every pass");
+
+    let fresh = with(empty(3), |o| {
+        for p in o.objects.values_mut() {
+            *p = Presence::Missing;
+        }
+    });
+    assert_eq!(
+        objects(&fresh),
+        vec![
+            CreateKeySecret(KeyKind::Admin),
+            CreateKeySecret(KeyKind::Agent),
+            ApplyPeerService,
+            ApplyClientService,
+            ApplyDisruptionBudget { min_available: 1 },
+        ],
+        "generated keys are created once; their data is never applied again"
+    );
+
+    let foreign = with(healthy(3, 3), |o| {
+        o.objects.insert(Owned::ClientService, Presence::Foreign);
+        o.objects
+            .insert(Owned::KeySecret(KeyKind::Agent), Presence::Foreign);
+    });
+    assert_eq!(
+        objects(&foreign),
+        vec![
+            KeepKeySecret(KeyKind::Admin),
+            ApplyPeerService,
+            ApplyDisruptionBudget { min_available: 2 },
+        ],
+        "R15: objects of another owner are never touched"
+    );
+
+    let given = with(healthy(3, 3), |o| {
+        o.spec.agent_key_secret =
+            Some(serde_json::from_value(serde_json::json!({"name": "mine"})).unwrap());
+        o.objects.remove(&Owned::KeySecret(KeyKind::Agent));
+    });
+    assert!(!objects(&given).contains(&KeepKeySecret(KeyKind::Agent)));
+
+    let earlier_operator = with(healthy(3, 3), |o| {
+        o.objects
+            .insert(Owned::DisruptionBudget, Presence::Ours { applied: false });
+    });
+    assert!(
+        objects(&earlier_operator).contains(&Delete(Owned::DisruptionBudget)),
+        "an earlier operator's budget (maxUnavailable) is replaced"
+    );
+
+    let single = healthy(1, 1);
+    assert!(
+        objects(&single).contains(&Delete(Owned::DisruptionBudget)),
+        "a one-member cluster needs no budget"
+    );
+    let single_fresh = with(empty(1), |o| {
+        o.objects.insert(Owned::DisruptionBudget, Presence::Missing);
+    });
+    assert!(
+        !objects(&single_fresh)
+            .iter()
+            .any(|s| matches!(s, ApplyDisruptionBudget { .. } | Delete(_)))
+    );
+}
+
+#[test]
+fn storage_condition_says_whether_volumes_have_the_spec_size() {
+    let grown = with(healthy(3, 3), |o| o.spec.storage.size = "2Gi".to_string());
+    let (ok, reason, message) = condition_of(&grown, "StorageResized");
+    assert!(!ok);
+    assert_eq!(reason, "ExpansionNotAllowed");
+    assert!(message.contains("c-0, c-1, c-2"), "{message}");
+    let expandable = with(grown.clone(), |o| o.volume_expansion = Some(true));
+    assert_eq!(condition_of(&expandable, "StorageResized").1, "Expanding");
+    // Claims patched, volumes not grown yet.
+    let asked = with(expandable, |o| {
+        for i in 0..3 {
+            volume(o, &n(i)).requested = Some("2Gi".to_string());
+        }
+    });
+    assert_eq!(decide(&asked), Action::Nothing);
+    let (ok, reason, message) = condition_of(&asked, "StorageResized");
+    assert!(!ok && reason == "Expanding" && message.contains("being expanded"));
+    let done = with(asked, |o| {
+        for i in 0..3 {
+            volume(o, &n(i)).capacity = Some("2Gi".to_string());
+        }
+    });
+    assert_eq!(condition_of(&done, "StorageResized").1, "AsSpecified");
+}
+
+#[test]
+fn every_step_has_one_name_and_description() {
+    let steps = [
+        Action::Bootstrap { name: n(0) },
+        Action::CreatePod {
+            name: n(1),
+            image: OLD.into(),
+            mode: StartMode::Join,
+        },
+        Action::RemoveMember {
+            name: n(1),
+            expected_version: 3,
+            stop_first: true,
+        },
+        Action::RestartMember {
+            name: n(1),
+            image: NEW.into(),
+            pod_hash: "abc".into(),
+        },
+        Action::RecoverFrom {
+            name: n(0),
+            delete: vec![n(1)],
+        },
+        Action::ExpandVolume {
+            name: n(0),
+            size: "2Gi".into(),
+        },
+    ];
+    let names: std::collections::BTreeSet<_> = steps.iter().map(|a| a.info().name).collect();
+    assert_eq!(names.len(), steps.len());
+    for a in &steps {
+        let info = a.info();
+        assert!(info.event.is_some(), "{a:?} is reported as an Event");
+        assert!(a.is_step());
+    }
+    assert!(
+        steps[2]
+            .info()
+            .description
+            .contains("remove c-1 from the membership (at version 3), its pod stopped first")
+    );
+    assert_eq!(Action::Nothing.info().event, None);
+    assert!(!Action::UpdateStatus.is_step());
 }

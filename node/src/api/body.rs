@@ -3,9 +3,10 @@
 use axum::body::Bytes;
 use axum::extract::FromRequest;
 use axum::extract::Request;
+use concordance_client::ErrorCode;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use super::ApiError;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 2 << 20;
@@ -17,27 +18,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::new(
+            ApiError::with_status(
                 e.status(),
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!("request body is over the {MAX_BODY_BYTES}-byte limit or unreadable: {e}"),
             )
         })?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_body",
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
                 "request body is empty; send a JSON object",
             ));
         }
         // Structs would also accept a JSON array of their fields; bodies are objects only.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::bad_request(
-                "invalid_body",
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
                 "request body must be a JSON object",
             ));
         }
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("request body is not valid: {e}"))
+            ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("request body is not valid: {e}"),
+            )
         })
     }
 }
@@ -55,7 +59,7 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| QueryParams(q.0))
-            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))
     }
 }
 
@@ -72,6 +76,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for KeyPath {
         axum::extract::Path::<String>::from_request_parts(parts, state)
             .await
             .map(|p| KeyPath(p.0))
-            .map_err(|e| ApiError::bad_request("invalid_key", e.body_text()))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.body_text()))
     }
 }

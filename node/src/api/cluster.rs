@@ -6,11 +6,13 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use concordance_client::ClusterStatus;
+use concordance_client::ErrorCode;
 use concordance_client::HealthResponse;
 use concordance_client::ReadyResponse;
 
+use super::ApiError;
 use super::JsonBody;
-use crate::error::ApiError;
+use crate::error::NodeError;
 use crate::membership::JoinRequest;
 use crate::membership::MembershipReply;
 use crate::membership::RemoveRequest;
@@ -21,11 +23,15 @@ use crate::service::SharedNode;
 /// Liveness: the process answers and its storage can be read.
 pub async fn health(State(node): State<SharedNode>) -> Result<Json<HealthResponse>, ApiError> {
     node.store.identity().map_err(|e| {
-        ApiError::unavailable("storage_error", format!("storage is not readable: {e}"))
+        ApiError::with_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StorageError,
+            format!("storage is not readable: {e}"),
+        )
     })?;
     if let Err(e) = &crate::raft::metrics_of(&node.raft).running_state {
-        return Err(ApiError::unavailable(
-            "raft_stopped",
+        return Err(ApiError::new(
+            ErrorCode::RaftStopped,
             format!("raft has stopped: {e}"),
         ));
     }
@@ -97,16 +103,14 @@ where
     B: serde::Serialize,
     T: serde::de::DeserializeOwned,
     F: FnOnce(B) -> Fut,
-    Fut: Future<Output = Result<T, ApiError>>,
+    Fut: Future<Output = Result<T, NodeError>>,
 {
     let leader = crate::raft::metrics_of(&node.raft).current_leader;
     if leader == Some(node.identity.raft_id) {
-        return op(body).await.map(Json);
+        return Ok(Json(op(body).await?));
     }
     let not_leader = node.not_leader_error(leader);
-    node.forward_to_leader(path, &body, not_leader)
-        .await
-        .map(Json)
+    Ok(Json(node.forward_to_leader(path, &body, not_leader).await?))
 }
 
 pub async fn join(
@@ -130,9 +134,9 @@ pub async fn transfer_leader(
 ) -> Result<Json<TransferReply>, ApiError> {
     // The body is optional here, so not `JsonBody`; its rejection still gets our error body.
     let body = body.map_err(|e| {
-        ApiError::new(
+        ApiError::with_status(
             e.status(),
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request body is over the limit or unreadable: {e}"),
         )
     })?;
@@ -140,7 +144,10 @@ pub async fn transfer_leader(
         TransferRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("request body is not valid: {e}"))
+            ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("request body is not valid: {e}"),
+            )
         })?
     };
     on_leader(&node, "cluster/transfer-leader", req, |req| {
@@ -163,7 +170,7 @@ pub async fn backup(State(node): State<SharedNode>) -> Result<impl IntoResponse,
     let (meta, applied) =
         tokio::task::spawn_blocking(move || crate::store::snapshot::write_file(&store, &p))
             .await
-            .map_err(ApiError::internal_from)?
+            .map_err(ApiError::internal)?
             .map_err(ApiError::storage)?;
     let file = tokio::fs::File::open(&path)
         .await

@@ -2,13 +2,16 @@
 
 mod body;
 mod cluster;
+pub mod error;
 mod kv;
 mod lease;
 mod lock;
 pub mod openapi;
-mod peer;
+mod raft_rpc;
+pub mod route_doc;
 pub mod routes;
 mod txn;
+mod validate;
 mod watch;
 
 use std::time::Instant;
@@ -17,6 +20,7 @@ use axum::Router;
 use axum::extract::MatchedPath;
 use axum::extract::Request;
 use axum::extract::State;
+use axum::http::header::AUTHORIZATION;
 use axum::middleware;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -24,11 +28,12 @@ use axum::response::Response;
 pub use self::body::JsonBody;
 pub use self::body::MAX_BODY_BYTES;
 
-use self::routes::Access;
-use crate::auth;
+use concordance_client::ErrorCode;
+
+pub use self::error::ApiError;
+use self::route_doc::Access;
 use crate::auth::Keys;
 use crate::auth::Role;
-use crate::error::ApiError;
 use crate::metrics::HttpLabels;
 use crate::service::SharedNode;
 
@@ -48,12 +53,9 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
     }
     let data = data.route_layer(middleware::from_fn_with_state(
         (keys.clone(), Role::Agent),
-        auth::require,
+        require,
     ));
-    let admin = admin.route_layer(middleware::from_fn_with_state(
-        (keys, Role::Admin),
-        auth::require,
-    ));
+    let admin = admin.route_layer(middleware::from_fn_with_state((keys, Role::Admin), require));
     public
         .merge(data)
         .merge(admin)
@@ -64,9 +66,37 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
         .with_state(node)
 }
 
+/// Middleware: the request must carry a key granting at least `required`.
+async fn require(
+    State((keys, required)): State<(Keys, Role)>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    let role = keys
+        .authenticate(header)
+        .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))?;
+    // Handlers that check sub-operations (reserved keys inside a transaction) read it.
+    req.extensions_mut().insert(role);
+    if role < required {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this needs the {} key; the {} key may not do it",
+                required.name(),
+                role.name()
+            ),
+        ));
+    }
+    Ok(next.run(req).await)
+}
+
 async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(
-        "not_found",
+    ApiError::new(
+        ErrorCode::NotFound,
         format!("no route for {} {}", req.method(), req.uri().path()),
     )
 }
@@ -74,8 +104,7 @@ async fn not_found(req: Request) -> ApiError {
 /// A known path with a method it does not serve: the API's error body, not an empty 405.
 async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{} is not served on {}", req.method(), req.uri().path()),
     )
 }

@@ -1,21 +1,20 @@
-//! The OpenAPI 3.1 document of the whole HTTP API, generated from the route table
-//! ([`super::routes`]) and the request/response types' JSON Schemas (schemars), served at
-//! `GET /api/v1/openapi.json` and checked in at `docs/openapi.json` (a test keeps the two
+//! The OpenAPI 3.1 document of the whole HTTP API, generated from the routes' documents (the
+//! route table in `routes.rs` serves it at `GET /api/v1/openapi.json`) and the request/response
+//! types' JSON Schemas (schemars). Checked in at `docs/openapi.json` (a test keeps the two
 //! equal; `CONCORDANCE_UPDATE_OPENAPI=1 cargo test -p concordance --lib openapi` rewrites it).
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
-use axum::Json;
 use schemars::SchemaGenerator;
 use schemars::generate::SchemaSettings;
 use serde_json::Map;
 use serde_json::Value;
 use serde_json::json;
 
-use super::routes::Access;
-use super::routes::Body;
-use super::routes::RouteDoc;
+use super::route_doc::Access;
+use super::route_doc::Body;
+use super::route_doc::RouteDoc;
+use super::route_doc::SchemaFn;
 
 /// The OpenAPI path of an axum path: `{*key}` becomes `{key}`.
 pub fn openapi_path(axum_path: &str) -> String {
@@ -39,7 +38,7 @@ fn path_params(path: &str) -> Vec<Value> {
         .collect()
 }
 
-fn query_params(g: &mut SchemaGenerator, f: super::routes::SchemaFn) -> Vec<Value> {
+fn query_params(g: &mut SchemaGenerator, f: SchemaFn) -> Vec<Value> {
     // The query struct's own schema (its fields' types refer to shared components).
     let s = f(g);
     // Described as parameters, so the struct itself is no component.
@@ -152,8 +151,8 @@ fn operation(g: &mut SchemaGenerator, r: &RouteDoc) -> Value {
     Value::Object(op)
 }
 
-/// Builds the document from the route table.
-pub fn document() -> Value {
+/// Builds the document of these routes.
+pub fn document(routes: &[RouteDoc]) -> Value {
     let mut g = SchemaSettings::draft2020_12()
         .with(|s| {
             s.definitions_path = "/components/schemas".into();
@@ -161,8 +160,8 @@ pub fn document() -> Value {
         })
         .into_generator();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    for (r, _) in super::routes::routes() {
-        let op = operation(&mut g, &r);
+    for r in routes {
+        let op = operation(&mut g, r);
         paths
             .entry(openapi_path(r.path))
             .or_default()
@@ -182,67 +181,4 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
         }
     })
-}
-
-/// `GET /api/v1/openapi.json`
-pub async fn serve() -> Json<Value> {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    Json(DOC.get_or_init(document).clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
-
-    #[test]
-    fn the_checked_in_openapi_document_is_current() {
-        let now = serde_json::to_string_pretty(&document()).unwrap() + "\n";
-        if std::env::var_os("CONCORDANCE_UPDATE_OPENAPI").is_some() {
-            std::fs::write(CHECKED_IN, &now).unwrap();
-        }
-        let stored = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
-        assert!(
-            stored == now,
-            "docs/openapi.json is stale: run CONCORDANCE_UPDATE_OPENAPI=1 cargo test --release -p concordance --lib openapi"
-        );
-    }
-
-    #[test]
-    fn every_route_is_documented_once_and_every_documented_route_is_routed() {
-        let doc = document();
-        let routes = super::super::routes::routes();
-        let mut from_table: Vec<(String, String)> = routes
-            .iter()
-            .map(|(r, _)| (openapi_path(r.path), r.method.to_string()))
-            .collect();
-        from_table.sort();
-        let before = from_table.len();
-        from_table.dedup();
-        assert_eq!(before, from_table.len(), "a method and path listed twice");
-        let mut from_doc: Vec<(String, String)> = doc["paths"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .flat_map(|(p, ops)| {
-                ops.as_object()
-                    .unwrap()
-                    .keys()
-                    .map(|m| (p.clone(), m.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        from_doc.sort();
-        assert_eq!(from_table, from_doc);
-        // Every $ref resolves.
-        let text = doc.to_string();
-        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
-            let name = &part[..part.find('"').unwrap()];
-            assert!(
-                doc["components"]["schemas"].get(name).is_some(),
-                "dangling $ref {name}"
-            );
-        }
-    }
 }

@@ -1,6 +1,10 @@
 //! Every route the node serves, in one table: the router is built from it and so is the
-//! OpenAPI document (`GET /api/v1/openapi.json`), so neither can list a route the other lacks.
+//! OpenAPI document (`GET /api/v1/openapi.json`, [`super::openapi`]), so neither can list a
+//! route the other lacks.
 
+use std::sync::OnceLock;
+
+use axum::Json;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::MethodRouter;
 use axum::routing::delete;
@@ -8,111 +12,27 @@ use axum::routing::get;
 use axum::routing::post;
 use axum::routing::put;
 use concordance_client as api;
-use schemars::JsonSchema;
 use schemars::Schema;
 use schemars::SchemaGenerator;
+use serde_json::Value;
 
 use super::cluster;
 use super::kv;
 use super::lease;
 use super::lock;
-use super::peer;
+use super::openapi;
+use super::raft_rpc;
+use super::route_doc::Access;
+use super::route_doc::Body;
+use super::route_doc::RouteDoc;
+use super::route_doc::SchemaFn;
+use super::route_doc::doc;
+use super::route_doc::schema;
 use super::txn;
 use super::watch;
 use crate::membership;
 use crate::raft::wire::PEER_BODY_BYTES;
 use crate::service::SharedNode;
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// No key: probes and status, which reveal no secret.
-    Public,
-    /// The agent or the admin key: the data API.
-    Agent,
-    /// The admin key only: operations, membership and the peer protocol.
-    Admin,
-}
-
-pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
-
-pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
-    g.subschema_for::<T>()
-}
-
-/// A route's body or answer, for the document.
-#[derive(Clone, Copy)]
-pub enum Body {
-    None,
-    Json(SchemaFn),
-    /// Server-Sent Events whose `data` is one of these.
-    EventStream(&'static [(&'static str, SchemaFn)]),
-    Text(&'static str),
-    Binary,
-}
-
-/// One method on one path, with what the document says about it.
-#[derive(Clone, Copy)]
-pub struct RouteDoc {
-    pub method: &'static str,
-    /// The axum path (`{*key}` for a key with slashes).
-    pub path: &'static str,
-    pub access: Access,
-    pub summary: &'static str,
-    pub query: Option<SchemaFn>,
-    pub body: Body,
-    pub response: Body,
-    /// Accepts `Idempotency-Key`.
-    pub idempotent: bool,
-    /// Node-to-node only.
-    pub internal: bool,
-}
-
-const fn doc(
-    method: &'static str,
-    path: &'static str,
-    access: Access,
-    summary: &'static str,
-) -> RouteDoc {
-    RouteDoc {
-        method,
-        path,
-        access,
-        summary,
-        query: None,
-        body: Body::None,
-        response: Body::None,
-        idempotent: false,
-        internal: false,
-    }
-}
-
-impl RouteDoc {
-    fn query(mut self, q: SchemaFn) -> Self {
-        self.query = Some(q);
-        self
-    }
-    fn body(mut self, b: Body) -> Self {
-        self.body = b;
-        self
-    }
-    fn json<T: JsonSchema>(mut self) -> Self {
-        self.response = Body::Json(schema::<T>);
-        self
-    }
-    fn answers(mut self, b: Body) -> Self {
-        self.response = b;
-        self
-    }
-    fn idempotent(mut self) -> Self {
-        self.idempotent = true;
-        self
-    }
-    fn internal(mut self) -> Self {
-        self.internal = true;
-        self
-    }
-}
 
 /// Peer messages are our own versioned types, documented in `raft/wire.rs`, not here.
 fn peer_message(_: &mut SchemaGenerator) -> Schema {
@@ -126,7 +46,7 @@ fn any_object(_: &mut SchemaGenerator) -> Schema {
     schemars::json_schema!({"type": "object"})
 }
 
-fn json<T: JsonSchema>() -> Body {
+fn json<T: schemars::JsonSchema>() -> Body {
     Body::Json(schema::<T>)
 }
 
@@ -161,7 +81,7 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
         ),
         (
             doc("get", "/api/v1/openapi.json", Public, "This document").answers(Body::Json(any_object)),
-            get(super::openapi::serve),
+            get(openapi_json),
         ),
         // Keys.
         (
@@ -266,43 +186,154 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
         // The peer protocol.
         (
             doc("post", "/api/v1/raft/append", Admin, "Raft append entries").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
-            post(peer::append).layer(peer_limit()),
+            post(raft_rpc::append).layer(peer_limit()),
         ),
         (
             doc("get", "/api/v1/raft/stream", Admin, "Upgrade to an append stream (Upgrade: concordance-append/1): length-prefixed append requests and answers in order").answers(Body::Binary).internal(),
-            get(peer::stream),
+            get(raft_rpc::stream),
         ),
         (
             doc("post", "/api/v1/raft/vote", Admin, "Raft vote").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
-            post(peer::vote).layer(peer_limit()),
+            post(raft_rpc::vote).layer(peer_limit()),
         ),
         (
             doc("post", "/api/v1/raft/pre-vote", Admin, "Raft pre-vote").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
-            post(peer::pre_vote).layer(peer_limit()),
+            post(raft_rpc::pre_vote).layer(peer_limit()),
         ),
         (
             doc("post", "/api/v1/raft/transfer-leader", Admin, "Raft leadership transfer").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
-            post(peer::transfer_leader).layer(peer_limit()),
+            post(raft_rpc::transfer_leader).layer(peer_limit()),
         ),
         (
             doc("post", "/api/v1/raft/snapshot", Admin, "Install a snapshot: [header length u32 LE][header JSON][snapshot file]").body(Body::Binary).answers(Body::Json(any_object)).internal(),
-            post(peer::snapshot).layer(DefaultBodyLimit::disable()),
+            post(raft_rpc::snapshot).layer(DefaultBodyLimit::disable()),
         ),
         (
             doc("post", "/api/v1/raft/write", Admin, "A write forwarded by a follower to the leader").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
-            post(peer::write).layer(peer_limit()),
+            post(raft_rpc::write).layer(peer_limit()),
         ),
         (
             doc("post", "/api/v1/raft/write-batch", Admin, "Writes forwarded together by a follower to the leader, answered one by one in order").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
-            post(peer::write_batch).layer(peer_limit()),
+            post(raft_rpc::write_batch).layer(peer_limit()),
         ),
         (
             doc("get", "/api/v1/raft/forward", Admin, "Upgrade to a forward stream (Upgrade: concordance-forward/1): length-prefixed batches of forwarded writes and their answers in order").answers(Body::Binary).internal(),
-            get(peer::forward_stream),
+            get(raft_rpc::forward_stream),
         ),
         (
             doc("post", "/api/v1/raft/read-index", Admin, "A follower's read-index request").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
-            post(peer::read_index).layer(peer_limit()),
+            post(raft_rpc::read_index).layer(peer_limit()),
         ),
     ]
+}
+
+/// Every route's document, in table order.
+pub fn docs() -> Vec<RouteDoc> {
+    routes().into_iter().map(|(doc, _)| doc).collect()
+}
+
+/// `GET /api/v1/openapi.json`: the document of this table.
+async fn openapi_json() -> Json<Value> {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    Json(DOC.get_or_init(|| openapi::document(&docs())).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use concordance_client::ErrorCode;
+
+    use super::*;
+    use crate::api::openapi::document;
+    use crate::api::openapi::openapi_path;
+
+    const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+
+    #[test]
+    fn the_checked_in_openapi_document_is_current() {
+        let now = serde_json::to_string_pretty(&document(&docs())).unwrap() + "\n";
+        if std::env::var_os("CONCORDANCE_UPDATE_OPENAPI").is_some() {
+            std::fs::write(CHECKED_IN, &now).unwrap();
+        }
+        let stored = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
+        assert!(
+            stored == now,
+            "docs/openapi.json is stale: run CONCORDANCE_UPDATE_OPENAPI=1 cargo test --release -p concordance --lib openapi"
+        );
+    }
+
+    #[test]
+    fn every_route_is_documented_once_and_every_documented_route_is_routed() {
+        let doc = document(&docs());
+        let routes = routes();
+        let mut from_table: Vec<(String, String)> = routes
+            .iter()
+            .map(|(r, _)| (openapi_path(r.path), r.method.to_string()))
+            .collect();
+        from_table.sort();
+        let before = from_table.len();
+        from_table.dedup();
+        assert_eq!(before, from_table.len(), "a method and path listed twice");
+        let mut from_doc: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(p, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|m| (p.clone(), m.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        from_doc.sort();
+        assert_eq!(from_table, from_doc);
+        // Every $ref resolves.
+        let text = doc.to_string();
+        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = &part[..part.find('"').unwrap()];
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "dangling $ref {name}"
+            );
+        }
+    }
+
+    /// Every code the node answers with, as the document lists it.
+    fn documented_codes(doc: &Value) -> Vec<String> {
+        let schema = &doc["components"]["schemas"]["ErrorCode"];
+        let mut codes: Vec<String> = schema["oneOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|v| {
+                let one = v["const"].as_str().map(|s| vec![s.to_string()]);
+                let many = v["enum"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                });
+                one.or(many).unwrap_or_default()
+            })
+            .chain(
+                schema["enum"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(String::from)),
+            )
+            .collect();
+        codes.sort();
+        codes
+    }
+
+    #[test]
+    fn the_document_lists_every_error_code_and_no_other() {
+        let doc = document(&docs());
+        let mut known: Vec<String> = ErrorCode::ALL.iter().map(|c| c.to_string()).collect();
+        known.sort();
+        assert_eq!(documented_codes(&doc), known);
+        let checked_in: Value =
+            serde_json::from_str(&std::fs::read_to_string(CHECKED_IN).unwrap()).unwrap();
+        assert_eq!(documented_codes(&checked_in), known);
+    }
 }

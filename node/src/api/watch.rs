@@ -16,27 +16,20 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::StatusCode;
 use axum::response::Sse;
 use axum::response::sse::Event;
 use axum::response::sse::KeepAlive;
 use concordance_client::ErrorBody;
-use concordance_client::EventType;
+use concordance_client::ErrorCode;
 use concordance_client::WatchChange;
-use concordance_client::WatchEvent;
 use concordance_client::WatchProgress;
 use futures::Stream;
 use serde::Deserialize;
 
+use super::ApiError;
 use super::body::QueryParams;
-use super::kv::MAX_KEY_BYTES;
-use super::kv::to_kv;
-use super::kv::validate_key;
-use crate::error::ApiError;
+use super::validate;
 use crate::service::SharedNode;
-use crate::store::records::EventKind;
-use crate::store::records::EventRecord;
-use crate::store::state_machine::KvReader;
 
 /// Revisions read from history per step, to bound memory for a watcher far behind.
 const STEP_REVISIONS: usize = 1000;
@@ -59,8 +52,7 @@ pub struct WatchParams {
 
 fn compacted(start: u64, oldest: u64) -> ApiError {
     let mut e = ApiError::new(
-        StatusCode::GONE,
-        "compacted",
+        ErrorCode::Compacted,
         format!(
             "revision {start} has been compacted; the oldest revision available is {oldest}: \
              read the current state and watch from its revision + 1"
@@ -71,7 +63,7 @@ fn compacted(start: u64, oldest: u64) -> ApiError {
 }
 
 fn bad_revision(why: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_revision", why)
+    ApiError::new(ErrorCode::InvalidRevision, why)
 }
 
 enum Filter {
@@ -89,7 +81,7 @@ impl Filter {
 }
 
 struct Watch {
-    reader: KvReader,
+    node: SharedNode,
     changes: tokio::sync::watch::Receiver<u64>,
     filter: Filter,
     /// The next revision to look at.
@@ -99,24 +91,6 @@ struct Watch {
     quiet_since: tokio::time::Instant,
     queue: VecDeque<Event>,
     done: bool,
-    /// The node is stopping: the stream ends, and the client resumes on another member
-    /// with `Last-Event-ID`.
-    stopping: tokio_util::sync::CancellationToken,
-}
-
-fn event_of(e: EventRecord) -> WatchEvent {
-    match e.kind {
-        EventKind::Put => WatchEvent {
-            kind: EventType::Put,
-            kv: e.kv.map(|kv| to_kv(e.key.clone(), kv)),
-            key: e.key,
-        },
-        EventKind::Delete => WatchEvent {
-            kind: EventType::Delete,
-            key: e.key,
-            kv: None,
-        },
-    }
 }
 
 fn error_event(e: ApiError) -> Event {
@@ -129,34 +103,34 @@ fn error_event(e: ApiError) -> Event {
 impl Watch {
     /// Reads what has been applied since `next`, queueing one event per matching revision.
     fn catch_up(&mut self) {
-        let upto = self.reader.revision();
+        let upto = self.node.reader.revision();
         while self.next <= upto && self.queue.len() < STEP_REVISIONS {
-            let events = match self.reader.history(self.next, upto, STEP_REVISIONS) {
-                Ok(e) => e,
-                Err(e) => return self.fail(ApiError::storage(e)),
+            let changes = match self.node.history(self.next, upto, STEP_REVISIONS) {
+                Ok(c) => c,
+                Err(e) => return self.fail(e.into()),
             };
             // Checked after reading: compaction deletes from the front, so if `next` is still
             // at or above the oldest revision, nothing it read was missing.
-            let oldest = self.reader.oldest_revision();
+            let oldest = self.node.reader.oldest_revision();
             if self.next < oldest {
                 return self.fail(compacted(self.next, oldest));
             }
-            let whole = events.last().map(|e| e.revision);
+            let whole = changes.last().map(|c| c.revision);
             let mut current: Option<WatchChange> = None;
-            for e in events {
-                if !self.filter.matches(&e.key) {
+            for c in changes {
+                if !self.filter.matches(&c.event.key) {
                     continue;
                 }
-                if current.as_ref().is_some_and(|c| c.revision != e.revision) {
+                if current.as_ref().is_some_and(|w| w.revision != c.revision) {
                     self.push_change(current.take().expect("checked"));
                 }
                 current
                     .get_or_insert_with(|| WatchChange {
-                        revision: e.revision,
+                        revision: c.revision,
                         events: Vec::new(),
                     })
                     .events
-                    .push(event_of(e));
+                    .push(c.event);
             }
             if let Some(c) = current {
                 self.push_change(c);
@@ -219,7 +193,9 @@ impl Watch {
                 _ = tokio::time::sleep_until(self.quiet_since + self.progress) => {
                     self.push_progress();
                 }
-                _ = self.stopping.cancelled() => self.done = true,
+                // The node is stopping: the stream ends, and the client resumes on another
+                // member with `Last-Event-ID`.
+                _ = self.node.stopping.cancelled() => self.done = true,
             }
         }
     }
@@ -232,29 +208,24 @@ pub async fn watch(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter = match (params.key, params.prefix) {
         (Some(k), None) => {
-            validate_key(&k)?;
+            validate::key(&k)?;
             Filter::Key(k)
         }
         (None, Some(p)) => {
-            if p.len() > MAX_KEY_BYTES {
-                return Err(ApiError::bad_request(
-                    "invalid_key",
-                    "the prefix is longer than a key may be",
-                ));
-            }
+            validate::prefix(&p)?;
             Filter::Prefix(p)
         }
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
                 "give exactly one of `key` and `prefix`",
             ));
         }
     };
     let progress = Duration::from_millis(params.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS));
     if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&progress) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
             "progressMs must be 1000-60000",
         ));
     }
@@ -267,23 +238,22 @@ pub async fn watch(
                 .ok_or_else(|| bad_revision("Last-Event-ID must be a revision (an integer)"))?,
         ),
     };
-    let reader = node.reader.clone();
     // Subscribed before reading the revision, so no change between the two is missed.
-    let changes = reader.subscribe();
+    let changes = node.reader.subscribe();
     let start = match (last_event, params.start_revision) {
         (Some(id), _) => id
             .checked_add(1)
             .ok_or_else(|| bad_revision("Last-Event-ID is out of range"))?,
         (None, Some(0)) => return Err(bad_revision("startRevision must be at least 1")),
         (None, Some(r)) => r,
-        (None, None) => reader.revision() + 1,
+        (None, None) => node.reader.revision() + 1,
     };
-    let oldest = reader.oldest_revision();
+    let oldest = node.reader.oldest_revision();
     if start < oldest {
         return Err(compacted(start, oldest));
     }
     let watch = Watch {
-        reader,
+        node,
         changes,
         filter,
         next: start,
@@ -291,7 +261,6 @@ pub async fn watch(
         quiet_since: tokio::time::Instant::now(),
         queue: VecDeque::new(),
         done: false,
-        stopping: node.stopping.clone(),
     };
     let stream = futures::stream::unfold(watch, |mut w| async move {
         let ev = w.next_event().await?;

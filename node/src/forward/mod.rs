@@ -1,31 +1,30 @@
 //! Writes a follower forwards to the leader. Writes that arrive while earlier ones are in
 //! flight travel together in one batch, so under load a follower sends one message per batch
 //! instead of one per write: the leader parses fewer and both sides wake fewer threads. A
-//! lone write goes at once, alone. Batches go over a forward stream ([`stream`]) to a leader
-//! that serves one, else as HTTP requests (`raft/write-batch`).
+//! lone write goes at once, alone. Batches go over a forward stream ([`stream`]); one the
+//! stream cannot carry (a leader without streams, a stream that cannot be opened) goes as an
+//! HTTP request (`raft/write-batch`) to a leader whose stream hello says it takes those.
 
 pub mod stream;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
-use axum::http::StatusCode;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
-use crate::error::ApiError;
+use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::raft::QUORUM_TIMEOUT;
 use crate::raft::Raft;
-use crate::raft::peer::PeerContext;
-use crate::raft::peer::PeerError;
+use crate::raft::client::PeerContext;
+use crate::raft::client::PeerError;
 use crate::raft::upgrade::OpenError;
 use crate::raft::upgrade::REFUSED_RETRY;
 use crate::raft::wire;
+use crate::raft::wire::Capabilities;
 use crate::store::records::Command;
 use crate::store::records::Response;
 
@@ -40,7 +39,7 @@ struct Pending {
     leader: u64,
     addr: String,
     command: Command,
-    reply: oneshot::Sender<Result<Response, ApiError>>,
+    reply: oneshot::Sender<Result<Response, NodeError>>,
 }
 
 /// The follower side: queues writes for the leader and sends them in batches.
@@ -62,7 +61,7 @@ impl Forwarder {
         leader: u64,
         addr: String,
         command: Command,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Response, NodeError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             leader,
@@ -70,7 +69,7 @@ impl Forwarder {
             command,
             reply,
         };
-        let stopping = || ApiError::unavailable("shutting_down", "this node is stopping");
+        let stopping = || NodeError::ShuttingDown("this node is stopping".into());
         if self.queue.send(pending).is_err() {
             return Err(stopping());
         }
@@ -105,13 +104,10 @@ async fn send_loop(mut rx: mpsc::UnboundedReceiver<Pending>, sender: Sender, met
 struct Sender {
     peers: PeerContext,
     raft: Raft,
-    /// A leader found not to serve `raft/write-batch` (an older version during a rolling
-    /// upgrade): it gets one request per write.
-    unbatched_leader: AtomicU64,
     /// The open forward stream, to the leader it was opened to.
     stream: tokio::sync::Mutex<Option<LeaderStream>>,
-    /// A leader that answered 404 to a forward stream, and when.
-    stream_refused: std::sync::Mutex<Option<(u64, Instant)>>,
+    /// How the leader last answered a stream hello, and when.
+    hello: std::sync::Mutex<Option<LeaderHello>>,
 }
 
 struct LeaderStream {
@@ -120,19 +116,53 @@ struct LeaderStream {
     stream: Arc<stream::ForwardStream>,
 }
 
+struct LeaderHello {
+    leader: u64,
+    at: Instant,
+    answer: HelloAnswer,
+}
+
+enum HelloAnswer {
+    /// It opened the stream, and serves these besides.
+    Served(Capabilities),
+    /// It answered 404: a binary from before forward streams, which takes batches as requests.
+    Refused,
+}
+
 impl Sender {
     fn new(peers: PeerContext, raft: Raft) -> Self {
         Self {
             peers,
             raft,
-            unbatched_leader: AtomicU64::new(0),
             stream: tokio::sync::Mutex::new(None),
-            stream_refused: std::sync::Mutex::new(None),
+            hello: std::sync::Mutex::new(None),
         }
     }
 
-    /// The forward stream to `leader`, opened if need be; `None` if it has none to offer (an
-    /// older binary) or cannot be reached, and the batch then goes as a request.
+    fn remember(&self, leader: u64, answer: HelloAnswer) {
+        *self.hello.lock().expect("not poisoned") = Some(LeaderHello {
+            leader,
+            at: Instant::now(),
+            answer,
+        });
+    }
+
+    /// Whether a batch the forward stream did not carry may go to `leader` as a request: as its
+    /// last hello said, and yes for a leader that refused streams or was never heard (the
+    /// versions without the capability all take `raft/write-batch`).
+    fn takes_requests(&self, leader: u64) -> bool {
+        match &*self.hello.lock().expect("not poisoned") {
+            Some(h) if h.leader == leader => match h.answer {
+                HelloAnswer::Served(c) => c.write_batch,
+                HelloAnswer::Refused => true,
+            },
+            _ => true,
+        }
+    }
+
+    /// The forward stream to `leader`, opened if need be; `None` if it has none to offer (a
+    /// binary from before forward streams, asked again after [`REFUSED_RETRY`]) or cannot be
+    /// reached.
     async fn stream_to(&self, leader: u64, addr: &str) -> Option<Arc<stream::ForwardStream>> {
         let mut kept = self.stream.lock().await;
         if let Some(s) = kept.as_ref()
@@ -143,16 +173,22 @@ impl Sender {
             return Some(s.stream.clone());
         }
         *kept = None;
-        if self
-            .stream_refused
+        let refused_lately = self
+            .hello
             .lock()
             .expect("not poisoned")
-            .is_some_and(|(refused, at)| refused == leader && at.elapsed() < REFUSED_RETRY)
-        {
+            .as_ref()
+            .is_some_and(|h| {
+                h.leader == leader
+                    && matches!(h.answer, HelloAnswer::Refused)
+                    && h.at.elapsed() < REFUSED_RETRY
+            });
+        if refused_lately {
             return None;
         }
         match stream::ForwardStream::open(&self.peers, addr).await {
-            Ok(s) => {
+            Ok((s, serves)) => {
+                self.remember(leader, HelloAnswer::Served(serves));
                 let s = Arc::new(s);
                 *kept = Some(LeaderStream {
                     leader,
@@ -162,7 +198,7 @@ impl Sender {
                 Some(s)
             }
             Err(OpenError::Unsupported) => {
-                *self.stream_refused.lock().expect("not poisoned") = Some((leader, Instant::now()));
+                self.remember(leader, HelloAnswer::Refused);
                 None
             }
             Err(OpenError::Peer(e)) => {
@@ -198,10 +234,14 @@ impl Sender {
                 },
                 None => group,
             };
-            if group.len() == 1 || self.unbatched_leader.load(Ordering::Relaxed) == leader {
-                futures::future::join_all(group.into_iter().map(|p| self.send_one(p))).await;
+            if self.takes_requests(leader) {
+                self.send_as_request(leader, &addr, group).await;
             } else {
-                self.send_group(leader, &addr, group).await;
+                let replies = group.into_iter().map(|p| p.reply).collect();
+                let e = NodeError::NoQuorum(format!(
+                    "no forward stream to the leader at {addr}, which takes forwarded writes on one only; nothing was sent"
+                ));
+                hand_out(replies, Err(e));
             }
         }
     }
@@ -252,29 +292,12 @@ impl Sender {
         }
     }
 
-    async fn send_one(&self, p: Pending) {
-        let msg = self
-            .peers
-            .envelope(wire::ForwardedWrite { command: p.command });
-        let r: Result<wire::ForwardedWriteReply, ApiError> = to_leader(
-            &self.peers,
-            &self.raft,
-            p.leader,
-            &p.addr,
-            "raft/write",
-            &msg,
-        )
-        .await;
-        let _ = p
-            .reply
-            .send(r.and_then(|r| crate::error::answer(r.response)));
-    }
-
-    async fn send_group(&self, leader: u64, addr: &str, group: Vec<Pending>) {
+    /// Sends a group as one `raft/write-batch` request (a lone write too).
+    async fn send_as_request(&self, leader: u64, addr: &str, group: Vec<Pending>) {
         let (commands, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|p| (p.command, p.reply)).unzip();
         let msg = self.peers.envelope(wire::ForwardedWrites { commands });
-        let r: Result<wire::ForwardedWritesReply, ApiError> = to_leader(
+        let r = to_leader(
             &self.peers,
             &self.raft,
             leader,
@@ -283,31 +306,14 @@ impl Sender {
             &msg,
         )
         .await;
-        match r {
-            Err(e) if e.status == StatusCode::NOT_FOUND && e.detail.code == "not_found" => {
-                // An older leader: nothing applied. Send each write on its own.
-                self.unbatched_leader.store(leader, Ordering::Relaxed);
-                let wire::ForwardedWrites { commands } = msg.body;
-                let again = commands
-                    .into_iter()
-                    .zip(replies)
-                    .map(|(command, reply)| Pending {
-                        leader,
-                        addr: addr.to_string(),
-                        command,
-                        reply,
-                    });
-                futures::future::join_all(again.map(|p| self.send_one(p))).await;
-            }
-            r => hand_out(replies, r),
-        }
+        hand_out(replies, r);
     }
 }
 
 /// Gives each forwarded write its answer from the leader's reply to the batch.
 fn hand_out(
-    replies: Vec<oneshot::Sender<Result<Response, ApiError>>>,
-    reply: Result<wire::ForwardedWritesReply, ApiError>,
+    replies: Vec<oneshot::Sender<Result<Response, NodeError>>>,
+    reply: Result<wire::ForwardedWritesReply, NodeError>,
 ) {
     match reply {
         Ok(reply) if reply.results.len() == replies.len() => {
@@ -316,7 +322,7 @@ fn hand_out(
             }
         }
         Ok(reply) => {
-            let e = ApiError::internal(format!(
+            let e = NodeError::Internal(format!(
                 "the leader answered {} results for {} forwarded writes; they may or may not have applied",
                 reply.results.len(),
                 replies.len()
@@ -334,22 +340,12 @@ fn hand_out(
 }
 
 impl wire::ForwardedResult {
-    pub fn from_result(r: Result<Response, ApiError>) -> Self {
-        match r {
-            Ok(response) => Self::Applied { response },
-            Err(e) => Self::Failed {
-                status: e.status.as_u16(),
-                error: e.detail,
-            },
-        }
-    }
-
     /// The answer the follower's client sees, as if it had asked the leader itself.
-    fn into_result(self) -> Result<Response, ApiError> {
+    fn into_result(self) -> Result<Response, NodeError> {
         match self {
             Self::Applied { response } => crate::error::answer(response),
-            Self::Failed { status, error } => Err(ApiError {
-                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            Self::Failed { status, error } => Err(NodeError::Remote {
+                status,
                 detail: error,
             }),
         }
@@ -365,7 +361,7 @@ pub async fn to_leader<B: serde::Serialize, T: serde::de::DeserializeOwned>(
     addr: &str,
     path: &str,
     body: &B,
-) -> Result<T, ApiError> {
+) -> Result<T, NodeError> {
     let request = async {
         peers
             .post(addr, path, body, QUORUM_TIMEOUT + Duration::from_secs(1))
@@ -380,8 +376,8 @@ pub async fn to_leader<B: serde::Serialize, T: serde::de::DeserializeOwned>(
 async fn while_leader<T>(
     raft: &Raft,
     leader: u64,
-    exchange: impl Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
+    exchange: impl Future<Output = Result<T, NodeError>>,
+) -> Result<T, NodeError> {
     let moved = async {
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -393,30 +389,29 @@ async fn while_leader<T>(
     let limit = QUORUM_TIMEOUT + Duration::from_secs(1);
     tokio::select! {
         r = exchange => r,
-        _ = moved => Err(ApiError::unavailable(
-            "leader_changed",
-            "the leader changed while the request was in flight; a write may or may not have \
-             applied: retry it (with an Idempotency-Key to make the retry safe)",
-        )),
-        () = tokio::time::sleep(limit) => Err(ApiError::unavailable(
-            "no_quorum",
+        _ = moved => Err(NodeError::LeaderChanged),
+        () = tokio::time::sleep(limit) => Err(NodeError::NoQuorum(
             format!("the leader did not answer within {limit:?}; a write may or may not have applied"),
         )),
     }
 }
 
 /// Maps a peer's failure to the error a client should see.
-pub fn peer_failure(e: PeerError) -> ApiError {
+pub fn peer_failure(e: PeerError) -> NodeError {
     match e {
-        PeerError::Api(_, status, code, message) => ApiError::new(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            &code,
-            message,
-        ),
-        PeerError::Unreachable(addr, why) => ApiError::unavailable(
-            "no_quorum",
-            format!("the leader at {addr} is unreachable ({why}); the cluster may have no quorum"),
-        ),
-        other => ApiError::unavailable("no_quorum", other.to_string()),
+        PeerError::Api(_, status, code, message) => NodeError::Remote {
+            status,
+            detail: concordance_client::ErrorDetail {
+                code,
+                message,
+                leader: None,
+                leader_address: None,
+                oldest_revision: None,
+            },
+        },
+        PeerError::Unreachable(addr, why) => NodeError::NoQuorum(format!(
+            "the leader at {addr} is unreachable ({why}); the cluster may have no quorum"
+        )),
+        other => NodeError::NoQuorum(other.to_string()),
     }
 }

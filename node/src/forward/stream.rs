@@ -10,29 +10,28 @@
 //! `101 Switching Protocols` and serves the raw connection on its Raft thread. Each direction
 //! then carries frames: a 4-byte big-endian length and that many bytes of JSON,
 //! [`wire::ForwardedWrites`] from the follower and one [`wire::ForwardedWritesReply`] per
-//! batch back, in order. A leader running an older binary answers 404, and the follower then
-//! sends batches as requests (`POST /api/v1/raft/write-batch`).
+//! batch back, in order. Both hellos carry the sender's [`Capabilities`]. A leader running a
+//! binary from before forward streams answers 404, and the follower then sends batches as
+//! requests (`POST /api/v1/raft/write-batch`).
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 use futures::SinkExt;
 use futures::StreamExt;
-use futures::future::Either;
 use futures::stream::FuturesOrdered;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 use tokio_util::codec::FramedWrite;
-use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
-use crate::raft::peer::PeerContext;
-use crate::raft::peer::PeerError;
+use crate::raft::client::PeerContext;
+use crate::raft::client::PeerError;
 use crate::raft::upgrade::OpenError;
 use crate::raft::upgrade::frame_codec;
 use crate::raft::wire;
+use crate::raft::wire::Capabilities;
 use crate::store::records::Command;
 
 /// The `Upgrade` token of a forward stream.
@@ -60,12 +59,14 @@ pub struct ForwardStream {
 }
 
 impl ForwardStream {
-    /// Opens a stream to the leader at `addr`; its task runs on the current runtime.
-    pub async fn open(ctx: &PeerContext, addr: &str) -> Result<Self, OpenError> {
-        let io = crate::raft::upgrade::open(ctx, addr, "raft/forward", UPGRADE_PROTOCOL).await?;
+    /// Opens a stream to the leader at `addr`, with what the leader serves besides (its
+    /// hello's answer); the stream's task runs on the current runtime.
+    pub async fn open(ctx: &PeerContext, addr: &str) -> Result<(Self, Capabilities), OpenError> {
+        let (io, serves) =
+            crate::raft::upgrade::open(ctx, addr, "raft/forward", UPGRADE_PROTOCOL).await?;
         let (calls, queued) = mpsc::unbounded_channel();
         tokio::spawn(run(io, queued, addr.to_string()));
-        Ok(Self { calls })
+        Ok((Self { calls }, serves))
     }
 
     /// False once the stream has ended (the leader closed it or it failed).
@@ -152,11 +153,10 @@ async fn run(io: reqwest::Upgraded, mut calls: mpsc::UnboundedReceiver<Call>, ad
 /// The leader's end: takes over an upgraded connection, on the Raft thread, so forwarded
 /// writes reach Raft and their answers leave without a thread hand-off.
 ///
-/// `propose` proposes a batch and answers each write; once `stopping` is cancelled, new
-/// batches are refused instead.
+/// `propose` proposes a batch and answers each write (or refuses the batch, once the node is
+/// stopping: batches in flight still get their answers).
 pub async fn accept<P, Answers>(
     raft_runtime: tokio::runtime::Handle,
-    stopping: CancellationToken,
     upgrade: hyper::upgrade::OnUpgrade,
     propose: P,
 ) where
@@ -167,21 +167,15 @@ pub async fn accept<P, Answers>(
         raft_runtime,
         upgrade,
         "a forward stream",
-        |tcp, ahead| serve(stopping, propose, tcp, ahead),
+        |tcp, ahead| serve(propose, tcp, ahead),
     )
     .await;
 }
 
 /// Proposes each batch as it arrives and writes the answers back in order, until the follower
-/// closes the stream (answers still due are written first) or a frame is unreadable. Once the
-/// node is stopping, batches in flight still get their answers and new ones are refused
-/// (`shutting_down`: not applied), as HTTP requests are while a node drains.
-async fn serve<P, Answers>(
-    stopping: CancellationToken,
-    propose: P,
-    tcp: TcpStream,
-    read_ahead: Bytes,
-) where
+/// closes the stream (answers still due are written first) or a frame is unreadable.
+async fn serve<P, Answers>(propose: P, tcp: TcpStream, read_ahead: Bytes)
+where
     P: Fn(Vec<Command>) -> Answers,
     Answers: Future<Output = wire::ForwardedWritesReply>,
 {
@@ -195,13 +189,7 @@ async fn serve<P, Answers>(
         tokio::select! {
             frame = batches.next(), if !follower_done => match frame {
                 Some(Ok(frame)) => match decode(&frame) {
-                    Ok(writes) => {
-                        proposed.push_back(if stopping.is_cancelled() {
-                            Either::Left(std::future::ready(refused(&writes.commands)))
-                        } else {
-                            Either::Right(propose(writes.commands))
-                        });
-                    }
+                    Ok(writes) => proposed.push_back(propose(writes.commands)),
                     Err(e) => {
                         tracing::warn!(error = %e, "closing a forward stream");
                         return;
@@ -223,17 +211,6 @@ async fn serve<P, Answers>(
         if follower_done && proposed.is_empty() {
             return;
         }
-    }
-}
-
-/// The answer to a batch that arrives while the leader stops: every write refused, none applied.
-fn refused(commands: &[Command]) -> wire::ForwardedWritesReply {
-    let stopping = ApiError::unavailable("shutting_down", "the leader is stopping");
-    wire::ForwardedWritesReply {
-        results: commands
-            .iter()
-            .map(|_| wire::ForwardedResult::from_result(Err(stopping.clone())))
-            .collect(),
     }
 }
 

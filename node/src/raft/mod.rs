@@ -1,8 +1,8 @@
 //! Consensus: Raft's settings and handle, what a follower knows of its leader, and the network
 //! that carries Raft's messages between nodes (streams, wire types).
 
+pub mod client;
 pub mod network;
-pub mod peer;
 pub mod stream;
 pub mod upgrade;
 pub mod wire;

@@ -27,9 +27,9 @@ use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::peer::PeerContext;
-use super::peer::PeerError;
-use super::peer::rpc_error;
+use super::client::PeerContext;
+use super::client::PeerError;
+use super::client::rpc_error;
 use super::stream;
 use super::stream::AppendStream;
 use super::wire;
@@ -227,7 +227,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 .send()
                 .await
                 .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
-            let reply: wire::SnapshotReply = super::peer::decode(&addr, resp)
+            let reply: wire::SnapshotReply = super::client::decode(&addr, resp)
                 .await
                 .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
             Ok(SnapshotResponse::new(

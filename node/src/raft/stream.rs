@@ -36,8 +36,8 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 use super::LeaderContact;
 use super::Raft;
-use super::peer::PeerContext;
-use super::peer::PeerError;
+use super::client::PeerContext;
+use super::client::PeerError;
 pub use super::upgrade::OpenError;
 use super::upgrade::frame_codec;
 use super::wire;
@@ -60,7 +60,9 @@ pub struct AppendStream {
 
 /// Opens a stream to the follower at `addr`.
 pub async fn open(ctx: &PeerContext, addr: &str) -> Result<AppendStream, OpenError> {
-    let io = super::upgrade::open(ctx, addr, "raft/stream", UPGRADE_PROTOCOL).await?;
+    // Single appends are only for a follower without streams (it answers 404), so what an
+    // answering one serves besides does not matter here.
+    let (io, _serves) = super::upgrade::open(ctx, addr, "raft/stream", UPGRADE_PROTOCOL).await?;
     let (read, write) = tokio::io::split(io);
     Ok(AppendStream {
         answers: FramedRead::new(read, frame_codec()),
@@ -236,7 +238,7 @@ where
 {
     fn fail(&mut self, e: PeerError) -> Answer {
         self.stream = None;
-        Err(super::peer::rpc_error(e))
+        Err(super::client::rpc_error(e))
     }
 
     fn unreachable(&mut self, why: impl ToString) -> Answer {

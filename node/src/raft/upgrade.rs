@@ -10,8 +10,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::codec::LengthDelimitedCodec;
 
-use super::peer::PeerContext;
-use super::peer::PeerError;
+use super::client::PeerContext;
+use super::client::PeerError;
+use super::wire::CAPABILITIES_HEADER;
+use super::wire::Capabilities;
 
 /// How long a peer that refused an upgrade (an older binary) gets plain requests before it
 /// is asked again (it may have been upgraded meanwhile).
@@ -34,13 +36,14 @@ pub enum OpenError {
     Peer(PeerError),
 }
 
-/// Asks the peer at `addr` to upgrade `GET /api/v1/<path>` to `protocol`.
+/// Asks the peer at `addr` to upgrade `GET /api/v1/<path>` to `protocol`; the connection, and
+/// what the peer serves besides (its hello's [`Capabilities`]).
 pub async fn open(
     ctx: &PeerContext,
     addr: &str,
     path: &str,
     protocol: &str,
-) -> Result<reqwest::Upgraded, OpenError> {
+) -> Result<(reqwest::Upgraded, Capabilities), OpenError> {
     let unreachable = |e: String| OpenError::Peer(PeerError::Unreachable(addr.into(), e));
     let hello = ctx.envelope(());
     let request = ctx
@@ -51,7 +54,8 @@ pub async fn open(
             ("from", hello.from.to_string()),
         ])
         .header(reqwest::header::CONNECTION, "upgrade")
-        .header(reqwest::header::UPGRADE, protocol);
+        .header(reqwest::header::UPGRADE, protocol)
+        .header(CAPABILITIES_HEADER, Capabilities::THIS.header_value());
     let opening = async {
         let resp = request
             .send()
@@ -59,11 +63,20 @@ pub async fn open(
             .map_err(|e| unreachable(e.to_string()))?;
         match resp.status() {
             reqwest::StatusCode::SWITCHING_PROTOCOLS => {
-                resp.upgrade().await.map_err(|e| unreachable(e.to_string()))
+                let theirs = Capabilities::from_header(
+                    resp.headers()
+                        .get(CAPABILITIES_HEADER)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let io = resp
+                    .upgrade()
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                Ok((io, theirs))
             }
             reqwest::StatusCode::NOT_FOUND => Err(OpenError::Unsupported),
             _ => Err(OpenError::Peer(
-                super::peer::decode::<()>(addr, resp)
+                super::client::decode::<()>(addr, resp)
                     .await
                     .err()
                     .unwrap_or_else(|| PeerError::Refused(addr.into(), 200, "no upgrade".into())),

@@ -26,6 +26,55 @@ use crate::store::records::VoteRecord;
 /// The peer protocol this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The header of a stream hello (the upgrade request and its `101` answer) that names what the
+/// sender's binary serves: [`Capabilities`].
+pub const CAPABILITIES_HEADER: &str = "concordance-capabilities";
+
+/// What a binary serves besides its streams, told in each stream hello: the side that opens a
+/// stream sends its own with the upgrade request, the other side answers with its own in the
+/// `101`. Tokens this binary does not know are ignored. A binary of the previous version sends
+/// no header, and serves everything of [`Capabilities::PREVIOUS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Takes forwarded writes as requests (`POST /api/v1/raft/write-batch`): a follower whose
+    /// forward stream cannot carry a batch may send it that way (token `write-batch`).
+    pub write_batch: bool,
+    /// Takes single appends as requests (`POST /api/v1/raft/append`): a leader whose append
+    /// stream to it cannot be opened may replicate that way (token `append`).
+    pub append: bool,
+}
+
+impl Capabilities {
+    /// This binary's.
+    pub const THIS: Capabilities = Capabilities {
+        write_batch: true,
+        append: true,
+    };
+    /// Those of a binary that sends no header (the previous version, with both streams).
+    pub const PREVIOUS: Capabilities = Capabilities {
+        write_batch: true,
+        append: true,
+    };
+
+    pub fn header_value(self) -> String {
+        let tokens = [("write-batch", self.write_batch), ("append", self.append)];
+        let on: Vec<&str> = tokens.iter().filter(|t| t.1).map(|t| t.0).collect();
+        on.join(",")
+    }
+
+    /// A peer's capabilities from its hello's header, if it sent one.
+    pub fn from_header(value: Option<&str>) -> Capabilities {
+        let Some(value) = value else {
+            return Capabilities::PREVIOUS;
+        };
+        let tokens: Vec<&str> = value.split(',').map(str::trim).collect();
+        Capabilities {
+            write_batch: tokens.contains(&"write-batch"),
+            append: tokens.contains(&"append"),
+        }
+    }
+}
+
 /// Largest peer message accepted (Raft append batches), as a request body or a stream frame.
 pub const PEER_BODY_BYTES: usize = 512 << 20;
 
@@ -296,5 +345,33 @@ impl TransferLeaderRequest {
             self.to,
             unopt(&self.last_log_id),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Capabilities;
+
+    #[test]
+    fn capabilities_travel_as_tokens_and_a_silent_peer_is_the_previous_version() {
+        assert_eq!(
+            Capabilities::from_header(Some(&Capabilities::THIS.header_value())),
+            Capabilities::THIS
+        );
+        assert_eq!(Capabilities::from_header(None), Capabilities::PREVIOUS);
+        assert_eq!(
+            Capabilities::from_header(Some("append, something-newer")),
+            Capabilities {
+                write_batch: false,
+                append: true,
+            }
+        );
+        assert_eq!(
+            Capabilities::from_header(Some("")),
+            Capabilities {
+                write_batch: false,
+                append: false,
+            }
+        );
     }
 }

@@ -8,10 +8,12 @@
 //! - `kv`: live keys. `history`: one event per change, by revision. `leases`, `idempotency`.
 //! - `applied`: the state machine's last applied log id, membership and revision.
 
+mod apply;
 pub mod codec;
 pub mod log_cache;
 pub mod log_file;
 pub mod log_store;
+pub mod reader;
 pub mod records;
 pub mod snapshot;
 pub mod state_machine;
@@ -231,6 +233,45 @@ impl Store {
         })
     }
 
+    /// The records of column family `cf` in key order, from the first key at or after `from`,
+    /// each decoded as `kind` (`what` names one in an error). Stops at the first error (a
+    /// record that does not decode, or the iterator's own); drop it to stop early.
+    pub fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &str,
+        from: &[u8],
+        kind: RecordKind,
+        what: &'static str,
+    ) -> Scan<'_, T> {
+        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        it.seek(from);
+        Scan {
+            store: self,
+            it,
+            kind,
+            what,
+            done: false,
+            decoded: std::marker::PhantomData,
+        }
+    }
+
+    /// The idempotency keys whose answers were given before `cutoff_ms` (what a sweep forgets).
+    pub fn idempotency_older_than(&self, cutoff_ms: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut old = Vec::new();
+        for item in self.scan::<records::IdempotencyRecord>(
+            CF_IDEMPOTENCY,
+            &[],
+            RecordKind::Idempotency,
+            "idempotency record",
+        ) {
+            let (key, rec) = item?;
+            if rec.applied_at_ms < cutoff_ms {
+                old.push(key);
+            }
+        }
+        Ok(old)
+    }
+
     /// Writes one record and syncs it to disk before returning.
     pub fn put_record_synced<T: serde::Serialize>(
         &self,
@@ -333,6 +374,43 @@ impl Store {
                 sst + mem
             })
             .sum::<u64>()
+    }
+}
+
+/// An iterator over one column family's records ([`Store::scan`]).
+pub struct Scan<'a, T> {
+    store: &'a Store,
+    it: rocksdb::DBRawIterator<'a>,
+    kind: RecordKind,
+    what: &'static str,
+    done: bool,
+    decoded: std::marker::PhantomData<T>,
+}
+
+impl<T: serde::de::DeserializeOwned> Iterator for Scan<'_, T> {
+    /// A record's key and the record.
+    type Item = Result<(Vec<u8>, T), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = match (self.it.key(), self.it.value()) {
+            (Some(k), Some(v)) => codec::decode(self.kind, v)
+                .map(|record| (k.to_vec(), record))
+                .map_err(|source| StoreError::Corrupt {
+                    what: format!("{} {:?}", self.what, String::from_utf8_lossy(k)),
+                    path: self.store.dir.clone(),
+                    source,
+                }),
+            _ => {
+                self.done = true;
+                return self.it.status().err().map(|e| Err(self.store.rocks_err(e)));
+            }
+        };
+        self.done = item.is_err();
+        self.it.next();
+        Some(item)
     }
 }
 

@@ -139,7 +139,13 @@ impl Operation {
     pub fn command_version(&self) -> u32 {
         match self {
             Operation::Put { .. } | Operation::Delete { .. } => COMMAND_VERSION_BASE,
-            _ => 2,
+            Operation::Txn { .. }
+            | Operation::LeaseGrant { .. }
+            | Operation::LeaseKeepAlive { .. }
+            | Operation::LeaseRevoke { .. }
+            | Operation::ExpireLeases { .. }
+            | Operation::SweepIdempotency { .. }
+            | Operation::EnableCommandVersion { .. } => 2,
         }
     }
 }
@@ -281,7 +287,7 @@ pub enum Response {
     },
     /// The command was refused as a whole and changed nothing.
     Rejected {
-        code: String,
+        code: RejectCode,
         message: String,
     },
     Txn {
@@ -309,6 +315,17 @@ pub enum Response {
     Enabled {
         version: u32,
     },
+}
+
+/// Why the state machine refused a command (the only refusals that depend on state; the
+/// API checks everything else before proposing). Written as the API's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// A lease the command names does not exist (or has expired).
+    LeaseNotFound,
+    /// A grant for a lease id that exists.
+    LeaseExists,
 }
 
 /// A live key's value and its revisions.

@@ -1,11 +1,13 @@
-//! How a node reaches its peers: the HTTP client, admin key and cluster UUID every peer
-//! request carries, and the errors a peer request can end in.
+//! The calling side of the peer protocol: how a node reaches its peers (the HTTP client, the
+//! admin key and cluster UUID every peer request carries) and the errors a peer request can end
+//! in. The serving side is `api/raft_rpc.rs`.
 
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
 
 use concordance_client::ErrorBody;
+use concordance_client::ErrorCode;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::errors::Unreachable;
@@ -32,16 +34,7 @@ pub enum PeerError {
     #[error("{0} answered {1}: {2}")]
     Refused(String, u16, String),
     #[error("{0} answered {1}: {2}: {3}")]
-    Api(String, u16, String, String),
-}
-
-impl PeerError {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            PeerError::Api(_, _, code, _) => Some(code),
-            _ => None,
-        }
-    }
+    Api(String, u16, ErrorCode, String),
 }
 
 impl PeerContext {

@@ -1,28 +1,33 @@
-//! Routes peers call: Raft RPCs, forwarded writes and read-index requests. All need the
-//! admin key and a message from this cluster in a protocol this binary speaks.
+//! The serving side of the peer protocol (`/api/v1/raft/*`): Raft RPCs, append and forward
+//! streams, forwarded writes and read-index requests. All need the admin key and a message from
+//! this cluster in a protocol this binary speaks. The calling side is `raft/client.rs`.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
+use concordance_client::ErrorCode;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 
+use super::ApiError;
 use super::JsonBody;
 use super::body::QueryParams;
-use crate::error::ApiError;
+use crate::error::NodeError;
 use crate::raft::stream::UPGRADE_PROTOCOL;
 use crate::raft::wire;
 use crate::raft::wire::PeerMessage;
 use crate::service::SharedNode;
+use crate::store::records::Command;
+use crate::store::records::Response;
 use crate::store::snapshot::SnapshotFile;
 
 fn check<T>(node: &SharedNode, msg: &PeerMessage<T>) -> Result<(), ApiError> {
     if msg.protocol > wire::PROTOCOL_VERSION {
-        return Err(ApiError::bad_request(
-            "protocol_unsupported",
+        return Err(ApiError::new(
+            ErrorCode::ProtocolUnsupported,
             format!(
                 "peer protocol {} is newer than this node's {}; upgrade this node",
                 msg.protocol,
@@ -33,8 +38,7 @@ fn check<T>(node: &SharedNode, msg: &PeerMessage<T>) -> Result<(), ApiError> {
     let ours = node.peers.cluster();
     if ours.is_empty() || msg.cluster != ours {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "cluster_mismatch",
+            ErrorCode::ClusterMismatch,
             format!(
                 "message from cluster {:?}, this node is in cluster {ours:?}",
                 msg.cluster
@@ -45,7 +49,7 @@ fn check<T>(node: &SharedNode, msg: &PeerMessage<T>) -> Result<(), ApiError> {
 }
 
 fn fatal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable("raft_stopped", e.to_string())
+    ApiError::new(ErrorCode::RaftStopped, e.to_string())
 }
 
 async fn rpc<Req, Resp, F, Fut>(
@@ -70,7 +74,7 @@ pub async fn append(
     rpc(node, msg, |node, req| async move {
         let req = req
             .into_raft()
-            .map_err(|e| ApiError::bad_request("invalid_entry", e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidEntry, e.to_string()))?;
         let last_sent = req
             .entries
             .last()
@@ -125,18 +129,43 @@ pub async fn forward_stream(
 ) -> Result<axum::response::Response, ApiError> {
     let protocol = crate::forward::stream::UPGRADE_PROTOCOL;
     let upgrade = switching(&node, hello, request, protocol)?;
-    let (raft_runtime, stopping) = (node.raft_runtime.clone(), node.stopping.clone());
-    let propose = move |commands| {
+    let raft_runtime = node.raft_runtime.clone();
+    // Once the node is stopping, batches in flight still get their answers and new ones are
+    // refused (`shutting_down`: not applied), as HTTP requests are while a node drains.
+    let propose = move |commands: Vec<Command>| {
         let node = node.clone();
-        async move { node.propose_forwarded(commands).await }
+        let refused = node.stopping.is_cancelled();
+        async move {
+            if refused {
+                let stopping = NodeError::ShuttingDown("the leader is stopping".into());
+                return forwarded_reply(commands.iter().map(|_| Err(stopping.clone())).collect());
+            }
+            forwarded_reply(node.propose_forwarded(commands).await)
+        }
     };
     tokio::spawn(crate::forward::stream::accept(
         raft_runtime,
-        stopping,
         upgrade,
         propose,
     ));
     switched(protocol)
+}
+
+/// The leader's answers to forwarded writes, each as the follower's client is to see it.
+fn forwarded_reply(results: Vec<Result<Response, NodeError>>) -> wire::ForwardedWritesReply {
+    let result = |r: Result<Response, NodeError>| match r {
+        Ok(response) => wire::ForwardedResult::Applied { response },
+        Err(e) => {
+            let e = ApiError::from(e);
+            wire::ForwardedResult::Failed {
+                status: e.status.as_u16(),
+                error: e.detail,
+            }
+        }
+    };
+    wire::ForwardedWritesReply {
+        results: results.into_iter().map(result).collect(),
+    }
 }
 
 /// Checks who asks and that they ask to upgrade to `protocol`; the connection to take over
@@ -166,8 +195,7 @@ fn switching(
     match (asks_for_it, upgrade) {
         (true, Some(upgrade)) => Ok(upgrade),
         _ => Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
+            ErrorCode::UpgradeRequired,
             format!("send Connection: upgrade and Upgrade: {protocol}"),
         )),
     }
@@ -178,8 +206,12 @@ fn switched(protocol: &str) -> Result<axum::response::Response, ApiError> {
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(axum::http::header::CONNECTION, "upgrade")
         .header(axum::http::header::UPGRADE, protocol)
+        .header(
+            wire::CAPABILITIES_HEADER,
+            wire::Capabilities::THIS.header_value(),
+        )
         .body(Body::empty())
-        .map_err(ApiError::internal_from)
+        .map_err(ApiError::internal)
 }
 
 pub async fn vote(
@@ -219,6 +251,8 @@ pub async fn transfer_leader(
     .await
 }
 
+/// One forwarded write. Kept for followers of the previous version, which send a lone write
+/// here when they have no forward stream; this version sends `raft/write-batch` only.
 pub async fn write(
     State(node): State<SharedNode>,
     JsonBody(msg): JsonBody<PeerMessage<wire::ForwardedWrite>>,
@@ -236,8 +270,8 @@ pub async fn write_batch(
 ) -> Result<Json<wire::ForwardedWritesReply>, ApiError> {
     rpc(node, msg, |node, req| async move {
         if req.commands.len() > crate::forward::MAX_BATCH {
-            return Err(ApiError::bad_request(
-                "batch_too_large",
+            return Err(ApiError::new(
+                ErrorCode::BatchTooLarge,
                 format!(
                     "{} forwarded writes in one batch; at most {}",
                     req.commands.len(),
@@ -245,7 +279,7 @@ pub async fn write_batch(
                 ),
             ));
         }
-        Ok(node.propose_forwarded(req.commands).await)
+        Ok(forwarded_reply(node.propose_forwarded(req.commands).await))
     })
     .await
 }
@@ -285,7 +319,7 @@ pub async fn snapshot(
     let io = |e: std::io::Error| ApiError::storage(format!("writing a received snapshot: {e}"));
     while let Some(chunk) = stream.next().await {
         let chunk =
-            chunk.map_err(|e| ApiError::bad_request("snapshot_interrupted", e.to_string()))?;
+            chunk.map_err(|e| ApiError::new(ErrorCode::SnapshotInterrupted, e.to_string()))?;
         let mut data: &[u8] = &chunk;
         if header.is_none() {
             head.extend_from_slice(data);
@@ -298,7 +332,7 @@ pub async fn snapshot(
                 && head.len() >= 4 + n
             {
                 let h: PeerMessage<wire::SnapshotHeader> = serde_json::from_slice(&head[4..4 + n])
-                    .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?;
+                    .map_err(|e| ApiError::new(ErrorCode::InvalidSnapshot, e.to_string()))?;
                 check(&node, &h)?;
                 header = Some(h);
                 let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
@@ -313,8 +347,8 @@ pub async fn snapshot(
         }
     }
     let (Some(header), Some(f)) = (header, file) else {
-        return Err(ApiError::bad_request(
-            "invalid_snapshot",
+        return Err(ApiError::new(
+            ErrorCode::InvalidSnapshot,
             "the snapshot body ended before its header",
         ));
     };
@@ -333,15 +367,15 @@ async fn install(
     let verify_path = path.clone();
     tokio::task::spawn_blocking(move || crate::store::snapshot::verify(&verify_path))
         .await
-        .map_err(ApiError::internal_from)?
-        .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?;
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::new(ErrorCode::InvalidSnapshot, e.to_string()))?;
     let meta = crate::store::types::SnapshotMeta {
         last_log_id: h
             .last_log_id
             .as_ref()
             .map(crate::store::types::log_id_from_record),
         last_membership: crate::store::types::stored_membership_from_record(&h.membership)
-            .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?,
+            .map_err(|e| ApiError::new(ErrorCode::InvalidSnapshot, e.to_string()))?,
     };
     let snapshot = crate::store::snapshot::Snapshot {
         meta,

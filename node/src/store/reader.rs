@@ -1,0 +1,163 @@
+//! The read side of the state machine: what the API reads (keys, prefix lists, leases, the
+//! change history) and the applied revision, published after every applied batch.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+use super::CF_HISTORY;
+use super::CF_KV;
+use super::CF_LEASES;
+use super::Store;
+use super::codec::RecordKind;
+use super::io_err;
+use super::records::AppliedStateRecord;
+use super::records::COMMAND_VERSION_BASE;
+use super::records::EventRecord;
+use super::records::KeyRecord;
+use super::records::LeaseRecord;
+use super::u64_key;
+
+/// Read access to the applied state, shared with the HTTP API.
+#[derive(Clone)]
+pub struct KvReader {
+    store: Store,
+    revision: Arc<AtomicU64>,
+    compacted: Arc<AtomicU64>,
+    command_version: Arc<AtomicU32>,
+    /// Signals every applied batch (with its revision), for watches and lock waiters.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl KvReader {
+    /// A reader of `store`, whose state machine is at `applied`.
+    pub(super) fn new(store: Store, applied: &AppliedStateRecord) -> Self {
+        Self {
+            store,
+            revision: Arc::new(AtomicU64::new(applied.revision)),
+            compacted: Arc::new(AtomicU64::new(applied.compacted_revision)),
+            command_version: Arc::new(AtomicU32::new(
+                applied.command_version.unwrap_or(COMMAND_VERSION_BASE),
+            )),
+            changes: Arc::new(tokio::sync::watch::Sender::new(applied.revision)),
+        }
+    }
+
+    /// The revision of the last applied change.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// History below this revision is gone; a watch may start at it or later (1 if none is).
+    pub fn oldest_revision(&self) -> u64 {
+        self.compacted.load(Ordering::Acquire).max(1)
+    }
+
+    /// The command set the cluster has enabled.
+    pub fn command_version(&self) -> u32 {
+        self.command_version.load(Ordering::Acquire)
+    }
+
+    /// A receiver woken after every applied batch.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Makes a newly applied state visible: its revision last, so whoever sees the revision
+    /// finds everything up to it.
+    pub(super) fn publish(&self, applied: &AppliedStateRecord) {
+        self.compacted
+            .store(applied.compacted_revision, Ordering::Release);
+        self.command_version.store(
+            applied.command_version.unwrap_or(COMMAND_VERSION_BASE),
+            Ordering::Release,
+        );
+        self.revision.store(applied.revision, Ordering::Release);
+        self.changes.send_replace(applied.revision);
+    }
+
+    /// History events with `from <= revision <= to`, in revision order, at most `limit`
+    /// revisions' worth (whole revisions only). Checks compaction after reading, so a
+    /// concurrent compaction is reported rather than silently skipping events.
+    pub fn history(&self, from: u64, to: u64, limit: usize) -> io::Result<Vec<EventRecord>> {
+        let mut out: Vec<EventRecord> = Vec::new();
+        let mut revisions = 0;
+        let events =
+            self.store
+                .scan::<EventRecord>(CF_HISTORY, &u64_key(from), RecordKind::Event, "event");
+        for item in events {
+            let (_, event) = item.map_err(io_err)?;
+            if event.revision > to {
+                break;
+            }
+            if out.last().is_none_or(|e| e.revision != event.revision) {
+                if revisions == limit {
+                    break;
+                }
+                revisions += 1;
+            }
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    pub fn lease(&self, id: u64) -> io::Result<Option<LeaseRecord>> {
+        self.store.lease_record(id).map_err(io_err)
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> io::Result<Vec<LeaseRecord>> {
+        self.store
+            .scan::<LeaseRecord>(CF_LEASES, &[], RecordKind::Lease, "lease")
+            .map(|item| item.map(|(_, lease)| lease).map_err(io_err))
+            .collect()
+    }
+
+    /// How many idempotency answers are older than `cutoff_ms` (the sweep's work).
+    pub fn idempotency_older_than(&self, cutoff_ms: u64) -> io::Result<u64> {
+        let old = self
+            .store
+            .idempotency_older_than(cutoff_ms)
+            .map_err(io_err)?;
+        Ok(old.len() as u64)
+    }
+
+    pub fn get(&self, key: &str) -> io::Result<Option<KeyRecord>> {
+        self.store.key_record(key).map_err(io_err)
+    }
+
+    /// Keys starting with `prefix`, in order, strictly after `after` when given; at most `limit`.
+    /// Returns the keys and whether more remain.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<(Vec<(String, KeyRecord)>, bool)> {
+        let from = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let mut out = Vec::new();
+        let keys =
+            self.store
+                .scan::<KeyRecord>(CF_KV, from.as_bytes(), RecordKind::KeyValue, "key");
+        for item in keys {
+            let (key, record) = item.map_err(io_err)?;
+            if after.is_some_and(|a| a.as_bytes() == key) {
+                continue;
+            }
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let key = String::from_utf8(key).map_err(|_| io_err("stored key is not UTF-8"))?;
+            out.push((key, record));
+        }
+        Ok((out, false))
+    }
+}
