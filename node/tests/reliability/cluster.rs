@@ -242,12 +242,16 @@ impl Cluster {
     /// Waits (bounded) until `name` reports itself leader.
     pub async fn wait_leads(&self, name: &str, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
-        let mut last = String::new();
         loop {
-            match tokio::time::timeout(Duration::from_secs(2), self.client(name).status()).await {
+            let last = match tokio::time::timeout(
+                Duration::from_secs(2),
+                self.client(name).status(),
+            )
+            .await
+            {
                 Ok(Ok(s)) if s.role == "leader" => return Ok(()),
-                other => last = format!("{other:?}"),
-            }
+                other => format!("{other:?}"),
+            };
             if Instant::now() > deadline {
                 return Err(format!(
                     "{name} did not report leading within {timeout:?}: {last}"
