@@ -387,6 +387,11 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
 
     let mut summary = Summary::default();
     let faults = do_faults(cluster, cfg, t0, &endpoints, &mut summary).await;
+    if cfg.plan == Plan::MajorityDown {
+        // The control: the clients stop before the majority is back, so no load meets a
+        // healed cluster (its writes would meet the floors and hide the control's point).
+        stop.store(true, Ordering::SeqCst);
+    }
     cluster.heal_all();
     *endpoints.write().unwrap() = endpoints_of(cluster);
     if let Err(e) = faults {
