@@ -62,6 +62,48 @@ fn spawn_post(url: String, body: Value) -> tokio::task::JoinHandle<(StatusCode, 
     })
 }
 
+/// Like [`spawn_post`], also returning when the answer came.
+fn spawn_timed_post(
+    url: String,
+    body: Value,
+) -> tokio::task::JoinHandle<(StatusCode, Value, Instant)> {
+    tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let at = Instant::now();
+        (r.status(), r.json::<Value>().await.unwrap(), at)
+    })
+}
+
+/// Waits (bounded) until the lock or election queue under `prefix` holds `n` candidates;
+/// returns their keys in create order (the first one holds the lock or leads).
+async fn queue_of(node: &NodeProc, prefix: &str, n: usize) -> Vec<concordance_client::KeyValue> {
+    let c = node.client();
+    eventually(
+        &format!("{n} candidates queued under {prefix}"),
+        Duration::from_secs(20),
+        || async {
+            let mut kvs = c
+                .list(
+                    prefix,
+                    None,
+                    Some(100),
+                    concordance_client::Consistency::Linearizable,
+                )
+                .await
+                .ok()?
+                .kvs;
+            kvs.sort_by_key(|kv| kv.create_revision);
+            (kvs.len() == n).then_some(kvs)
+        },
+    )
+    .await
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
@@ -579,14 +621,21 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
     .await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "lock_held"), "{v}");
 
-    // b then c queue; releasing a hands the lock to b, then c, with growing tokens.
+    // b then c queue (seen in the queue itself, in that order); releasing a hands the lock to
+    // b, then c, each with its place's create revision as its token. Each answer must come
+    // after its predecessor let go: a grant made early fails here however late it arrives.
     let n1 = node.url("");
-    let waiter = |l: u64| spawn_post(format!("{n1}/api/v1/lock/acquire"), acquire(l, true));
+    let waiter = |l: u64| spawn_timed_post(format!("{n1}/api/v1/lock/acquire"), acquire(l, true));
+    let queue = "_concordance/lock/jobs/db/";
     let wb = waiter(b);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    queue_of(&node, queue, 2).await;
     let wc = waiter(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!wb.is_finished() && !wc.is_finished());
+    let places = queue_of(&node, queue, 3).await;
+    let leases: Vec<Option<u64>> = places.iter().map(|kv| kv.lease).collect();
+    assert_eq!(leases, [Some(a), Some(b), Some(c)], "{places:?}");
+    assert_eq!(places[0].create_revision, token_a);
+    assert!(!wb.is_finished() && !wc.is_finished(), "queued behind a");
+    let released_at = Instant::now();
     let rel = ok(
         &node,
         "POST",
@@ -595,15 +644,22 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
     )
     .await;
     assert_eq!(rel["released"], true);
-    let (sb, vb) = wb.await.unwrap();
+    let (sb, vb, b_at) = wb.await.unwrap();
     assert!(sb.is_success(), "{vb}");
+    assert!(b_at > released_at, "b was answered before a released");
     let token_b = vb["fencingToken"].as_u64().unwrap();
+    assert_eq!(token_b, places[1].create_revision, "b's token is its place");
     assert!(token_b > token_a);
-    assert!(!wc.is_finished());
     // The holder's lease ending (here: revoked) releases too.
+    let revoked_at = Instant::now();
     ok(&node, "DELETE", &format!("/api/v1/lease/{b}"), None).await;
-    let (sc, vc) = wc.await.unwrap();
+    let (sc, vc, c_at) = wc.await.unwrap();
     assert!(sc.is_success(), "{vc}");
+    assert!(c_at > revoked_at, "c was answered before b's lease ended");
+    assert_eq!(
+        vc["fencingToken"].as_u64().unwrap(),
+        places[2].create_revision
+    );
     assert!(vc["fencingToken"].as_u64().unwrap() > token_b);
     let (s, v) = call(
         &node,
@@ -636,9 +692,11 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
     assert_eq!(seen["leader"]["value"], "node-c");
     assert_eq!(seen["watchPrefix"], "_concordance/election/web/");
     let url = node.url("/api/v1/election/campaign");
-    let second = spawn_post(url, json!({"name": "web", "lease": d, "value": "node-d"}));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished());
+    let second = spawn_timed_post(url, json!({"name": "web", "lease": d, "value": "node-d"}));
+    let candidates = queue_of(&node, "_concordance/election/web/", 2).await;
+    assert_eq!(candidates[1].lease, Some(d), "{candidates:?}");
+    assert!(!second.is_finished(), "d campaigns behind c");
+    let resigned_at = Instant::now();
     let r = ok(
         &node,
         "POST",
@@ -647,9 +705,18 @@ async fn locks_hand_over_in_order_and_elections_elect_one_leader() {
     )
     .await;
     assert_eq!(r["resigned"], true);
-    let (_, led) = second.await.unwrap();
+    let (s, led, led_at) = second.await.unwrap();
+    assert!(s.is_success(), "{led}");
+    assert!(
+        led_at > resigned_at,
+        "d was told it leads before c resigned"
+    );
     assert_eq!(led["leader"]["value"], "node-d", "{led}");
-    assert!(led["leader"]["revision"].as_u64() > won["leader"]["revision"].as_u64());
+    let (led_rev, won_rev) = (
+        led["leader"]["revision"].as_u64().expect("d's revision"),
+        won["leader"]["revision"].as_u64().expect("c's revision"),
+    );
+    assert!(led_rev > won_rev);
     let seen = ok(&node, "GET", "/api/v1/election/leader?name=web", None).await;
     assert_eq!(seen["leader"]["lease"], d);
     // The watch saw: c's candidacy, d's, c's resignation.
@@ -797,6 +864,37 @@ fn keep_alive(
     })
 }
 
+/// Reads lease `id` linearizably every 50 ms through `ports` in turn until a read answers
+/// that it is gone (at most 30 s); returns each answer's send time and whether it found it.
+fn probe_lease(ports: Vec<u16>, id: u64) -> tokio::task::JoinHandle<Vec<(Instant, bool)>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut i = 0;
+        while Instant::now() < deadline {
+            let port = ports[i % ports.len()];
+            i += 1;
+            let call = Instant::now();
+            let r = http
+                .get(format!("http://127.0.0.1:{port}/api/v1/lease/{id}"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            match r.map(|r| r.status()) {
+                Ok(StatusCode::OK) => seen.push((call, true)),
+                Ok(StatusCode::NOT_FOUND) => {
+                    seen.push((call, false));
+                    break;
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leases_locks_watches_and_retries_survive_a_leader_sigkill() {
     let (_dir, mut nodes) = three().await;
@@ -805,7 +903,8 @@ async fn leases_locks_watches_and_retries_survive_a_leader_sigkill() {
     let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
     let survivors: Vec<u16> = vec![nodes[f1].port, nodes[f2].port];
 
-    // A lease kept alive (through the survivors only) and one whose holder "died".
+    // A lease kept alive (through the survivors only) and one whose holder dies just before
+    // the leader: kept alive until then, never again.
     let kept = ok(
         &nodes[f1],
         "POST",
@@ -826,6 +925,9 @@ async fn leases_locks_watches_and_retries_survive_a_leader_sigkill() {
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let keeper = keep_alive(survivors.clone(), kept, stop_rx);
+    let every_node: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let (dead_stop_tx, dead_stop_rx) = tokio::sync::watch::channel(false);
+    let dead_keeper = keep_alive(every_node, dead, dead_stop_rx);
     ok(
         &nodes[f2],
         "PUT",
@@ -844,7 +946,7 @@ async fn leases_locks_watches_and_retries_survive_a_leader_sigkill() {
 
     // The kept lease's holder waits for the lock on a follower.
     let url = nodes[f2].url("/api/v1/lock/acquire");
-    let waiter = spawn_post(url, json!({"name": "m", "lease": kept, "timeoutMs": 60000}));
+    let waiter = spawn_timed_post(url, json!({"name": "m", "lease": kept, "timeoutMs": 60000}));
 
     // A watch on the leader, and writes with idempotency keys.
     let start = nodes[f1].client().status().await.unwrap().revision + 1;
@@ -877,9 +979,31 @@ async fn leases_locks_watches_and_retries_survive_a_leader_sigkill() {
         .collect();
     assert_eq!(seen, revisions[..5]);
 
+    // The dead lease's holder stops; the leader dies a second later. The lease's own
+    // deadline then falls within a TTL of the kill: only the new leader's grace (a full TTL
+    // from its election) keeps it that long.
+    dead_stop_tx.send(true).unwrap();
+    dead_keeper.await.unwrap();
+    eventually("the dead lease a second into its TTL", WAIT, || async {
+        let (s, v) = call(
+            &nodes[l],
+            "GET",
+            &format!("/api/v1/lease/{dead}"),
+            None,
+            &[],
+        )
+        .await;
+        assert!(
+            s.is_success(),
+            "the lease ended before the leader died: {v}"
+        );
+        (v["remainingMs"].as_u64()? <= 2000).then_some(())
+    })
+    .await;
     nodes[l].kill();
     alive[l] = false;
     let killed_at = Instant::now();
+    let probe = probe_lease(survivors.clone(), dead);
 
     // Retrying acknowledged writes on a survivor applies nothing again.
     for (i, rev) in revisions.iter().enumerate() {
@@ -939,12 +1063,34 @@ async fn leases_locks_watches_and_retries_survive_a_leader_sigkill() {
     );
 
     // The dead holder's lease expires (after the new leader's grace) and the lock passes.
-    let (s, v) = waiter.await.unwrap();
+    // No lease ends before a full TTL under the new leader, which was elected after the
+    // kill: a linearizable read sent a TTL after the kill still found the lease, and the lock
+    // passed later still (both measured when they happened, not when checked here).
+    let (s, v, granted_at) = waiter.await.unwrap();
     assert!(s.is_success(), "{v}");
     assert!(v["fencingToken"].as_u64().unwrap() > dead_token);
+    let ttl = Duration::from_secs(3);
     assert!(
-        killed_at.elapsed() >= Duration::from_secs(3),
-        "no lease ends before a full TTL under the new leader"
+        granted_at.duration_since(killed_at) >= ttl,
+        "the lock passed {:?} after the leader died, before a full TTL",
+        granted_at.duration_since(killed_at)
+    );
+    let seen = probe.await.unwrap();
+    let last_found = seen
+        .iter()
+        .filter(|(_, found)| *found)
+        .map(|(call, _)| call.duration_since(killed_at))
+        .max();
+    assert!(
+        last_found.is_some_and(|t| t >= ttl),
+        "the lease was last seen {last_found:?} after the leader died, less than its TTL: \
+         {} reads ({} found)",
+        seen.len(),
+        seen.iter().filter(|(_, f)| *f).count()
+    );
+    assert!(
+        seen.last().is_some_and(|(_, found)| !found),
+        "the probe never saw the lease end"
     );
     let (s, v) = call(
         &nodes[f1],
@@ -999,8 +1145,10 @@ async fn idempotency_answers_are_swept_after_the_retention() {
     node.wait_ready().await;
     let h = [("Idempotency-Key", "sweep-me")];
     let body = json!({"value": 1});
-    let (_, first) = call(&node, "PUT", "/api/v1/kv/s", Some(body.clone()), &h).await;
-    let (_, retry) = call(&node, "PUT", "/api/v1/kv/s", Some(body.clone()), &h).await;
+    let (s1, first) = call(&node, "PUT", "/api/v1/kv/s", Some(body.clone()), &h).await;
+    let (s2, retry) = call(&node, "PUT", "/api/v1/kv/s", Some(body.clone()), &h).await;
+    assert!(s1.is_success() && s2.is_success(), "{first} {retry}");
+    assert!(first["revision"].is_u64(), "{first}");
     assert_eq!(
         first["revision"], retry["revision"],
         "within the retention: applied once"

@@ -104,6 +104,8 @@ pub struct Cluster {
     seed_node: String,
     /// Environment of every node (the unsynced-data shim when asked for).
     env: Vec<(String, String)>,
+    /// Flags of every node (a new member's too), besides its identity and `--join`.
+    extra: Vec<String>,
 }
 
 /// Builds a client that gives up quickly (faults make nodes unresponsive).
@@ -138,6 +140,7 @@ impl Cluster {
                  openraft::engine::handler::following_handler=info"
                     .into(),
             )],
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         if lose_unsynced {
             // A copy every node's user may read.
@@ -150,7 +153,7 @@ impl Cluster {
         let first = c.spawn(&args).await;
         c.seed_node = first.clone();
         for _ in 1..size {
-            c.add_member(extra).await;
+            c.add_member().await;
         }
         c
     }
@@ -187,7 +190,7 @@ impl Cluster {
     }
 
     /// A new node joins (through any live member) and becomes a ready voter.
-    pub async fn add_member(&mut self, extra: &[&str]) -> String {
+    pub async fn add_member(&mut self) -> String {
         let via = self
             .live()
             .into_iter()
@@ -195,7 +198,7 @@ impl Cluster {
             .expect("a live member to join through");
         let via_addr = self.members[&via].proc.addr();
         let mut args = vec![format!("--join={via_addr}")];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(self.extra.iter().cloned());
         let name = self.spawn(&args).await;
         self.members[&name].proc.wait_ready().await;
         name
@@ -220,6 +223,42 @@ impl Cluster {
 
     pub fn client(&self, name: &str) -> Client {
         client_for(self.port(name))
+    }
+
+    /// Waits (bounded) until the live members agree on a leader; `None` if they never do.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader().await {
+                return Some(l);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (bounded) until `name` reports itself leader.
+    pub async fn wait_leads(&self, name: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match tokio::time::timeout(
+                Duration::from_secs(2),
+                self.client(name).status(),
+            )
+            .await
+            {
+                Ok(Ok(s)) if s.role == "leader" => return Ok(()),
+                other => format!("{other:?}"),
+            };
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{name} did not report leading within {timeout:?}: {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The leader as the live members see it (a majority of them naming the same node).
@@ -323,15 +362,15 @@ impl Cluster {
         }
     }
 
-    /// Removes `name` from Raft (through any live member), then stops it and deletes its data
-    /// dir: a member whose disk is lost. Returns whether the removal was accepted.
-    pub async fn remove_member(&mut self, name: &str) -> Result<(), String> {
+    /// Removes `name` from Raft (through any live member). Accepted, or `name` is no longer a
+    /// member (an earlier request that timed out may have been applied): `Ok`.
+    pub async fn remove_member(&self, name: &str) -> Result<(), String> {
         let via = self
             .live()
             .into_iter()
             .find(|n| n != name)
             .ok_or("no live member")?;
-        let r: Result<serde_json::Value, _> = tokio::time::timeout(
+        let r: Result<Result<serde_json::Value, _>, _> = tokio::time::timeout(
             Duration::from_secs(15),
             self.client(&via).call(
                 reqwest::Method::POST,
@@ -339,13 +378,26 @@ impl Cluster {
                 Some(&json!({ "nodeId": name })),
             ),
         )
-        .await
-        .map_err(|_| "remove timed out".to_string())?;
-        r.map_err(|e| e.to_string())?;
+        .await;
+        let refused = match r {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "remove timed out".to_string(),
+        };
+        // The membership as a member that knows a leader sees it.
+        match tokio::time::timeout(Duration::from_secs(5), self.client(&via).status()).await {
+            Ok(Ok(s)) if s.leader.is_some() && s.members.iter().all(|m| m.node_id != name) => {
+                Ok(())
+            }
+            _ => Err(refused),
+        }
+    }
+
+    /// Stops a removed member for good and deletes its data dir: a member whose disk is lost.
+    pub fn forget_member(&mut self, name: &str) {
         let mut m = self.members.remove(name).unwrap();
         m.proc.kill();
         let _ = std::fs::remove_dir_all(&m.proc.data_dir);
-        Ok(())
     }
 
     pub async fn transfer_leader(&self, to: &str) -> Result<(), String> {
@@ -411,6 +463,24 @@ impl Cluster {
             let _ = std::fs::copy(&m.proc.log, to.join(format!("{n}.log")));
         }
         to
+    }
+
+    /// Lines containing `needle` in the logs of every node this cluster ever ran (removed
+    /// members' too: a node's log is `<name>.log` in the cluster's folder).
+    pub fn count_in_logs(&self, needle: &str) -> usize {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .count()
+            })
+            .sum()
     }
 
     /// Log tails of every member, for a failing run's message.

@@ -1,7 +1,7 @@
 //! A damaged data dir (bytes flipped in RocksDB's table files or write-ahead log or in the
-//! Raft log's segments, files truncated) is detected: the node refuses to start naming the problem, or it answers an
-//! error for what it cannot read. It never serves a wrong value or calls a written key
-//! missing.
+//! Raft log's segments, files truncated) is detected: the node refuses to start, naming the
+//! problem. Should a node start on one anyway, it must answer an error for what it cannot
+//! read, never a wrong value or "not found" for a written key.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -31,6 +31,24 @@ pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v.sort();
     v.reverse();
     v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Every file under `dir` with its bytes, to show a damage changed something.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 pub fn flip(file: &Path, at_fraction: f64) {

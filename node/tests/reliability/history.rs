@@ -48,6 +48,11 @@ impl Record {
     }
 }
 
+/// The writes that were acknowledged with a revision of their own.
+pub fn acknowledged_writes(history: &[Record]) -> Vec<&Record> {
+    history.iter().filter(|r| r.took_revision()).collect()
+}
+
 /// The operations the linearizability checker sees: linearizable reads that answered, and
 /// every write that may have been applied (indeterminate ones with no return and no output).
 pub fn for_checker(history: &[Record]) -> Vec<Operation> {
@@ -211,8 +216,11 @@ pub fn check_no_lost_writes(
             (Some(Some((_, m))), _) if *m >= rev => {}
             (Some(None), Input::Delete) => {}
             (Some(None), _) => {
-                // Absent now: only a delete after the latest acknowledged put explains it,
-                // one that timed out (indeterminate) since no acknowledged one is later.
+                // Absent now: only a delete that took effect after the latest acknowledged
+                // write explains it. No acknowledged delete is later (it would be the
+                // latest), so an indeterminate one: it may take effect any time after its
+                // call, even one called before the put (a forwarded write can arrive late).
+                // The linearizability check over the final reads is the precise guard.
                 let later_delete = history.iter().any(|d| {
                     d.op.key == key
                         && matches!(d.op.input, Input::Delete)
@@ -252,13 +260,19 @@ pub struct LeaderStats {
     pub terms_with_two_leaders: usize,
 }
 
-/// Leaders: a node calling itself leader names itself, and a node's term never goes back.
+/// Leaders: a node calling itself leader names itself; a node's term never goes back (its
+/// vote is on disk before it acts on it); and a node named leader of term T by another is at
+/// term T or later in every sample taken after that one (it was elected in T before the
+/// other could name it, and its term never goes back). The sampler asks the nodes one after
+/// the other, so a later sample's answer was computed after an earlier one's.
 /// openraft's leader id is (term, node id) here (`leader_id_adv`): a voter may grant a vote to
 /// a higher node id in the same term, so two nodes may lead one term in turn, each under its
 /// own leader id; that is counted, not refused. One leader id per node name is what
 /// `check_leaders` can see, and a node names itself only while it leads.
 pub fn check_leaders(samples: &[LeaderSample]) -> Result<LeaderStats, String> {
     let mut last_term: HashMap<&str, u64> = HashMap::new();
+    // The highest term a node was named leader in, and the sample that named it.
+    let mut named: HashMap<&str, (u64, &LeaderSample)> = HashMap::new();
     let mut leaders_of_term: BTreeMap<u64, std::collections::BTreeSet<&str>> = BTreeMap::new();
     let mut sorted: Vec<&LeaderSample> = samples.iter().collect();
     sorted.sort_by_key(|s| s.at);
@@ -271,6 +285,20 @@ pub fn check_leaders(samples: &[LeaderSample]) -> Result<LeaderStats, String> {
         {
             return Err(format!("term went back from {t} on {}: {s:?}", s.node));
         }
+        if let Some((t, by)) = named.get(s.node.as_str())
+            && s.term < *t
+        {
+            return Err(format!(
+                "{} was named leader of term {t}, then answered term {}:\n  {by:?}\n  {s:?}",
+                s.node, s.term
+            ));
+        }
+        if let Some(l) = s.leader.as_deref() {
+            let e = named.entry(l).or_insert((s.term, s));
+            if s.term > e.0 {
+                *e = (s.term, s);
+            }
+        }
         last_term.insert(&s.node, s.term);
         if s.role == "leader" {
             leaders_of_term.entry(s.term).or_default().insert(&s.node);
@@ -280,4 +308,269 @@ pub fn check_leaders(samples: &[LeaderSample]) -> Result<LeaderStats, String> {
         terms: leaders_of_term.len(),
         terms_with_two_leaders: leaders_of_term.values().filter(|l| l.len() > 1).count(),
     })
+}
+
+/// Each invariant check, shown to fail on a history built to break it (as `checker`'s own
+/// tests do for linearizability), and to pass on the same history unbroken.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, input: Input, output: Output, call: u64, ret: u64, rev: u64) -> Record {
+        Record {
+            op: Operation {
+                key: key.into(),
+                client: 0,
+                input,
+                output,
+                call,
+                ret: Some(ret),
+            },
+            node: "n1".into(),
+            serializable: false,
+            status: Status::Ok,
+            revision: Some(rev),
+            mod_revision: None,
+        }
+    }
+    fn put(key: &str, v: &str, call: u64, ret: u64, rev: u64) -> Record {
+        rec(key, Input::Put(v.into()), Output::Ok, call, ret, rev)
+    }
+    /// A read of `v` (modify revision `m`) answering store revision `rev`.
+    fn read(key: &str, v: Option<&str>, m: Option<u64>, call: u64, ret: u64, rev: u64) -> Record {
+        Record {
+            mod_revision: m,
+            ..rec(
+                key,
+                Input::Get,
+                Output::Read(v.map(String::from)),
+                call,
+                ret,
+                rev,
+            )
+        }
+    }
+    fn serializable(r: Record, client: usize, node: &str) -> Record {
+        let mut r = r;
+        r.serializable = true;
+        r.op.client = client;
+        r.node = node.into();
+        r
+    }
+    fn finals(kvs: &[(&str, Option<(&str, u64)>)]) -> BTreeMap<String, Option<(String, u64)>> {
+        kvs.iter()
+            .map(|(k, v)| (k.to_string(), v.map(|(v, m)| (v.to_string(), m))))
+            .collect()
+    }
+
+    fn good() -> Vec<Record> {
+        vec![
+            put("a", "1", 0, 10, 1),
+            put("b", "2", 20, 30, 2),
+            read("a", Some("1"), Some(1), 40, 50, 2),
+            put("a", "3", 60, 70, 3),
+        ]
+    }
+
+    #[test]
+    fn revisions_pass_on_a_good_history() {
+        check_revisions(&good()).unwrap();
+    }
+
+    #[test]
+    fn two_writes_with_one_revision_fail() {
+        let mut h = good();
+        h[1].revision = Some(1);
+        let e = check_revisions(&h).unwrap_err();
+        assert!(e.contains("share revision 1"), "{e}");
+    }
+
+    #[test]
+    fn a_later_write_with_a_lower_revision_fails() {
+        // "b" began after "a" completed, yet got a lower revision.
+        let h = vec![put("a", "1", 0, 10, 5), put("b", "2", 20, 30, 4)];
+        let e = check_revisions(&h).unwrap_err();
+        assert!(e.contains("a write completed before it began"), "{e}");
+    }
+
+    #[test]
+    fn a_linearizable_read_behind_a_completed_write_fails() {
+        let mut h = good();
+        h[2].revision = Some(1); // write 2 completed at 30, the read began at 40
+        let e = check_revisions(&h).unwrap_err();
+        assert!(e.contains("linearizable read answered revision 1"), "{e}");
+        // The same answer from a serializable read promises less: allowed here.
+        h[2].serializable = true;
+        check_revisions(&h).unwrap();
+    }
+
+    #[test]
+    fn a_read_whose_modify_revision_is_not_its_writes_fails() {
+        let mut h = good();
+        h[2].mod_revision = Some(2);
+        let e = check_revisions(&h).unwrap_err();
+        assert!(e.contains("modify revision 2"), "{e}");
+    }
+
+    #[test]
+    fn serializable_reads_pass_on_a_good_history() {
+        let mut h = good();
+        h.push(serializable(
+            read("a", Some("1"), Some(1), 45, 55, 2),
+            1,
+            "n2",
+        ));
+        h.push(serializable(
+            read("a", Some("3"), Some(3), 80, 90, 3),
+            1,
+            "n2",
+        ));
+        // Another node may be behind: sessions are per client and node.
+        h.push(serializable(
+            read("a", Some("1"), Some(1), 95, 99, 2),
+            1,
+            "n3",
+        ));
+        assert_eq!(check_serializable(&h).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_serializable_read_of_a_value_never_written_fails() {
+        let mut h = good();
+        h.push(serializable(
+            read("a", Some("zz"), Some(1), 45, 55, 2),
+            1,
+            "n2",
+        ));
+        let e = check_serializable(&h).unwrap_err();
+        assert!(e.contains("never written"), "{e}");
+    }
+
+    #[test]
+    fn a_serializable_read_of_a_write_sent_after_it_answered_fails() {
+        let mut h = good();
+        // "3" was sent at 60; this read answered at 55.
+        h.push(serializable(
+            read("a", Some("3"), Some(3), 45, 55, 3),
+            1,
+            "n2",
+        ));
+        let e = check_serializable(&h).unwrap_err();
+        assert!(e.contains("never written before"), "{e}");
+    }
+
+    #[test]
+    fn serializable_reads_going_back_on_one_node_fail() {
+        let mut h = good();
+        h.push(serializable(
+            read("a", Some("3"), Some(3), 80, 90, 3),
+            1,
+            "n2",
+        ));
+        h.push(serializable(
+            read("a", Some("1"), Some(1), 95, 99, 2),
+            1,
+            "n2",
+        ));
+        let e = check_serializable(&h).unwrap_err();
+        assert!(e.contains("went back in time on n2"), "{e}");
+    }
+
+    #[test]
+    fn no_lost_writes_passes_when_each_key_holds_its_latest_write() {
+        let h = good();
+        let n = check_no_lost_writes(&h, &finals(&[("a", Some(("3", 3))), ("b", Some(("2", 2)))]))
+            .unwrap();
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn a_key_holding_an_older_write_fails() {
+        let h = good();
+        let e = check_no_lost_writes(&h, &finals(&[("a", Some(("1", 1))), ("b", Some(("2", 2)))]))
+            .unwrap_err();
+        assert!(e.contains("acknowledged write lost: key \"a\""), "{e}");
+    }
+
+    #[test]
+    fn a_key_gone_without_a_delete_fails_and_an_indeterminate_delete_excuses_it() {
+        let mut h = good();
+        let f = finals(&[("a", None), ("b", Some(("2", 2)))]);
+        let e = check_no_lost_writes(&h, &f).unwrap_err();
+        assert!(e.contains("is gone"), "{e}");
+        let mut d = rec("a", Input::Delete, Output::Unknown, 80, 0, 0);
+        d.status = Status::Indeterminate("timeout".into());
+        d.op.ret = None;
+        d.revision = None;
+        h.push(d);
+        check_no_lost_writes(&h, &f).unwrap();
+    }
+
+    #[test]
+    fn a_key_deleted_last_may_be_absent() {
+        let mut h = good();
+        h.push(rec("a", Input::Delete, Output::Deleted(true), 80, 90, 4));
+        check_no_lost_writes(&h, &finals(&[("a", None), ("b", Some(("2", 2)))])).unwrap();
+    }
+
+    fn sample(at: u64, node: &str, role: &str, term: u64, leader: Option<&str>) -> LeaderSample {
+        LeaderSample {
+            at,
+            node: node.into(),
+            role: role.into(),
+            term,
+            leader: leader.map(String::from),
+        }
+    }
+
+    fn good_samples() -> Vec<LeaderSample> {
+        vec![
+            sample(1, "n1", "leader", 1, Some("n1")),
+            sample(2, "n2", "follower", 1, Some("n1")),
+            sample(3, "n2", "candidate", 2, None),
+            sample(4, "n2", "leader", 2, Some("n2")),
+            sample(5, "n1", "follower", 2, Some("n2")),
+            // leader_id_adv: n3 leads term 2 after n2.
+            sample(6, "n3", "leader", 2, Some("n3")),
+        ]
+    }
+
+    #[test]
+    fn leaders_pass_on_good_samples() {
+        let s = check_leaders(&good_samples()).unwrap();
+        assert_eq!((s.terms, s.terms_with_two_leaders), (2, 1));
+    }
+
+    #[test]
+    fn a_leader_naming_another_fails() {
+        let mut h = good_samples();
+        h[3].leader = Some("n1".into());
+        let e = check_leaders(&h).unwrap_err();
+        assert!(e.contains("a leader names another node"), "{e}");
+    }
+
+    #[test]
+    fn a_term_going_back_fails() {
+        let mut h = good_samples();
+        h.push(sample(7, "n2", "follower", 1, Some("n1")));
+        let e = check_leaders(&h).unwrap_err();
+        assert!(e.contains("term went back from 2 on n2"), "{e}");
+    }
+
+    #[test]
+    fn a_named_leader_behind_the_term_it_was_named_in_fails() {
+        // n1 names n3 leader of term 2; n3, asked after, is still at term 1.
+        let h = vec![
+            sample(1, "n1", "follower", 2, Some("n3")),
+            sample(2, "n3", "follower", 1, None),
+        ];
+        let e = check_leaders(&h).unwrap_err();
+        assert!(e.contains("n3 was named leader of term 2"), "{e}");
+        // Asked before it was named, it may well have been behind.
+        let h = vec![
+            sample(1, "n3", "follower", 1, None),
+            sample(2, "n1", "follower", 2, Some("n3")),
+        ];
+        check_leaders(&h).unwrap();
+    }
 }

@@ -1,7 +1,8 @@
 //! Reliability: real clusters under faults, every client operation recorded, and the history
 //! checked for linearizability and the store's invariants. See docs/reliability.md.
 //!
-//! Quick seeds run with the test suite; the soak runs for as long as asked:
+//! Two seeds run with the test suite (as root: partitions are packet filters on the nodes'
+//! user ids); the soak runs for as long as asked, and `scripts/test --long` runs several:
 //! `SOAK_SECONDS=600 SEED=7 NODES=5 cargo test --release -p concordance --test reliability -- --ignored --nocapture soak`
 
 #[path = "../common/mod.rs"]
@@ -40,6 +41,19 @@ use crate::workload::since;
 /// Search steps the checker may take per key before giving up.
 const CHECK_BUDGET: u64 = 20_000_000;
 
+// Floors on what a run did (see `check_floors`), far below what any run on this machine does
+// (docs/reliability.md's results), so only a run that mostly failed trips them.
+
+/// Acknowledged writes (each with a revision of its own) per second of client load.
+const MIN_ACKED_WRITES_PER_SECOND: f64 = 10.0;
+/// Share of operations answered.
+const MIN_OK_SHARE: f64 = 0.6;
+/// Share of operations given to the linearizability checker with their answer (reads that
+/// answered and acknowledged writes; indeterminate writes do not count here).
+const MIN_CHECKED_WITH_ANSWER_SHARE: f64 = 0.4;
+/// Share of operations that were serializable reads that answered.
+const MIN_SERIALIZABLE_SHARE: f64 = 0.03;
+
 pub struct RunConfig {
     pub seed: u64,
     pub nodes: usize,
@@ -48,16 +62,33 @@ pub struct RunConfig {
     pub keys: usize,
     /// Nodes run with the unsynced-data shim: a SIGKILL loses their unsynced tail.
     pub lose_unsynced: bool,
+    /// Every node's `--snapshot-entries`. With it the run must see a snapshot built, one
+    /// installed on a member and a member's Raft log purged, all under the faults.
+    pub snapshot_entries: Option<u64>,
+    pub plan: Plan,
+}
+
+/// What the run does to the cluster while the clients run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The seed's fault schedule, for `faults_for` and then until every fault kind has
+    /// taken effect at least once.
+    Faults,
+    /// A majority of the nodes down for all of `faults_for`: no write can commit, so the run
+    /// must fail its floors (the control for them).
+    MajorityDown,
 }
 
 #[derive(Debug, Default)]
 pub struct Summary {
     pub faults: Vec<String>,
+    pub faults_by_kind: BTreeMap<nemesis::Fault, usize>,
     pub ops: usize,
     pub ok: usize,
     pub indeterminate: usize,
     pub failed: usize,
     pub checked_linearizable: usize,
+    pub checked_with_answer: usize,
     pub checked_serializable: usize,
     pub acknowledged_writes: usize,
     pub leader_terms: usize,
@@ -65,6 +96,65 @@ pub struct Summary {
     pub final_revision: u64,
     pub watch_changes: usize,
     pub watch_resumes: usize,
+    pub snapshots_built: usize,
+    pub snapshots_installed: usize,
+    pub max_purged_index: u64,
+    /// How long the clients ran.
+    pub load_seconds: f64,
+}
+
+/// A run passes only if it did enough for its checks to mean something: a floor on
+/// acknowledged writes per second of load, on the share of operations that answered, that
+/// the checker got with their answers and that were serializable reads, and every key
+/// written. The checks themselves pass on an empty history (nothing to contradict), and an
+/// error after a request was sent makes a write indeterminate, which the checker may place
+/// "never": a run whose writes all fail would otherwise pass. Returns every floor missed.
+pub fn check_floors(s: &Summary, keys_written: usize, keys: usize) -> Result<(), String> {
+    let mut missed = Vec::new();
+    let ops = s.ops.max(1) as f64;
+    let want_acked = (MIN_ACKED_WRITES_PER_SECOND * s.load_seconds).ceil() as usize;
+    if s.acknowledged_writes < want_acked {
+        missed.push(format!(
+            "{} acknowledged writes in {:.1} s of load, below the floor of {want_acked}",
+            s.acknowledged_writes, s.load_seconds
+        ));
+    }
+    let shares = [
+        ("answered", s.ok, MIN_OK_SHARE),
+        (
+            "checked for linearizability with their answer",
+            s.checked_with_answer,
+            MIN_CHECKED_WITH_ANSWER_SHARE,
+        ),
+        (
+            "serializable reads that answered",
+            s.checked_serializable,
+            MIN_SERIALIZABLE_SHARE,
+        ),
+    ];
+    for (what, n, min) in shares {
+        if (n as f64) < min * ops {
+            missed.push(format!(
+                "{n} of {} operations {what} ({:.1} %), below the floor of {:.0} %",
+                s.ops,
+                100.0 * n as f64 / ops,
+                100.0 * min
+            ));
+        }
+    }
+    if keys_written < keys {
+        missed.push(format!(
+            "only {keys_written} of {keys} keys got an acknowledged write"
+        ));
+    }
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the run did too little for its checks to mean anything:\n  {}",
+            missed.join("\n  ")
+        ))
+    }
 }
 
 /// Writes the run's history (one operation per line) where a failing run can be studied.
@@ -172,7 +262,20 @@ async fn check_replicas_equal(c: &Cluster) -> Result<usize, String> {
 
 /// One run: a cluster, clients under a seed's fault schedule, then every check.
 pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
-    let mut cluster = Cluster::start(cfg.nodes, &[], cfg.lose_unsynced).await;
+    if !cluster::is_root() {
+        return Err(
+            "a run under faults needs root: partitions are packet filters on the \
+                    nodes' user ids (run as root, as CI does)"
+                .into(),
+        );
+    }
+    let extra: Vec<String> = cfg
+        .snapshot_entries
+        .map(|n| format!("--snapshot-entries={n}"))
+        .into_iter()
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start(cfg.nodes, &extra, cfg.lose_unsynced).await;
     for n in cluster.names() {
         cluster.members[&n].proc.wait_ready().await;
     }
@@ -182,6 +285,69 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         let kept = cluster.keep_logs(&format!("seed{}", cfg.seed));
         format!("{e}\n(whole node logs: {})", kept.display())
     })
+}
+
+/// Runs the plan's faults while the clients run. Every fault must take effect, and with
+/// [`Plan::Faults`] every kind at least once: the run goes on past `faults_for` until each
+/// has (the schedule's first pass holds each kind once), for at most a minute more.
+async fn do_faults(
+    cluster: &mut Cluster,
+    cfg: &RunConfig,
+    t0: Instant,
+    endpoints: &Endpoints,
+    summary: &mut Summary,
+) -> Result<(), String> {
+    match cfg.plan {
+        Plan::Faults => {
+            let mut schedule = nemesis::Schedule::new(cfg.seed);
+            let faults_end = Instant::now() + cfg.faults_for;
+            let hard_end = faults_end + Duration::from_secs(60);
+            loop {
+                let covered = nemesis::ALL
+                    .iter()
+                    .all(|f| summary.faults_by_kind.contains_key(f));
+                let now = Instant::now();
+                if now >= hard_end || (now >= faults_end && covered) {
+                    break;
+                }
+                let step = schedule.next_step();
+                let applied = nemesis::apply(cluster, &step).await;
+                *endpoints.write().unwrap() = endpoints_of(cluster);
+                let what = applied
+                    .map_err(|e| format!("fault {:?} did not take effect: {e}", step.fault))?;
+                println!(
+                    "[seed {} t={:>6.1}s] {what}",
+                    cfg.seed,
+                    t0.elapsed().as_secs_f64()
+                );
+                summary.faults.push(what);
+                *summary.faults_by_kind.entry(step.fault).or_default() += 1;
+            }
+            let missing: Vec<nemesis::Fault> = nemesis::ALL
+                .into_iter()
+                .filter(|f| !summary.faults_by_kind.contains_key(f))
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "fault kinds that never took effect in this run: {missing:?} (applied: {:?})",
+                    summary.faults_by_kind
+                ));
+            }
+        }
+        Plan::MajorityDown => {
+            let names = cluster.names();
+            for n in &names[..names.len() / 2 + 1] {
+                cluster.kill(n);
+            }
+            tokio::time::sleep(cfg.faults_for).await;
+            summary.faults.push(format!(
+                "{:?} down for {:?}",
+                &names[..names.len() / 2 + 1],
+                cfg.faults_for
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String> {
@@ -220,37 +386,24 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
     ));
 
     let mut summary = Summary::default();
-    let mut schedule = nemesis::Schedule::new(cfg.seed);
-    let faults_end = Instant::now() + cfg.faults_for;
-    while Instant::now() < faults_end {
-        let step = schedule.next_step();
-        let what = nemesis::apply(cluster, &step).await;
-        *endpoints.write().unwrap() = endpoints_of(cluster);
-        println!(
-            "[seed {} t={:>6.1}s] {what}",
-            cfg.seed,
-            t0.elapsed().as_secs_f64()
-        );
-        summary.faults.push(what);
+    let faults = do_faults(cluster, cfg, t0, &endpoints, &mut summary).await;
+    if cfg.plan == Plan::MajorityDown {
+        // The control: the clients stop before the majority is back, so no load meets a
+        // healed cluster (its writes would meet the floors and hide the control's point).
+        stop.store(true, Ordering::SeqCst);
     }
     cluster.heal_all();
+    *endpoints.write().unwrap() = endpoints_of(cluster);
+    if let Err(e) = faults {
+        stop.store(true, Ordering::SeqCst);
+        return Err(e);
+    }
     // A little load on the healed cluster, then the clients stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
+    summary.load_seconds = t0.elapsed().as_secs_f64();
     let mut history = clients.await.map_err(|e| e.to_string())?;
     let samples = sampler.await.map_err(|e| e.to_string())?;
-
-    let (final_recs, finals) = final_reads(cluster, cfg.keys, t0).await?;
-    history.extend(final_recs);
-    summary.final_revision = cluster.wait_converged(Duration::from_secs(60)).await?;
-    check_replicas_equal(cluster).await?;
-    watch_until.store(summary.final_revision.max(1), Ordering::SeqCst);
-    let watch_log = tokio::time::timeout(Duration::from_secs(60), watch)
-        .await
-        .map_err(|_| "the watcher did not reach the final revision within 60 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    summary.watch_changes = watch_log.changes.len();
-    summary.watch_resumes = watch_log.resumes;
     dump(cfg, &history);
 
     summary.ops = history.len();
@@ -263,10 +416,39 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
         .iter()
         .filter(|r| matches!(r.status, Status::Fail(_)))
         .count();
-
     let ops = history::for_checker(&history);
     summary.checked_linearizable = ops.len();
-    let verdict = checker::check_history(&ops, CHECK_BUDGET);
+    summary.checked_with_answer = ops.iter().filter(|o| o.ret.is_some()).count();
+    summary.checked_serializable = history
+        .iter()
+        .filter(|r| r.serializable && r.status == Status::Ok)
+        .count();
+    let acked = history::acknowledged_writes(&history);
+    summary.acknowledged_writes = acked.len();
+    let keys_written = acked
+        .iter()
+        .map(|r| r.op.key.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    // Before the checks: they all pass on a history with nothing in it.
+    check_floors(&summary, keys_written, cfg.keys).inspect_err(|_| {
+        println!("{}", report(cfg, &summary));
+    })?;
+
+    let (final_recs, finals) = final_reads(cluster, cfg.keys, t0).await?;
+    history.extend(final_recs);
+    dump(cfg, &history);
+    summary.final_revision = cluster.wait_converged(Duration::from_secs(60)).await?;
+    check_replicas_equal(cluster).await?;
+    watch_until.store(summary.final_revision.max(1), Ordering::SeqCst);
+    let watch_log = tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .map_err(|_| "the watcher did not reach the final revision within 60 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    summary.watch_changes = watch_log.changes.len();
+    summary.watch_resumes = watch_log.resumes;
+
+    let verdict = checker::check_history(&history::for_checker(&history), CHECK_BUDGET);
     if !matches!(verdict, checker::Verdict::Linearizable) {
         return Err(checker::describe(&verdict));
     }
@@ -277,44 +459,96 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
     let leaders = history::check_leaders(&samples)?;
     summary.leader_terms = leaders.terms;
     summary.terms_with_two_leaders = leaders.terms_with_two_leaders;
+    if leaders.terms == 0 {
+        return Err(format!(
+            "the status sampler never saw a leader in {} samples",
+            samples.len()
+        ));
+    }
+    if cfg.snapshot_entries.is_some() {
+        check_snapshots_and_compaction(cluster, &mut summary)?;
+    }
     Ok(summary)
+}
+
+/// With a small `--snapshot-entries`, the faults ran while members built snapshots, sent them
+/// to members that lagged or were new, and purged their logs. Counted from the node logs
+/// (every member's, removed ones too) and, for the purge, from each stopped member's data
+/// dir (`concordance inspect`).
+fn check_snapshots_and_compaction(cluster: &mut Cluster, s: &mut Summary) -> Result<(), String> {
+    s.snapshots_built = cluster.count_in_logs("snapshot built");
+    s.snapshots_installed = cluster.count_in_logs("snapshot installed");
+    for n in cluster.names() {
+        cluster.kill(&n);
+        let i = durability::inspect(&cluster.members[&n].proc.data_dir);
+        s.max_purged_index = s
+            .max_purged_index
+            .max(i["purged"]["index"].as_u64().unwrap_or(0));
+    }
+    if s.snapshots_built == 0 || s.snapshots_installed == 0 || s.max_purged_index == 0 {
+        return Err(format!(
+            "no snapshot or log compaction under faults: {} snapshots built, {} installed, \
+             logs purged up to index {} at most",
+            s.snapshots_built, s.snapshots_installed, s.max_purged_index
+        ));
+    }
+    Ok(())
+}
+
+fn report(cfg: &RunConfig, s: &Summary) -> String {
+    format!(
+        "seed {}: {} faults {:?}; {} operations ({} ok, {} indeterminate, {} failed) in {:.1} s; \
+         {} checked for linearizability ({} with their answer), {} serializable reads checked, \
+         {} acknowledged writes all present; {} terms led ({} by two nodes in turn); final \
+         revision {}; watch saw {} changes, gap-free across {} resumes; snapshots: {} built, \
+         {} installed, logs purged up to {}",
+        cfg.seed,
+        s.faults.len(),
+        s.faults_by_kind,
+        s.ops,
+        s.ok,
+        s.indeterminate,
+        s.failed,
+        s.load_seconds,
+        s.checked_linearizable,
+        s.checked_with_answer,
+        s.checked_serializable,
+        s.acknowledged_writes,
+        s.leader_terms,
+        s.terms_with_two_leaders,
+        s.final_revision,
+        s.watch_changes,
+        s.watch_resumes,
+        s.snapshots_built,
+        s.snapshots_installed,
+        s.max_purged_index
+    )
 }
 
 async fn run_and_report(cfg: RunConfig) {
     println!(
         "reliability run: seed {} on {} nodes, {:?} of faults, {} clients on {} keys, \
-         unsynced writes lost on SIGKILL: {}",
-        cfg.seed, cfg.nodes, cfg.faults_for, cfg.clients, cfg.keys, cfg.lose_unsynced
+         unsynced writes lost on SIGKILL: {}, snapshot every {:?} entries",
+        cfg.seed,
+        cfg.nodes,
+        cfg.faults_for,
+        cfg.clients,
+        cfg.keys,
+        cfg.lose_unsynced,
+        cfg.snapshot_entries
     );
     match run(&cfg).await {
-        Ok(s) => println!(
-            "seed {} passed: {} faults; {} operations ({} ok, {} indeterminate, {} failed); \
-             {} checked for linearizability, {} serializable reads checked, {} acknowledged \
-             writes all present; {} terms led ({} by two nodes in turn); final revision {}; \
-             watch saw {} changes, gap-free across {} resumes",
-            cfg.seed,
-            s.faults.len(),
-            s.ops,
-            s.ok,
-            s.indeterminate,
-            s.failed,
-            s.checked_linearizable,
-            s.checked_serializable,
-            s.acknowledged_writes,
-            s.leader_terms,
-            s.terms_with_two_leaders,
-            s.final_revision,
-            s.watch_changes,
-            s.watch_resumes
-        ),
+        Ok(s) => println!("{} passed", report(&cfg, &s)),
         Err(e) => panic!(
-            "seed {} FAILED on {} nodes (reproduce: SEED={} NODES={} SOAK_SECONDS={} cargo test \
-             --release -p concordance --test reliability -- --ignored --nocapture soak):\n{e}",
+            "seed {} FAILED on {} nodes (reproduce: SEED={} NODES={} SOAK_SECONDS={} \
+             SNAPSHOT_ENTRIES={} cargo test --release -p concordance --test reliability -- \
+             --ignored --nocapture soak):\n{e}",
             cfg.seed,
             cfg.nodes,
             cfg.seed,
             cfg.nodes,
-            cfg.faults_for.as_secs()
+            cfg.faults_for.as_secs(),
+            cfg.snapshot_entries.unwrap_or(0)
         ),
     }
 }
@@ -326,6 +560,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Three nodes, every fault kind at least once (about 30 s), a snapshot every 200 entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_under_faults_seed_1() {
     run_and_report(RunConfig {
@@ -335,28 +570,60 @@ async fn three_nodes_under_faults_seed_1() {
         clients: 4,
         keys: 4,
         lose_unsynced: true,
+        snapshot_entries: Some(200),
+        plan: Plan::Faults,
     })
     .await;
 }
 
+/// The soak shortened to two minutes, on five nodes, for CI: every fault kind, several
+/// times for most, a snapshot every 300 entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn five_nodes_under_faults_seed_2() {
+async fn five_nodes_under_faults_for_two_minutes_seed_2() {
     run_and_report(RunConfig {
         seed: 2,
         nodes: 5,
-        faults_for: Duration::from_secs(20),
-        clients: 4,
-        keys: 4,
+        faults_for: Duration::from_secs(120),
+        clients: 6,
+        keys: 6,
         lose_unsynced: true,
+        snapshot_entries: Some(300),
+        plan: Plan::Faults,
     })
     .await;
 }
 
+/// The control for the floors: with a majority down for the whole run no write commits, and
+/// every check over the history would still pass (nothing acknowledged, nothing to
+/// contradict). The run must fail, on its floors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_writes_cannot_commit_fails() {
+    let cfg = RunConfig {
+        seed: 3,
+        nodes: 3,
+        faults_for: Duration::from_secs(8),
+        clients: 4,
+        keys: 4,
+        lose_unsynced: false,
+        snapshot_entries: None,
+        plan: Plan::MajorityDown,
+    };
+    let err = run(&cfg)
+        .await
+        .expect_err("a run without a committed write passed");
+    assert!(
+        err.contains("did too little") && err.contains("acknowledged writes"),
+        "the run failed, but not on its floors: {err}"
+    );
+}
+
 /// The long run: `SOAK_SECONDS` of faults (default 300), seed `SEED` (default 7), `NODES`
-/// (default 5), `CLIENTS` (default 6).
+/// (default 5), `CLIENTS` (default 6), `KEYS` (6), `SNAPSHOT_ENTRIES` (300; 0 for the
+/// node's default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn soak() {
+    let snapshot_entries = env_u64("SNAPSHOT_ENTRIES", 300);
     run_and_report(RunConfig {
         seed: env_u64("SEED", 7),
         nodes: env_u64("NODES", 5) as usize,
@@ -364,6 +631,8 @@ async fn soak() {
         clients: env_u64("CLIENTS", 6) as usize,
         keys: env_u64("KEYS", 6) as usize,
         lose_unsynced: env_u64("LOSE_UNSYNCED", 1) == 1,
+        snapshot_entries: (snapshot_entries > 0).then_some(snapshot_entries),
+        plan: Plan::Faults,
     })
     .await;
 }
@@ -411,6 +680,50 @@ async fn unsynced_tail_is_lost_on_sigkill_with_the_shim_and_writes_survive() {
             .expect("acknowledged write");
         assert_eq!(got.kv.value, serde_json::json!("v1"));
         assert_eq!(got.kv.mod_revision, put.revision);
+    }
+}
+
+/// The control for the shim's Raft-log half (the test above shows its write-ahead-log half
+/// bites): the fault runs trust it to drop a log segment's unsynced writes on SIGKILL. With
+/// segment fsyncs made to lie (the shim then keeps a segment's writes through an fsync, as a
+/// disk that acknowledged a sync it never did), a SIGKILL must lose log entries the node had
+/// acknowledged; with the shim as the fault runs use it, the same entries survive. Were the
+/// shim to stop intercepting the node's segment writes (a path it no longer recognises, a
+/// syscall other than `pwrite`), both would survive and this would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsynced_raft_log_segment_writes_are_lost_on_sigkill_with_the_shim() {
+    let shim = durability::shim().display().to_string();
+    for lying in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![("LD_PRELOAD", shim.as_str())];
+        if lying {
+            env.push(("LOSE_UNSYNCED_LYING_SEGMENT_SYNC", "1"));
+        }
+        let mut n = common::NodeProc::start_env("n1", dir.path(), &["--bootstrap"], &env);
+        n.wait_ready().await;
+        let c = n.client();
+        for i in 0..20 {
+            c.put(&format!("seg/{i}"), &serde_json::json!(i))
+                .await
+                .unwrap();
+        }
+        let acknowledged = c.status().await.unwrap().last_log_index.unwrap();
+        n.kill();
+        let i = durability::inspect(&n.data_dir);
+        let on_disk = i["lastLog"]["index"].as_u64().unwrap_or(0);
+        if lying {
+            assert!(
+                on_disk < acknowledged,
+                "segment writes kept through a lying fsync survived a SIGKILL: the shim does \
+                 not hold them (log on disk ends at {on_disk}, {acknowledged} acknowledged): {i}"
+            );
+        } else {
+            assert!(
+                on_disk >= acknowledged,
+                "with honest fsyncs every acknowledged entry is on disk ({on_disk} < \
+                 {acknowledged}): {i}"
+            );
+        }
     }
 }
 
@@ -477,12 +790,16 @@ async fn recover_keeps_acknowledged_writes_the_survivor_logged_but_had_not_appli
 }
 
 /// Random and mutated requests on every route, on a single node and through a follower of a
-/// three-node cluster (so forwarding to the leader is fuzzed too).
+/// three-node cluster (so forwarding to the leader is fuzzed too). `FUZZ_SEED` (default 11;
+/// the cluster gets the next seed) and `FUZZ_REQUESTS` (default 1500 on the single node, 8/15
+/// of that through the follower) make it longer (`scripts/test --long`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_http_requests_never_5xx_crash_or_half_apply() {
     let admin = format!("--api-key={}", common::ADMIN_KEY);
     let agent = format!("--agent-key={}", common::AGENT_KEY);
-    for (nodes, seed, count) in [(1, 11, 1500), (3, 12, 800)] {
+    let seed = env_u64("FUZZ_SEED", 11);
+    let requests = env_u64("FUZZ_REQUESTS", 1500) as usize;
+    for (nodes, seed, count) in [(1, seed, requests), (3, seed + 1, requests * 8 / 15)] {
         let c = Cluster::start(nodes, &[&admin, &agent], false).await;
         for n in c.names() {
             c.members[&n].proc.wait_ready().await;
@@ -506,9 +823,12 @@ async fn fuzzed_http_requests_never_5xx_crash_or_half_apply() {
     }
 }
 
-/// Damage done to a stopped node's data dir, and what the node must do about it.
+/// Damage done to a stopped node's data dir: every case is refused at start, with a message
+/// naming the damage (`start_damaged` also checks that a node that did start would never
+/// serve a wrong value or call a written key missing). The second field: whether the
+/// writes were flushed from the write-ahead log into table files before the damage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damaged_data_dirs_are_detected_never_served() {
+async fn damaged_data_dirs_are_refused_at_start_never_served() {
     use corruption::*;
     type Damage = fn(&std::path::Path);
     let cases: [(&str, bool, Damage); 7] = [
@@ -554,11 +874,26 @@ async fn damaged_data_dirs_are_detected_never_served() {
             )
         }),
     ];
+    let mut served = Vec::new();
     for (what, flushed, damage) in cases {
         let dir = tempfile::tempdir().unwrap();
         let mut node = prepared_node(dir.path(), flushed).await;
-        damage(&node.data_dir.join("db"));
+        let db = node.data_dir.join("db");
+        let before = fingerprint(&node.data_dir);
+        damage(&db);
+        assert_ne!(
+            before,
+            fingerprint(&node.data_dir),
+            "{what}: the damage changed nothing"
+        );
         let outcome = start_damaged(&mut node).await;
         println!("{what}: {outcome:?}");
+        if outcome != Outcome::Refused {
+            served.push(format!("{what}: {outcome:?}"));
+        }
     }
+    assert!(
+        served.is_empty(),
+        "damaged data dirs a node started on instead of refusing: {served:?}"
+    );
 }

@@ -1,7 +1,14 @@
 //! The fault schedule: derived from the seed alone, so a failing seed replays the same
 //! sequence of faults (which node a fault hits may still depend on who leads at that moment).
+//!
+//! A fault either takes effect or fails the run: a refused leadership transfer or member
+//! removal is asked again until it is accepted (bounded), a transfer must land on the node it
+//! named, a fault aimed at the leader waits for one, and a partition without packet filtering
+//! (not root) is an error, never a silent skip. A run that did not do its faults proves
+//! nothing about them.
 
 use std::time::Duration;
+use std::time::Instant;
 
 use rand::Rng;
 use rand::SeedableRng;
@@ -10,7 +17,7 @@ use rand::seq::SliceRandom;
 
 use crate::cluster::Cluster;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Fault {
     /// SIGKILL a member, restart it after the hold.
     Kill,
@@ -33,7 +40,7 @@ pub enum Fault {
     PowerCut,
 }
 
-const ALL: [Fault; 10] = [
+pub const ALL: [Fault; 10] = [
     Fault::PowerCut,
     Fault::Kill,
     Fault::KillLeader,
@@ -89,10 +96,22 @@ fn pick<T: Clone>(items: &[T], pick: u64) -> T {
     items[(pick % items.len() as u64) as usize].clone()
 }
 
-/// Applies one step: the fault, its hold, then every fault healed. Returns what was done.
-pub async fn apply(cluster: &mut Cluster, step: &Step) -> String {
+/// How long a fault aimed at the leader waits for the cluster to have one (after a power cut
+/// every node restarts and elects first), and how long a refused transfer or removal is asked
+/// again. Both far above the 3 s the cluster promises to elect a leader in.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Applies one step: the fault, its hold, then every fault healed. Returns what was done, or
+/// why the fault did not take effect (the run then fails).
+pub async fn apply(cluster: &mut Cluster, step: &Step) -> Result<String, String> {
+    let result = apply_fault(cluster, step).await;
+    cluster.heal_all();
+    tokio::time::sleep(step.quiet).await;
+    result
+}
+
+async fn apply_fault(cluster: &mut Cluster, step: &Step) -> Result<String, String> {
     let names = cluster.names();
-    let leader = cluster.leader().await;
     let target = pick(&names, step.pick);
     let mut shuffled = names.clone();
     shuffled.shuffle(&mut StdRng::seed_from_u64(step.pick));
@@ -101,12 +120,31 @@ pub async fn apply(cluster: &mut Cluster, step: &Step) -> String {
         Fault::PartitionMinority | Fault::IsolateLeader | Fault::Bridge
     );
     if needs_filter && !cluster.can_partition() {
-        return format!("{:?} skipped (packet filtering needs root)", step.fault);
+        return Err(format!(
+            "{:?} needs packet filtering, which needs root",
+            step.fault
+        ));
     }
+    let needs_leader = matches!(
+        step.fault,
+        Fault::KillLeader
+            | Fault::PauseLeader
+            | Fault::IsolateLeader
+            | Fault::TransferLeader
+            | Fault::ReplaceMember
+    );
+    let leader = if needs_leader {
+        cluster
+            .wait_leader(SETTLE)
+            .await
+            .ok_or_else(|| format!("{:?}: no leader within {SETTLE:?}", step.fault))?
+    } else {
+        String::new()
+    };
     let what = match step.fault {
         Fault::Kill | Fault::KillLeader => {
             let t = if step.fault == Fault::KillLeader {
-                leader.unwrap_or(target)
+                leader
             } else {
                 target
             };
@@ -117,7 +155,7 @@ pub async fn apply(cluster: &mut Cluster, step: &Step) -> String {
         }
         Fault::Pause | Fault::PauseLeader => {
             let t = if step.fault == Fault::PauseLeader {
-                leader.unwrap_or(target)
+                leader
             } else {
                 target
             };
@@ -134,7 +172,7 @@ pub async fn apply(cluster: &mut Cluster, step: &Step) -> String {
             format!("partition {minority:?} | {majority:?} for {:?}", step.hold)
         }
         Fault::IsolateLeader => {
-            let l = leader.unwrap_or(target);
+            let l = leader;
             let rest: Vec<String> = names.iter().filter(|n| **n != l).cloned().collect();
             cluster.partition(&[vec![l.clone()], rest]);
             tokio::time::sleep(step.hold).await;
@@ -169,34 +207,50 @@ pub async fn apply(cluster: &mut Cluster, step: &Step) -> String {
             )
         }
         Fault::TransferLeader => {
-            let others: Vec<String> = names
-                .iter()
-                .filter(|n| Some(*n) != leader.as_ref())
-                .cloned()
-                .collect();
+            let others: Vec<String> = names.iter().filter(|n| **n != leader).cloned().collect();
             let to = pick(&others, step.pick);
-            match cluster.transfer_leader(&to).await {
-                Ok(()) => format!("transfer leadership {leader:?} -> {to}"),
-                Err(e) => format!("transfer leadership to {to} refused: {e}"),
-            }
+            let asked = until_accepted(&format!("transfer leadership to {to}"), || {
+                cluster.transfer_leader(&to)
+            })
+            .await?;
+            // Landed where asked: the target itself reports leading.
+            cluster.wait_leads(&to, SETTLE).await?;
+            format!("transfer leadership {leader} -> {to} (asked {asked} time(s))")
         }
         Fault::ReplaceMember => {
-            let followers: Vec<String> = names
-                .iter()
-                .filter(|n| Some(*n) != leader.as_ref())
-                .cloned()
-                .collect();
+            let followers: Vec<String> = names.iter().filter(|n| **n != leader).cloned().collect();
             let t = pick(&followers, step.pick);
-            match cluster.remove_member(&t).await {
-                Ok(()) => {
-                    let new = cluster.add_member(&[]).await;
-                    format!("{t} lost its data dir: removed, {new} joined in its place")
-                }
-                Err(e) => format!("removing {t} refused: {e}"),
-            }
+            let asked =
+                until_accepted(&format!("remove {t}"), || cluster.remove_member(&t)).await?;
+            cluster.forget_member(&t);
+            let new = cluster.add_member().await;
+            format!(
+                "{t} lost its data dir: removed (asked {asked} time(s)), {new} joined in its place"
+            )
         }
     };
-    cluster.heal_all();
-    tokio::time::sleep(step.quiet).await;
-    what
+    Ok(what)
+}
+
+/// Asks until accepted (a leader may be settling after the previous fault), for at most
+/// [`SETTLE`]; returns how many times it asked.
+async fn until_accepted<F, Fut>(what: &str, mut ask: F) -> Result<usize, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + SETTLE;
+    let mut asked = 0;
+    loop {
+        asked += 1;
+        match ask().await {
+            Ok(()) => return Ok(asked),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!(
+                    "{what}: refused {asked} times in {SETTLE:?}, last: {e}"
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }

@@ -185,3 +185,90 @@ pub fn check_watch(log: &WatchLog, history: &[Record], final_revision: u64) -> R
     }
     Ok(())
 }
+
+/// `check_watch` shown to fail on watch logs built to break it, and to pass unbroken.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::Operation;
+
+    fn put(key: &str, v: &str, rev: u64) -> Record {
+        Record {
+            op: Operation {
+                key: key.into(),
+                client: 0,
+                input: Input::Put(v.into()),
+                output: Output::Ok,
+                call: rev * 10,
+                ret: Some(rev * 10 + 5),
+            },
+            node: "n1".into(),
+            serializable: false,
+            status: Status::Ok,
+            revision: Some(rev),
+            mod_revision: None,
+        }
+    }
+    fn change(rev: u64, key: &str, v: Option<&str>) -> (u64, Vec<Seen>) {
+        (rev, vec![(key.into(), v.map(String::from))])
+    }
+    fn history() -> Vec<Record> {
+        vec![put("a", "1", 1), put("b", "2", 2), put("a", "3", 3)]
+    }
+    fn log(changes: Vec<(u64, Vec<Seen>)>) -> WatchLog {
+        WatchLog {
+            changes,
+            resumes: 0,
+        }
+    }
+    fn good() -> Vec<(u64, Vec<Seen>)> {
+        vec![
+            change(1, "a", Some("1")),
+            change(2, "b", Some("2")),
+            change(3, "a", Some("3")),
+        ]
+    }
+
+    #[test]
+    fn a_complete_faithful_watch_passes() {
+        check_watch(&log(good()), &history(), 3).unwrap();
+    }
+
+    #[test]
+    fn a_gap_fails() {
+        let mut c = good();
+        c.remove(1);
+        let e = check_watch(&log(c), &history(), 3).unwrap_err();
+        assert!(e.contains("not gap-free") && e.contains("[2]"), "{e}");
+    }
+
+    #[test]
+    fn a_watch_that_stops_short_of_the_final_revision_fails() {
+        let e = check_watch(&log(good()), &history(), 4).unwrap_err();
+        assert!(e.contains("not gap-free"), "{e}");
+    }
+
+    #[test]
+    fn a_repeated_or_reordered_revision_fails() {
+        let mut c = good();
+        c.insert(2, change(2, "b", Some("2")));
+        let e = check_watch(&log(c), &history(), 3).unwrap_err();
+        assert!(e.contains("repeated or out of order"), "{e}");
+        let mut c = good();
+        c.swap(1, 2);
+        let e = check_watch(&log(c), &history(), 3).unwrap_err();
+        assert!(e.contains("repeated or out of order"), "{e}");
+    }
+
+    #[test]
+    fn a_change_that_is_not_the_write_acknowledged_at_its_revision_fails() {
+        let mut c = good();
+        c[2] = change(3, "a", Some("1"));
+        let e = check_watch(&log(c), &history(), 3).unwrap_err();
+        assert!(e.contains("revision 3: the watch saw"), "{e}");
+        let mut c = good();
+        c[1] = change(2, "b", None);
+        let e = check_watch(&log(c), &history(), 3).unwrap_err();
+        assert!(e.contains("revision 2: the watch saw"), "{e}");
+    }
+}
