@@ -5,13 +5,6 @@ use reqwest::StatusCode;
 use crate::types::ErrorBody;
 use crate::types::ErrorCode;
 
-/// Codes that mean "not now, maybe elsewhere": the same request may succeed when retried.
-const RETRYABLE_CODES: &[ErrorCode] = &[
-    ErrorCode::NoQuorum,
-    ErrorCode::NotLeader,
-    ErrorCode::LeaderChanged,
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server answered with an error body.
@@ -62,14 +55,15 @@ impl Error {
     }
 
     /// Whether trying again (possibly on another endpoint) may succeed: no connection, a
-    /// timeout, no quorum, a leader change, or a 503. Writes are only retried with an
+    /// timeout, a 503, or a code [`ErrorCode::is_unavailable`] names (whatever the status a
+    /// proxy in between gave it). Writes are only retried with an
     /// idempotency key, so a retry never applies a write twice.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport(e) => !e.is_builder(),
             Error::Api { status, body } => {
                 *status == StatusCode::SERVICE_UNAVAILABLE
-                    || RETRYABLE_CODES.contains(&body.error.code)
+                    || body.error.code.is_unavailable()
             }
             Error::Unexpected { status, .. } => {
                 *status == StatusCode::SERVICE_UNAVAILABLE

@@ -292,6 +292,26 @@ error_codes! {
     InvalidConfig = "invalid_config",
 }
 
+impl ErrorCode {
+    /// The cluster cannot answer this now (no leader, no quorum, a leadership change, a member
+    /// stopping, a feature not yet on every member): the same request may succeed later or on
+    /// another member. The node answers these with 503 and the client retries them; this is
+    /// the one list of them.
+    pub fn is_unavailable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeader
+                | ErrorCode::NoQuorum
+                | ErrorCode::LeaderChanged
+                | ErrorCode::ShuttingDown
+                | ErrorCode::FeatureUnavailable
+                | ErrorCode::RaftError
+                | ErrorCode::RaftStopped
+                | ErrorCode::TransferTimeout
+        )
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

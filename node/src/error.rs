@@ -102,17 +102,7 @@ impl NodeError {
             | NodeError::ShuttingDown(_)
             | NodeError::NotCaughtUp(_) => true,
             NodeError::Remote { status, .. } => *status == 503,
-            NodeError::Rejected(code, _) => matches!(
-                code,
-                ErrorCode::NotLeader
-                    | ErrorCode::NoQuorum
-                    | ErrorCode::LeaderChanged
-                    | ErrorCode::ShuttingDown
-                    | ErrorCode::FeatureUnavailable
-                    | ErrorCode::RaftError
-                    | ErrorCode::RaftStopped
-                    | ErrorCode::TransferTimeout
-            ),
+            NodeError::Rejected(code, _) => code.is_unavailable(),
             NodeError::Storage(_) | NodeError::Internal(_) => false,
         }
     }

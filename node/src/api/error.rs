@@ -69,6 +69,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::StorageError | ErrorCode::Internal | ErrorCode::Unknown => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
+        // Exactly the codes `ErrorCode::is_unavailable` names (a test below holds them equal;
+        // this match stays exhaustive so a new code must be given a status).
         ErrorCode::NotLeader
         | ErrorCode::NoQuorum
         | ErrorCode::LeaderChanged
