@@ -62,8 +62,7 @@ impl Error {
         match self {
             Error::Transport(e) => !e.is_builder(),
             Error::Api { status, body } => {
-                *status == StatusCode::SERVICE_UNAVAILABLE
-                    || body.error.code.is_unavailable()
+                *status == StatusCode::SERVICE_UNAVAILABLE || body.error.code.is_unavailable()
             }
             Error::Unexpected { status, .. } => {
                 *status == StatusCode::SERVICE_UNAVAILABLE
