@@ -20,6 +20,9 @@ const KEYS: &[(&str, &str)] = &[
 /// 3 s the cluster promises to elect a leader in (and writes wait for one, README
 /// "Failure behaviour"); quorum is never lost.
 const UPGRADE_WRITE_GAP: Duration = Duration::from_secs(3);
+/// Writes acknowledged after each stage of the rolling upgrade test (before it, after each
+/// restart): the floor that keeps the run from passing on a writer that did nothing.
+const WRITES_PER_STAGE: usize = 20;
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -576,6 +579,24 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
     let mut cl = Cluster::start(3, &[]).await;
     let c1 = cl.node("node1").admin();
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Acknowledged so far: each step below waits for writes to go on after it, so the run
+    // proves writes flowed through every stage of the upgrade, however fast it went.
+    let acked_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writes_go_on = |stage: &'static str| {
+        let acked_so_far = acked_so_far.clone();
+        async move {
+            let from = acked_so_far.load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while acked_so_far.load(std::sync::atomic::Ordering::Relaxed) < from + WRITES_PER_STAGE
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "fewer than {WRITES_PER_STAGE} writes acknowledged in 10 s {stage}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let writer = {
         let c = Client::builder()
             .endpoints(cl.nodes.iter().map(|n| n.addr()))
@@ -583,6 +604,7 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
             .build()
             .unwrap();
         let writing = writing.clone();
+        let acked_so_far = acked_so_far.clone();
         tokio::spawn(async move {
             let (mut acked, mut failed) = (Vec::new(), Vec::new());
             let mut last_ack = Instant::now();
@@ -594,6 +616,7 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
                         longest_gap = longest_gap.max(last_ack.elapsed());
                         last_ack = Instant::now();
                         acked.push((i, r.revision));
+                        acked_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => failed.push(format!("roll/{i:05}: {e}")),
                 }
@@ -603,6 +626,7 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
             (acked, failed, longest_gap.max(last_ack.elapsed()))
         })
     };
+    writes_go_on("before the upgrade").await;
     for name in ["node3", "node2"] {
         let r: serde_json::Value = c1
             .call(
@@ -622,6 +646,7 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
         n.args.push(join);
         n.restart();
         n.wait_ready().await;
+        writes_go_on("after a follower's restart").await;
     }
     assert_eq!(voters(&c1).await, ["node1", "node2", "node3"]);
     let r: serde_json::Value = c1
@@ -650,6 +675,7 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
     n1.restart();
     n1.wait_ready().await;
     assert_eq!(voters(&c2).await, ["node1", "node2", "node3"]);
+    writes_go_on("after the old leader's restart").await;
 
     writing.store(false, std::sync::atomic::Ordering::Relaxed);
     let (acked, failed, longest_gap) = writer.await.unwrap();
@@ -668,7 +694,7 @@ async fn the_runbooks_rolling_upgrade_keeps_quorum_and_data() {
         acked.len()
     );
     assert!(
-        acked.len() >= 100,
+        acked.len() >= 4 * WRITES_PER_STAGE,
         "only {} writes acknowledged",
         acked.len()
     );
