@@ -49,20 +49,8 @@ async fn ok(node: &NodeProc, method: &str, path: &str, body: Option<Value>) -> V
     v
 }
 
-/// Sends a POST in the background (a call that waits, e.g. for a lock): its status and body.
-fn spawn_post(url: String, body: Value) -> tokio::task::JoinHandle<(StatusCode, Value)> {
-    tokio::spawn(async move {
-        let r = reqwest::Client::new()
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json::<Value>().await.unwrap())
-    })
-}
-
-/// Like [`spawn_post`], also returning when the answer came.
+/// Sends a POST in the background (a call that waits, e.g. for a lock): its status, body and
+/// when the answer came.
 fn spawn_timed_post(
     url: String,
     body: Value,
@@ -752,7 +740,7 @@ async fn sigterm_ends_watches_and_lock_waits_and_the_lock_queue_place_is_kept() 
     let acquire =
         |l: u64| json!({"name": "jobs/sig", "lease": l, "wait": true, "timeoutMs": 120000});
     let held = ok(&node, "POST", "/api/v1/lock/acquire", Some(acquire(a))).await;
-    let waiter = spawn_post(node.url("/api/v1/lock/acquire"), acquire(b));
+    let waiter = spawn_timed_post(node.url("/api/v1/lock/acquire"), acquire(b));
     let mut watches = Vec::new();
     for _ in 0..4 {
         watches.push(WatchStream::open(&node, "prefix=sig/", None).await.unwrap());
@@ -776,7 +764,7 @@ async fn sigterm_ends_watches_and_lock_waits_and_the_lock_queue_place_is_kept() 
             }
         }
     }
-    let (status, v) = tokio::time::timeout(Duration::from_secs(10), waiter)
+    let (status, v, _) = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .unwrap()
         .unwrap();
