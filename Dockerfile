@@ -10,8 +10,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends clang libclang-
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --profile image --locked -p concordance --bin concordance \
-    && images/rootfs concordance target/image/concordance /image
+RUN cargo build --release --locked -p concordance --bin concordance \
+    && images/rootfs concordance target/release/concordance /image
 
 FROM scratch
 ARG REVISION=unknown
