@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use concordance::config::Config;
+use concordance::config::Cli;
 use concordance_bench::cpu::CpuClock;
 use concordance_bench::driver::Driver;
 use concordance_bench::driver::Payload;
@@ -20,21 +20,22 @@ fn free_port() -> u16 {
 
 async fn start_node(dir: &std::path::Path) -> String {
     let port = free_port();
-    let config = Config {
-        node_name: "bench1".into(),
-        listen: format!("127.0.0.1:{port}").parse().unwrap(),
-        advertise: format!("127.0.0.1:{port}"),
-        data_dir: dir.join("bench1"),
-        bootstrap: true,
-        join: None,
-        force_new_cluster: None,
-        api_key: Some("bench-admin".into()),
-        agent_key: None,
-        snapshot_entries: 10_000,
-        history_revisions: concordance::store::state_machine::HISTORY_RETAINED_REVISIONS,
-        idempotency_retention: Duration::from_secs(86_400),
-        http_threads: 2,
-    };
+    // Through the command line's own parser: every setting not named here keeps its default.
+    let args = [
+        "concordance".to_string(),
+        "--node-id=bench1".into(),
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--data-dir={}", dir.join("bench1").display()),
+        "--bootstrap".into(),
+        "--api-key=bench-admin".into(),
+        "--snapshot-entries=10000".into(),
+        "--http-threads=2".into(),
+    ];
+    let config = <Cli as clap::Parser>::try_parse_from(args)
+        .unwrap()
+        .serve
+        .validate()
+        .unwrap();
     tokio::spawn(async move { concordance::server::serve(config).await.unwrap() });
     let addr = format!("127.0.0.1:{port}");
     let http = reqwest::Client::new();

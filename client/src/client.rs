@@ -16,6 +16,8 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::types::*;
 
+/// How long an idle connection stays in the pool: below a node's default header timeout.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How failed calls are retried. Only failures that [`Error::is_retryable`] are retried, and
 /// writes carry an `Idempotency-Key` (the same on every attempt) so a retry applies once.
 #[derive(Debug, Clone)]
@@ -187,6 +189,9 @@ impl ClientBuilder {
         // No client-wide timeout: it would cut watch streams. Each call sets its own.
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
+            // A node closes a connection idle for its header timeout (10 s by default); one
+            // closed by us first is never reused at the moment the node closes it.
+            .pool_idle_timeout(POOL_IDLE)
             .build()?;
         Ok(Client {
             http,

@@ -114,6 +114,25 @@ pub struct ServeArgs {
     /// With one, Raft runs on it too: best for members that share cores (docs/benchmarks.md).
     #[arg(long, env = "CONCORDANCE_HTTP_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub http_threads: Option<u16>,
+    /// Seconds a connection has to send a whole request head, counted from when it opened or
+    /// answered its previous request: the header-read and the idle timeout in one. A silent or
+    /// slow client is disconnected; an answer being streamed (a watch) is not.
+    #[arg(long, env = "CONCORDANCE_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
+    /// HTTP connections open at once, from everyone (each takes a file descriptor).
+    #[arg(long, env = "CONCORDANCE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(2..))]
+    pub max_connections: u32,
+    /// HTTP connections open at once from one client address (the cluster's members excepted).
+    #[arg(long, env = "CONCORDANCE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
+    /// Of --max-connections, how many only the cluster's members may take, so that clients
+    /// holding every other connection cannot cut the peers off.
+    #[arg(
+        long,
+        env = "CONCORDANCE_PEER_CONNECTION_RESERVE",
+        default_value_t = 64
+    )]
+    pub peer_connection_reserve: u32,
     /// Where to leave `{"code","message"}` when the node refuses to start or stops with an
     /// error (default: /dev/termination-log, written only where it exists, as in a container).
     #[arg(long, env = "CONCORDANCE_TERMINATION_LOG", value_name = "PATH")]
@@ -142,6 +161,8 @@ pub struct Config {
     pub history_revisions: u64,
     pub idempotency_retention: std::time::Duration,
     pub http_threads: usize,
+    pub header_timeout: std::time::Duration,
+    pub connections: crate::connections::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +192,10 @@ pub enum ConfigError {
     NoDefault(&'static str),
     #[error("--snapshot-entries must be at least 1")]
     BadSnapshotEntries,
+    #[error(
+        "--peer-connection-reserve ({reserve}) must be below --max-connections ({total}): clients would get no connection at all"
+    )]
+    ReserveTooLarge { reserve: u32, total: u32 },
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -256,6 +281,12 @@ impl ServeArgs {
         if self.snapshot_entries == 0 {
             return Err(ConfigError::BadSnapshotEntries);
         }
+        if self.peer_connection_reserve >= self.max_connections {
+            return Err(ConfigError::ReserveTooLarge {
+                reserve: self.peer_connection_reserve,
+                total: self.max_connections,
+            });
+        }
         Ok(Config {
             node_name,
             listen,
@@ -272,6 +303,12 @@ impl ServeArgs {
             http_threads: match self.http_threads {
                 Some(n) => usize::from(n),
                 None => std::thread::available_parallelism().map_or(1, usize::from),
+            },
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            connections: crate::connections::Limits {
+                total: self.max_connections as usize,
+                per_address: self.max_connections_per_address as usize,
+                peer_reserve: self.peer_connection_reserve as usize,
             },
         })
     }
@@ -336,5 +373,27 @@ mod tests {
             Err(ConfigError::BadJoin(_))
         ));
         assert!(Cli::try_parse_from(["concordance", "--bootstrap", "--join=a:1"]).is_err());
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_a_reserve_must_leave_room_for_clients() {
+        let c = parse(&["--node-id=a"]).unwrap();
+        assert_eq!(c.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(
+            c.connections,
+            crate::connections::Limits {
+                total: 4096,
+                per_address: 1024,
+                peer_reserve: 64
+            }
+        );
+        let err = parse(&[
+            "--node-id=a",
+            "--max-connections=10",
+            "--peer-connection-reserve=10",
+        ])
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::ReserveTooLarge { .. }), "{err}");
+        assert!(Cli::try_parse_from(["concordance", "--header-timeout-secs=0"]).is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod coordination;
 pub mod data;
 pub mod error;

@@ -20,6 +20,11 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
     pub role: String,
 }
@@ -46,6 +51,8 @@ struct Inner {
     pub log_sync_batch_appends: Histogram,
     pub forwarded_batch_writes: Histogram,
     pub http_seconds: Family<HttpLabels, Histogram>,
+    pub open_connections: Gauge,
+    pub refused_connections: Family<RefusalLabels, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -93,6 +100,8 @@ impl Metrics {
             log_sync_batch_appends: sizes(),
             forwarded_batch_writes: sizes(),
             http_seconds: Family::new_with_constructor(latency),
+            open_connections: Gauge::default(),
+            refused_connections: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -167,6 +176,16 @@ impl Metrics {
             "HTTP request latency by route",
             inner.http_seconds.clone(),
         );
+        r.register(
+            "http_connections",
+            "HTTP connections open (upgraded peer streams excluded)",
+            inner.open_connections.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "Connections closed on accept: the node (full) or the client address (address_full) was at its limit",
+            inner.refused_connections.clone(),
+        );
         Self {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -195,6 +214,21 @@ impl Metrics {
             .http_seconds
             .get_or_create(&labels)
             .observe(d.as_secs_f64());
+    }
+
+    pub fn set_open_connections(&self, open: usize) {
+        self.inner
+            .open_connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    pub fn connection_refused(&self, reason: &str) {
+        self.inner
+            .refused_connections
+            .get_or_create(&RefusalLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn leader_changed(&self) {

@@ -261,14 +261,17 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         auth = if config.api_key.is_some() { "keys" } else { "none (loopback only)" },
         "serving"
     );
-    let leaving = node.clone();
-    serve_http(
-        listener,
+    let http = Http {
         app,
-        config.http_threads,
-        node.stopping.clone(),
-        async move { hand_over_leadership(&leaving).await },
-    )
+        admission: crate::connections::Admission::new(config.connections, node.metrics.clone()),
+        header_timeout: config.header_timeout,
+        stopping: node.stopping.clone(),
+    };
+    spawn_peer_address_refresh(node.clone(), http.admission.clone());
+    let leaving = node.clone();
+    serve_http(listener, http, config.http_threads, async move {
+        hand_over_leadership(&leaving).await
+    })
     .await?;
 
     tracing::info!("stopping: shutting down raft");
@@ -321,6 +324,17 @@ fn spawn_catch_up(node: Arc<Node>) {
     });
 }
 
+/// What every HTTP loop serves, and how.
+#[derive(Clone)]
+struct Http {
+    app: axum::Router,
+    admission: Arc<crate::connections::Admission>,
+    /// hyper's header-read timeout: from a connection's start, or the end of its previous
+    /// answer, to a whole request head.
+    header_timeout: Duration,
+    stopping: CancellationToken,
+}
+
 /// Serves HTTP on `threads` loops until SIGTERM, then lets every loop finish its requests.
 ///
 /// Each loop is a single-threaded runtime accepting from the same listening socket; a
@@ -334,9 +348,8 @@ fn spawn_catch_up(node: Arc<Node>) {
 /// `Node::stopping`) and the rest get [`DRAIN`] to finish before their connections are closed.
 async fn serve_http(
     listener: TcpListener,
-    app: axum::Router,
+    http: Http,
     threads: usize,
-    stopping: CancellationToken,
     before_stopping: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     // Installed before the first request is served: until then SIGTERM would still kill
@@ -347,8 +360,7 @@ async fn serve_http(
     let mut others = Vec::new();
     for n in 1..threads {
         let listener = listener.try_clone()?;
-        let app = app.clone();
-        let stopping = stopping.clone();
+        let http = http.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
         std::thread::Builder::new()
             .name(format!("http-{n}"))
@@ -358,14 +370,14 @@ async fn serve_http(
                     .build()
                     .map_err(|e| e.to_string())
                     .and_then(|rt| {
-                        rt.block_on(serve_loop(listener, app, stopping))
+                        rt.block_on(serve_loop(listener, http))
                             .map_err(|e| e.to_string())
                     });
                 let _ = done_tx.send(served);
             })?;
         others.push(done_rx);
     }
-    let signalled = stopping.clone();
+    let signalled = http.stopping.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -374,7 +386,7 @@ async fn serve_http(
         before_stopping.await;
         signalled.cancel();
     });
-    serve_loop(listener, app, stopping).await?;
+    serve_loop(listener, http).await?;
     for done in others {
         match done.await {
             Ok(Ok(())) => {}
@@ -389,25 +401,132 @@ async fn serve_http(
 /// Kubernetes pod gets, leaving time to hand over leadership and close the store.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// One HTTP loop: serves until `stopping`, then drains for at most [`DRAIN`].
-async fn serve_loop(
-    listener: std::net::TcpListener,
-    app: axum::Router,
-    stopping: CancellationToken,
-) -> std::io::Result<()> {
+/// One HTTP loop: accepts what [`crate::connections`] admits and serves it over HTTP/1.1
+/// (nothing of ours speaks HTTP/2, and HTTP/1 alone has no protocol sniffing during which a
+/// silent connection would escape the header timeout) until `stopping`; then drains for at
+/// most [`DRAIN`].
+async fn serve_loop(listener: std::net::TcpListener, http: Http) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    let serving =
-        axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(http.header_timeout);
+    // Each connection's task holds a receiver: the channel closes when the last one ends.
+    let (all_closed_tx, all_closed_rx) = tokio::sync::watch::channel(());
+    let mut refusals_logged = RefusalLog::default();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = http.stopping.cancelled() => break,
+        };
+        let permit = match http.admission.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                refusals_logged.note(peer.ip(), refusal);
+                continue; // dropping `tcp` closes it
+            }
+        };
+        let connection = builder
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(tcp),
+                hyper_util::service::TowerToHyperService::new(http.app.clone()),
+            )
+            .with_upgrades();
+        let stopping = http.stopping.clone();
+        let open = all_closed_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _open = open;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stopping.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    drop(all_closed_rx);
     tokio::select! {
-        served = serving => served,
-        _ = async {
-            stopping.cancelled().await;
-            tokio::time::sleep(DRAIN).await;
-        } => {
+        _ = all_closed_tx.closed() => {}
+        _ = tokio::time::sleep(DRAIN) => {
             tracing::warn!(drain_secs = DRAIN.as_secs(), "requests still running after the drain time: closing their connections");
-            Ok(())
         }
     }
+    Ok(())
+}
+
+/// A failed accept: a connection that went away before it was taken is nothing; anything else
+/// (out of file descriptors) is logged and the loop waits a moment instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept connections; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Logs refused connections at most once per [`REFUSAL_LOG_EVERY`] per loop (a flood would
+/// flood the log too); the metric counts every one.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    fn note(&mut self, address: std::net::IpAddr, refusal: crate::connections::Refusal) {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            %address,
+            reason = refusal.as_str(),
+            refused = self.since,
+            "refusing connections: at the connection limit (--max-connections, --max-connections-per-address)"
+        );
+        self.last = Some(std::time::Instant::now());
+        self.since = 0;
+    }
+}
+
+/// Keeps the connection limits' list of peer addresses current with the membership.
+fn spawn_peer_address_refresh(node: Arc<Node>, admission: Arc<crate::connections::Admission>) {
+    tokio::spawn(async move {
+        loop {
+            let members: Vec<String> = crate::raft::metrics_of(&node.raft)
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(_, member)| member.addr.clone())
+                .collect();
+            admission.set_peers(crate::connections::resolve(members).await);
+            tokio::select! {
+                _ = tokio::time::sleep(crate::connections::PEER_REFRESH) => {}
+                _ = node.stopping.cancelled() => return,
+            }
+        }
+    });
 }
 
 fn spawn_leader_change_counter(raft: &Raft, metrics: Metrics) {

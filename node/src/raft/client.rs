@@ -41,7 +41,9 @@ impl PeerContext {
     pub fn new(key: Option<String>, cluster: Option<String>, self_id: u64) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below a member's default header timeout (10 s), after which it closes an idle
+            // connection: a pooled one is given up before it could be reused as it closes.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()
             .expect("HTTP client builds");

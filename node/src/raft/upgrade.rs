@@ -107,15 +107,14 @@ pub async fn serve_on_raft_thread<F, Fut>(
             return;
         }
     };
-    let parts =
-        match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
-            Ok(parts) => parts,
-            Err(_) => {
-                // Our listener only ever accepts TCP connections.
-                tracing::warn!("{what} is not on a TCP connection; closing it");
-                return;
-            }
-        };
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            // Our listener only ever accepts TCP connections (server.rs).
+            tracing::warn!("{what} is not on a TCP connection; closing it");
+            return;
+        }
+    };
     let read_ahead = parts.read_buf;
     let tcp = match parts.io.into_inner().into_std() {
         Ok(tcp) => tcp,

@@ -1,0 +1,213 @@
+//! Clients that hold connections without using them cannot take a member down: a silent or
+//! trickling connection is closed after the header timeout, and connections beyond the limits
+//! (per client address, in all) are closed on accept while the cluster's own members still get
+//! in through their reserve. Raw TCP from several loopback source addresses (127.0.0.2, ...),
+//! so one machine plays several clients.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use std::time::Instant;
+
+use common::*;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpSocket;
+use tokio::net::TcpStream;
+
+/// A connection to `node` from the loopback address `source`.
+async fn connect_from(source: &str, node: &NodeProc) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{source}:0").parse::<SocketAddr>().unwrap())
+        .unwrap();
+    socket
+        .connect(format!("127.0.0.1:{}", node.port).parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Whether the node closed `tcp` (end of stream or reset) within `within`, reading and
+/// discarding what it sent first. `None`: still open.
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within.saturating_sub(start.elapsed()), tcp.read(&mut buf)).await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// One whole request on `tcp`; the answer's status line, or `None` if the node closed it.
+async fn try_health(tcp: &mut TcpStream) -> Option<String> {
+    tcp.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: node\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines().next().map(str::to_string)
+}
+
+async fn health_on(tcp: &mut TcpStream) -> String {
+    try_health(tcp)
+        .await
+        .expect("an answer on an admitted connection within 10 s")
+}
+
+/// The value of the metric sample `line` starts with (name and labels), 0 when absent.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_trickling_connections_are_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(
+        "n1",
+        dir.path(),
+        &["--bootstrap", "--header-timeout-secs=2"],
+    );
+    node.wait_ready().await;
+
+    // Says nothing at all.
+    let mut silent = connect_from("127.0.0.2", &node).await;
+    // Sends a request head one byte every 200 ms, never finishing it: each byte arrives well
+    // inside any per-read timeout, so only a deadline on the whole head stops it.
+    let mut trickle = connect_from("127.0.0.3", &node).await;
+    let trickling = tokio::spawn(async move {
+        let head = b"GET /api/v1/health HTTP/1.1\r\nHost: node\r\nX-Padding: ";
+        let start = Instant::now();
+        for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+            if trickle.write_all(&[*byte]).await.is_err() {
+                return Some(start.elapsed()); // the node closed it
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        unreachable!()
+    });
+    // A normal client meanwhile is served.
+    let mut normal = connect_from("127.0.0.4", &node).await;
+    assert!(health_on(&mut normal).await.contains("200"));
+
+    let silent_closed = closed_within(&mut silent, Duration::from_secs(10))
+        .await
+        .expect("a silent connection is closed within 10 s (header timeout 2 s)");
+    let trickle_closed = trickling
+        .await
+        .unwrap()
+        .expect("a trickling request head is cut off within 20 s (header timeout 2 s)");
+    assert!(
+        silent_closed >= Duration::from_millis(1500),
+        "closed after {silent_closed:?}: before the header timeout"
+    );
+    assert!(
+        trickle_closed < Duration::from_secs(8),
+        "the trickle went on for {trickle_closed:?}: the timeout must bound the whole head"
+    );
+    // An idle keep-alive connection is let go the same way once it has been served.
+    let normal_closed = closed_within(&mut normal, Duration::from_secs(10)).await;
+    assert!(
+        normal_closed.is_some(),
+        "an idle kept-alive connection stays open past the header timeout"
+    );
+    assert!(node.client().health().await.is_ok(), "the node serves on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_limits_are_refused_and_members_keep_their_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    // 6 connections: 5 for clients, 1 more only for members; 3 per client address.
+    let node = NodeProc::start(
+        "n1",
+        dir.path(),
+        &[
+            "--bootstrap",
+            "--max-connections=6",
+            "--peer-connection-reserve=1",
+            "--max-connections-per-address=3",
+        ],
+    );
+    node.wait_ready().await;
+    // The member's own address (127.0.0.1) is known as a peer once the membership was read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.2", &node).await);
+    }
+    let mut fourth = connect_from("127.0.0.2", &node).await;
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "a fourth connection from one address is closed at once"
+    );
+    for _ in 0..2 {
+        held.push(connect_from("127.0.0.3", &node).await);
+    }
+    let mut sixth_client = connect_from("127.0.0.4", &node).await;
+    assert!(
+        closed_within(&mut sixth_client, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "with 5 client connections open, another client's is closed at once"
+    );
+    // The held connections were admitted: each is served.
+    for tcp in &mut held {
+        let status = health_on(tcp).await;
+        assert!(
+            status.contains("200"),
+            "a held connection answered {status:?}"
+        );
+    }
+    // A member's address takes the reserved place.
+    let text = eventually(
+        "/metrics from the member's own address, in the reserve",
+        Duration::from_secs(15),
+        || async {
+            match reqwest::get(node.url("/metrics")).await {
+                Ok(r) => r.text().await.ok(),
+                Err(_) => None,
+            }
+        },
+    )
+    .await;
+    let refused = |reason: &str| {
+        sample(
+            &text,
+            &format!("concordance_http_connections_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refused("address_full"), 1.0, "{text}");
+    // At least the sixth client; more if /metrics was asked before the member's own address
+    // was known as a peer's.
+    assert!(refused("full") >= 1.0, "{text}");
+    // Five held, and the one /metrics came on: the total binds, so never more.
+    assert_eq!(sample(&text, "concordance_http_connections"), 6.0, "{text}");
+    drop(held);
+    // Places free up as connections close.
+    let freed = eventually("a new client connection served", WAIT, || async {
+        let mut tcp = connect_from("127.0.0.4", &node).await;
+        try_health(&mut tcp).await.filter(|s| s.contains("200"))
+    })
+    .await;
+    assert!(freed.contains("200"));
+    assert!(
+        node.log_text().contains("refusing connections"),
+        "the refusal is logged"
+    );
+}
