@@ -248,6 +248,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         });
     }
 
+    raise_open_files_limit(config.connections.total);
     let keys = Keys::new(config.api_key.as_deref(), config.agent_key.as_deref());
     let app = crate::api::router(node.clone(), keys);
     let listener = TcpListener::bind(config.listen)
@@ -322,6 +323,26 @@ fn spawn_catch_up(node: Arc<Node>) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
+}
+
+/// File descriptors beyond the connections: RocksDB's files, the Raft log, peer streams.
+const FILES_BESIDES_CONNECTIONS: u64 = 1024;
+
+/// Raises the open-files limit to its hard limit, as Go programs do at start (a VM's default
+/// soft limit, 1024, is far below the connections a node takes), and says so when even that is
+/// too low for `max_connections`: accepting then fails before the limits of
+/// [`crate::connections`] are reached, peers' reserve included.
+fn raise_open_files_limit(max_connections: usize) {
+    let needed = max_connections as u64 + FILES_BESIDES_CONNECTIONS;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            "the open-files limit is below what --max-connections needs; raise the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower --max-connections"
+        ),
+        Ok(limit) => tracing::debug!(open_files_limit = limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
 }
 
 /// What every HTTP loop serves, and how.
