@@ -181,6 +181,11 @@ pub fn txn_operation(req: TxnRequest) -> Operation {
     }
 }
 
+/// A list page ends early once its keys and values pass this many stored bytes (it always
+/// holds at least one key), with `more` and `next` as at its `limit`: a page of 10,000 keys of
+/// 1 MiB each would otherwise be built whole in memory, twice (records, then JSON).
+pub const LIST_PAGE_BYTES: usize = 4 << 20;
+
 impl Node {
     /// Writes `key` (its checks done by the caller).
     pub async fn put(
@@ -260,7 +265,8 @@ impl Node {
         }
     }
 
-    /// Keys under `prefix` in order, after `after`, at most `limit`, with whether more remain.
+    /// Keys under `prefix` in order, after `after`, at most `limit` (and [`LIST_PAGE_BYTES`]),
+    /// with whether more remain.
     pub async fn list(
         &self,
         prefix: &str,
@@ -293,7 +299,7 @@ impl Node {
     ) -> Result<(Vec<KeyValue>, bool), NodeError> {
         let (items, more) = self
             .reader
-            .list(prefix, after, limit)
+            .list(prefix, after, limit, LIST_PAGE_BYTES)
             .map_err(NodeError::storage)?;
         let kvs = items.into_iter().map(|(k, r)| key_value(k, r)).collect();
         Ok((kvs, more))

@@ -2,7 +2,7 @@
 //! trickling connection is closed after the header timeout, and connections beyond the limits
 //! (per client address, in all) are closed on accept while the cluster's own members still get
 //! in through their reserve. Raw TCP from several loopback source addresses (127.0.0.2, ...),
-//! so one machine plays several clients.
+//! so one machine plays several clients. A list of large values answers a page bounded by bytes.
 
 mod common;
 
@@ -210,4 +210,55 @@ async fn connections_beyond_the_limits_are_refused_and_members_keep_their_reserv
         node.log_text().contains("refusing connections"),
         "the refusal is logged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_of_large_values_answers_a_page_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
+    node.wait_ready().await;
+    let c = node.client();
+    // 12 values of about 900 KiB (under the 1 MiB value limit): 10.5 MiB in all.
+    let big = "x".repeat(900 * 1024);
+    for i in 0..12 {
+        c.put(&format!("big/{i:02}"), &serde_json::json!(big))
+            .await
+            .unwrap();
+    }
+    let page = c
+        .list(
+            "big/",
+            None,
+            Some(10_000),
+            concordance_client::Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    let bytes: usize = page.kvs.iter().map(|kv| kv.value.to_string().len()).sum();
+    assert!(
+        page.more && (1..12).contains(&page.kvs.len()),
+        "a page of 10,000 asked: {} keys, more {}",
+        page.kvs.len(),
+        page.more
+    );
+    assert!(
+        bytes <= 5 << 20,
+        "the page holds {bytes} bytes of values: more than 4 MiB and one value"
+    );
+    assert_eq!(
+        page.next.as_deref(),
+        page.kvs.last().map(|kv| kv.key.as_str())
+    );
+    // Following `next` still gives every key once, in order.
+    let all = c
+        .list_all(
+            "big/",
+            10_000,
+            concordance_client::Consistency::Linearizable,
+        )
+        .await
+        .unwrap();
+    let keys: Vec<String> = all.into_iter().map(|kv| kv.key).collect();
+    let expected: Vec<String> = (0..12).map(|i| format!("big/{i:02}")).collect();
+    assert_eq!(keys, expected);
 }

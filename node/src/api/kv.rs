@@ -72,7 +72,7 @@ pub struct ListParams {
     prefix: String,
     /// Continue strictly after this key (the previous page's `next`).
     after: Option<String>,
-    /// At most this many keys (default 1000, at most 10000).
+    /// At most this many keys (default 1000, at most 10000); a page also ends at 4 MiB of data.
     limit: Option<usize>,
     /// `linearizable` (default) or `serializable`.
     #[serde(default)]

@@ -251,6 +251,7 @@ impl Store {
             kind,
             what,
             done: false,
+            last_size: 0,
             decoded: std::marker::PhantomData,
         }
     }
@@ -384,7 +385,16 @@ pub struct Scan<'a, T> {
     kind: RecordKind,
     what: &'static str,
     done: bool,
+    last_size: usize,
     decoded: std::marker::PhantomData<T>,
+}
+
+impl<T> Scan<'_, T> {
+    /// The stored size (key and encoded record) of the item `next` returned last: what a
+    /// page bounded by bytes counts.
+    pub fn last_size(&self) -> usize {
+        self.last_size
+    }
 }
 
 impl<T: serde::de::DeserializeOwned> Iterator for Scan<'_, T> {
@@ -396,13 +406,16 @@ impl<T: serde::de::DeserializeOwned> Iterator for Scan<'_, T> {
             return None;
         }
         let item = match (self.it.key(), self.it.value()) {
-            (Some(k), Some(v)) => codec::decode(self.kind, v)
-                .map(|record| (k.to_vec(), record))
-                .map_err(|source| StoreError::Corrupt {
-                    what: format!("{} {:?}", self.what, String::from_utf8_lossy(k)),
-                    path: self.store.dir.clone(),
-                    source,
-                }),
+            (Some(k), Some(v)) => {
+                self.last_size = k.len() + v.len();
+                codec::decode(self.kind, v)
+                    .map(|record| (k.to_vec(), record))
+                    .map_err(|source| StoreError::Corrupt {
+                        what: format!("{} {:?}", self.what, String::from_utf8_lossy(k)),
+                        path: self.store.dir.clone(),
+                        source,
+                    })
+            }
             _ => {
                 self.done = true;
                 return self.it.status().err().map(|e| Err(self.store.rocks_err(e)));

@@ -128,23 +128,27 @@ impl KvReader {
         self.store.key_record(key).map_err(io_err)
     }
 
-    /// Keys starting with `prefix`, in order, strictly after `after` when given; at most `limit`.
-    /// Returns the keys and whether more remain.
+    /// Keys starting with `prefix`, in order, strictly after `after` when given; at most `limit`
+    /// keys and, past the first, at most `max_bytes` stored bytes (keys and records), so one page
+    /// of large values cannot take the node's memory. Returns the keys and whether more remain.
     pub fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> io::Result<(Vec<(String, KeyRecord)>, bool)> {
         let from = match after {
             Some(a) if a >= prefix => a,
             _ => prefix,
         };
         let mut out = Vec::new();
-        let keys =
+        let mut bytes = 0usize;
+        let mut keys =
             self.store
                 .scan::<KeyRecord>(CF_KV, from.as_bytes(), RecordKind::KeyValue, "key");
-        for item in keys {
+        while let Some(item) = keys.next() {
+            let size = keys.last_size();
             let (key, record) = item.map_err(io_err)?;
             if after.is_some_and(|a| a.as_bytes() == key) {
                 continue;
@@ -152,9 +156,10 @@ impl KvReader {
             if !key.starts_with(prefix.as_bytes()) {
                 break;
             }
-            if out.len() == limit {
+            if out.len() == limit || (!out.is_empty() && bytes.saturating_add(size) > max_bytes) {
                 return Ok((out, true));
             }
+            bytes = bytes.saturating_add(size);
             let key = String::from_utf8(key).map_err(|_| io_err("stored key is not UTF-8"))?;
             out.push((key, record));
         }
