@@ -465,16 +465,14 @@ async fn serve_loop(listener: std::net::TcpListener, http: Http) -> std::io::Res
             let _permit = permit;
             let _open = open;
             let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    return;
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = stopping.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
                 }
-                _ = stopping.cancelled() => connection.as_mut().graceful_shutdown(),
-            }
-            if let Err(e) = connection.await {
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
