@@ -43,6 +43,17 @@ async fn closed_within(tcp: &mut TcpStream, within: Duration) -> Option<Duration
     }
 }
 
+/// A new connection from `source` is closed by the node within 3 s (refused on accept).
+async fn assert_closed_at_once(source: &str, node: &NodeProc, what: &str) {
+    let mut tcp = connect_from(source, node).await;
+    assert!(
+        closed_within(&mut tcp, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "{what}"
+    );
+}
+
 /// One whole request on `tcp`; the answer's status line, or `None` if the node closed it.
 async fn try_health(tcp: &mut TcpStream) -> Option<String> {
     tcp.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: node\r\n\r\n")
@@ -149,23 +160,21 @@ async fn connections_beyond_the_limits_are_refused_and_members_keep_their_reserv
     for _ in 0..3 {
         held.push(connect_from("127.0.0.2", &node).await);
     }
-    let mut fourth = connect_from("127.0.0.2", &node).await;
-    assert!(
-        closed_within(&mut fourth, Duration::from_secs(3))
-            .await
-            .is_some(),
-        "a fourth connection from one address is closed at once"
-    );
+    assert_closed_at_once(
+        "127.0.0.2",
+        &node,
+        "a fourth connection from one address is closed at once",
+    )
+    .await;
     for _ in 0..2 {
         held.push(connect_from("127.0.0.3", &node).await);
     }
-    let mut sixth_client = connect_from("127.0.0.4", &node).await;
-    assert!(
-        closed_within(&mut sixth_client, Duration::from_secs(3))
-            .await
-            .is_some(),
-        "with 5 client connections open, another client's is closed at once"
-    );
+    assert_closed_at_once(
+        "127.0.0.4",
+        &node,
+        "with 5 client connections open, another client's is closed at once",
+    )
+    .await;
     // The held connections were admitted: each is served.
     for tcp in &mut held {
         let status = health_on(tcp).await;
