@@ -150,7 +150,13 @@ pub fn role_name(state: ServerState) -> &'static str {
 }
 
 impl Node {
+    /// The name of member `id`. This node's own name is known even while it is out of the
+    /// latest membership: a leader that is removing itself still leads until the change
+    /// commits, and must still name itself leader.
     pub(crate) fn member_name(&self, id: u64) -> Option<String> {
+        if id == self.identity.raft_id {
+            return Some(self.identity.name.clone());
+        }
         let m = crate::raft::metrics_of(&self.raft)
             .membership_config
             .clone();

@@ -60,6 +60,62 @@ pub fn flip(file: &Path, at_fraction: f64) {
     std::fs::write(file, b).unwrap();
 }
 
+/// Where the logical records of a RocksDB write-ahead log start: the offset of the first
+/// payload byte of each record's first fragment and the fragment's length. The format: 32 KiB
+/// blocks of fragments, each a header (checksum u32, length u16, type u8; the recyclable types
+/// add a u32 log number) and its payload; a block's tail shorter than a header is padding.
+pub fn wal_records(file: &Path) -> Vec<(usize, usize)> {
+    const BLOCK: usize = 32 * 1024;
+    let b = std::fs::read(file).unwrap();
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at + 7 <= b.len() {
+        let left_in_block = BLOCK - at % BLOCK;
+        if left_in_block < 7 {
+            at += left_in_block;
+            continue;
+        }
+        let len = u16::from_le_bytes([b[at + 4], b[at + 5]]) as usize;
+        let kind = b[at + 6];
+        let header = match kind {
+            1..=4 => 7,
+            5..=8 => 11,
+            _ => break, // zeros past the last record, or a type this parser does not know
+        };
+        if len == 0 && kind == 0 {
+            break;
+        }
+        // FULL and FIRST fragments start a logical record (plain and recyclable types).
+        if matches!(kind, 1 | 2 | 5 | 6) {
+            records.push((at + header, len));
+        }
+        at += header + len;
+    }
+    records
+}
+
+/// Flips bytes in the middle of the second-to-last record of a write-ahead log: damage
+/// RocksDB must refuse. The last record is left whole, since a damaged last record reads as
+/// a write cut short by a crash, which is tolerated (and at a fixed fraction of the file the
+/// flip lands in the last record whenever that record is large).
+pub fn flip_wal_before_last_record(file: &Path) {
+    let records = wal_records(file);
+    assert!(
+        records.len() >= 2,
+        "{} holds {} record(s); two are needed",
+        file.display(),
+        records.len()
+    );
+    println!("write-ahead log: {} records", records.len());
+    let (start, len) = records[records.len() - 2];
+    let mut b = std::fs::read(file).unwrap();
+    let at = start + len / 2;
+    for x in &mut b[at..(at + 8).min(start + len)] {
+        *x ^= 0x5a;
+    }
+    std::fs::write(file, b).unwrap();
+}
+
 /// Flips bytes at `at_fraction` of the written part of a file that ends in zeros (a Raft log
 /// segment is allocated whole and written from its start).
 pub fn flip_written(file: &Path, at_fraction: f64) {

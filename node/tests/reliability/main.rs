@@ -863,9 +863,9 @@ async fn damaged_data_dirs_are_refused_at_start_never_served() {
             |d| flip(&files_with(d, ".log")[0], 0.5),
         ),
         (
-            "bytes flipped near the end of the write-ahead log",
+            "bytes flipped in the write-ahead log's second-to-last record",
             false,
-            |d| flip(&files_with(d, ".log")[0], 0.97),
+            |d| flip_wal_before_last_record(&files_with(d, ".log")[0]),
         ),
         ("bytes flipped in the middle of the Raft log", false, |d| {
             flip_written(
