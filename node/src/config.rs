@@ -111,7 +111,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORDANCE_IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_retention_secs: u64,
     /// Threads serving HTTP; each accepts and serves its own connections (default: one per CPU core).
-    /// With one, Raft runs on it too: best for members that share cores (docs/benchmarks.md).
+    /// With one, Raft runs on it too: best for members that share cores (docs/journal/benchmarks.md).
     #[arg(long, env = "CONCORDANCE_HTTP_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub http_threads: Option<u16>,
     /// Seconds a connection has to send a whole request head, counted from when it opened or

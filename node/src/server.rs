@@ -124,7 +124,7 @@ fn load_identity(store: &Store, config: &Config) -> Result<IdentityRecord, BoxEr
 /// workers) run on a thread of their own, so a consensus step never waits in the queue
 /// behind hundreds of HTTP connections' tasks. A member with one loop (`--http-threads=1`,
 /// members sharing cores) keeps Raft on that loop: a thread hand-off per request cost more
-/// there than the queue (docs/benchmarks.md).
+/// there than the queue (docs/journal/benchmarks.md).
 fn raft_runtime() -> Result<tokio::runtime::Handle, BoxError> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -362,7 +362,7 @@ struct Http {
 /// connection stays on the loop that accepted it. With tokio's work-stealing pool instead,
 /// every wake-up of one worker (a request, a Raft reply) also woke a sibling to look for work
 /// to steal: about ten extra thread wake-ups per write across a 3-member cluster, which cost
-/// CPU on every member and latency at low concurrency (docs/benchmarks.md).
+/// CPU on every member and latency at low concurrency (docs/journal/benchmarks.md).
 ///
 /// On SIGTERM `before_stopping` runs while requests are still served (a leader's hand-over
 /// needs its peers' votes to reach it), then `stopping` is cancelled: long waits end (see

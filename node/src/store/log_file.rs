@@ -2,7 +2,7 @@
 //!
 //! Why not RocksDB: its write-ahead log grows with every append (it preallocates with
 //! `FALLOC_FL_KEEP_SIZE`), so each fsync also commits a new file size to ext4's journal, a
-//! third sleep per fsync where an overwrite of allocated space takes two (docs/benchmarks.md).
+//! third sleep per fsync where an overwrite of allocated space takes two (docs/journal/benchmarks.md).
 //! A segment here is allocated to its full size when made and then written in place.
 //!
 //! Format. `<seq>.seg` (seq: 20 decimal digits, only ever growing) is `segment_bytes` long: a
