@@ -1102,3 +1102,117 @@ async fn peer_streams_are_refused_without_an_upgrade_or_from_another_cluster() {
         assert_eq!(upgraded.status(), 101, "{path}");
     }
 }
+
+/// A leader frozen (SIGSTOP) while its appends are in flight, and deposed while frozen, never
+/// answers a linearizable read from its old state when it wakes. Its followers' answers to
+/// appends sent before the freeze wait in its sockets; they are not the followers' word after
+/// it, so they must not confirm its leadership for a read that arrived during the freeze.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_frozen_and_deposed_never_answers_a_linearizable_read_from_its_old_state() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering;
+
+    let nodes = std::env::var("FROZEN_LEADER_NODES")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let c = Cluster::start(nodes, &[]).await;
+    let http = reqwest::Client::new();
+    let rounds = std::env::var("FROZEN_LEADER_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let (mut answered, mut stale) = (0, Vec::new());
+    for round in 0..rounds {
+        let old = c.leader().await;
+        let frozen = c.node(&old);
+        // Writers keep appends in flight on the leader, so answers are on the wire when it
+        // freezes.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (client, stop) = (frozen.admin(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (key, value) = (format!("load/{w}"), json!(i));
+                        let put = client.put(&key, &value);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), put).await;
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The followers pause a moment while the leader sends on, then answer every append
+        // at once into the frozen leader's sockets.
+        for n in c.nodes.iter().filter(|n| n.name != old) {
+            n.signal("STOP");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        frozen.signal("STOP");
+        for n in c.nodes.iter().filter(|n| n.name != old) {
+            n.signal("CONT");
+        }
+
+        // The others elect a leader, which acknowledges the round's value.
+        let others: Vec<String> = c
+            .nodes
+            .iter()
+            .filter(|n| n.name != old)
+            .map(|n| n.addr())
+            .collect();
+        let client = Client::builder()
+            .endpoints(others)
+            .api_key(ADMIN_KEY)
+            .build()
+            .unwrap();
+        let value = json!(format!("round-{round}"));
+        let put = tokio::time::timeout(WAIT, client.put("frozen/k", &value)).await;
+        if !matches!(put, Ok(Ok(_))) {
+            frozen.signal("CONT");
+            panic!("round {round}: the others did not take a write: {put:?}");
+        }
+
+        // Linearizable reads sent to the frozen node wait in its socket until it wakes.
+        let reads: Vec<_> = (0..16)
+            .map(|_| {
+                let req = http
+                    .get(frozen.url("/api/v1/kv/frozen/k?consistency=linearizable"))
+                    .bearer_auth(ADMIN_KEY)
+                    .timeout(Duration::from_secs(30));
+                tokio::spawn(async move {
+                    let resp = req.send().await.ok()?;
+                    let status = resp.status().as_u16();
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    Some((status, body))
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        frozen.signal("CONT");
+        for read in reads {
+            match read.await.unwrap() {
+                Some((200, body)) if body["kv"]["value"] == value => answered += 1,
+                // Refused (503 and the like) is fine; any other answer is an old state.
+                Some((status, body)) if status == 200 || status == 404 => {
+                    stale.push(format!("round {round}: {status} {body}"))
+                }
+                _ => {}
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            let _ = w.await;
+        }
+        // The woken node learns it was deposed before the next round asks who leads.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("{answered} reads answered the current value over {rounds} rounds");
+    assert!(
+        stale.is_empty(),
+        "a woken, deposed leader answered linearizable reads from its old state:\n{}",
+        stale.join("\n")
+    );
+}

@@ -110,9 +110,21 @@ where
     .boxed()
 }
 
+/// The oldest an answer to an append may be, counted from the append's sending, and still
+/// reach Raft while newer requests are out. Raft credits an answer with the sending time of
+/// the newest request it acknowledges (a commit notice sent after the append, answered by the
+/// append's answer), and confirms a read's leadership by those times. A follower grants no
+/// vote within the leader lease (the maximum election timeout) of hearing from its leader,
+/// so crediting is safe only while the answer arrives within that lease of the append's
+/// sending: after a freeze or a slow network it may come from a follower that has since
+/// voted for another leader. Such an answer ends the session instead (Raft sends again);
+/// four fifths of the lease leaves room for timer slack.
+pub const STALE_ANSWER: Duration = Duration::from_millis(super::ELECTION_TIMEOUT_MAX_MS * 4 / 5);
+
 /// A request on the wire, awaiting its answer.
 struct Sent {
     prev_log_id: Option<LogId>,
+    at: Instant,
     /// Commit notices it stands for, sent before it by Raft and answered just before it.
     folded: usize,
 }
@@ -150,7 +162,7 @@ impl Pipeline {
                 (held.folded + 1, held.until)
             }
             Some(held) => {
-                out.push(self.send(held.request, held.folded));
+                out.push(self.send(held.request, held.folded, now));
                 (0, now + COMMIT_NOTICE_HOLD)
             }
             None => (0, now + COMMIT_NOTICE_HOLD),
@@ -162,20 +174,21 @@ impl Pipeline {
                 until,
             });
         } else {
-            out.push(self.send(request, folded));
+            out.push(self.send(request, folded, now));
         }
         out
     }
 
     /// The held notice, to send now (its time is up, or no request will follow).
-    fn release(&mut self) -> Option<RaftAppend> {
+    fn release(&mut self, now: Instant) -> Option<RaftAppend> {
         let held = self.held.take()?;
-        Some(self.send(held.request, held.folded))
+        Some(self.send(held.request, held.folded, now))
     }
 
-    fn send(&mut self, request: RaftAppend, folded: usize) -> RaftAppend {
+    fn send(&mut self, request: RaftAppend, folded: usize, now: Instant) -> RaftAppend {
         self.sent.push_back(Sent {
             prev_log_id: request.prev_log_id,
+            at: now,
             folded,
         });
         request
@@ -199,6 +212,16 @@ impl Pipeline {
             }
             Err(refused) => vec![Err(refused)],
         }
+    }
+
+    /// How old the oldest request on the wire is, when its answer would also acknowledge
+    /// newer requests Raft handed over after it (sent, or a held notice) and it is older than
+    /// [`STALE_ANSWER`].
+    fn stale_answer(&self, now: Instant) -> Option<Duration> {
+        let oldest = self.sent.front()?;
+        let newer = self.sent.len() > 1 || self.held.is_some();
+        let age = now.saturating_duration_since(oldest.at);
+        (newer && age >= STALE_ANSWER).then_some(age)
     }
 
     fn hold_until(&self) -> Option<Instant> {
@@ -290,9 +313,9 @@ where
                     // No request follows a held notice: it goes now.
                     Event::Request(None) => {
                         self.requests = None;
-                        self.pipeline.release().into_iter().collect()
+                        self.pipeline.release(Instant::now()).into_iter().collect()
                     }
-                    Event::HoldOver => self.pipeline.release().into_iter().collect(),
+                    Event::HoldOver => self.pipeline.release(Instant::now()).into_iter().collect(),
                     Event::Overdue => {
                         return Some(self.unreachable(format!(
                             "no answer to an append within {ANSWER_TIMEOUT:?}"
@@ -336,6 +359,14 @@ where
         };
         match reply.into_raft() {
             Ok(answer) => {
+                if answer.is_ok()
+                    && let Some(age) = self.pipeline.stale_answer(Instant::now())
+                {
+                    return Some(self.unreachable(format!(
+                        "an answer came {age:?} after its append, too late to confirm leadership \
+                         for the newer requests it would acknowledge; sending again"
+                    )));
+                }
                 if answer.is_err() {
                     // The follower ends the stream after a refusal.
                     self.stream = None;
@@ -606,7 +637,10 @@ mod tests {
         for step in steps {
             match step {
                 Raft(request) => sent(&mut out, pipeline.request(request, Instant::now())),
-                Release => sent(&mut out, pipeline.release().into_iter().collect()),
+                Release => sent(
+                    &mut out,
+                    pipeline.release(Instant::now()).into_iter().collect(),
+                ),
                 Reply(answer) => {
                     for a in pipeline.answered(answer) {
                         out.push(match a {
@@ -747,5 +781,27 @@ mod tests {
         for (case, appends, expected) in cases {
             assert_eq!(shape(&merge(appends)), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn an_old_answer_is_refused_only_when_it_would_acknowledge_newer_requests() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::default();
+        p.request(append(1, 5, 6, 10, 5), t0);
+        // A commit notice handed over after it, within the bound: fresh enough.
+        p.request(append(1, 10, 11, 10, 10), t0 + STALE_ANSWER / 2);
+        assert_eq!(p.stale_answer(t0 + STALE_ANSWER / 2), None);
+        assert_eq!(p.stale_answer(t0 + STALE_ANSWER), Some(STALE_ANSWER));
+
+        // Alone on the wire, however old: Raft credits its own sending time.
+        let mut alone = Pipeline::default();
+        alone.request(append(1, 5, 6, 10, 5), t0);
+        assert_eq!(alone.stale_answer(t0 + STALE_ANSWER * 4), None);
+        // A second append on the wire behind it makes it stale too.
+        alone.request(append(1, 10, 11, 12, 10), t0 + STALE_ANSWER * 3);
+        assert_eq!(
+            alone.stale_answer(t0 + STALE_ANSWER * 4),
+            Some(STALE_ANSWER * 4)
+        );
     }
 }
