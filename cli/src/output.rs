@@ -70,7 +70,7 @@ impl Printer {
     pub fn failure(&self, f: &Failure, code: u8) -> ExitCode {
         let (code_name, message, status) = match f {
             Failure::Client(e) => match e {
-                Error::Api { status, body } => (
+                Error::Api { status, body, .. } => (
                     body.error.code.to_string(),
                     body.error.message.clone(),
                     Some(status.as_u16()),

@@ -19,7 +19,9 @@ use crate::types::*;
 /// How long an idle connection stays in the pool: below a node's default header timeout.
 const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How failed calls are retried. Only failures that [`Error::is_retryable`] are retried, and
-/// writes carry an `Idempotency-Key` (the same on every attempt) so a retry applies once.
+/// writes carry an `Idempotency-Key` (the same on every attempt) so a retry applies once. A
+/// node that answers `overloaded` names a pause (`Retry-After`): the next attempt waits at
+/// least that long.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Attempts after the first one; 0 disables retries.
@@ -442,6 +444,11 @@ impl Client {
             .when(|e| {
                 e.is_retryable() && (keyed || matches!(e, Error::Transport(t) if t.is_connect()))
             })
+            // A node that asked for a pause (`overloaded`, `Retry-After`) gets at least that.
+            .adjust(|e, delay| match (delay, e.retry_after()) {
+                (Some(d), Some(asked)) => Some(d.max(asked)),
+                (d, _) => d,
+            })
             // Even after a node named the leader, wait the backoff delay: during an election
             // followers still name the dead leader, and going back and forth at once would
             // spend every retry before a new one is elected.
@@ -676,6 +683,12 @@ impl Client {
 /// A success body as `T`, or the error the server answered.
 pub(crate) async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
     let status = resp.status();
+    // Seconds only: the node never sends the HTTP-date form.
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let bytes = resp.bytes().await?;
     if status.is_success() {
         return serde_json::from_slice(&bytes).map_err(|_| Error::Unexpected {
@@ -684,7 +697,11 @@ pub(crate) async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Resu
         });
     }
     match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(body) => Err(Error::Api { status, body }),
+        Ok(body) => Err(Error::Api {
+            status,
+            body,
+            retry_after,
+        }),
         Err(_) => Err(Error::Unexpected {
             status,
             body: String::from_utf8_lossy(&bytes).into_owned(),

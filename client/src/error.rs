@@ -9,7 +9,12 @@ use crate::types::ErrorCode;
 pub enum Error {
     /// The server answered with an error body.
     #[error("{status}: {code}: {message}", code = .body.error.code, message = .body.error.message)]
-    Api { status: StatusCode, body: ErrorBody },
+    Api {
+        status: StatusCode,
+        body: ErrorBody,
+        /// The answer's `Retry-After` (sent with `overloaded`): retries wait at least this.
+        retry_after: Option<std::time::Duration>,
+    },
     /// A watch asked for history the cluster no longer keeps: read the current state and
     /// watch again from its revision + 1.
     #[error(
@@ -61,7 +66,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport(e) => !e.is_builder(),
-            Error::Api { status, body } => {
+            Error::Api { status, body, .. } => {
                 *status == StatusCode::SERVICE_UNAVAILABLE || body.error.code.is_unavailable()
             }
             Error::Unexpected { status, .. } => {
@@ -70,6 +75,14 @@ impl Error {
                     || *status == StatusCode::GATEWAY_TIMEOUT
             }
             _ => false,
+        }
+    }
+
+    /// How long the server asked the client to wait before it tries again (`Retry-After`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Api { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

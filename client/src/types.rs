@@ -240,6 +240,9 @@ error_codes! {
     LeaderChanged = "leader_changed",
     /// The node is stopping: retry on another member.
     ShuttingDown = "shutting_down",
+    /// Too many writes are waiting: nothing was proposed. Retry after the answer's
+    /// `Retry-After` seconds (the client does).
+    Overloaded = "overloaded",
     /// The operation needs a command set not every member supports yet.
     FeatureUnavailable = "feature_unavailable",
     /// Raft refused or failed the request.
@@ -304,6 +307,7 @@ impl ErrorCode {
                 | ErrorCode::NoQuorum
                 | ErrorCode::LeaderChanged
                 | ErrorCode::ShuttingDown
+                | ErrorCode::Overloaded
                 | ErrorCode::FeatureUnavailable
                 | ErrorCode::RaftError
                 | ErrorCode::RaftStopped

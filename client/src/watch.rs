@@ -147,7 +147,7 @@ impl Client {
                                 }
                                 "error" => {
                                     let err = match serde_json::from_str::<ErrorBody>(&ev.data) {
-                                        Ok(body) => api_error(StatusCode::OK, body, next),
+                                        Ok(body) => api_error(StatusCode::OK, body, None, next),
                                         Err(_) => Error::Unexpected {
                                             status: StatusCode::OK,
                                             body: ev.data.clone(),
@@ -209,7 +209,11 @@ impl Client {
             return Connection::Open(resp);
         }
         let err = match decode::<serde_json::Value>(resp).await {
-            Err(Error::Api { status, body }) => api_error(status, body, next),
+            Err(Error::Api {
+                status,
+                body,
+                retry_after,
+            }) => api_error(status, body, retry_after, next),
             Err(e) => e,
             Ok(v) => Error::Unexpected {
                 status: StatusCode::OK,
@@ -225,12 +229,21 @@ impl Client {
 }
 
 /// A `compacted` answer as its typed error; other answers as they are.
-fn api_error(status: StatusCode, body: ErrorBody, requested: u64) -> Error {
+fn api_error(
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: Option<std::time::Duration>,
+    requested: u64,
+) -> Error {
     match (body.error.code, body.error.oldest_revision) {
         (ErrorCode::Compacted, Some(oldest_revision)) => Error::Compacted {
             requested,
             oldest_revision,
         },
-        _ => Error::Api { status, body },
+        _ => Error::Api {
+            status,
+            body,
+            retry_after,
+        },
     }
 }

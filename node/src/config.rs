@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node (the default when no subcommand is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a data dir's identity, cluster UUID and last log entry, without starting it.
     Inspect {
         #[arg(long, env = "CONCORDANCE_DATA_DIR")]
@@ -133,6 +133,15 @@ pub struct ServeArgs {
         default_value_t = 64
     )]
     pub peer_connection_reserve: u32,
+    /// Writes a member holds at once: on the leader, writes waiting for Raft; on a follower,
+    /// writes queued for the leader. More are answered 503 `overloaded` with `Retry-After`,
+    /// and nothing is proposed.
+    #[arg(long, env = "CONCORDANCE_MAX_PENDING_WRITES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_writes: u32,
+    /// Entries the leader may have committed but not applied; past it, new writes are
+    /// answered 503 `overloaded` with `Retry-After` until it catches up.
+    #[arg(long, env = "CONCORDANCE_MAX_APPLY_BACKLOG", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_apply_backlog: u64,
     /// Where to leave `{"code","message"}` when the node refuses to start or stops with an
     /// error (default: /dev/termination-log, written only where it exists, as in a container).
     #[arg(long, env = "CONCORDANCE_TERMINATION_LOG", value_name = "PATH")]
@@ -163,6 +172,7 @@ pub struct Config {
     pub http_threads: usize,
     pub header_timeout: std::time::Duration,
     pub connections: crate::connections::Limits,
+    pub writes: crate::service::WriteLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +319,10 @@ impl ServeArgs {
                 total: self.max_connections as usize,
                 per_address: self.max_connections_per_address as usize,
                 peer_reserve: self.peer_connection_reserve as usize,
+            },
+            writes: crate::service::WriteLimits {
+                max_pending: self.max_pending_writes as usize,
+                max_apply_backlog: self.max_apply_backlog,
             },
         })
     }

@@ -21,6 +21,9 @@ pub enum NodeError {
     LeaderChanged,
     /// The node is stopping.
     ShuttingDown(String),
+    /// Too many writes waiting: refused before anything was proposed, so a retry (after the
+    /// answer's `Retry-After`) is always safe.
+    Overloaded(String),
     /// Storage failed or a stored record is unreadable: reported, never papered over.
     Storage(String),
     /// Refused by a rule: a command the state machine rejected, a membership rule, a feature
@@ -60,6 +63,7 @@ impl NodeError {
             NodeError::NoQuorum(_) => ErrorCode::NoQuorum,
             NodeError::LeaderChanged => ErrorCode::LeaderChanged,
             NodeError::ShuttingDown(_) => ErrorCode::ShuttingDown,
+            NodeError::Overloaded(_) => ErrorCode::Overloaded,
             NodeError::Storage(_) => ErrorCode::StorageError,
             NodeError::Rejected(code, _) => *code,
             NodeError::Remote { detail, .. } => detail.code,
@@ -76,6 +80,7 @@ impl NodeError {
             }
             NodeError::NoQuorum(m)
             | NodeError::ShuttingDown(m)
+            | NodeError::Overloaded(m)
             | NodeError::Storage(m)
             | NodeError::Rejected(_, m)
             | NodeError::Internal(m) => m.clone(),
@@ -100,6 +105,7 @@ impl NodeError {
             | NodeError::NoQuorum(_)
             | NodeError::LeaderChanged
             | NodeError::ShuttingDown(_)
+            | NodeError::Overloaded(_)
             | NodeError::NotCaughtUp(_) => true,
             NodeError::Remote { status, .. } => *status == 503,
             NodeError::Rejected(code, _) => code.is_unavailable(),

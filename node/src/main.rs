@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), BoxError> = match cli.command {
         None => concordance::server::run(cli.serve),
-        Some(Command::Serve(args)) => concordance::server::run(args),
+        Some(Command::Serve(args)) => concordance::server::run(*args),
         Some(Command::Inspect { data_dir, json }) => concordance::inspect::run(&data_dir, json),
         Some(Command::Recover {
             data_dir,

@@ -53,6 +53,7 @@ struct Inner {
     pub http_seconds: Family<HttpLabels, Histogram>,
     pub open_connections: Gauge,
     pub refused_connections: Family<RefusalLabels, Counter>,
+    pub shed_writes: Family<RefusalLabels, Counter>,
 }
 
 fn latency() -> Histogram {
@@ -102,6 +103,7 @@ impl Metrics {
             http_seconds: Family::new_with_constructor(latency),
             open_connections: Gauge::default(),
             refused_connections: Family::default(),
+            shed_writes: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -186,6 +188,11 @@ impl Metrics {
             "Connections closed on accept: the node (full) or the client address (address_full) was at its limit",
             inner.refused_connections.clone(),
         );
+        r.register(
+            "writes_shed",
+            "Writes refused as overloaded before anything was proposed: too many waiting on the leader (pending_writes), an apply backlog (apply_backlog), a full forward queue (forward_queue)",
+            inner.shed_writes.clone(),
+        );
         Self {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -225,6 +232,15 @@ impl Metrics {
     pub fn connection_refused(&self, reason: &str) {
         self.inner
             .refused_connections
+            .get_or_create(&RefusalLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn write_shed(&self, reason: &str) {
+        self.inner
+            .shed_writes
             .get_or_create(&RefusalLabels {
                 reason: reason.into(),
             })

@@ -219,13 +219,19 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         store: store.clone(),
         metrics: metrics.clone(),
         identity,
-        forwarder: crate::forward::Forwarder::start(peers.clone(), raft.clone(), metrics.clone()),
+        forwarder: crate::forward::Forwarder::start(
+            peers.clone(),
+            raft.clone(),
+            metrics.clone(),
+            config.writes.max_pending,
+        ),
         peers,
         membership_lock: tokio::sync::Mutex::new(()),
         leader_contact: Default::default(),
         caught_up_since_start: std::sync::atomic::AtomicBool::new(false),
         stopping: tokio_util::sync::CancellationToken::new(),
-        proposals: Default::default(),
+        proposals: crate::service::Proposals::new(config.writes.max_pending),
+        write_limits: config.writes,
     });
     spawn_leader_change_counter(&raft, metrics);
     spawn_promoter(node.clone());

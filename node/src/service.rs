@@ -85,25 +85,56 @@ pub struct Node {
     /// a leader handing over refuses new writes (they wait for the next leader) and lets
     /// these finish first, as it could not answer them once another node leads.
     pub proposals: Proposals,
+    pub write_limits: WriteLimits,
 }
 
-#[derive(Default)]
+/// Bounds on the writes a node holds, past which new ones are refused as `overloaded` (and
+/// nothing is proposed) instead of queueing without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// Writes waiting for Raft on the leader, and writes queued on a follower for the leader.
+    pub max_pending: usize,
+    /// Entries committed but not yet applied on the leader.
+    pub max_apply_backlog: u64,
+}
+
 pub struct Proposals {
     in_flight: std::sync::atomic::AtomicUsize,
     refused: std::sync::atomic::AtomicBool,
     /// While refused: the voter leadership is moving to, named to the refused.
     successor: std::sync::atomic::AtomicU64,
+    max_in_flight: usize,
+}
+
+/// Why a proposal was not taken.
+enum NotTaken {
+    /// Leadership is moving to this voter.
+    HandingOver(u64),
+    /// This many proposals are already in flight.
+    Full(usize),
 }
 
 impl Proposals {
-    /// Counts a proposal in, or refuses it, naming the voter about to lead.
-    fn enter(&self) -> Result<ProposalGuard<'_>, u64> {
+    pub fn new(max_in_flight: usize) -> Self {
+        Self {
+            in_flight: Default::default(),
+            refused: Default::default(),
+            successor: Default::default(),
+            max_in_flight,
+        }
+    }
+
+    /// Counts a proposal in, or refuses it: naming the voter about to lead, or as one too many.
+    fn enter(&self) -> Result<ProposalGuard<'_>, NotTaken> {
         // Counted before the check, and `refuse` sets before it counts (both SeqCst): a
         // proposal either sees the refusal or is seen by `drained`.
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = ProposalGuard(&self.in_flight);
         if self.refused.load(Ordering::SeqCst) {
-            return Err(self.successor.load(Ordering::SeqCst));
+            return Err(NotTaken::HandingOver(self.successor.load(Ordering::SeqCst)));
+        }
+        if before >= self.max_in_flight {
+            return Err(NotTaken::Full(before));
         }
         Ok(guard)
     }
@@ -206,6 +237,25 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses a write while the leader has more committed entries left to apply than its
+    /// bound: proposing more would only lengthen the wait of every write behind them.
+    fn check_apply_backlog(&self) -> Result<(), NodeError> {
+        let m = crate::raft::metrics_of(&self.raft);
+        #[allow(deprecated)]
+        let committed = m.committed.map_or(0, |c| c.index);
+        let applied = m.last_applied.map_or(0, |a| a.index);
+        let backlog = committed.saturating_sub(applied);
+        if backlog > self.write_limits.max_apply_backlog {
+            self.metrics.write_shed("apply_backlog");
+            return Err(NodeError::Overloaded(format!(
+                "the leader has {backlog} committed entries left to apply, over its bound \
+                 (--max-apply-backlog {}); nothing was proposed: retry after Retry-After",
+                self.write_limits.max_apply_backlog
+            )));
+        }
+        Ok(())
+    }
+
     /// Proposes one command through Raft and waits for its applied answer. A follower
     /// forwards it to the leader.
     pub async fn propose(
@@ -300,8 +350,18 @@ impl Node {
         let _counted = self
             .proposals
             .enter()
-            .map_err(|successor| Refusal::NotLeader(Some(successor)))?;
+            .map_err(|not_taken| match not_taken {
+                NotTaken::HandingOver(successor) => Refusal::NotLeader(Some(successor)),
+                NotTaken::Full(pending) => {
+                    self.metrics.write_shed("pending_writes");
+                    Refusal::Failed(NodeError::Overloaded(format!(
+                        "writes waiting for Raft on the leader: {pending}, at its bound \
+                     (--max-pending-writes); nothing was proposed: retry after Retry-After"
+                    )))
+                }
+            })?;
         self.check_leader_quorum()?;
+        self.check_apply_backlog()?;
         // Lease deadlines and idempotency ages are measured on the leader's clock only.
         cmd.proposed_at_ms = now_ms();
         let needed = cmd.op.command_version();

@@ -271,3 +271,200 @@ async fn a_list_of_large_values_answers_a_page_bounded_by_bytes() {
     let expected: Vec<String> = (0..12).map(|i| format!("big/{i:02}")).collect();
     assert_eq!(keys, expected);
 }
+
+/// A raw `PUT` with no retries: the status, the error code if any, and `Retry-After`.
+async fn raw_put(
+    http: &reqwest::Client,
+    node: &NodeProc,
+    key: &str,
+) -> (u16, String, Option<String>) {
+    let resp = http
+        .put(node.url(&format!("/api/v1/kv/{key}")))
+        .json(&serde_json::json!({ "value": key }))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (status, code, retry_after)
+}
+
+async fn metrics_text(node: &NodeProc) -> String {
+    reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Every key in `shed` is absent and every key in `taken` holds its value, read linearizably.
+async fn assert_only_taken_writes_applied(node: &NodeProc, taken: &[String], shed: &[String]) {
+    let c = node.client();
+    for k in taken {
+        let got = c.get(k).await.unwrap().map(|g| g.kv.value);
+        assert_eq!(got, Some(serde_json::json!(k)), "{k} was acknowledged");
+    }
+    for k in shed {
+        assert_eq!(
+            c.get(k).await.unwrap().map(|g| g.kv.value),
+            None,
+            "{k} was answered overloaded, yet it applied"
+        );
+    }
+}
+
+/// A write flood beyond what the leader holds (`--max-pending-writes`) is shed: 503
+/// `overloaded` with `Retry-After`, and a shed write never applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_beyond_the_leaders_bound_are_shed_with_retry_after_and_never_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &["--bootstrap", "--max-pending-writes=1"]);
+    node.wait_ready().await;
+    let http = reqwest::Client::new();
+    let (mut taken, mut shed) = (Vec::new(), Vec::new());
+    // 32 writes at once against room for one; a few rounds in case one round never overlaps.
+    for round in 0..5 {
+        let answers = futures::future::join_all((0..32).map(|i| {
+            let (http, key) = (http.clone(), format!("flood/{round}-{i}"));
+            let node = &node;
+            async move { (raw_put(&http, node, &key).await, key) }
+        }))
+        .await;
+        for ((status, code, retry_after), key) in answers {
+            match status {
+                200 => taken.push(key),
+                503 => {
+                    assert_eq!(code, "overloaded", "{key}: 503 {code}");
+                    assert_eq!(retry_after.as_deref(), Some("1"), "{key}: Retry-After");
+                    shed.push(key);
+                }
+                other => panic!("{key}: answered {other} {code}"),
+            }
+        }
+        if !shed.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !shed.is_empty(),
+        "no write was shed in 5 rounds of 32 with room for 1"
+    );
+    assert!(!taken.is_empty(), "every write was shed");
+    let text = metrics_text(&node).await;
+    assert_eq!(
+        sample(
+            &text,
+            "concordance_writes_shed_total{reason=\"pending_writes\"}"
+        ),
+        shed.len() as f64,
+        "{text}"
+    );
+    assert_only_taken_writes_applied(&node, &taken, &shed).await;
+}
+
+/// A follower whose queue for the leader is full sheds new writes at once, and the client
+/// waits out `Retry-After` before it asks again: with retries 10 ms apart it would have spent
+/// them all while the queue was still full.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_with_a_full_forward_queue_sheds_and_the_client_waits_out_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = "--max-pending-writes=1";
+    let first = NodeProc::start("n1", dir.path(), &["--bootstrap", bound]);
+    first.wait_ready().await;
+    let join = format!("--join={}", first.addr());
+    let mut nodes = vec![first];
+    for name in ["n2", "n3"] {
+        let n = NodeProc::start(name, dir.path(), &[&join, bound]);
+        n.wait_ready().await;
+        nodes.push(n);
+    }
+    let leader_name = eventually("a leader", WAIT, || async {
+        nodes[0].client().status().await.ok()?.leader
+    })
+    .await;
+    let leader = nodes.iter().find(|n| n.name == leader_name).unwrap();
+    let follower = nodes.iter().find(|n| n.name != leader_name).unwrap();
+
+    // With the leader frozen, the follower's forwarded batches hang (two in flight), one more
+    // write waits in its queue, and the next is shed.
+    leader.signal("STOP");
+    let http = reqwest::Client::new();
+    let mut hanging = Vec::new();
+    let mut shed = None;
+    for i in 0..10 {
+        let key = format!("queued/{i}");
+        let put = tokio::spawn({
+            let (http, url) = (http.clone(), follower.url(&format!("/api/v1/kv/{key}")));
+            async move {
+                http.put(url)
+                    .json(&serde_json::json!({ "value": key }))
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if put.is_finished() {
+            let status = put.await.unwrap().unwrap();
+            assert_eq!(
+                status, 503,
+                "queued/{i} answered at once with the leader frozen"
+            );
+            shed = Some(format!("queued/{i}"));
+            break;
+        }
+        hanging.push(put);
+    }
+    let shed = shed.expect("a write shed by the follower within 10 writes");
+
+    // A client retrying 10 ms apart, twice: only honouring Retry-After (1 s) outlasts the freeze.
+    let client = concordance_client::Client::builder()
+        .endpoint(follower.addr())
+        .retry(concordance_client::RetryPolicy {
+            max_retries: 2,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(10),
+            max_total_delay: Duration::from_secs(5),
+        })
+        .follow_leader(false)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let write = tokio::spawn(async move {
+        client
+            .put("after/retry-after", &serde_json::json!("after/retry-after"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    leader.signal("CONT");
+    let answered = write.await.unwrap();
+    let took = started.elapsed();
+    assert!(answered.is_ok(), "the retried write failed: {answered:?}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "answered after {took:?}: the retry did not wait out Retry-After"
+    );
+    for put in hanging {
+        let _ = put.await;
+    }
+    let text = metrics_text(follower).await;
+    assert!(
+        sample(
+            &text,
+            "concordance_writes_shed_total{reason=\"forward_queue\"}"
+        ) >= 2.0,
+        "the raw write and the client's first attempt were shed: {text}"
+    );
+    assert_only_taken_writes_applied(follower, &["after/retry-after".to_string()], &[shed]).await;
+}

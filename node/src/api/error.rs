@@ -75,6 +75,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::NoQuorum
         | ErrorCode::LeaderChanged
         | ErrorCode::ShuttingDown
+        | ErrorCode::Overloaded
         | ErrorCode::FeatureUnavailable
         | ErrorCode::RaftError
         | ErrorCode::RaftStopped
@@ -133,6 +134,7 @@ impl From<NodeError> for ApiError {
             NodeError::NoQuorum(_)
             | NodeError::LeaderChanged
             | NodeError::ShuttingDown(_)
+            | NodeError::Overloaded(_)
             | NodeError::Storage(_)
             | NodeError::Rejected(..)
             | NodeError::Internal(_) => Self::new(e.code(), message),
@@ -140,9 +142,25 @@ impl From<NodeError> for ApiError {
     }
 }
 
+/// How long a client told `overloaded` waits before it asks again (`Retry-After`, seconds):
+/// long enough for a queue at its bound to drain many times over.
+pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.detail })).into_response()
+        // Set from the code, so an `overloaded` passed on from the leader carries it too.
+        let retry_after = (self.detail.code == ErrorCode::Overloaded).then(|| {
+            (
+                axum::http::header::RETRY_AFTER,
+                OVERLOADED_RETRY_AFTER_SECS.to_string(),
+            )
+        });
+        (
+            self.status,
+            axum::response::AppendHeaders(retry_after),
+            Json(ErrorBody { error: self.detail }),
+        )
+            .into_response()
     }
 }
 
@@ -168,6 +186,7 @@ mod tests {
             NodeError::NoQuorum("why".into()),
             NodeError::LeaderChanged,
             NodeError::ShuttingDown("why".into()),
+            NodeError::Overloaded("why".into()),
             NodeError::Storage("why".into()),
             NodeError::NotCaughtUp(Box::new(NodeError::NoQuorum("why".into()))),
             NodeError::Internal("why".into()),
@@ -211,5 +230,24 @@ mod tests {
             answer.detail.message,
             "this node is not the leader; the leader is n2"
         );
+    }
+
+    #[test]
+    fn overloaded_answers_carry_retry_after_even_when_passed_on_from_the_leader() {
+        let retry_after = |e: NodeError| {
+            ApiError::from(e)
+                .into_response()
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let secs = Some(OVERLOADED_RETRY_AFTER_SECS.to_string());
+        assert_eq!(retry_after(NodeError::Overloaded("why".into())), secs);
+        let from_leader = NodeError::Remote {
+            status: 503,
+            detail: ApiError::new(ErrorCode::Overloaded, "why").detail,
+        };
+        assert_eq!(retry_after(from_leader), secs);
+        assert_eq!(retry_after(NodeError::NoQuorum("why".into())), None);
     }
 }

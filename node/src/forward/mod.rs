@@ -44,15 +44,17 @@ struct Pending {
 
 /// The follower side: queues writes for the leader and sends them in batches.
 pub struct Forwarder {
-    queue: mpsc::UnboundedSender<Pending>,
+    queue: mpsc::Sender<Pending>,
+    metrics: Metrics,
 }
 
 impl Forwarder {
-    /// Starts the sending task on the current runtime.
-    pub fn start(peers: PeerContext, raft: Raft, metrics: Metrics) -> Self {
-        let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(rx, Sender::new(peers, raft), metrics));
-        Self { queue }
+    /// Starts the sending task on the current runtime. At most `max_queued` writes wait for a
+    /// batch; more are refused as `overloaded` rather than queued without end.
+    pub fn start(peers: PeerContext, raft: Raft, metrics: Metrics, max_queued: usize) -> Self {
+        let (queue, rx) = mpsc::channel(max_queued.max(1));
+        tokio::spawn(send_loop(rx, Sender::new(peers, raft), metrics.clone()));
+        Self { queue, metrics }
     }
 
     /// Forwards one write to `leader` and waits for its applied answer.
@@ -70,14 +72,23 @@ impl Forwarder {
             reply,
         };
         let stopping = || NodeError::ShuttingDown("this node is stopping".into());
-        if self.queue.send(pending).is_err() {
-            return Err(stopping());
+        match self.queue.try_send(pending) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.write_shed("forward_queue");
+                return Err(NodeError::Overloaded(format!(
+                    "writes queued on this follower for the leader: {}, at its bound \
+                     (--max-pending-writes); nothing was sent: retry after Retry-After",
+                    self.queue.max_capacity()
+                )));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopping()),
         }
         answer.await.unwrap_or_else(|_| Err(stopping()))
     }
 }
 
-async fn send_loop(mut rx: mpsc::UnboundedReceiver<Pending>, sender: Sender, metrics: Metrics) {
+async fn send_loop(mut rx: mpsc::Receiver<Pending>, sender: Sender, metrics: Metrics) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let sender = Arc::new(sender);
     while let Some(first) = rx.recv().await {
