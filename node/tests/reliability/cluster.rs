@@ -454,13 +454,19 @@ impl Cluster {
         }
     }
 
-    /// Copies every member's whole log (all its lives) to a folder that outlives the run.
+    /// Copies the whole log (all its lives) of every node this cluster ever ran, removed
+    /// members' too, to a folder that outlives the run.
     pub fn keep_logs(&self, label: &str) -> PathBuf {
         let to = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("reliability-logs-{label}-{}", std::process::id()));
         std::fs::create_dir_all(&to).unwrap();
-        for (n, m) in &self.members {
-            let _ = std::fs::copy(&m.proc.log, to.join(format!("{n}.log")));
+        for log in std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        {
+            let _ = std::fs::copy(&log, to.join(log.file_name().unwrap()));
         }
         to
     }
