@@ -182,6 +182,9 @@ error_codes! {
     /// The path is served, but not with this method.
     MethodNotAllowed = "method_not_allowed",
     // Keys, values and options.
+    /// This credential has as many watch streams open as a member allows
+    /// (`--max-watches-per-credential`): close one first.
+    TooManyWatches = "too_many_watches",
     /// A key or prefix is empty, too long or has control characters.
     InvalidKey = "invalid_key",
     /// A value is over the size limit.

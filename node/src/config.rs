@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// answered 503 `overloaded` with `Retry-After` until it catches up.
     #[arg(long, env = "CONCORDANCE_MAX_APPLY_BACKLOG", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_apply_backlog: u64,
+    /// Watch streams one credential may hold open on a member at once; more are answered
+    /// 429 `too_many_watches`.
+    #[arg(long, env = "CONCORDANCE_MAX_WATCHES_PER_CREDENTIAL", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watches_per_credential: u32,
     /// Where to leave `{"code","message"}` when the node refuses to start or stops with an
     /// error (default: /dev/termination-log, written only where it exists, as in a container).
     #[arg(long, env = "CONCORDANCE_TERMINATION_LOG", value_name = "PATH")]
@@ -173,6 +177,7 @@ pub struct Config {
     pub header_timeout: std::time::Duration,
     pub connections: crate::connections::Limits,
     pub writes: crate::service::WriteLimits,
+    pub max_watches_per_credential: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +329,7 @@ impl ServeArgs {
                 max_pending: self.max_pending_writes as usize,
                 max_apply_backlog: self.max_apply_backlog,
             },
+            max_watches_per_credential: self.max_watches_per_credential as usize,
         })
     }
 }

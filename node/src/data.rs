@@ -381,11 +381,18 @@ impl Node {
     }
 
     /// The changes with `from <= revision <= to` this replica keeps, in revision order, at
-    /// most `limit` revisions' worth (whole revisions only).
-    pub fn history(&self, from: u64, to: u64, limit: usize) -> Result<Vec<Change>, NodeError> {
+    /// most `limit` revisions' worth and about `max_bytes` stored (whole revisions only, at
+    /// least one).
+    pub fn history(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Change>, NodeError> {
         let events = self
             .reader
-            .history(from, to, limit)
+            .history(from, to, limit, max_bytes)
             .map_err(NodeError::storage)?;
         Ok(events.into_iter().map(change).collect())
     }

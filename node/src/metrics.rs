@@ -25,6 +25,11 @@ pub struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
     pub role: String,
 }
@@ -54,6 +59,7 @@ struct Inner {
     pub open_connections: Gauge,
     pub refused_connections: Family<RefusalLabels, Counter>,
     pub shed_writes: Family<RefusalLabels, Counter>,
+    pub watches: Family<CredentialLabels, Gauge>,
 }
 
 fn latency() -> Histogram {
@@ -104,6 +110,7 @@ impl Metrics {
             open_connections: Gauge::default(),
             refused_connections: Family::default(),
             shed_writes: Family::default(),
+            watches: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -193,6 +200,11 @@ impl Metrics {
             "Writes refused as overloaded before anything was proposed: too many waiting on the leader (pending_writes), an apply backlog (apply_backlog), a full forward queue (forward_queue)",
             inner.shed_writes.clone(),
         );
+        r.register(
+            "watches",
+            "Watch streams open on this member, by credential",
+            inner.watches.clone(),
+        );
         Self {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -245,6 +257,15 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    pub fn set_watches(&self, credential: &str, open: usize) {
+        self.inner
+            .watches
+            .get_or_create(&CredentialLabels {
+                credential: credential.into(),
+            })
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     pub fn leader_changed(&self) {

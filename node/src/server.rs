@@ -232,6 +232,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         stopping: tokio_util::sync::CancellationToken::new(),
         proposals: crate::service::Proposals::new(config.writes.max_pending),
         write_limits: config.writes,
+        watches: crate::service::OpenWatches::new(config.max_watches_per_credential),
     });
     spawn_leader_change_counter(&raft, metrics);
     spawn_promoter(node.clone());

@@ -86,6 +86,7 @@ pub struct Node {
     /// these finish first, as it could not answer them once another node leads.
     pub proposals: Proposals,
     pub write_limits: WriteLimits,
+    pub watches: OpenWatches,
 }
 
 /// Bounds on the writes a node holds, past which new ones are refused as `overloaded` (and
@@ -96,6 +97,59 @@ pub struct WriteLimits {
     pub max_pending: usize,
     /// Entries committed but not yet applied on the leader.
     pub max_apply_backlog: u64,
+}
+
+/// Watch streams open on this node, per credential, with the bound each credential is held
+/// to, so that one credential's watches cannot take every connection and all the memory
+/// their catch-up needs.
+pub struct OpenWatches {
+    open: std::sync::Mutex<std::collections::HashMap<&'static str, usize>>,
+    max_per_credential: usize,
+}
+
+impl OpenWatches {
+    pub fn new(max_per_credential: usize) -> Self {
+        Self {
+            open: Default::default(),
+            max_per_credential,
+        }
+    }
+}
+
+/// One open watch, counted until it is dropped (the stream ended or the client went away).
+pub struct WatchPermit {
+    node: SharedNode,
+    credential: &'static str,
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        let mut open = self.node.watches.open.lock().expect("not poisoned");
+        let n = open.entry(self.credential).or_default();
+        *n = n.saturating_sub(1);
+        self.node.metrics.set_watches(self.credential, *n);
+    }
+}
+
+/// Counts a new watch of `credential` in, or refuses it at the bound.
+pub fn open_watch(node: &SharedNode, credential: &'static str) -> Result<WatchPermit, NodeError> {
+    let mut open = node.watches.open.lock().expect("not poisoned");
+    let n = open.entry(credential).or_default();
+    if *n >= node.watches.max_per_credential {
+        return Err(NodeError::Rejected(
+            ErrorCode::TooManyWatches,
+            format!(
+                "the {credential} credential has {n} watch streams open on this member, its \
+                 bound (--max-watches-per-credential): close one first",
+            ),
+        ));
+    }
+    *n += 1;
+    node.metrics.set_watches(credential, *n);
+    Ok(WatchPermit {
+        node: node.clone(),
+        credential,
+    })
 }
 
 pub struct Proposals {

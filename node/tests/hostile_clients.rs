@@ -2,7 +2,10 @@
 //! trickling connection is closed after the header timeout, and connections beyond the limits
 //! (per client address, in all) are closed on accept while the cluster's own members still get
 //! in through their reserve. Raw TCP from several loopback source addresses (127.0.0.2, ...),
-//! so one machine plays several clients. A list of large values answers a page bounded by bytes.
+//! so one machine plays several clients. A list of large values answers a page bounded by bytes,
+//! and a watch far behind reads history in bounded steps. Writes beyond what a member holds are
+//! shed with `Retry-After` (and never applied), and the client waits that long; one credential's
+//! watches are bounded.
 
 mod common;
 
@@ -467,4 +470,136 @@ async fn a_follower_with_a_full_forward_queue_sheds_and_the_client_waits_out_ret
         "the raw write and the client's first attempt were shed: {text}"
     );
     assert_only_taken_writes_applied(follower, &["after/retry-after".to_string()], &[shed]).await;
+}
+
+const KEYS: &[(&str, &str)] = &[
+    ("CONCORDANCE_API_KEY", ADMIN_KEY),
+    ("CONCORDANCE_AGENT_API_KEY", AGENT_KEY),
+];
+
+/// Opens a watch of `prefix` with `key`; the answer's status and, while held, its stream.
+async fn open_watch(node: &NodeProc, key: &str, query: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(node.url(&format!("/api/v1/watch?{query}")))
+        .bearer_auth(key)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn admin_metrics(node: &NodeProc) -> String {
+    reqwest::Client::new()
+        .get(node.url("/api/v1/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// One credential's watches are bounded on a member; another credential still watches, and a
+/// closed watch frees its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_beyond_a_credentials_bound_are_refused_and_a_closed_one_frees_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start_env(
+        "n1",
+        dir.path(),
+        &["--bootstrap", "--max-watches-per-credential=2"],
+        KEYS,
+    );
+    node.wait_ready().await;
+    // Progress every second: a watch whose client left is noticed at the next write.
+    let query = "prefix=w/&progressMs=1000";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let w = open_watch(&node, AGENT_KEY, query).await;
+        assert_eq!(w.status(), 200);
+        held.push(w);
+    }
+    let refused = open_watch(&node, AGENT_KEY, query).await;
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_watches", "{body}");
+    let admin = open_watch(&node, ADMIN_KEY, query).await;
+    assert_eq!(admin.status(), 200, "another credential still watches");
+    let text = admin_metrics(&node).await;
+    assert_eq!(
+        sample(&text, "concordance_watches{credential=\"agent\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "concordance_watches{credential=\"admin\"}"),
+        1.0,
+        "{text}"
+    );
+
+    drop(held.pop());
+    let reopened = eventually("a watch in the place of a closed one", WAIT, || async {
+        let w = open_watch(&node, AGENT_KEY, query).await;
+        (w.status() == 200).then_some(w)
+    })
+    .await;
+    assert_eq!(reopened.status(), 200);
+    drop(admin);
+}
+
+/// The revision of each `change` event in the complete messages of an SSE text.
+fn change_ids(sse: &str) -> Vec<u64> {
+    let complete = &sse[..sse.rfind("\n\n").map_or(0, |i| i + 2)];
+    complete
+        .split("\n\n")
+        .filter(|m| m.lines().any(|l| l == "event: change"))
+        .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("id: ")?.parse().ok()))
+        .collect()
+}
+
+/// A watch far behind a history of large values reads it in bounded steps and still streams
+/// every revision, once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_far_behind_large_values_streams_every_revision_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
+    node.wait_ready().await;
+    let c = node.client();
+    // 12 values of about 900 KiB: 10.5 MiB of history, over two 4 MiB steps.
+    let big = "x".repeat(900 * 1024);
+    let mut revisions = Vec::new();
+    for i in 0..12 {
+        let put = c
+            .put(&format!("big/{i:02}"), &serde_json::json!(big))
+            .await
+            .unwrap();
+        revisions.push(put.revision);
+    }
+    let mut watch = reqwest::Client::new()
+        .get(node.url(&format!(
+            "/api/v1/watch?prefix=big/&startRevision={}",
+            revisions[0]
+        )))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    let mut sse = String::new();
+    let deadline = Instant::now() + WAIT;
+    while change_ids(&sse).len() < revisions.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the watch stalled: {:?}",
+            change_ids(&sse)
+        );
+        let chunk = tokio::time::timeout(Duration::from_secs(10), watch.chunk())
+            .await
+            .expect("a chunk within 10 s")
+            .unwrap()
+            .expect("the stream goes on");
+        sse.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(change_ids(&sse), revisions);
 }

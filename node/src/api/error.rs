@@ -63,6 +63,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::ClusterMismatch
         | ErrorCode::WouldLoseQuorum => StatusCode::CONFLICT,
         ErrorCode::Compacted => StatusCode::GONE,
+        ErrorCode::TooManyWatches => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Sse;
@@ -29,10 +30,15 @@ use serde::Deserialize;
 use super::ApiError;
 use super::body::QueryParams;
 use super::validate;
+use crate::auth::Role;
 use crate::service::SharedNode;
+use crate::service::WatchPermit;
 
-/// Revisions read from history per step, to bound memory for a watcher far behind.
+/// Revisions and stored bytes read from history per step (whole revisions, at least one), to
+/// bound the memory of a watcher far behind: the next step is read once the stream has taken
+/// what the last one queued.
 const STEP_REVISIONS: usize = 1000;
+const STEP_BYTES: usize = 4 << 20;
 const DEFAULT_PROGRESS_MS: u64 = 5_000;
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -82,6 +88,8 @@ impl Filter {
 
 struct Watch {
     node: SharedNode,
+    /// Counts this stream among its credential's open watches until it ends.
+    _permit: WatchPermit,
     changes: tokio::sync::watch::Receiver<u64>,
     filter: Filter,
     /// The next revision to look at.
@@ -104,8 +112,11 @@ impl Watch {
     /// Reads what has been applied since `next`, queueing one event per matching revision.
     fn catch_up(&mut self) {
         let upto = self.node.reader.revision();
-        while self.next <= upto && self.queue.len() < STEP_REVISIONS {
-            let changes = match self.node.history(self.next, upto, STEP_REVISIONS) {
+        while self.next <= upto && self.queue.is_empty() {
+            let changes = match self
+                .node
+                .history(self.next, upto, STEP_REVISIONS, STEP_BYTES)
+            {
                 Ok(c) => c,
                 Err(e) => return self.fail(e.into()),
             };
@@ -136,7 +147,7 @@ impl Watch {
                 self.push_change(c);
             }
             // A short read covered everything up to `upto`; a full one stops at its last
-            // revision (later events of it were read whole: limits count revisions).
+            // revision (whose events were read whole: the bounds stop between revisions).
             self.next = match whole {
                 Some(last) if last < upto => last + 1,
                 _ => upto + 1,
@@ -203,6 +214,7 @@ impl Watch {
 
 pub async fn watch(
     State(node): State<SharedNode>,
+    Extension(role): Extension<Role>,
     headers: HeaderMap,
     QueryParams(params): QueryParams<WatchParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -252,7 +264,9 @@ pub async fn watch(
     if start < oldest {
         return Err(compacted(start, oldest));
     }
+    let permit = crate::service::open_watch(&node, role.name())?;
     let watch = Watch {
+        _permit: permit,
         node,
         changes,
         filter,

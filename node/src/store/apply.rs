@@ -1276,6 +1276,50 @@ mod tests {
     }
 
     #[test]
+    fn history_reads_stop_between_revisions_at_the_byte_bound_but_never_before_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(store, Metrics::new()).unwrap();
+        let reader = sm.reader();
+        // Revisions 1-4, each one ~10 KiB value; revision 3 a transaction of two puts.
+        let value = || json!("v".repeat(10 * 1024));
+        let op = |key: &str| TxnOpRecord::Put {
+            key: key.into(),
+            value: value(),
+            lease: None,
+        };
+        let cmds = vec![
+            put("h/1", value()),
+            put("h/2", value()),
+            txn(vec![], vec![op("h/3a"), op("h/3b")], vec![]),
+            put("h/4", value()),
+        ];
+        let entries = cmds
+            .into_iter()
+            .enumerate()
+            .map(|(i, Cmd(c))| entry(i as u64 + 1, c))
+            .collect();
+        sm.apply_entries(entries).unwrap();
+        let revisions = |max_bytes| -> Vec<u64> {
+            reader
+                .history(1, 4, 100, max_bytes)
+                .unwrap()
+                .iter()
+                .map(|e| e.revision)
+                .collect()
+        };
+        assert_eq!(revisions(usize::MAX), [1, 2, 3, 3, 4]);
+        assert_eq!(revisions(1), [1], "one revision even over the bound");
+        // Past the first revision's bytes, the second is read whole, and so on.
+        assert_eq!(revisions(15 * 1024), [1, 2]);
+        assert_eq!(
+            revisions(25 * 1024),
+            [1, 2, 3, 3],
+            "a revision is never split"
+        );
+    }
+
+    #[test]
     fn commands_applied_in_order_answer_and_leave_the_state_the_table_says() {
         for case in cases() {
             let dir = tempfile::tempdir().unwrap();
@@ -1316,7 +1360,7 @@ mod tests {
                     }
                     Check::Changes(revision, want) => {
                         let got: Vec<(String, EventKind)> = reader
-                            .history(revision, revision, 1)
+                            .history(revision, revision, 1, usize::MAX)
                             .unwrap()
                             .into_iter()
                             .filter(|e| e.revision == revision)

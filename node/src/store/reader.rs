@@ -79,25 +79,34 @@ impl KvReader {
     }
 
     /// History events with `from <= revision <= to`, in revision order, at most `limit`
-    /// revisions' worth (whole revisions only). Checks compaction after reading, so a
+    /// revisions' worth and about `max_bytes` (whole revisions only, at least one). Checks compaction after reading, so a
     /// concurrent compaction is reported rather than silently skipping events.
-    pub fn history(&self, from: u64, to: u64, limit: usize) -> io::Result<Vec<EventRecord>> {
+    pub fn history(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> io::Result<Vec<EventRecord>> {
         let mut out: Vec<EventRecord> = Vec::new();
-        let mut revisions = 0;
-        let events =
+        let (mut revisions, mut bytes) = (0, 0);
+        let mut events =
             self.store
                 .scan::<EventRecord>(CF_HISTORY, &u64_key(from), RecordKind::Event, "event");
-        for item in events {
+        while let Some(item) = events.next() {
             let (_, event) = item.map_err(io_err)?;
             if event.revision > to {
                 break;
             }
             if out.last().is_none_or(|e| e.revision != event.revision) {
-                if revisions == limit {
+                // A new revision starts: stop if either bound is reached (never before the
+                // first, so a revision larger than the byte bound is still read whole).
+                if revisions == limit || (revisions > 0 && bytes >= max_bytes) {
                     break;
                 }
                 revisions += 1;
             }
+            bytes += events.last_size();
             out.push(event);
         }
         Ok(out)
