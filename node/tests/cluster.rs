@@ -67,19 +67,6 @@ impl Cluster {
     }
 }
 
-/// A node's Prometheus text.
-async fn metrics_of(node: &NodeProc) -> String {
-    reqwest::Client::new()
-        .get(node.url("/api/v1/metrics"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn voters(c: &Client) -> Vec<String> {
     let s = c.status().await.unwrap();
     let mut v: Vec<String> = s
@@ -206,7 +193,7 @@ async fn a_followers_concurrent_writes_travel_in_batches_and_are_answered_one_by
             kv.key
         );
     }
-    let metrics = metrics_of(follower).await;
+    let metrics = admin_metrics(follower).await;
     let sum = |name: &str| -> f64 {
         metrics
             .lines()
@@ -219,7 +206,7 @@ async fn a_followers_concurrent_writes_travel_in_batches_and_are_answered_one_by
     );
     assert_eq!(writes, 300.0, "every write forwarded once");
     // They travelled on a forward stream, not as requests to the leader.
-    let leader_metrics = metrics_of(cl.node(&leader)).await;
+    let leader_metrics = admin_metrics(cl.node(&leader)).await;
     assert!(
         !leader_metrics.contains("/api/v1/raft/write"),
         "forwarded writes came as requests:\n{leader_metrics}"

@@ -488,18 +488,6 @@ async fn open_watch(node: &NodeProc, key: &str, query: &str) -> reqwest::Respons
         .unwrap()
 }
 
-async fn admin_metrics(node: &NodeProc) -> String {
-    reqwest::Client::new()
-        .get(node.url("/api/v1/metrics"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// One credential's watches are bounded on a member; another credential still watches, and a
 /// closed watch frees its place.
 #[tokio::test(flavor = "multi_thread")]

@@ -17,6 +17,19 @@ pub const ADMIN_KEY: &str = "test-admin-key";
 pub const AGENT_KEY: &str = "test-agent-key";
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// A node's Prometheus text, asked with the admin key.
+pub async fn admin_metrics(node: &NodeProc) -> String {
+    reqwest::Client::new()
+        .get(node.url("/api/v1/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_concordance")
 }
