@@ -224,6 +224,9 @@ impl Drop for ProposalGuard<'_> {
 
 pub type SharedNode = Arc<Node>;
 
+/// A copy of Raft's metrics, as the checks before a proposal or a read read them.
+type RaftMetrics = openraft::RaftMetrics<crate::store::types::TypeConfig>;
+
 pub fn role_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "leader",
@@ -272,8 +275,7 @@ impl Node {
     }
 
     /// Fails fast when this leader has not heard from a quorum lately (it is partitioned).
-    fn check_leader_quorum(&self) -> Result<(), NodeError> {
-        let m = crate::raft::metrics_of(&self.raft);
+    fn check_leader_quorum(&self, m: &RaftMetrics) -> Result<(), NodeError> {
         if m.state != ServerState::Leader {
             return Ok(());
         }
@@ -293,8 +295,7 @@ impl Node {
 
     /// Refuses a write while the leader has more committed entries left to apply than its
     /// bound: proposing more would only lengthen the wait of every write behind them.
-    fn check_apply_backlog(&self) -> Result<(), NodeError> {
-        let m = crate::raft::metrics_of(&self.raft);
+    fn check_apply_backlog(&self, m: &RaftMetrics) -> Result<(), NodeError> {
         #[allow(deprecated)]
         let committed = m.committed.map_or(0, |c| c.index);
         let applied = m.last_applied.map_or(0, |a| a.index);
@@ -414,8 +415,10 @@ impl Node {
                     )))
                 }
             })?;
-        self.check_leader_quorum()?;
-        self.check_apply_backlog()?;
+        // One copy of Raft's metrics for both checks: this is every write's path.
+        let m = crate::raft::metrics_of(&self.raft);
+        self.check_leader_quorum(&m)?;
+        self.check_apply_backlog(&m)?;
         // Lease deadlines and idempotency ages are measured on the leader's clock only.
         cmd.proposed_at_ms = now_ms();
         let needed = cmd.op.command_version();
@@ -450,7 +453,7 @@ impl Node {
     async fn read_index_here(&self) -> Result<u64, Refusal> {
         let deadline = Instant::now() + QUORUM_TIMEOUT;
         loop {
-            self.check_leader_quorum()?;
+            self.check_leader_quorum(&crate::raft::metrics_of(&self.raft))?;
             let left = deadline.saturating_duration_since(Instant::now());
             let r =
                 tokio::time::timeout(left, self.raft.get_read_linearizer(ReadPolicy::ReadIndex))

@@ -79,8 +79,9 @@ impl KvReader {
     }
 
     /// History events with `from <= revision <= to`, in revision order, at most `limit`
-    /// revisions' worth and about `max_bytes` (whole revisions only, at least one). Checks compaction after reading, so a
-    /// concurrent compaction is reported rather than silently skipping events.
+    /// revisions' worth and about `max_bytes` (whole revisions only, at least one). Checks
+    /// compaction after reading, so a concurrent compaction is reported rather than silently
+    /// skipping events.
     pub fn history(
         &self,
         from: u64,
