@@ -204,7 +204,8 @@ error_codes! {
     // Transactions.
     /// A compare's value does not fit its target or operator.
     InvalidCompare = "invalid_compare",
-    /// More compares or operations than a transaction may have.
+    /// More compares or operations than a transaction may have, or an answer (gets and previous
+    /// values) over the byte bound.
     TxnTooLarge = "txn_too_large",
     /// A transaction branch writes a key more than once.
     DuplicateKey = "duplicate_key",

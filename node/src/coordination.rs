@@ -1,14 +1,17 @@
 //! The leader's housekeeping, every decision replicated through the log:
 //! - lease expiry: leases past their deadline are ended by an `ExpireLeases` command;
-//! - the idempotency sweep: answers older than the retention are forgotten by a
-//!   `SweepIdempotency` command (replicas agree because the age is measured against the
-//!   command's replicated proposal time);
+//! - the idempotency sweep: answers older than the retention are forgotten, the oldest first,
+//!   by `SweepIdempotencyOldest` commands of at most [`SWEEP_BATCH`] each (replicas agree
+//!   because the age is measured against the command's replicated proposal time);
 //! - enabling a newer command set once every member supports it (see [`crate::features`]).
 //!
 //! Failover: a new leader does not know when clients last kept their leases alive under the
 //! old leader (its applied state may even lag). So it expires a lease only once it has itself
 //! led for at least that lease's TTL: every lease gets a full TTL after a leader change, and a
 //! client that keeps its lease alive through the new leader never loses it.
+//!
+//! Both read the state machine's time indexes (`store::time_index`): only what is due, never a
+//! whole table, so neither the leader's tick nor a replica's apply grows with the tables.
 
 use std::time::Duration;
 use std::time::Instant;
@@ -21,10 +24,19 @@ use crate::store::records::COMMAND_VERSION;
 use crate::store::records::COMMAND_VERSION_BASE;
 use crate::store::records::Command;
 use crate::store::records::Operation;
+use crate::store::records::Response;
 
 const TICK: Duration = Duration::from_millis(200);
 /// At most this many leases end in one command, to keep entries small.
 const EXPIRE_BATCH: usize = 1000;
+/// At most this many due leases are looked at per tick (those a new leader must still wait
+/// for are skipped), so a tick stays short whatever the number of leases.
+const EXPIRE_LOOK_AT: usize = 4 * EXPIRE_BATCH;
+/// At most this many idempotency answers are forgotten by one command: its apply deletes only
+/// these, well under a millisecond, whatever the table's size.
+pub const SWEEP_BATCH: u32 = 1000;
+/// Sweep commands per tick while a backlog remains (at most 50,000 answers a second).
+const SWEEP_BATCHES_PER_TICK: usize = 10;
 const ENABLE_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +58,8 @@ pub fn spawn(node: SharedNode, settings: Settings) {
         // When this node became leader, and in which term.
         let mut leading: Option<(u64, Instant)> = None;
         let mut last_sweep = Instant::now();
+        // Whether the last sweep stopped with answers still due.
+        let mut sweep_backlog = false;
         let mut last_enable: Option<Instant> = None;
         loop {
             tick.tick().await;
@@ -77,71 +91,102 @@ pub fn spawn(node: SharedNode, settings: Settings) {
                 continue;
             }
             expire_leases(&node, since.elapsed()).await;
-            if last_sweep.elapsed() >= settings.sweep_every() {
+            if sweep_backlog || last_sweep.elapsed() >= settings.sweep_every() {
                 last_sweep = Instant::now();
-                sweep(&node, settings.idempotency_retention).await;
+                sweep_backlog = sweep(&node, settings.idempotency_retention, version).await;
             }
         }
     });
 }
 
-async fn propose(node: &SharedNode, op: Operation) {
-    let what = format!(
-        "{}",
-        Command {
-            op: op.clone(),
-            idempotency_key: None,
-            proposed_at_ms: 0
-        }
-    );
+/// Proposes a housekeeping command; its answer, or `None` (logged) if it failed.
+async fn propose(node: &SharedNode, op: Operation) -> Option<Response> {
     let cmd = Command {
         op,
         idempotency_key: None,
         proposed_at_ms: now_ms(),
     };
-    if let Err(e) = node.propose_local(cmd).await {
-        tracing::warn!(error = %e, "housekeeping proposal failed: {what}");
+    let what = cmd.to_string();
+    match node.propose_local(cmd).await {
+        Ok(response) => Some(response),
+        Err(e) => {
+            tracing::warn!(error = %e, "housekeeping proposal failed: {what}");
+            None
+        }
     }
 }
 
+/// Ends the leases past their deadline that this leader may end (it has led for their TTL),
+/// reading only the due part of the deadline index.
 async fn expire_leases(node: &SharedNode, leading_for: Duration) {
-    let leases = match node.reader.leases() {
-        Ok(l) => l,
+    let now = now_ms();
+    let leading_for_ms = leading_for.as_millis() as u64;
+    let due = match node.reader.leases_due(now, EXPIRE_LOOK_AT) {
+        Ok(due) => due,
         Err(e) => {
-            tracing::error!(error = %e, "cannot read leases");
+            tracing::error!(error = %e, "cannot read the lease deadlines");
             return;
         }
     };
-    let now = now_ms();
-    let due: Vec<u64> = leases
-        .iter()
-        .filter(|l| l.expires_at_ms <= now && leading_for.as_millis() as u64 >= l.ttl_ms)
-        .map(|l| l.id)
-        .take(EXPIRE_BATCH)
-        .collect();
-    if !due.is_empty() {
-        tracing::info!(leases = ?due, "expiring leases");
-        propose(node, Operation::ExpireLeases { ids: due }).await;
+    let mut ids = Vec::new();
+    for id in due {
+        match node.reader.lease(id) {
+            Ok(Some(l)) if l.expires_at_ms <= now && leading_for_ms >= l.ttl_ms => ids.push(id),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read lease {id}");
+                return;
+            }
+        }
+        if ids.len() == EXPIRE_BATCH {
+            break;
+        }
+    }
+    if !ids.is_empty() {
+        tracing::info!(leases = ?ids, "expiring leases");
+        propose(node, Operation::ExpireLeases { ids }).await;
     }
 }
 
-async fn sweep(node: &SharedNode, retention: Duration) {
-    let retention_ms = retention.as_millis() as u64;
-    match node
-        .reader
-        .idempotency_older_than(now_ms().saturating_sub(retention_ms))
-    {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::debug!(records = n, "sweeping old idempotency records");
-            propose(
-                node,
-                Operation::SweepIdempotency {
-                    older_than_ms: retention_ms,
-                },
-            )
-            .await;
+/// Forgets the idempotency answers older than the retention, oldest first, in bounded
+/// commands. Returns whether answers may still be due (the tick's share of batches ran out).
+async fn sweep(node: &SharedNode, retention: Duration, command_version: u32) -> bool {
+    let older_than_ms = retention.as_millis() as u64;
+    for _ in 0..SWEEP_BATCHES_PER_TICK {
+        match node
+            .reader
+            .idempotency_due(now_ms().saturating_sub(older_than_ms))
+        {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the idempotency index");
+                return false;
+            }
         }
-        Err(e) => tracing::error!(error = %e, "cannot read the idempotency table"),
+        let op = Operation::SweepIdempotencyOldest {
+            older_than_ms,
+            limit: SWEEP_BATCH,
+        };
+        if command_version < op.command_version() {
+            // A member still runs a binary without the bounded sweep: the whole sweep, which
+            // reads only the due entries of the index here too.
+            if let Some(Response::Swept { removed }) =
+                propose(node, Operation::SweepIdempotency { older_than_ms }).await
+            {
+                node.metrics.answers_swept(removed);
+            }
+            return false;
+        }
+        match propose(node, op).await {
+            Some(Response::Swept { removed }) => {
+                node.metrics.answers_swept(removed);
+                if removed < u64::from(SWEEP_BATCH) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
     }
+    true
 }

@@ -129,6 +129,7 @@ pub fn rejection_code(code: RejectCode) -> ErrorCode {
     match code {
         RejectCode::LeaseNotFound => ErrorCode::LeaseNotFound,
         RejectCode::LeaseExists => ErrorCode::LeaseExists,
+        RejectCode::AnswerTooLarge => ErrorCode::TxnTooLarge,
     }
 }
 

@@ -60,6 +60,7 @@ struct Inner {
     pub refused_connections: Family<RefusalLabels, Counter>,
     pub shed_writes: Family<RefusalLabels, Counter>,
     pub watches: Family<CredentialLabels, Gauge>,
+    pub answers_swept: Counter,
 }
 
 fn latency() -> Histogram {
@@ -111,6 +112,7 @@ impl Metrics {
             refused_connections: Family::default(),
             shed_writes: Family::default(),
             watches: Family::default(),
+            answers_swept: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -205,6 +207,11 @@ impl Metrics {
             "Watch streams open on this member, by credential",
             inner.watches.clone(),
         );
+        r.register(
+            "idempotency_answers_swept",
+            "Idempotency answers forgotten past their retention by sweeps this member proposed as leader",
+            inner.answers_swept.clone(),
+        );
         Self {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -266,6 +273,10 @@ impl Metrics {
                 credential: credential.into(),
             })
             .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    pub fn answers_swept(&self, n: u64) {
+        self.inner.answers_swept.inc_by(n);
     }
 
     pub fn leader_changed(&self) {

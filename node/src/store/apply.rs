@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io;
 
 use rocksdb::WriteBatch;
@@ -17,6 +18,7 @@ use super::CF_HISTORY;
 use super::CF_IDEMPOTENCY;
 use super::CF_KV;
 use super::CF_LEASES;
+use super::CF_META;
 use super::Store;
 use super::codec;
 use super::codec::RecordKind;
@@ -35,7 +37,35 @@ use super::records::RejectCode;
 use super::records::Response;
 use super::records::TxnOpRecord;
 use super::records::TxnOpResultRecord;
+use super::time_index;
 use super::u64_key;
+
+/// The most a transaction's answer may hold (its gets, and the previous values of the keys it
+/// writes or deletes), about: beyond it the transaction is rejected whole, before it writes,
+/// so no answer of 128 values of 1 MiB is built, kept for its idempotency key and sent. Part of
+/// the semantics (every replica must reject alike): changing it needs a new command set.
+pub const TXN_ANSWER_BYTES: usize = 16 << 20;
+/// The command set that bounds transaction answers.
+const BOUNDED_TXN_ANSWERS: u32 = 3;
+
+/// About how many bytes `value` takes as JSON (strings without their escapes): cheap, and
+/// close enough for a bound.
+fn json_size(value: &Value) -> usize {
+    match value {
+        Value::Null => 4,
+        Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => items.iter().map(|v| json_size(v) + 1).sum::<usize>() + 2,
+        Value::Object(fields) => {
+            fields
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_size(v))
+                .sum::<usize>()
+                + 2
+        }
+    }
+}
 
 /// Applies commands to a write batch, with overlays so later commands in the same batch see
 /// the effects of earlier ones. Every command that changes anything takes exactly one revision.
@@ -45,6 +75,13 @@ pub struct Batch<'a> {
     overlay: HashMap<String, Option<KeyRecord>>,
     leases: HashMap<u64, Option<LeaseRecord>>,
     idempotency: HashMap<String, Response>,
+    /// Idempotency answers given in this batch, by (time, key): not yet in the stored index, but
+    /// a sweep later in the batch must see them as a replica applying in smaller batches would.
+    answers_given: BTreeSet<(u64, Vec<u8>)>,
+    /// Index entries a sweep in this batch forgot, and their keys: still stored until the
+    /// batch commits. (A key answered again after that is in `idempotency`.)
+    answers_forgotten: HashSet<(u64, Vec<u8>)>,
+    keys_forgotten: HashSet<Vec<u8>>,
     /// The last revision taken by a command applied so far.
     revision: u64,
     /// Whether the command being applied has written at `revision + 1`.
@@ -117,6 +154,9 @@ impl<'a> Batch<'a> {
             overlay: HashMap::new(),
             leases: HashMap::new(),
             idempotency: HashMap::new(),
+            answers_given: BTreeSet::new(),
+            answers_forgotten: HashSet::new(),
+            keys_forgotten: HashSet::new(),
             revision,
             writing: false,
             command_version,
@@ -161,9 +201,25 @@ impl<'a> Batch<'a> {
         self.leases.insert(rec.id, Some(rec));
     }
 
-    fn remove_lease(&mut self, id: u64) {
+    fn remove_lease(&mut self, id: u64, deadline_ms: u64) {
         self.wb.delete_cf(self.store.cf(CF_LEASES), u64_key(id));
+        self.unindex_lease(id, deadline_ms);
         self.leases.insert(id, None);
+    }
+
+    fn index_lease(&mut self, id: u64, deadline_ms: u64) {
+        self.wb.put_cf(
+            self.store.cf(CF_META),
+            time_index::lease_entry(deadline_ms, id),
+            [],
+        );
+    }
+
+    fn unindex_lease(&mut self, id: u64, deadline_ms: u64) {
+        self.wb.delete_cf(
+            self.store.cf(CF_META),
+            time_index::lease_entry(deadline_ms, id),
+        );
     }
 
     /// The revision the current command writes at.
@@ -311,6 +367,19 @@ impl<'a> Batch<'a> {
                 ));
             }
         }
+        if self.command_version >= BOUNDED_TXN_ANSWERS {
+            let bytes = self.txn_answer_bound(&ops)?;
+            if bytes > TXN_ANSWER_BYTES {
+                return Ok(reject(
+                    RejectCode::AnswerTooLarge,
+                    format!(
+                        "this transaction's answer would hold about {bytes} bytes of values (its \
+                         gets and the previous values of the keys it writes or deletes); the \
+                         limit is {TXN_ANSWER_BYTES}: split it into smaller transactions"
+                    ),
+                ));
+            }
+        }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             results.push(match op {
@@ -346,6 +415,29 @@ impl<'a> Batch<'a> {
         })
     }
 
+    /// At least the bytes of values the answer to `ops` holds: each get, put and delete answers
+    /// the key's value as it is when the operation runs, the stored one or one an earlier put
+    /// of the transaction wrote (a branch writes a key once).
+    fn txn_answer_bound(&self, ops: &[TxnOpRecord]) -> io::Result<usize> {
+        let mut written: HashMap<&str, usize> = HashMap::new();
+        let mut bytes = 0usize;
+        for op in ops {
+            let key = match op {
+                TxnOpRecord::Get { key }
+                | TxnOpRecord::Put { key, .. }
+                | TxnOpRecord::Delete { key } => key,
+                TxnOpRecord::DeletePrefix { .. } => continue,
+            };
+            let stored = self.current(key)?.map_or(0, |k| json_size(&k.value));
+            bytes =
+                bytes.saturating_add(stored.max(written.get(key.as_str()).copied().unwrap_or(0)));
+            if let TxnOpRecord::Put { value, .. } = op {
+                written.insert(key, json_size(value));
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Deletes a lease and every key still attached to it.
     fn end_lease(&mut self, lease: LeaseRecord) -> io::Result<u64> {
         let mut deleted = 0;
@@ -358,7 +450,7 @@ impl<'a> Batch<'a> {
                 deleted += u64::from(self.delete(key.clone())?.is_some());
             }
         }
-        self.remove_lease(lease.id);
+        self.remove_lease(lease.id, lease.expires_at_ms);
         Ok(deleted)
     }
 
@@ -384,8 +476,12 @@ impl<'a> Batch<'a> {
             Operation::LeaseRevoke { id } => self.lease_revoke(id),
             Operation::ExpireLeases { ids } => self.expire_leases(ids, now_ms),
             Operation::SweepIdempotency { older_than_ms } => {
-                self.sweep_idempotency(now_ms.saturating_sub(older_than_ms))
+                self.sweep_idempotency(now_ms.saturating_sub(older_than_ms), usize::MAX)
             }
+            Operation::SweepIdempotencyOldest {
+                older_than_ms,
+                limit,
+            } => self.sweep_idempotency(now_ms.saturating_sub(older_than_ms), limit as usize),
             Operation::EnableCommandVersion { version } => {
                 self.command_version = self.command_version.max(version);
                 Ok(Response::Enabled {
@@ -412,12 +508,14 @@ impl<'a> Batch<'a> {
                 format!("lease {id} already exists"),
             ));
         }
+        let expires_at_ms = now_ms.saturating_add(ttl_ms);
         self.set_lease(LeaseRecord {
             id,
             ttl_ms,
-            expires_at_ms: now_ms.saturating_add(ttl_ms),
+            expires_at_ms,
             keys: Vec::new(),
         });
+        self.index_lease(id, expires_at_ms);
         Ok(Response::Lease { id, ttl_ms })
     }
 
@@ -426,7 +524,12 @@ impl<'a> Batch<'a> {
         let Some(mut rec) = self.lease(id)? else {
             return Ok(lease_not_found(id));
         };
-        rec.expires_at_ms = rec.expires_at_ms.max(now_ms.saturating_add(rec.ttl_ms));
+        let before = rec.expires_at_ms;
+        rec.expires_at_ms = before.max(now_ms.saturating_add(rec.ttl_ms));
+        if rec.expires_at_ms != before {
+            self.unindex_lease(id, before);
+            self.index_lease(id, rec.expires_at_ms);
+        }
         let ttl_ms = rec.ttl_ms;
         self.set_lease(rec);
         Ok(Response::Lease { id, ttl_ms })
@@ -462,18 +565,46 @@ impl<'a> Batch<'a> {
         })
     }
 
-    /// Forgets the idempotency answers given before `cutoff_ms`.
-    fn sweep_idempotency(&mut self, cutoff_ms: u64) -> io::Result<Response> {
-        let old = self
-            .store
-            .idempotency_older_than(cutoff_ms)
-            .map_err(io_err)?;
-        let removed = old.len() as u64;
-        for k in old {
-            self.wb.delete_cf(self.store.cf(CF_IDEMPOTENCY), &k);
-            if let Ok(s) = String::from_utf8(k) {
-                self.idempotency.remove(&s);
+    /// Forgets the oldest idempotency answers given before `cutoff_ms`, at most `limit`, in
+    /// (time, key) order: every replica forgets the same ones whatever its batch boundaries.
+    /// Reads only the time index's due entries, never the whole table.
+    fn sweep_idempotency(&mut self, cutoff_ms: u64, limit: usize) -> io::Result<Response> {
+        let stored = time_index::idempotency_before(
+            self.store,
+            cutoff_ms,
+            limit.saturating_add(self.answers_forgotten.len()),
+        )
+        .map_err(io_err)?;
+        let mut due: BTreeSet<(u64, Vec<u8>)> = stored
+            .into_iter()
+            .filter(|entry| !self.answers_forgotten.contains(entry))
+            .collect();
+        due.extend(
+            self.answers_given
+                .iter()
+                .take_while(|(at, _)| *at < cutoff_ms)
+                .cloned(),
+        );
+        let mut removed = 0u64;
+        let mut last = None;
+        for (at, key) in due.into_iter().take(limit) {
+            self.wb.delete_cf(self.store.cf(CF_IDEMPOTENCY), &key);
+            last = Some(time_index::idempotency_through(at, &key));
+            if let Ok(s) = std::str::from_utf8(&key) {
+                self.idempotency.remove(s);
             }
+            self.keys_forgotten.insert(key.clone());
+            let entry = (at, key);
+            self.answers_given.remove(&entry);
+            self.answers_forgotten.insert(entry);
+            removed += 1;
+        }
+        // Everything in the index up to the last one forgotten was forgotten (oldest first):
+        // stored entries, and this batch's own given so far; answers given later in the batch
+        // are written after this and stay.
+        if let Some((from, to)) = last {
+            self.wb
+                .delete_range_cf(self.store.cf(CF_META), &from[..], &to[..]);
         }
         Ok(Response::Swept { removed })
     }
@@ -484,17 +615,20 @@ impl<'a> Batch<'a> {
             if let Some(seen) = self.idempotency.get(ik) {
                 return Ok(seen.clone());
             }
-            let seen: Option<IdempotencyRecord> = self
-                .store
-                .get_record(
-                    CF_IDEMPOTENCY,
-                    ik.as_bytes(),
-                    RecordKind::Idempotency,
-                    "idempotency record",
-                )
-                .map_err(io_err)?;
-            if let Some(seen) = seen {
-                return Ok(seen.response);
+            // An answer forgotten earlier in this batch is still stored until it commits.
+            if !self.keys_forgotten.contains(ik.as_bytes()) {
+                let seen: Option<IdempotencyRecord> = self
+                    .store
+                    .get_record(
+                        CF_IDEMPOTENCY,
+                        ik.as_bytes(),
+                        RecordKind::Idempotency,
+                        "idempotency record",
+                    )
+                    .map_err(io_err)?;
+                if let Some(seen) = seen {
+                    return Ok(seen.response);
+                }
             }
         }
         self.writing = false;
@@ -510,6 +644,13 @@ impl<'a> Batch<'a> {
                 ik.as_bytes(),
                 codec::encode(RecordKind::Idempotency, &rec),
             );
+            self.wb.put_cf(
+                self.store.cf(CF_META),
+                time_index::idempotency_entry(rec.applied_at_ms, ik.as_bytes()),
+                [],
+            );
+            self.answers_given
+                .insert((rec.applied_at_ms, ik.as_bytes().to_vec()));
             self.idempotency.insert(ik, response.clone());
         }
         Ok(response)
@@ -603,6 +744,13 @@ mod tests {
 
     fn sweep(older_than_ms: u64) -> Cmd {
         cmd(Operation::SweepIdempotency { older_than_ms })
+    }
+
+    fn sweep_oldest(older_than_ms: u64, limit: u32) -> Cmd {
+        cmd(Operation::SweepIdempotencyOldest {
+            older_than_ms,
+            limit,
+        })
     }
 
     fn enable(version: u32) -> Cmd {
@@ -1206,6 +1354,56 @@ mod tests {
                 ],
             ),
             case(
+                "a bounded sweep forgets the oldest due answers first, the batch's own too",
+                vec![
+                    vec![
+                        (put("a", json!(1)).once("i1").at(1000), put_ok(1, None)),
+                        (put("b", json!(1)).once("i2").at(2000), put_ok(2, None)),
+                    ],
+                    vec![
+                        (put("c", json!(1)).once("i3").at(2500), put_ok(3, None)),
+                        (put("d", json!(1)).once("i4").at(3500), put_ok(4, None)),
+                        // Cutoff 3000: i1, i2 and i3 are due; the oldest two go first.
+                        (
+                            sweep_oldest(1000, 2).at(4000),
+                            Response::Swept { removed: 2 },
+                        ),
+                        // i3, given in this very batch, is next.
+                        (
+                            sweep_oldest(1000, 2).at(4000),
+                            Response::Swept { removed: 1 },
+                        ),
+                        (
+                            sweep_oldest(1000, 2).at(4000),
+                            Response::Swept { removed: 0 },
+                        ),
+                        // Forgotten in this batch (still stored until it commits): applies anew.
+                        (
+                            put("a", json!(9)).once("i1").at(4000),
+                            put_ok(5, Some(a1.clone())),
+                        ),
+                        (
+                            put("c", json!(9)).once("i3").at(4000),
+                            put_ok(6, Some(kv(json!(1), 3, 3, 1))),
+                        ),
+                        // Not due: still answers its first answer.
+                        (put("d", json!(9)).once("i4").at(4000), put_ok(4, None)),
+                    ],
+                    vec![
+                        // i1 and i3 again (given at 4000) and i4 are due at cutoff 9000.
+                        (
+                            sweep_oldest(1000, 10).at(10_000),
+                            Response::Swept { removed: 3 },
+                        ),
+                    ],
+                ],
+                vec![
+                    Check::Revision(6),
+                    Check::Key("a", Some(kv(json!(9), 1, 5, 2))),
+                    Check::Key("d", Some(kv(json!(1), 4, 4, 1))),
+                ],
+            ),
+            case(
                 "a command set once enabled stays enabled",
                 vec![vec![
                     (enable(2), Response::Enabled { version: 2 }),
@@ -1386,6 +1584,183 @@ mod tests {
                 store.applied_state().unwrap().last_applied.map(|l| l.index),
                 Some(index).filter(|i| *i > 0),
                 "{name}: last applied"
+            );
+        }
+    }
+
+    /// Every state-machine record and every time-index entry, by column family and key. Not the
+    /// history, nor how far it is compacted: each member keeps its own window of it.
+    fn dump(store: &Store) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for cf in crate::store::STATE_MACHINE_CFS.into_iter().chain([CF_META]) {
+            let records = store
+                .db()
+                .iterator_cf(store.cf(cf), rocksdb::IteratorMode::Start);
+            for item in records {
+                let (k, v) = item.unwrap();
+                let v = match cf {
+                    CF_HISTORY => continue,
+                    CF_META if !k.starts_with(b"index/") || &*k == b"index/applied" => continue,
+                    crate::store::CF_APPLIED => {
+                        let mut applied: AppliedStateRecord =
+                            codec::decode(RecordKind::AppliedState, &v).unwrap();
+                        applied.compacted_revision = 0;
+                        codec::encode(RecordKind::AppliedState, &applied)
+                    }
+                    _ => v.to_vec(),
+                };
+                out.push((cf, k.to_vec(), v));
+            }
+        }
+        out
+    }
+
+    /// Applies `batches` to a new store; its dump.
+    fn applied_in(
+        batches: Vec<Vec<Command>>,
+        history: u64,
+    ) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(store.clone(), Metrics::new())
+            .unwrap()
+            .with_history_revisions(history);
+        let mut index = 0;
+        for batch in batches {
+            let entries = batch
+                .into_iter()
+                .map(|c| {
+                    index += 1;
+                    entry(index, c)
+                })
+                .collect();
+            sm.apply_entries(entries).unwrap();
+        }
+        let kept = dump(&store);
+        // The indexes kept batch by batch are the ones rebuilt from the tables.
+        crate::store::time_index::rebuild(&store, Some(index).filter(|i| *i > 0)).unwrap();
+        assert_eq!(
+            dump(&store),
+            kept,
+            "rebuilt indexes differ from the kept ones"
+        );
+        kept
+    }
+
+    /// Gets (and previous values) of 17 values of 1 MiB are over the answer bound once command
+    /// set 3 is on: rejected whole, nothing written. Under set 2 they are answered, as before.
+    #[test]
+    fn a_transaction_whose_answer_is_over_the_byte_bound_is_rejected_whole_from_set_3() {
+        let big = json!("x".repeat(1 << 20));
+        let n = TXN_ANSWER_BYTES / (1 << 20) + 1;
+        for version in [2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let mut sm = StateMachine::open(store.clone(), Metrics::new()).unwrap();
+            let mut cmds = vec![enable(version)];
+            cmds.extend((0..n).map(|i| put(&format!("big/{i:02}"), big.clone())));
+            let gets = |count: usize| (0..count).map(|i| t_get(&format!("big/{i:02}"))).collect();
+            let mut overwrite: Vec<TxnOpRecord> = gets(n - 1);
+            overwrite.push(t_put("big/00", json!(1)));
+            cmds.push(txn(vec![], gets(n), vec![]));
+            cmds.push(txn(vec![], overwrite, vec![]));
+            cmds.push(txn(vec![], gets(n - 2), vec![]));
+            let entries = cmds
+                .into_iter()
+                .enumerate()
+                .map(|(i, Cmd(c))| entry(i as u64 + 1, c))
+                .collect();
+            let answers = sm.apply_entries(entries).unwrap();
+            let rejected = |a: &Response| {
+                matches!(
+                    a,
+                    Response::Rejected {
+                        code: RejectCode::AnswerTooLarge,
+                        ..
+                    }
+                )
+            };
+            let last = &answers[answers.len() - 3..];
+            if version == 3 {
+                assert!(
+                    rejected(&last[0]),
+                    "{n} gets of 1 MiB: {:?}",
+                    rejected(&last[0])
+                );
+                assert!(rejected(&last[1]), "gets plus a put's previous value");
+                assert!(!rejected(&last[2]), "{} gets fit", n - 2);
+                assert_eq!(sm.reader().get("big/00").unwrap().unwrap().value, big);
+                assert_eq!(sm.reader().revision(), n as u64, "nothing written");
+            } else {
+                assert!(last.iter().all(|a| !rejected(a)), "set 2 has no bound");
+            }
+        }
+    }
+
+    /// A binary from before the indexes applied the last batch (a rollback, then forward
+    /// again): the next open finds them not current and rebuilds them.
+    #[test]
+    fn indexes_missing_or_stale_at_open_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(store.clone(), Metrics::new()).unwrap();
+        let cmds = vec![
+            put("a", json!(1)).once("i1").at(1000),
+            grant(7, 5000).at(1000),
+            put_leased("b", json!(1), 7).once("i2").at(2000),
+            keep(7).at(3000),
+        ];
+        let entries = cmds
+            .into_iter()
+            .enumerate()
+            .map(|(i, Cmd(c))| entry(i as u64 + 1, c))
+            .collect();
+        sm.apply_entries(entries).unwrap();
+        let kept = dump(&store);
+        assert_eq!(
+            kept.iter().filter(|(cf, _, _)| *cf == CF_META).count(),
+            3,
+            "two answers and one lease indexed"
+        );
+        let reader = sm.reader();
+        assert_eq!(reader.leases_due(8000, 10).unwrap(), [7]);
+        assert!(reader.leases_due(7999, 10).unwrap().is_empty());
+        assert!(reader.idempotency_due(1001).unwrap());
+        assert!(!reader.idempotency_due(1000).unwrap());
+        drop((sm, reader));
+        // As an older binary leaves them: no index entries, and no mark for the last batch.
+        store
+            .db()
+            .delete_range_cf(store.cf(CF_META), b"index/", b"index0")
+            .unwrap();
+        StateMachine::open(store.clone(), Metrics::new()).unwrap();
+        assert_eq!(dump(&store), kept);
+    }
+
+    /// Replicas apply the same log in different batches (a follower catching up applies
+    /// larger ones): the state, indexes included, must not depend on where batches end.
+    #[test]
+    fn where_batches_end_changes_nothing_in_the_state_or_its_indexes() {
+        for case in cases() {
+            let batches: Vec<Vec<Command>> = case
+                .batches
+                .into_iter()
+                .map(|b| b.into_iter().map(|(Cmd(c), _)| c).collect())
+                .collect();
+            let as_given = applied_in(batches.clone(), case.history);
+            let all: Vec<Command> = batches.iter().flatten().cloned().collect();
+            let one_by_one =
+                applied_in(all.iter().map(|c| vec![c.clone()]).collect(), case.history);
+            let all_at_once = applied_in(vec![all], case.history);
+            assert!(
+                as_given == one_by_one,
+                "{}: one command per batch differs",
+                case.name
+            );
+            assert!(
+                as_given == all_at_once,
+                "{}: one batch for all differs",
+                case.name
             );
         }
     }

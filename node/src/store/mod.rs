@@ -3,7 +3,8 @@
 //! Raft log's segment files (`log_file`); and `snapshots`.
 //!
 //! The database's layout by column family:
-//! - `meta`: identity, vote, committed and purged log ids, current snapshot.
+//! - `meta`: identity, vote, committed and purged log ids, current snapshot; under `index/`,
+//!   the time indexes of idempotency answers and lease deadlines (`time_index`).
 //! - `log`: empty; older versions kept the Raft log here (moved out at open, `log_store`).
 //! - `kv`: live keys. `history`: one event per change, by revision. `leases`, `idempotency`.
 //! - `applied`: the state machine's last applied log id, membership and revision.
@@ -17,6 +18,7 @@ pub mod reader;
 pub mod records;
 pub mod snapshot;
 pub mod state_machine;
+pub mod time_index;
 pub mod types;
 
 use std::path::Path;
@@ -254,23 +256,6 @@ impl Store {
             last_size: 0,
             decoded: std::marker::PhantomData,
         }
-    }
-
-    /// The idempotency keys whose answers were given before `cutoff_ms` (what a sweep forgets).
-    pub fn idempotency_older_than(&self, cutoff_ms: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut old = Vec::new();
-        for item in self.scan::<records::IdempotencyRecord>(
-            CF_IDEMPOTENCY,
-            &[],
-            RecordKind::Idempotency,
-            "idempotency record",
-        ) {
-            let (key, rec) = item?;
-            if rec.applied_at_ms < cutoff_ms {
-                old.push(key);
-            }
-        }
-        Ok(old)
     }
 
     /// Writes one record and syncs it to disk before returning.

@@ -18,6 +18,7 @@ use super::records::COMMAND_VERSION_BASE;
 use super::records::EventRecord;
 use super::records::KeyRecord;
 use super::records::LeaseRecord;
+use super::time_index;
 use super::u64_key;
 
 /// Read access to the applied state, shared with the HTTP API.
@@ -125,13 +126,20 @@ impl KvReader {
             .collect()
     }
 
-    /// How many idempotency answers are older than `cutoff_ms` (the sweep's work).
-    pub fn idempotency_older_than(&self, cutoff_ms: u64) -> io::Result<u64> {
-        let old = self
-            .store
-            .idempotency_older_than(cutoff_ms)
-            .map_err(io_err)?;
-        Ok(old.len() as u64)
+    /// Leases whose deadline is at or before `now_ms`, earliest first, at most `limit`.
+    pub fn leases_due(&self, now_ms: u64, limit: usize) -> io::Result<Vec<u64>> {
+        Ok(time_index::leases_due(&self.store, now_ms, limit)
+            .map_err(io_err)?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect())
+    }
+
+    /// Whether any idempotency answer was given before `cutoff_ms` (the sweep has work).
+    pub fn idempotency_due(&self, cutoff_ms: u64) -> io::Result<bool> {
+        Ok(!time_index::idempotency_before(&self.store, cutoff_ms, 1)
+            .map_err(io_err)?
+            .is_empty())
     }
 
     pub fn get(&self, key: &str) -> io::Result<Option<KeyRecord>> {

@@ -121,6 +121,13 @@ impl std::fmt::Display for Command {
             Operation::SweepIdempotency { older_than_ms } => {
                 write!(f, "sweep idempotency records older than {older_than_ms} ms")
             }
+            Operation::SweepIdempotencyOldest {
+                older_than_ms,
+                limit,
+            } => write!(
+                f,
+                "sweep the oldest {limit} idempotency records older than {older_than_ms} ms"
+            ),
             Operation::EnableCommandVersion { version } => {
                 write!(f, "enable command set {version}")
             }
@@ -130,8 +137,9 @@ impl std::fmt::Display for Command {
 
 /// The command set the first release knew: put and delete.
 pub const COMMAND_VERSION_BASE: u32 = 1;
-/// The newest command set this binary applies (transactions, leases, idempotency sweeps).
-pub const COMMAND_VERSION: u32 = 2;
+/// The newest command set this binary applies: 2 added transactions, leases and idempotency
+/// sweeps; 3 the bounded idempotency sweep.
+pub const COMMAND_VERSION: u32 = 3;
 
 impl Operation {
     /// The command set that introduced this operation: it is proposed only once the cluster
@@ -146,6 +154,7 @@ impl Operation {
             | Operation::ExpireLeases { .. }
             | Operation::SweepIdempotency { .. }
             | Operation::EnableCommandVersion { .. } => 2,
+            Operation::SweepIdempotencyOldest { .. } => 3,
         }
     }
 }
@@ -194,6 +203,13 @@ pub enum Operation {
     #[serde(rename_all = "camelCase")]
     SweepIdempotency {
         older_than_ms: u64,
+    },
+    /// Proposed by the leader: forgets the oldest idempotency answers older than this at
+    /// proposal time, at most `limit` (a full batch means more may be due).
+    #[serde(rename_all = "camelCase")]
+    SweepIdempotencyOldest {
+        older_than_ms: u64,
+        limit: u32,
     },
     /// Proposed by the leader once every member reported it can apply this command set.
     EnableCommandVersion {
@@ -326,6 +342,8 @@ pub enum RejectCode {
     LeaseNotFound,
     /// A grant for a lease id that exists.
     LeaseExists,
+    /// A transaction whose answer would exceed the byte bound (command set 3).
+    AnswerTooLarge,
 }
 
 /// A live key's value and its revisions.

@@ -497,6 +497,7 @@ pub fn load_file_into_state_machine(
         codec::encode(RecordKind::AppliedState, &applied),
     );
     wb.delete_cf(store.cf(CF_META), KEY_INSTALLING);
+    super::time_index::unmark(store, &mut wb);
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     store.db().write_opt(wb, &wo).map_err(io_err)?;

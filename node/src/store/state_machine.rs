@@ -27,6 +27,7 @@ use super::records::COMMAND_VERSION_BASE;
 use super::records::Response;
 use super::snapshot;
 use super::snapshot::SnapshotFile;
+use super::time_index;
 use super::types::Entry;
 use super::types::LogId;
 use super::types::SnapshotMeta;
@@ -59,13 +60,19 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens the state machine, finishing an interrupted snapshot install if there was one.
+    /// Opens the state machine, finishing an interrupted snapshot install if there was one and
+    /// rebuilding the time indexes if the last applied batch did not keep them.
     pub fn open(store: Store, metrics: Metrics) -> Result<Self, StoreError> {
         let applied = store.applied_state()?;
         if let Some(meta) = snapshot::installing(&store)? {
             tracing::warn!(snapshot = %meta.file, "finishing a snapshot install interrupted by a crash");
             snapshot::load_into_state_machine(&store, &meta)?;
             return Self::open(store, metrics);
+        }
+        let applied_index = applied.last_applied.as_ref().map(|l| l.index);
+        if !time_index::current(&store, applied_index)? {
+            tracing::info!("rebuilding the time indexes: the last applied batch did not keep them");
+            time_index::rebuild(&store, applied_index)?;
         }
         let reader = KvReader::new(store.clone(), &applied);
         Ok(Self {
@@ -132,6 +139,9 @@ impl StateMachine {
             KEY_APPLIED,
             codec::encode(RecordKind::AppliedState, &applied),
         );
+        if let Some(last) = &applied.last_applied {
+            time_index::mark_indexed(&self.store, &mut wb, last.index);
+        }
         // Not synced here: the log is synced, and a lost tail of applied state is re-applied.
         self.store.db().write(wb).map_err(io_err)?;
         self.applied = applied;
@@ -188,6 +198,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotFile,
     ) -> io::Result<()> {
         snapshot::install(&self.store, meta, snapshot).map_err(io_err)?;
+        // Snapshots hold the tables, not their indexes.
+        let applied_index = meta.last_log_id.as_ref().map(|l| l.index);
+        time_index::rebuild(&self.store, applied_index).map_err(io_err)?;
         self.reload_applied()
     }
 
