@@ -63,7 +63,7 @@ pub struct Change {
     pub event: WatchEvent,
 }
 
-fn change(e: EventRecord) -> Change {
+pub(crate) fn change(e: EventRecord) -> Change {
     let event = match e.kind {
         EventKind::Put => WatchEvent {
             kind: EventType::Put,
@@ -297,10 +297,9 @@ impl Node {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<KeyValue>, bool), NodeError> {
-        let (items, more) = self
-            .reader
-            .list(prefix, after, limit, LIST_PAGE_BYTES)
-            .map_err(NodeError::storage)?;
+        let (items, more) =
+            off_the_async_workers(|| self.reader.list(prefix, after, limit, LIST_PAGE_BYTES))
+                .map_err(NodeError::storage)?;
         let kvs = items.into_iter().map(|(k, r)| key_value(k, r)).collect();
         Ok((kvs, more))
     }
@@ -373,7 +372,7 @@ impl Node {
     pub async fn leases(&self, consistency: Consistency) -> Result<LeaseListResponse, NodeError> {
         self.read_barrier(consistency).await?;
         let revision = self.reader.revision();
-        let leases = self.reader.leases().map_err(NodeError::storage)?;
+        let leases = off_the_async_workers(|| self.reader.leases()).map_err(NodeError::storage)?;
         Ok(LeaseListResponse {
             leases: leases.into_iter().map(lease_info).collect(),
             revision,
@@ -390,10 +389,22 @@ impl Node {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Change>, NodeError> {
-        let events = self
-            .reader
-            .history(from, to, limit, max_bytes)
+        let events = off_the_async_workers(|| self.reader.history(from, to, limit, max_bytes))
             .map_err(NodeError::storage)?;
         Ok(events.into_iter().map(change).collect())
+    }
+}
+
+/// Runs a read that can take milliseconds (a list page or a history step of up to 4 MiB, the
+/// lease table) without holding up the other tasks of its async worker: tokio moves them to
+/// another worker meanwhile (`block_in_place`, on the multi-threaded runtime a node runs on;
+/// elsewhere, as in unit tests, the read runs in place). Point reads stay inline: a handoff
+/// would cost more than they take.
+fn off_the_async_workers<T>(read: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(read)
+        }
+        _ => read(),
     }
 }

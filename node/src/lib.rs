@@ -4,7 +4,8 @@
 //! request validation, and the only place an error becomes a status) -> `membership`,
 //! `coordination`, `data` (keys, transactions, leases in the API's types), `locks` (the lock and
 //! election queue) -> `service` (what a node does for a request: propose, forward, linearize
-//! reads) -> `forward`, `features`, `auth` -> `raft` (settings, wire types, the peer client and
+//! reads) -> `forward`, `features`, `auth`, `change_feed` (one history read per applied batch for every
+//! watch) -> `raft` (settings, wire types, the peer client and
 //! network) and `error` (typed errors, no HTTP) -> `store` (RocksDB: the Raft type configuration,
 //! the log, the state machine's apply, reader and openraft glue, snapshots) -> `metrics`,
 //! `clock`. Beside them: `server` (the composition root), `config`, `join`, `offline`,
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod change_feed;
 pub mod clock;
 pub mod config;
 pub mod connections;

@@ -212,9 +212,11 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         );
     }
 
+    let stopping = tokio_util::sync::CancellationToken::new();
     let node = Arc::new(Node {
         raft: raft.clone(),
         raft_runtime,
+        changes: crate::change_feed::ChangeFeed::start(reader.clone(), stopping.clone()),
         reader,
         store: store.clone(),
         metrics: metrics.clone(),
@@ -229,7 +231,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         membership_lock: tokio::sync::Mutex::new(()),
         leader_contact: Default::default(),
         caught_up_since_start: std::sync::atomic::AtomicBool::new(false),
-        stopping: tokio_util::sync::CancellationToken::new(),
+        stopping,
         proposals: crate::service::Proposals::new(config.writes.max_pending),
         write_limits: config.writes,
         watches: crate::service::OpenWatches::new(config.max_watches_per_credential),

@@ -63,6 +63,8 @@ pub struct Node {
     /// The thread Raft runs on; append streams from the leader are served there.
     pub raft_runtime: tokio::runtime::Handle,
     pub reader: KvReader,
+    /// Hands each applied batch's changes to every watch (one history read for all).
+    pub changes: crate::change_feed::ChangeFeed,
     pub store: Store,
     pub metrics: Metrics,
     pub identity: IdentityRecord,

@@ -9,9 +9,14 @@
 //! leads. A start revision older than the kept history answers `410 compacted` with the
 //! oldest revision still available; a stream that falls that far behind ends with an
 //! `event: error` carrying the same error.
+//!
+//! New changes come from the member's [`ChangeFeed`](crate::change_feed::ChangeFeed) (one history read per applied batch for
+//! all watches); a watch reads the history itself only to catch up (a start in the past, or
+//! batches it missed while its client read slowly).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -26,11 +31,13 @@ use concordance_client::WatchChange;
 use concordance_client::WatchProgress;
 use futures::Stream;
 use serde::Deserialize;
+use tokio::sync::broadcast;
 
 use super::ApiError;
 use super::body::QueryParams;
 use super::validate;
 use crate::auth::Role;
+use crate::change_feed::FeedBatch;
 use crate::service::SharedNode;
 use crate::service::WatchPermit;
 
@@ -90,7 +97,7 @@ struct Watch {
     node: SharedNode,
     /// Counts this stream among its credential's open watches until it ends.
     _permit: WatchPermit,
-    changes: tokio::sync::watch::Receiver<u64>,
+    feed: broadcast::Receiver<Arc<FeedBatch>>,
     filter: Filter,
     /// The next revision to look at.
     next: u64,
@@ -109,9 +116,11 @@ fn error_event(e: ApiError) -> Event {
 }
 
 impl Watch {
-    /// Reads what has been applied since `next`, queueing one event per matching revision.
+    /// Reads the history from `next` up to what the feed has sent (this stream started before it
+    /// or missed its batches), queueing one event per matching revision, until something is
+    /// queued.
     fn catch_up(&mut self) {
-        let upto = self.node.reader.revision();
+        let upto = self.node.changes.sent();
         while self.next <= upto && self.queue.is_empty() {
             let changes = match self
                 .node
@@ -127,31 +136,69 @@ impl Watch {
                 return self.fail(compacted(self.next, oldest));
             }
             let whole = changes.last().map(|c| c.revision);
-            let mut current: Option<WatchChange> = None;
-            for c in changes {
-                if !self.filter.matches(&c.event.key) {
-                    continue;
-                }
-                if current.as_ref().is_some_and(|w| w.revision != c.revision) {
-                    self.push_change(current.take().expect("checked"));
-                }
-                current
-                    .get_or_insert_with(|| WatchChange {
-                        revision: c.revision,
-                        events: Vec::new(),
-                    })
-                    .events
-                    .push(c.event);
-            }
-            if let Some(c) = current {
-                self.push_change(c);
-            }
+            self.push_matching(changes.into_iter().map(|c| (c.revision, c.event)));
             // A short read covered everything up to `upto`; a full one stops at its last
             // revision (whose events were read whole: the bounds stop between revisions).
             self.next = match whole {
                 Some(last) if last < upto => last + 1,
                 _ => upto + 1,
             };
+        }
+    }
+
+    /// Queues one event per revision of the changes `filter` matches, in order.
+    fn push_matching(
+        &mut self,
+        changes: impl Iterator<Item = (u64, concordance_client::WatchEvent)>,
+    ) {
+        let mut current: Option<WatchChange> = None;
+        for (revision, event) in changes {
+            if !self.filter.matches(&event.key) {
+                continue;
+            }
+            if current.as_ref().is_some_and(|w| w.revision != revision) {
+                self.push_change(current.take().expect("checked"));
+            }
+            current
+                .get_or_insert_with(|| WatchChange {
+                    revision,
+                    events: Vec::new(),
+                })
+                .events
+                .push(event);
+        }
+        if let Some(c) = current {
+            self.push_change(c);
+        }
+    }
+
+    /// Takes a batch from the feed if it continues this stream (one that starts past `next`
+    /// is left: this stream missed what lies between, and [`Watch::catch_up`] reads it).
+    fn take(&mut self, batch: &FeedBatch) {
+        if batch.to < self.next || batch.from > self.next {
+            return;
+        }
+        let next = self.next;
+        let matching: Vec<_> = batch
+            .events
+            .iter()
+            .filter(|e| e.revision >= next && self.filter.matches(&e.key))
+            .map(|e| (e.revision, crate::data::change(e.clone()).event))
+            .collect();
+        self.push_matching(matching.into_iter());
+        self.next = batch.to + 1;
+    }
+
+    /// Takes the batches the feed holds for this stream until something is queued.
+    fn take_from_feed(&mut self) {
+        while self.queue.is_empty() && !self.done {
+            match self.feed.try_recv() {
+                Ok(batch) => self.take(&batch),
+                // Missed some (this stream was slow): `catch_up` reads them.
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(broadcast::error::TryRecvError::Empty) => return,
+                Err(broadcast::error::TryRecvError::Closed) => self.done = true,
+            }
         }
     }
 
@@ -190,17 +237,19 @@ impl Watch {
             if self.done {
                 return None;
             }
-            self.changes.borrow_and_update();
-            self.catch_up();
+            self.take_from_feed();
+            if self.queue.is_empty() && !self.done {
+                self.catch_up();
+            }
             if !self.queue.is_empty() || self.done {
                 continue;
             }
             tokio::select! {
-                r = self.changes.changed() => {
-                    if r.is_err() {
-                        self.done = true;
-                    }
-                }
+                r = self.feed.recv() => match r {
+                    Ok(batch) => self.take(&batch),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => self.done = true,
+                },
                 _ = tokio::time::sleep_until(self.quiet_since + self.progress) => {
                     self.push_progress();
                 }
@@ -251,7 +300,7 @@ pub async fn watch(
         ),
     };
     // Subscribed before reading the revision, so no change between the two is missed.
-    let changes = node.reader.subscribe();
+    let feed = node.changes.subscribe();
     let start = match (last_event, params.start_revision) {
         (Some(id), _) => id
             .checked_add(1)
@@ -268,7 +317,7 @@ pub async fn watch(
     let watch = Watch {
         _permit: permit,
         node,
-        changes,
+        feed,
         filter,
         next: start,
         progress,
