@@ -9,6 +9,9 @@
 //!    same ceiling.
 //! 3. A write flood beyond what the leader holds: shed with 503 and `Retry-After`, every other
 //!    write applied, memory bounded and not growing.
+//! 4. Millions of idempotency answers past their retention (preloaded into every member's data
+//!    dir) swept while a client writes at full rate: no leader change, no apply batch over
+//!    50 ms on any member, every preloaded answer forgotten.
 //!
 //! `hostile_and_careless_clients_cannot_take_a_member_down` is the full size (minutes, ignored;
 //! sizes from the `OVERLOAD_*` variables, see [`Sizes`]); the `_short` form runs in
@@ -80,6 +83,8 @@ struct Sizes {
     /// `OVERLOAD_FLOOD_WRITERS`: concurrent writers of the flood, without retries; twice the
     /// default `--max-pending-writes` (1024), so the leader cannot hold them all.
     flood_writers: usize,
+    /// `OVERLOAD_IDEMPOTENCY_RECORDS`: idempotency answers preloaded for scenario 4.
+    idempotency_records: usize,
 }
 
 impl Sizes {
@@ -90,6 +95,7 @@ impl Sizes {
         seconds: 30,
         big_keys: 2000,
         flood_writers: 2048,
+        idempotency_records: 3_000_000,
     };
     /// The full count of watches: what they cost a write grows with their number, and they
     /// open in seconds.
@@ -100,6 +106,7 @@ impl Sizes {
         seconds: 8,
         big_keys: 300,
         flood_writers: 2048,
+        idempotency_records: 200_000,
     };
 
     fn or_env(self) -> Self {
@@ -116,6 +123,7 @@ impl Sizes {
             seconds: var("OVERLOAD_SECONDS", self.seconds as usize) as u64,
             big_keys: var("OVERLOAD_BIG_KEYS", self.big_keys),
             flood_writers: var("OVERLOAD_FLOOD_WRITERS", self.flood_writers),
+            idempotency_records: var("OVERLOAD_IDEMPOTENCY_RECORDS", self.idempotency_records),
         }
     }
 
@@ -153,6 +161,9 @@ async fn run(form: &str, sizes: Sizes) {
     }
     if runs("3") {
         a_write_flood_is_shed_with_retry_after(&sizes, &mut report).await;
+    }
+    if runs("4") {
+        a_huge_idempotency_table_is_swept_without_stalling(&sizes, &mut report).await;
     }
     report.line(format!(
         "wall time: {:.0} s",
@@ -1089,5 +1100,225 @@ async fn a_write_flood_is_shed_with_retry_after(s: &Sizes, report: &mut Report) 
             )
         });
     }
+    report.verdict();
+}
+
+/// Writes `count` idempotency answers into a stopped member's database, all given an hour
+/// ago (so past any retention here), the same on every member, as if applied long ago; and
+/// marks the time indexes stale, as a binary that did not keep them would leave them, so the
+/// member rebuilds them at start.
+fn preload_idempotency_answers(data_dir: &std::path::Path, count: usize, given_at_ms: u64) {
+    use concordance::store::codec::RecordKind;
+    use concordance::store::records::IdempotencyRecord;
+    use concordance::store::records::Response;
+    let store = concordance::store::Store::open(data_dir).unwrap();
+    let cf = store.cf(concordance::store::CF_IDEMPOTENCY);
+    let mut wb = rocksdb::WriteBatch::default();
+    for i in 0..count {
+        let record = IdempotencyRecord {
+            response: Response::Put {
+                revision: 1,
+                prev: None,
+            },
+            // Spread over a second, so the sweep's (time, key) order is not just key order.
+            applied_at_ms: given_at_ms + (i % 1000) as u64,
+        };
+        wb.put_cf(
+            cf,
+            format!("preloaded-{i:08}"),
+            concordance::store::codec::encode(RecordKind::Idempotency, &record),
+        );
+        if wb.len() == 100_000 {
+            store.db().write(std::mem::take(&mut wb)).unwrap();
+        }
+    }
+    concordance::store::time_index::unmark(&store, &mut wb);
+    store.db().write(wb).unwrap();
+    store.close().unwrap();
+}
+
+/// The cumulative buckets of `concordance_apply_duration_seconds`: (upper bound, count).
+fn apply_buckets(metrics: &str) -> Vec<(f64, u64)> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("concordance_apply_duration_seconds_bucket{le=\"")?;
+            let (le, value) = rest.split_once("\"} ")?;
+            Some((le.parse().ok()?, value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// From two readings of the apply buckets: the batches applied between them, those over
+/// 51.2 ms (the bucket bound nearest 50 ms), and the bound of the slowest one's bucket.
+fn applies_between(before: &[(f64, u64)], after: &[(f64, u64)]) -> (u64, u64, f64) {
+    let delta: Vec<(f64, u64)> = before
+        .iter()
+        .zip(after)
+        .map(|((le, b), (_, a))| (*le, a - b))
+        .collect();
+    let all = delta.last().expect("apply buckets").1;
+    let within = delta
+        .iter()
+        .find(|(le, _)| (0.05..0.06).contains(le))
+        .expect("an apply-duration bucket at 51.2 ms")
+        .1;
+    let slowest = delta
+        .iter()
+        .find(|(_, n)| *n == all)
+        .map_or(f64::INFINITY, |(le, _)| *le);
+    (all, all - within, slowest)
+}
+
+/// 4. A member's idempotency table of millions of answers, all due, is swept while a client
+/// writes at full rate (each write with its own idempotency key): the sweeps forget them in
+/// bounded batches, found through the time index, so no apply batch stalls Raft.
+async fn a_huge_idempotency_table_is_swept_without_stalling(s: &Sizes, report: &mut Report) {
+    report.line(format!(
+        "4. {} idempotency answers past their retention, swept while one client writes",
+        s.idempotency_records
+    ));
+    // A retention of 20 s: a sweep every 5 s, so the writer's own answers are swept too.
+    let mut cluster = Cluster::start(&["--idempotency-retention-secs=20"]).await;
+    for node in &mut cluster.nodes {
+        node.stop();
+    }
+    let preload_started = Instant::now();
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 3_600_000;
+    std::thread::scope(|scope| {
+        for node in &cluster.nodes {
+            let dir = node.data_dir.clone();
+            let count = s.idempotency_records;
+            scope.spawn(move || preload_idempotency_answers(&dir, count, an_hour_ago));
+        }
+    });
+    report.line(format!(
+        "   preloaded into each member's data dir in {:.1} s",
+        preload_started.elapsed().as_secs_f64()
+    ));
+    let restart_started = Instant::now();
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    for node in &cluster.nodes {
+        node.wait_ready().await;
+    }
+    let rebuilt: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let log = n.log_text();
+            let line = log.lines().rfind(|l| l.contains("time indexes rebuilt"))?;
+            let took = line.split("took_ms=").nth(1)?.split_whitespace().next()?;
+            Some(format!("{} {took} ms", n.name))
+        })
+        .collect();
+    report.check(rebuilt.len() == cluster.nodes.len(), || {
+        format!("not every member rebuilt its time indexes at start: {rebuilt:?}")
+    });
+    report.line(format!(
+        "   restarted and ready in {:.1} s; indexes rebuilt: {}",
+        restart_started.elapsed().as_secs_f64(),
+        rebuilt.join(", ")
+    ));
+    let (leader, term) = cluster.leader().await;
+    let node = &cluster.nodes[leader];
+    let mut before = Vec::new();
+    for n in &cluster.nodes {
+        before.push(apply_buckets(&admin_metrics(n).await));
+    }
+    // One client, one write at a time, each with its own idempotency key, until every
+    // preloaded answer is forgotten (the sweep forgets at most 50,000 a second).
+    let limit = Duration::from_secs(60 + s.idempotency_records as u64 / 10_000);
+    let http = http_from(IpAddr::V4(WRITERS_SOURCE));
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    let mut swept = 0.0;
+    let mut i = 0u64;
+    let mut last_look = Instant::now();
+    while started.elapsed() < limit {
+        let t = Instant::now();
+        let answer = http
+            .put(node.url(&format!("/api/v1/kv/sweep/{}", i % 64)))
+            .bearer_auth(AGENT_KEY)
+            .header("Idempotency-Key", format!("writer-{i}"))
+            .json(&serde_json::json!({ "value": i }))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status() == 200 => latencies.push(t.elapsed()),
+            Ok(r) => failures.push(format!("{}", r.status())),
+            Err(e) => failures.push(e.to_string()),
+        }
+        i += 1;
+        if last_look.elapsed() >= Duration::from_secs(1) {
+            last_look = Instant::now();
+            swept = sample(
+                &admin_metrics(node).await,
+                "concordance_idempotency_answers_swept_total",
+            );
+            if swept >= s.idempotency_records as f64 {
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    report.check(swept >= s.idempotency_records as f64, || {
+        format!(
+            "only {swept} of {} preloaded answers swept within {limit:?}",
+            s.idempotency_records
+        )
+    });
+    report.line(format!(
+        "   swept {swept:.0} answers in {:.1} s while writing: {} writes, {:.0} ops/s, p50 {}, p99 {}, max {}, {} failed",
+        elapsed.as_secs_f64(),
+        latencies.len(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        failures.len()
+    ));
+    report.check(failures.is_empty(), || {
+        format!(
+            "{} writes failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        )
+    });
+    let (leader_after, term_after) = cluster.leader().await;
+    report.check(leader_after == leader && term_after == term, || {
+        format!(
+            "the leader changed: {} in term {term}, then {} in term {term_after}",
+            cluster.nodes[leader].name, cluster.nodes[leader_after].name
+        )
+    });
+    let mut slow = Vec::new();
+    for (m, n) in cluster.nodes.iter().enumerate() {
+        let after = apply_buckets(&admin_metrics(n).await);
+        let (count, over, slowest) = applies_between(&before[m], &after);
+        slow.push(format!(
+            "{} {over} of {count} (slowest under {:.1} ms)",
+            n.name,
+            slowest * 1e3
+        ));
+        report.check(over == 0, || {
+            format!(
+                "{}: {over} apply batches over 50 ms during the sweep",
+                n.name
+            )
+        });
+    }
+    report.line(format!(
+        "   apply batches over 50 ms during the run: {}",
+        slow.join(", ")
+    ));
     report.verdict();
 }
