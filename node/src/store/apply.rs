@@ -82,6 +82,9 @@ pub struct Batch<'a> {
     /// batch commits. (A key answered again after that is in `idempotency`.)
     answers_forgotten: HashSet<(u64, Vec<u8>)>,
     keys_forgotten: HashSet<Vec<u8>>,
+    /// An idempotency index key no live entry is below (see [`time_index::idempotency_before`]):
+    /// raised by sweeps, lowered by an answer given below it.
+    sweep_floor: Option<Vec<u8>>,
     /// The last revision taken by a command applied so far.
     revision: u64,
     /// Whether the command being applied has written at `revision + 1`.
@@ -146,8 +149,14 @@ fn compare_holds(c: &CompareRecord, kv: Option<&KeyRecord>) -> bool {
 }
 
 impl<'a> Batch<'a> {
-    /// A batch over `store`, whose state is at `revision` with `command_version` enabled.
-    pub fn new(store: &'a Store, revision: u64, command_version: u32) -> Self {
+    /// A batch over `store`, whose state is at `revision` with `command_version` enabled and
+    /// no live idempotency index entry below `sweep_floor`.
+    pub fn new(
+        store: &'a Store,
+        revision: u64,
+        command_version: u32,
+        sweep_floor: Option<Vec<u8>>,
+    ) -> Self {
         Batch {
             store,
             wb: WriteBatch::default(),
@@ -157,6 +166,7 @@ impl<'a> Batch<'a> {
             answers_given: BTreeSet::new(),
             answers_forgotten: HashSet::new(),
             keys_forgotten: HashSet::new(),
+            sweep_floor,
             revision,
             writing: false,
             command_version,
@@ -173,9 +183,10 @@ impl<'a> Batch<'a> {
         self.command_version
     }
 
-    /// The writes to commit, atomically with the applied log id.
-    pub fn into_write_batch(self) -> WriteBatch {
-        self.wb
+    /// The writes to commit, atomically with the applied log id, and the sweep floor once
+    /// they are.
+    pub fn into_parts(self) -> (WriteBatch, Option<Vec<u8>>) {
+        (self.wb, self.sweep_floor)
     }
 
     fn current(&self, key: &str) -> io::Result<Option<KeyRecord>> {
@@ -571,6 +582,7 @@ impl<'a> Batch<'a> {
     fn sweep_idempotency(&mut self, cutoff_ms: u64, limit: usize) -> io::Result<Response> {
         let stored = time_index::idempotency_before(
             self.store,
+            self.sweep_floor.as_deref(),
             cutoff_ms,
             limit.saturating_add(self.answers_forgotten.len()),
         )
@@ -586,10 +598,12 @@ impl<'a> Batch<'a> {
                 .cloned(),
         );
         let mut removed = 0u64;
-        let mut last = None;
         for (at, key) in due.into_iter().take(limit) {
             self.wb.delete_cf(self.store.cf(CF_IDEMPOTENCY), &key);
-            last = Some(time_index::idempotency_through(at, &key));
+            let index_key = time_index::idempotency_entry(at, &key);
+            self.wb.delete_cf(self.store.cf(CF_META), &index_key);
+            // Oldest first: every entry below this one is forgotten too.
+            self.sweep_floor = Some(index_key);
             if let Ok(s) = std::str::from_utf8(&key) {
                 self.idempotency.remove(s);
             }
@@ -598,13 +612,6 @@ impl<'a> Batch<'a> {
             self.answers_given.remove(&entry);
             self.answers_forgotten.insert(entry);
             removed += 1;
-        }
-        // Everything in the index up to the last one forgotten was forgotten (oldest first):
-        // stored entries, and this batch's own given so far; answers given later in the batch
-        // are written after this and stay.
-        if let Some((from, to)) = last {
-            self.wb
-                .delete_range_cf(self.store.cf(CF_META), &from[..], &to[..]);
         }
         Ok(Response::Swept { removed })
     }
@@ -644,11 +651,15 @@ impl<'a> Batch<'a> {
                 ik.as_bytes(),
                 codec::encode(RecordKind::Idempotency, &rec),
             );
-            self.wb.put_cf(
-                self.store.cf(CF_META),
-                time_index::idempotency_entry(rec.applied_at_ms, ik.as_bytes()),
-                [],
-            );
+            let index_key = time_index::idempotency_entry(rec.applied_at_ms, ik.as_bytes());
+            if self
+                .sweep_floor
+                .as_ref()
+                .is_some_and(|floor| index_key < *floor)
+            {
+                self.sweep_floor = Some(index_key.clone());
+            }
+            self.wb.put_cf(self.store.cf(CF_META), index_key, []);
             self.answers_given
                 .insert((rec.applied_at_ms, ik.as_bytes().to_vec()));
             self.idempotency.insert(ik, response.clone());

@@ -30,6 +30,8 @@ pub struct KvReader {
     command_version: Arc<AtomicU32>,
     /// Signals every applied batch (with its revision), for watches and lock waiters.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The idempotency index's sweep floor as of the last applied batch.
+    sweep_floor: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 impl KvReader {
@@ -43,6 +45,7 @@ impl KvReader {
                 applied.command_version.unwrap_or(COMMAND_VERSION_BASE),
             )),
             changes: Arc::new(tokio::sync::watch::Sender::new(applied.revision)),
+            sweep_floor: Arc::default(),
         }
     }
 
@@ -137,9 +140,20 @@ impl KvReader {
 
     /// Whether any idempotency answer was given before `cutoff_ms` (the sweep has work).
     pub fn idempotency_due(&self, cutoff_ms: u64) -> io::Result<bool> {
-        Ok(!time_index::idempotency_before(&self.store, cutoff_ms, 1)
-            .map_err(io_err)?
-            .is_empty())
+        let floor = self.sweep_floor();
+        Ok(
+            !time_index::idempotency_before(&self.store, floor.as_deref(), cutoff_ms, 1)
+                .map_err(io_err)?
+                .is_empty(),
+        )
+    }
+
+    pub(super) fn sweep_floor(&self) -> Option<Vec<u8>> {
+        self.sweep_floor.lock().expect("not poisoned").clone()
+    }
+
+    pub(super) fn set_sweep_floor(&self, floor: Option<Vec<u8>>) {
+        *self.sweep_floor.lock().expect("not poisoned") = floor;
     }
 
     pub fn get(&self, key: &str) -> io::Result<Option<KeyRecord>> {

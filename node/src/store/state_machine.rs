@@ -106,7 +106,12 @@ impl StateMachine {
     /// written.
     pub(crate) fn apply_entries(&mut self, entries: Vec<Entry>) -> io::Result<Vec<Response>> {
         let command_version = self.applied.command_version.unwrap_or(COMMAND_VERSION_BASE);
-        let mut batch = Batch::new(&self.store, self.applied.revision, command_version);
+        let mut batch = Batch::new(
+            &self.store,
+            self.applied.revision,
+            command_version,
+            self.reader.sweep_floor(),
+        );
         let mut applied = self.applied.clone();
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -126,7 +131,7 @@ impl StateMachine {
         if batch.command_version() > COMMAND_VERSION_BASE {
             applied.command_version = Some(batch.command_version());
         }
-        let mut wb = batch.into_write_batch();
+        let (mut wb, sweep_floor) = batch.into_parts();
         // History compaction: a function of the revision and the configured retention.
         let keep = self.history_revisions;
         if applied.revision > applied.compacted_revision + keep + compaction_step(keep) {
@@ -144,6 +149,7 @@ impl StateMachine {
         }
         // Not synced here: the log is synced, and a lost tail of applied state is re-applied.
         self.store.db().write(wb).map_err(io_err)?;
+        self.reader.set_sweep_floor(sweep_floor);
         self.applied = applied;
         self.reader.publish(&self.applied);
         Ok(responses)
@@ -201,6 +207,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Snapshots hold the tables, not their indexes.
         let applied_index = meta.last_log_id.as_ref().map(|l| l.index);
         time_index::rebuild(&self.store, applied_index).map_err(io_err)?;
+        self.reader.set_sweep_floor(None);
         self.reload_applied()
     }
 
