@@ -1170,9 +1170,9 @@ fn applies_between(before: &[(f64, u64)], after: &[(f64, u64)]) -> (u64, u64, f6
     (all, all - within, slowest)
 }
 
-/// 4. A member's idempotency table of millions of answers, all due, is swept while a client
-/// writes at full rate (each write with its own idempotency key): the sweeps forget them in
-/// bounded batches, found through the time index, so no apply batch stalls Raft.
+/// Scenario 4: a member's idempotency table of millions of answers, all due, is swept while a
+/// client writes at full rate (each write with its own idempotency key): the sweeps forget them
+/// in bounded batches, found through the time index, so no apply batch stalls Raft.
 async fn a_huge_idempotency_table_is_swept_without_stalling(s: &Sizes, report: &mut Report) {
     report.line(format!(
         "4. {} idempotency answers past their retention, swept while one client writes",
