@@ -275,6 +275,38 @@ async fn a_list_of_large_values_answers_a_page_bounded_by_bytes() {
     assert_eq!(keys, expected);
 }
 
+/// A snapshot stream (the peer route) whose header claims 4 GiB is refused as soon as the
+/// length is read, not buffered while the node waits for a header that never ends.
+#[tokio::test]
+async fn a_snapshot_stream_whose_header_claims_4_gib_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start_env(
+        "n1",
+        dir.path(),
+        &["--bootstrap"],
+        &[("CONCORDANCE_API_KEY", ADMIN_KEY)],
+    );
+    node.wait_ready().await;
+    // A small body, all sent before the node answers (it closes the connection once it has):
+    // without the bound, the node would buffer it and fail later on a header that never ends.
+    let mut body = u32::MAX.to_le_bytes().to_vec();
+    body.extend(std::iter::repeat_n(b'x', 64 << 10));
+    let answer = reqwest::Client::new()
+        .post(node.url("/api/v1/raft/snapshot"))
+        .bearer_auth(ADMIN_KEY)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let text = answer.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("invalid_snapshot") && text.contains("claims 4294967295 bytes"),
+        "{text}"
+    );
+}
+
 /// A raw `PUT` with no retries: the status, the error code if any, and `Retry-After`.
 async fn raw_put(
     http: &reqwest::Client,

@@ -24,6 +24,9 @@ use crate::store::records::Command;
 use crate::store::records::Response;
 use crate::store::snapshot::SnapshotFile;
 
+/// The most a snapshot stream's JSON header (vote, last log id, membership) may claim.
+const MAX_SNAPSHOT_HEADER: usize = 1 << 20;
+
 fn check<T>(node: &SharedNode, msg: &PeerMessage<T>) -> Result<(), ApiError> {
     if msg.protocol > wire::PROTOCOL_VERSION {
         return Err(ApiError::new(
@@ -325,8 +328,18 @@ pub async fn snapshot(
             head.extend_from_slice(data);
             data = &[];
             if header_len.is_none() && head.len() >= 4 {
-                header_len =
-                    Some(u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize);
+                let n = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+                // Refused before it is buffered: a claimed length would otherwise keep the
+                // whole stream in memory, waiting for a header that never ends.
+                if n > MAX_SNAPSHOT_HEADER {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidSnapshot,
+                        format!(
+                            "the snapshot header claims {n} bytes; the limit is {MAX_SNAPSHOT_HEADER}"
+                        ),
+                    ));
+                }
+                header_len = Some(n);
             }
             if let Some(n) = header_len
                 && head.len() >= 4 + n

@@ -126,12 +126,37 @@ impl<W: Write> Write for CrcWriter<W> {
 struct CrcReader<R: Read> {
     inner: R,
     crc: crc32fast::Hasher,
+    /// Bytes left in the file: a length field claiming more is refused before anything is
+    /// allocated for it (a damaged or hostile frame could claim 4 GiB).
+    remaining: u64,
+}
+
+impl CrcReader<BufReader<File>> {
+    fn open(path: &Path, buffer: usize) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let remaining = file.metadata()?.len();
+        Ok(CrcReader {
+            inner: BufReader::with_capacity(buffer, file),
+            crc: crc32fast::Hasher::new(),
+            remaining,
+        })
+    }
 }
 
 impl<R: Read> CrcReader<R> {
     fn exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        if n as u64 > self.remaining {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{n} bytes claimed, only {} left in the file",
+                    self.remaining
+                ),
+            ));
+        }
         let mut buf = vec![0u8; n];
         self.inner.read_exact(&mut buf)?;
+        self.remaining -= n as u64;
         self.crc.update(&buf);
         Ok(buf)
     }
@@ -370,10 +395,7 @@ fn read_file(
     path: &Path,
     mut each: impl FnMut(usize, &[u8], &[u8]) -> io::Result<()>,
 ) -> io::Result<SnapshotMetaRecord> {
-    let mut r = CrcReader {
-        inner: BufReader::with_capacity(1 << 20, File::open(path)?),
-        crc: crc32fast::Hasher::new(),
-    };
+    let mut r = CrcReader::open(path, 1 << 20)?;
     let meta = read_head(path, &mut r)?;
     loop {
         let frame = r
@@ -417,10 +439,7 @@ pub fn verify(path: &Path) -> io::Result<SnapshotMetaRecord> {
 
 /// Reads only what a snapshot file says it covers, checking nothing past its meta record.
 fn read_meta(path: &Path) -> io::Result<SnapshotMetaRecord> {
-    let mut r = CrcReader {
-        inner: BufReader::new(File::open(path)?),
-        crc: crc32fast::Hasher::new(),
-    };
+    let mut r = CrcReader::open(path, 8 << 10)?;
     read_head(path, &mut r)
 }
 
@@ -565,6 +584,29 @@ mod tests {
     use crate::store::StateMachine;
     use crate::store::records::LogIdRecord;
     use crate::store::u64_key;
+
+    /// A file whose frames claim more bytes than it holds is refused by the length check,
+    /// before a buffer of that size is made, wherever the claim is: the meta record's frame or
+    /// a pair's, up to 4 GiB.
+    #[test]
+    fn a_frame_claiming_more_than_the_file_holds_is_refused_before_it_is_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, good, _) = source(dir.path());
+        let bytes = std::fs::read(&good).unwrap();
+        let meta_len = u32::from_le_bytes(bytes[9..13].try_into().unwrap()) as usize;
+        // The meta frame's length, then the first pair's, set to claim 4 GiB - 1.
+        for at in [9, 13 + meta_len] {
+            let mut damaged = bytes.clone();
+            damaged[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            let path = dir.path().join(format!("claims-at-{at}.snap"));
+            std::fs::write(&path, &damaged).unwrap();
+            let err = verify(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("4294967295 bytes claimed, only"),
+                "at {at}: {err}"
+            );
+        }
+    }
 
     const CHILD_MODE: &str = "CONCORDANCE_TEST_INSTALL_CRASH";
     const CHILD_DIR: &str = "CONCORDANCE_TEST_INSTALL_DIR";
