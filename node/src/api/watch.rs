@@ -10,9 +10,9 @@
 //! oldest revision still available; a stream that falls that far behind ends with an
 //! `event: error` carrying the same error.
 //!
-//! New changes come from the member's [`ChangeFeed`](crate::change_feed::ChangeFeed) (one history read per applied batch for
-//! all watches); a watch reads the history itself only to catch up (a start in the past, or
-//! batches it missed while its client read slowly).
+//! New changes come from the member's [`ChangeFeed`](crate::change_feed::ChangeFeed) (one
+//! history read per applied batch for all watches); a watch reads the history itself only to
+//! catch up (a start in the past, or batches it missed while its client read slowly).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -131,11 +131,7 @@ impl KvReader {
 
     /// Leases whose deadline is at or before `now_ms`, earliest first, at most `limit`.
     pub fn leases_due(&self, now_ms: u64, limit: usize) -> io::Result<Vec<u64>> {
-        Ok(time_index::leases_due(&self.store, now_ms, limit)
-            .map_err(io_err)?
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect())
+        time_index::leases_due(&self.store, now_ms, limit).map_err(io_err)
     }
 
     /// Whether any idempotency answer was given before `cutoff_ms` (the sweep has work).

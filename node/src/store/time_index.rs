@@ -102,8 +102,9 @@ pub fn idempotency_before(
     due(store, IDEMPOTENCY, floor, before_ms, limit)
 }
 
-/// Leases whose deadline is at or before `now_ms`, earliest first, at most `limit`: (deadline, id).
-pub fn leases_due(store: &Store, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, StoreError> {
+/// The ids of the leases whose deadline is at or before `now_ms`, earliest first, at most
+/// `limit`.
+pub fn leases_due(store: &Store, now_ms: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
     Ok(due(
         store,
         LEASE_DEADLINES,
@@ -112,7 +113,7 @@ pub fn leases_due(store: &Store, now_ms: u64, limit: usize) -> Result<Vec<(u64, 
         limit,
     )?
     .into_iter()
-    .filter_map(|(at, rest)| Some((at, u64_from_key(&rest)?)))
+    .filter_map(|(_, rest)| u64_from_key(&rest))
     .collect())
 }
 
