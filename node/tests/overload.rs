@@ -62,6 +62,8 @@ const P99_FLOOR: Duration = Duration::from_millis(20);
 /// `--max-connections-per-address` (1024) with room for reconnects the node has not yet
 /// counted as closed.
 const PER_SOURCE: usize = 750;
+/// The flood's writers per source address: each holds one connection at a time.
+const FLOOD_PER_SOURCE: usize = 256;
 /// The writers' source address: not a member's (127.0.0.1 is every member's, and members
 /// are let past the per-address limit and into the peers' reserve), so they are ordinary
 /// clients held to every limit.
@@ -292,6 +294,17 @@ fn sample(text: &str, name_and_labels: &str) -> f64 {
 /// Loopback source address `n` (127.0.0.n).
 fn source(n: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, u8::try_from(n).unwrap()))
+}
+
+/// An error with its causes: reqwest's own text ("error sending request") hides what failed.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// A reqwest client whose connections come from `from`.
@@ -956,15 +969,24 @@ async fn a_write_flood_is_shed_with_retry_after(s: &Sizes, report: &mut Report) 
     let cluster = Cluster::start(&[]).await;
     let (leader, _) = cluster.leader().await;
     let node = &cluster.nodes[leader];
-    // Under the per-address limit: 512 writers per source address, 127.0.0.20 on.
-    let clients: Vec<reqwest::Client> = (0..s.flood_writers.div_ceil(512))
-        .map(|i| http_from(source(20 + i)))
+    // Well under the per-address limit (1024): a connection the writer has closed still
+    // counts until the node's loop notices, so a full address would refuse reconnects.
+    let clients: Vec<reqwest::Client> = (0..s.flood_writers.div_ceil(FLOOD_PER_SOURCE))
+        .map(|i| {
+            // Idle connections beyond one per writer are closed, not kept: a writer whose
+            // last connection was not yet back in the pool opens another.
+            reqwest::Client::builder()
+                .local_address(source(20 + i))
+                .pool_max_idle_per_host(FLOOD_PER_SOURCE)
+                .build()
+                .unwrap()
+        })
         .collect();
     let rss = RssSampler::start(&cluster);
     let started = Instant::now();
     let deadline = started + s.duration();
     let answers = futures::future::join_all((0..s.flood_writers).map(|w| {
-        let http = clients[w / 512].clone();
+        let http = clients[w / FLOOD_PER_SOURCE].clone();
         async move {
             let (mut taken, mut shed, mut failed) = (Vec::new(), Vec::new(), Vec::new());
             let mut i = 0;
@@ -981,7 +1003,7 @@ async fn a_write_flood_is_shed_with_retry_after(s: &Sizes, report: &mut Report) 
                 let r = match answer {
                     Ok(r) => r,
                     Err(e) => {
-                        failed.push(format!("{key}: {e}"));
+                        failed.push(format!("{key}: {}", with_causes(&e)));
                         continue;
                     }
                 };
@@ -990,12 +1012,13 @@ async fn a_write_flood_is_shed_with_retry_after(s: &Sizes, report: &mut Report) 
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                // Read whole, so the connection goes back to the pool instead of closing.
+                let body = r.text().await.unwrap_or_default();
                 match (status, retry_after) {
                     (200, _) => taken.push(key),
                     (429 | 503, Some(secs)) if secs >= 1 => shed.push(key),
                     _ => failed.push(format!(
-                        "{key}: {status}, Retry-After {retry_after:?}: {}",
-                        r.text().await.unwrap_or_default()
+                        "{key}: {status}, Retry-After {retry_after:?}: {body}"
                     )),
                 }
             }
@@ -1032,6 +1055,13 @@ async fn a_write_flood_is_shed_with_retry_after(s: &Sizes, report: &mut Report) 
         .into_iter()
         .map(|kv| kv.key)
         .collect();
+    let refused = sample(
+        &text,
+        "concordance_http_connections_refused_total{reason=\"full\"}",
+    ) + sample(
+        &text,
+        "concordance_http_connections_refused_total{reason=\"address_full\"}",
+    );
     let missing = taken.iter().filter(|k| !stored.contains(*k)).count();
     let shed_applied = shed.iter().filter(|k| stored.contains(*k)).count();
 
@@ -1042,7 +1072,7 @@ async fn a_write_flood_is_shed_with_retry_after(s: &Sizes, report: &mut Report) 
         flood_for.as_secs_f64()
     ));
     report.line(format!(
-        "   {} acknowledged ({:.0} ops/s), {} shed with Retry-After ({shed_counted} counted by the leader), {} failed otherwise; {} acknowledged missing, {} shed applied",
+        "   {} acknowledged ({:.0} ops/s), {} shed with Retry-After ({shed_counted} counted by the leader), {} failed otherwise ({refused} connections refused by the leader); {} acknowledged missing, {} shed applied",
         taken.len(),
         taken.len() as f64 / flood_for.as_secs_f64(),
         shed.len(),
