@@ -440,7 +440,11 @@ async fn serve_loop(listener: std::net::TcpListener, http: Http) -> std::io::Res
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(http.header_timeout);
+        .header_read_timeout(http.header_timeout)
+        // A client may close its sending side once its request is sent (`nc`, some health
+        // checkers): that end of input is not the client going away, and it still gets the
+        // answer (without this, hyper dropped it when the end came first).
+        .half_close(true);
     // Each connection's task holds a receiver: the channel closes when the last one ends.
     let (all_closed_tx, all_closed_rx) = tokio::sync::watch::channel(());
     let mut refusals_logged = RefusalLog::default();

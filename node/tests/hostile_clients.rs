@@ -623,3 +623,49 @@ async fn a_watch_far_behind_large_values_streams_every_revision_once_in_order() 
     }
     assert_eq!(change_ids(&sse), revisions);
 }
+
+/// A client that closes its sending side once its request is sent (`printf ... | nc`, some
+/// load balancers' health checks) still gets the whole answer: the node must not take the
+/// end of its input for the client going away.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_closes_its_sending_side_after_the_request_gets_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start_env(
+        "n1",
+        dir.path(),
+        &["--bootstrap"],
+        &[
+            ("CONCORDANCE_API_KEY", ADMIN_KEY),
+            ("CONCORDANCE_AGENT_API_KEY", AGENT_KEY),
+        ],
+    );
+    node.wait_ready().await;
+    node.admin()
+        .put("half-closed", &serde_json::json!("answered"))
+        .await
+        .unwrap();
+    // A linearizable read waits for the read index: the node sees the end of the request's
+    // input while the answer is still being made.
+    let request =
+        format!("GET /api/v1/kv/half-closed HTTP/1.0\r\nAuthorization: Bearer {AGENT_KEY}\r\n\r\n");
+    let mut unanswered = Vec::new();
+    for i in 0..100 {
+        let mut tcp = connect_from("127.0.0.1", &node).await;
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        if !matches!(read, Ok(Ok(_))) || !answer.contains(" 200 OK") || !answer.contains("answered")
+        {
+            unanswered.push(format!("{i}: {read:?} {answer:?}"));
+        }
+    }
+    assert!(
+        unanswered.is_empty(),
+        "{} of 100 half-closed requests got no whole answer, e.g. {:?}",
+        unanswered.len(),
+        &unanswered[..unanswered.len().min(3)]
+    );
+}
