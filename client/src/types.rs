@@ -134,6 +134,28 @@ pub struct ClusterStatus {
     pub membership_version: Option<u64>,
     pub members: Vec<MemberStatus>,
     pub version: String,
+    /// While this member is fenced by an alarm (its state differs from the cluster's): why.
+    /// It is not ready and serves nothing; replace it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
+}
+
+/// `GET /api/v1/cluster/alarms`: the alarms raised in the cluster. An alarm stays until its
+/// member is removed from the membership.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmsResponse {
+    pub alarms: Vec<Alarm>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alarm {
+    /// The member's name (its Raft id in hex if it is no longer known).
+    pub member: String,
+    /// `corrupt`: its state hash differed from a majority's at the same log index.
+    pub kind: String,
+    pub detail: String,
 }
 
 /// Declares [`ErrorCode`] from one list: each variant with its wire string, so the enum, its
@@ -249,6 +271,12 @@ error_codes! {
     Overloaded = "overloaded",
     /// The operation needs a command set not every member supports yet.
     FeatureUnavailable = "feature_unavailable",
+    /// This binary cannot apply the command set the cluster (or this data dir) has enabled:
+    /// run a build at least as new as the cluster's.
+    CommandSetUnsupported = "command_set_unsupported",
+    /// This member is fenced: its state differs from the cluster's (the `corrupt` alarm). It
+    /// serves nothing until it is replaced: use another member (the client does).
+    MemberFenced = "member_fenced",
     /// Raft refused or failed the request.
     RaftError = "raft_error",
     /// Raft has stopped on this node.
@@ -313,6 +341,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::Overloaded
                 | ErrorCode::FeatureUnavailable
+                | ErrorCode::MemberFenced
                 | ErrorCode::RaftError
                 | ErrorCode::RaftStopped
                 | ErrorCode::TransferTimeout

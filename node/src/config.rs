@@ -146,6 +146,11 @@ pub struct ServeArgs {
     /// 429 `too_many_watches`.
     #[arg(long, env = "CONCORDANCE_MAX_WATCHES_PER_CREDENTIAL", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_watches_per_credential: u32,
+    /// Seconds between the leader's checks that every voter's state is the same (each hashes
+    /// its keys, leases and idempotency answers at one log index); a member that differs is
+    /// fenced. 0: no periodic check (a member still asks for one when it starts).
+    #[arg(long, env = "CONCORDANCE_STATE_CHECK_INTERVAL_SECS", default_value_t = crate::integrity::DEFAULT_INTERVAL.as_secs())]
+    pub state_check_interval_secs: u64,
     /// Where to leave `{"code","message"}` when the node refuses to start or stops with an
     /// error (default: /dev/termination-log, written only where it exists, as in a container).
     #[arg(long, env = "CONCORDANCE_TERMINATION_LOG", value_name = "PATH")]
@@ -178,6 +183,8 @@ pub struct Config {
     pub connections: crate::connections::Limits,
     pub writes: crate::service::WriteLimits,
     pub max_watches_per_credential: usize,
+    /// `None`: no periodic state check.
+    pub state_check_interval: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,6 +337,8 @@ impl ServeArgs {
                 max_apply_backlog: self.max_apply_backlog,
             },
             max_watches_per_credential: self.max_watches_per_credential as usize,
+            state_check_interval: (self.state_check_interval_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.state_check_interval_secs)),
         })
     }
 }

@@ -115,6 +115,7 @@ fn reused_key(other: &Response) -> NodeError {
                 Response::LeasesExpired { .. } => "a lease expiry",
                 Response::Swept { .. } => "a sweep",
                 Response::Enabled { .. } => "a feature enable",
+                Response::Checked { .. } => "a state check",
             }
         ),
     )

@@ -51,7 +51,7 @@ pub fn version_info(node_id: &str, reader: &KvReader) -> VersionInfo {
 
 /// The command set a member's binary applies; a binary without the version route predates
 /// the gate and knows the base set only. `None` when the member cannot be asked.
-async fn member_version(addr: &str) -> Option<u32> {
+pub async fn member_version(addr: &str) -> Option<u32> {
     let resp = http()
         .get(format!("http://{addr}/api/v1/cluster/version"))
         .timeout(ASK_TIMEOUT)

@@ -6,11 +6,13 @@ use std::time::Duration;
 use concordance_client::ClusterStatus;
 use concordance_client::ErrorCode;
 use concordance_client::TerminationMessage;
+use concordance_client::VersionInfo;
 
 use crate::membership::JoinRequest;
 use crate::membership::MembershipReply;
 use crate::raft::client::PeerError;
 use crate::service::Node;
+use crate::store::records::COMMAND_VERSION;
 
 /// Joins, or says why the cluster refused this node for good (as the node's termination
 /// message: the operator reads the code).
@@ -89,6 +91,31 @@ async fn try_join(
             .map_err(|e| refused(ErrorCode::StorageError, e.to_string()))?;
         node.peers.set_cluster(&cluster);
     }
+    // A binary that cannot apply what the cluster has enabled would stop at the first such
+    // entry: say so now. (A target too old to answer the route has enabled the base set only.)
+    if let Ok(version) = node
+        .peers
+        .http
+        .get(format!("http://{target}/api/v1/cluster/version"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+    {
+        let info: VersionInfo = version
+            .json()
+            .await
+            .map_err(|e| JoinError::Retry(format!("undecodable version: {e}")))?;
+        if info.cluster_command_version > COMMAND_VERSION {
+            return Err(refused(
+                ErrorCode::CommandSetUnsupported,
+                format!(
+                    "the cluster has enabled command set {}, and this binary applies sets up to {COMMAND_VERSION}: run a build at least as new as the cluster's",
+                    info.cluster_command_version
+                ),
+            ));
+        }
+    }
     let req = JoinRequest {
         node_id: node.identity.name.clone(),
         address: advertise.to_string(),
@@ -108,6 +135,7 @@ async fn try_join(
                         | ErrorCode::Unauthorized
                         | ErrorCode::Forbidden
                         | ErrorCode::InvalidNodeId
+                        | ErrorCode::CommandSetUnsupported
                 ) || *status == 400 =>
             {
                 refused(*code, e.to_string())

@@ -2,7 +2,7 @@
 //!
 //! Layers, top to bottom, each importing only from those below it: `api` (HTTP: routes,
 //! request validation, and the only place an error becomes a status) -> `membership`,
-//! `coordination`, `data` (keys, transactions, leases in the API's types), `locks` (the lock and
+//! `coordination`, `integrity` (state checks and the fence), `data` (keys, transactions, leases in the API's types), `locks` (the lock and
 //! election queue) -> `service` (what a node does for a request: propose, forward, linearize
 //! reads) -> `forward`, `features`, `auth`, `change_feed` (one history read per applied batch for every
 //! watch) -> `raft` (settings, wire types, the peer client and
@@ -23,6 +23,7 @@ pub mod error;
 pub mod features;
 pub mod forward;
 pub mod inspect;
+pub mod integrity;
 pub mod join;
 pub mod locks;
 pub mod membership;

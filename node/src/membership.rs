@@ -163,6 +163,19 @@ impl Node {
                 ),
             ));
         }
+        // A member that cannot apply the enabled command set would stop at its first entry.
+        let enabled = self.reader.command_version();
+        if let Some(theirs) = crate::features::member_version(&req.address).await
+            && theirs < enabled
+        {
+            return Err(NodeError::Rejected(
+                ErrorCode::CommandSetUnsupported,
+                format!(
+                    "{}'s binary applies command sets up to {theirs}, and the cluster has enabled {enabled}: run a build at least as new as the cluster's",
+                    req.node_id
+                ),
+            ));
+        }
         let pre = self.expect_version(req.expected_version)?;
         let member = Member {
             name: req.node_id.clone(),

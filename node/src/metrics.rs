@@ -30,6 +30,11 @@ pub struct CredentialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
     pub role: String,
 }
@@ -61,6 +66,8 @@ struct Inner {
     pub shed_writes: Family<RefusalLabels, Counter>,
     pub watches: Family<CredentialLabels, Gauge>,
     pub answers_swept: Counter,
+    pub state_checks: Family<OutcomeLabels, Counter>,
+    pub fenced: Gauge,
 }
 
 fn latency() -> Histogram {
@@ -113,6 +120,8 @@ impl Metrics {
             shed_writes: Family::default(),
             watches: Family::default(),
             answers_swept: Counter::default(),
+            state_checks: Family::default(),
+            fenced: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -212,6 +221,16 @@ impl Metrics {
             "Idempotency answers forgotten past their retention by sweeps this member proposed as leader",
             inner.answers_swept.clone(),
         );
+        r.register(
+            "state_checks",
+            "State checks this member ran as leader, by outcome: match, mismatch (a member fenced), undecided (no hash held by a majority), incomplete (a voter did not answer)",
+            inner.state_checks.clone(),
+        );
+        r.register(
+            "fenced",
+            "1 while this member is fenced by an alarm: its state differs from the cluster's, it is not ready and serves nothing",
+            inner.fenced.clone(),
+        );
         Self {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -277,6 +296,19 @@ impl Metrics {
 
     pub fn answers_swept(&self, n: u64) {
         self.inner.answers_swept.inc_by(n);
+    }
+
+    pub fn state_checked(&self, outcome: &str) {
+        self.inner
+            .state_checks
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn set_fenced(&self, fenced: bool) {
+        self.inner.fenced.set(i64::from(fenced));
     }
 
     pub fn leader_changed(&self) {

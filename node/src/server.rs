@@ -27,6 +27,7 @@ use crate::store::LogStore;
 use crate::store::StateMachine;
 use crate::store::Store;
 use crate::store::StoreError;
+use crate::store::records::COMMAND_VERSION;
 use crate::store::records::IdentityRecord;
 use crate::store::records::Member;
 
@@ -41,6 +42,18 @@ pub struct IdentityMismatch {
     dir: String,
     stored: String,
     asked: String,
+}
+
+/// The data dir's cluster has enabled a command set this binary cannot apply (a rollback
+/// past it): it would stop at the first such entry, or worse, apply it differently.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "data dir {dir}: the cluster has enabled command set {enabled}, and this binary applies sets up to {supported}: run a build at least as new as the one that enabled it (a rollback below an enabled set is not supported, see docs/releases.md)"
+)]
+pub struct CommandSetTooNew {
+    dir: String,
+    enabled: u32,
+    supported: u32,
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -74,6 +87,8 @@ pub fn run(args: ServeArgs) -> Result<(), BoxError> {
 fn failure_code(e: &(dyn std::error::Error + 'static)) -> ErrorCode {
     if e.is::<ConfigError>() || e.is::<IdentityMismatch>() {
         ErrorCode::InvalidConfig
+    } else if e.is::<CommandSetTooNew>() {
+        ErrorCode::CommandSetUnsupported
     } else if e.is::<StoreError>() {
         ErrorCode::StorageError
     } else {
@@ -154,6 +169,14 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let state_machine = StateMachine::open(store.clone(), metrics.clone())?
         .with_history_revisions(config.history_revisions);
     let reader = state_machine.reader();
+    if reader.command_version() > COMMAND_VERSION {
+        return Err(CommandSetTooNew {
+            dir: config.data_dir.display().to_string(),
+            enabled: reader.command_version(),
+            supported: COMMAND_VERSION,
+        }
+        .into());
+    }
     let peers = PeerContext::new(
         config.api_key.clone(),
         identity.cluster_uuid.clone(),
@@ -245,6 +268,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
             idempotency_retention: config.idempotency_retention,
         },
     );
+    crate::integrity::spawn(node.clone(), config.state_check_interval);
     if let Some(target) = join_target {
         let joiner = node.clone();
         let advertise = config.advertise.clone();

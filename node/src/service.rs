@@ -26,6 +26,7 @@ use crate::raft::client::PeerContext;
 use crate::raft::wire;
 use crate::store::Store;
 use crate::store::reader::KvReader;
+use crate::store::records::AlarmRecord;
 use crate::store::records::Command;
 use crate::store::records::IdentityRecord;
 use crate::store::records::Operation;
@@ -417,6 +418,11 @@ impl Node {
                     )))
                 }
             })?;
+        // A fenced leader answers from a state that differs from the cluster's: the write
+        // waits for the leader it is handing over to.
+        if self.fenced().is_some() {
+            return Err(Refusal::NotLeader(None));
+        }
         // One copy of Raft's metrics for both checks: this is every write's path.
         let m = crate::raft::metrics_of(&self.raft);
         self.check_leader_quorum(&m)?;
@@ -612,11 +618,36 @@ impl Node {
             membership_version: m.membership_config.log_id().map(|l| l.index),
             members,
             version: env!("CARGO_PKG_VERSION").into(),
+            fenced: self.fenced().map(|a| a.detail),
+        }
+    }
+
+    /// The alarm fencing this member, if one was raised: its state differs from the
+    /// cluster's, so it is not ready and serves nothing (see [`crate::integrity`]).
+    pub fn fenced(&self) -> Option<AlarmRecord> {
+        self.reader.alarm_on(self.identity.raft_id)
+    }
+
+    /// Refuses what a fenced member must not serve.
+    pub fn check_not_fenced(&self) -> Result<(), NodeError> {
+        match self.fenced() {
+            None => Ok(()),
+            Some(alarm) => Err(NodeError::Rejected(
+                ErrorCode::MemberFenced,
+                format!(
+                    "this member is fenced by the {} alarm and serves nothing until it is replaced: {}",
+                    alarm.kind.as_str(),
+                    alarm.detail
+                ),
+            )),
         }
     }
 
     /// `Ok` when a leader is known and this node is a voter that has caught up.
     pub fn ready(&self) -> Result<(), String> {
+        if let Err(e) = self.check_not_fenced() {
+            return Err(e.message());
+        }
         let m = crate::raft::metrics_of(&self.raft);
         if let Err(e) = &m.running_state {
             return Err(format!("raft has stopped: {e}"));
@@ -657,6 +688,7 @@ impl Node {
     }
 
     pub fn render_metrics(&self) -> String {
+        self.metrics.set_fenced(self.fenced().is_some());
         let m = crate::raft::metrics_of(&self.raft);
         #[allow(deprecated)]
         let commit = m.committed.map_or(0, |c| c.index);

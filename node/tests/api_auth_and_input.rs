@@ -124,6 +124,7 @@ fn routes(lease: u64) -> Vec<(&'static str, String, Option<String>, Needs)> {
             Needs::Admin,
         ),
         ("GET", "/api/v1/cluster/backup".into(), None, Needs::Admin),
+        ("GET", "/api/v1/cluster/alarms".into(), None, Needs::Admin),
         ("POST", "/api/v1/cluster/join".into(), b("{}"), Needs::Admin),
         (
             "POST",
@@ -164,6 +165,18 @@ fn routes(lease: u64) -> Vec<(&'static str, String, Option<String>, Needs)> {
         (
             "POST",
             "/api/v1/raft/read-index".into(),
+            b("{}"),
+            Needs::Admin,
+        ),
+        (
+            "POST",
+            "/api/v1/raft/state-hash".into(),
+            b("{}"),
+            Needs::Admin,
+        ),
+        (
+            "POST",
+            "/api/v1/raft/check-state".into(),
             b("{}"),
             Needs::Admin,
         ),

@@ -369,3 +369,50 @@ async fn metrics_expose_raft_and_http_figures() {
         "raw keys must not become labels"
     );
 }
+
+/// A rollback below a command set the cluster has enabled is refused at start, with the
+/// reason and a termination message, instead of stopping (or applying differently) at the
+/// first entry of that set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_whose_cluster_enabled_a_newer_command_set_is_refused_at_start() {
+    use concordance::store::CF_APPLIED;
+    use concordance::store::KEY_APPLIED;
+    use concordance::store::codec::RecordKind;
+    use concordance::store::records::COMMAND_VERSION;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProc::start("n1", dir.path(), &["--bootstrap"]);
+    node.wait_ready().await;
+    node.client().put("k", &json!(1)).await.unwrap();
+    node.stop();
+
+    // As if a newer build had enabled the next command set.
+    let store = concordance::store::Store::open(&node.data_dir).unwrap();
+    let mut applied = store.applied_state().unwrap();
+    applied.command_version = Some(COMMAND_VERSION + 1);
+    store
+        .put_record_synced(CF_APPLIED, KEY_APPLIED, RecordKind::AppliedState, &applied)
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    let note = dir.path().join("termination");
+    let out = run_bin(
+        &[
+            "--node-id=n1",
+            &format!("--data-dir={}", node.data_dir.display()),
+            &format!("--listen=127.0.0.1:{}", free_port()),
+            &format!("--termination-log={}", note.display()),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let enabled = format!(
+        "has enabled command set {}, and this binary applies sets up to {COMMAND_VERSION}",
+        COMMAND_VERSION + 1
+    );
+    assert!(stderr.contains(&enabled), "{stderr}");
+    let note = std::fs::read_to_string(note).unwrap();
+    assert!(note.contains("\"command_set_unsupported\""), "{note}");
+}

@@ -171,6 +171,8 @@ pub enum DataState {
     Empty,
     /// Data of another cluster id.
     Foreign,
+    /// Data that differs from the other replicas': the node fenced it (the `corrupt` alarm).
+    Fenced,
 }
 
 /// The one next step, with everything needed to take it: the controller matches on it and
@@ -738,7 +740,10 @@ pub fn decide(o: &Observed) -> Action {
     for name in v.membership.keys() {
         let Some(m) = v.member(name) else { continue };
         if m.volume.as_ref().is_none_or(|vol| vol.stranded)
-            || matches!(m.data, DataState::Empty | DataState::Foreign)
+            || matches!(
+                m.data,
+                DataState::Empty | DataState::Foreign | DataState::Fenced
+            )
         {
             continue;
         }
@@ -855,7 +860,12 @@ fn quorum_lost(v: &View) -> Action {
             ));
         }
         return match v.member(from) {
-            Some(m) if m.volume.is_some() && m.data != DataState::Foreign => recover_from(v, from),
+            Some(m)
+                if m.volume.is_some()
+                    && !matches!(m.data, DataState::Foreign | DataState::Fenced) =>
+            {
+                recover_from(v, from)
+            }
             _ => wait(format!(
                 "forceRecoverFrom names {from}, which has no volume with this cluster's data"
             )),
@@ -892,6 +902,8 @@ fn replacement(v: &View) -> Option<Action> {
             "its data dir is empty".to_string()
         } else if m.is_some_and(|m| m.data == DataState::Foreign) {
             "its data belongs to another cluster".to_string()
+        } else if m.is_some_and(|m| m.data == DataState::Fenced) {
+            "its state differs from the other replicas' (the corrupt alarm fenced it)".to_string()
         } else if *voter
             && v.pod(name).is_some()
             && unready_for >= v.o.spec.unready_replacement_seconds

@@ -370,6 +370,7 @@ fn data_state(pod: &Pod, node: Option<&ClusterStatus>, recorded: Option<&str>) -
     if let Some(s) = node {
         return match (&s.cluster_id, recorded) {
             (Some(theirs), Some(ours)) if theirs != ours => DataState::Foreign,
+            _ if s.fenced.is_some() => DataState::Fenced,
             // A node that belongs to no membership holds no member's data.
             _ if s.membership_version.is_none() || s.members.is_empty() => DataState::Empty,
             _ => DataState::Ours,
@@ -389,6 +390,8 @@ fn data_state(pod: &Pod, node: Option<&ClusterStatus>, recorded: Option<&str>) -
         // Its name is still a member's, with another identity: its data dir was lost.
         Some(ErrorCode::NameInUse) => DataState::Empty,
         Some(ErrorCode::ClusterMismatch) => DataState::Foreign,
+        // It stopped at start: its state differs from the other replicas'.
+        Some(ErrorCode::MemberFenced) => DataState::Fenced,
         _ => DataState::Unknown,
     }
 }
@@ -476,6 +479,7 @@ mod tests {
         let cases = [
             (message(ErrorCode::NameInUse), DataState::Empty),
             (message(ErrorCode::ClusterMismatch), DataState::Foreign),
+            (message(ErrorCode::MemberFenced), DataState::Fenced),
             (message(ErrorCode::Unauthorized), DataState::Unknown),
             // Log text is for people: a code in it decides nothing.
             (

@@ -103,6 +103,7 @@ fn healthy(size: usize, replicas: i32) -> Observed {
         membership_version: Some(VERSION),
         members: (0..size).map(|i| raft_member(&n(i), true)).collect(),
         version: "0.1.0".to_string(),
+        fenced: None,
     });
     o.status.cluster_id = Some(ID.to_string());
     sync(o)
@@ -412,6 +413,14 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             "foreign data: replaced",
             with(healthy(3, 3), |o| {
                 m(o, "c-2").data = DataState::Foreign;
+                unready(o, "c-2", 5);
+            }),
+            remove_stopped("c-2"),
+        ),
+        (
+            "fenced by the corrupt alarm: replaced",
+            with(healthy(3, 3), |o| {
+                m(o, "c-2").data = DataState::Fenced;
                 unready(o, "c-2", 5);
             }),
             remove_stopped("c-2"),

@@ -5,6 +5,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use concordance_client::Alarm;
+use concordance_client::AlarmsResponse;
 use concordance_client::ClusterStatus;
 use concordance_client::ErrorCode;
 use concordance_client::HealthResponse;
@@ -159,6 +161,8 @@ pub async fn transfer_leader(
 /// A consistent online backup: the state machine as of one applied index, as a
 /// self-checking file that `concordance restore` turns into a new data dir.
 pub async fn backup(State(node): State<SharedNode>) -> Result<impl IntoResponse, ApiError> {
+    // A fenced member's state differs from the cluster's: no backup of it.
+    node.check_not_fenced()?;
     // Include every write acknowledged before the request, even when served by a follower.
     node.read_barrier(concordance_client::Consistency::Linearizable)
         .await?;
@@ -195,4 +199,21 @@ pub async fn backup(State(node): State<SharedNode>) -> Result<impl IntoResponse,
         ],
         body,
     ))
+}
+
+/// The alarms raised in the cluster (as this member has applied them).
+pub async fn alarms(State(node): State<SharedNode>) -> Json<AlarmsResponse> {
+    let alarms = node
+        .reader
+        .alarms()
+        .into_iter()
+        .map(|a| Alarm {
+            member: node
+                .member_name(a.member)
+                .unwrap_or_else(|| format!("{:016x}", a.member)),
+            kind: a.kind.as_str().into(),
+            detail: a.detail,
+        })
+        .collect();
+    Json(AlarmsResponse { alarms })
 }

@@ -61,7 +61,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::MembershipError
         | ErrorCode::NameInUse
         | ErrorCode::ClusterMismatch
-        | ErrorCode::WouldLoseQuorum => StatusCode::CONFLICT,
+        | ErrorCode::WouldLoseQuorum
+        | ErrorCode::CommandSetUnsupported => StatusCode::CONFLICT,
         ErrorCode::Compacted => StatusCode::GONE,
         ErrorCode::TooManyWatches => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -78,6 +79,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::ShuttingDown
         | ErrorCode::Overloaded
         | ErrorCode::FeatureUnavailable
+        | ErrorCode::MemberFenced
         | ErrorCode::RaftError
         | ErrorCode::RaftStopped
         | ErrorCode::TransferTimeout => StatusCode::SERVICE_UNAVAILABLE,

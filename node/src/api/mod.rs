@@ -51,10 +51,13 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
         };
         *group = std::mem::take(group).route(doc.path, handler);
     }
-    let data = data.route_layer(middleware::from_fn_with_state(
-        (keys.clone(), Role::Agent),
-        require,
-    ));
+    // Layers run outside in: the key is checked first, then whether this member may serve.
+    let data = data
+        .route_layer(middleware::from_fn_with_state(node.clone(), unless_fenced))
+        .route_layer(middleware::from_fn_with_state(
+            (keys.clone(), Role::Agent),
+            require,
+        ));
     let admin = admin.route_layer(middleware::from_fn_with_state((keys, Role::Admin), require));
     public
         .merge(data)
@@ -91,6 +94,16 @@ async fn require(
             ),
         ));
     }
+    Ok(next.run(req).await)
+}
+
+/// Middleware: a fenced member (its state differs from the cluster's) serves no data.
+async fn unless_fenced(
+    State(node): State<SharedNode>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    node.check_not_fenced()?;
     Ok(next.run(req).await)
 }
 

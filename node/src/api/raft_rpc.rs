@@ -404,3 +404,25 @@ async fn install(
         vote: crate::store::types::vote_to_record(&r.vote),
     }))
 }
+
+/// The leader asks for this member's state hash at a `CheckState` entry (`crate::integrity`).
+pub async fn state_hash(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<wire::StateHashRequest>>,
+) -> Result<Json<wire::StateHashReply>, ApiError> {
+    rpc(node, msg, |node, req| async move {
+        Ok(crate::integrity::own_hash(&node, req.index))
+    })
+    .await
+}
+
+/// A member that has just started asks the leader to check the replicas' state now.
+pub async fn check_state(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<()>>,
+) -> Result<Json<wire::StateCheckReply>, ApiError> {
+    rpc(node, msg, |node, ()| async move {
+        Ok(crate::integrity::check(&node).await?)
+    })
+    .await
+}

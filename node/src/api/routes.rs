@@ -172,6 +172,10 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             get(cluster::backup),
         ),
         (
+            doc("get", "/api/v1/cluster/alarms", Admin, "The alarms raised: members fenced because their state differs from the cluster's").json::<api::AlarmsResponse>(),
+            get(cluster::alarms),
+        ),
+        (
             doc("post", "/api/v1/cluster/join", Admin, "Add a node as a learner (what --join calls)").body(json::<membership::JoinRequest>()).json::<membership::MembershipReply>(),
             post(cluster::join),
         ),
@@ -223,6 +227,14 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
         (
             doc("post", "/api/v1/raft/read-index", Admin, "A follower's read-index request").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
             post(raft_rpc::read_index).layer(peer_limit()),
+        ),
+        (
+            doc("post", "/api/v1/raft/state-hash", Admin, "This member's state hash at a state check's log index").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(raft_rpc::state_hash).layer(peer_limit()),
+        ),
+        (
+            doc("post", "/api/v1/raft/check-state", Admin, "On the leader: check the replicas' state now (a member asks when it starts)").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(raft_rpc::check_state).layer(peer_limit()),
         ),
     ]
 }

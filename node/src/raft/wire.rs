@@ -22,6 +22,7 @@ use crate::store::records::LogIdRecord;
 use crate::store::records::Response;
 use crate::store::records::StoredMembershipRecord;
 use crate::store::records::VoteRecord;
+use crate::store::state_hash::StateHash;
 
 /// The peer protocol this binary speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -374,4 +375,40 @@ mod tests {
             }
         );
     }
+}
+
+/// The leader asks a member for its state hash at a `CheckState` entry's index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateHashRequest {
+    pub index: u64,
+}
+
+/// A member's state hash at the index asked, as it stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase", deny_unknown_fields)]
+pub enum StateHashReply {
+    /// Computed.
+    Done { hash: StateHash },
+    /// Being computed, or the entry not applied here yet: ask again.
+    Pending,
+    /// The entry was applied too long ago: the hash is no longer kept.
+    Gone,
+    /// The state could not be read.
+    Failed { error: String },
+}
+
+/// What a state check found: every voter's hash at one index, and the members whose state
+/// differs from a majority's (each then fenced by the `corrupt` alarm).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateCheckReply {
+    pub index: u64,
+    /// `match`, `mismatch`, `undecided` (no hash held by a majority) or `incomplete` (a
+    /// voter did not answer; those that did agree).
+    pub outcome: String,
+    /// The members found to differ, by name.
+    pub odd: Vec<String>,
+    /// Each voter's hash (or why there is none), by name.
+    pub hashes: Vec<(String, String)>,
 }

@@ -23,6 +23,7 @@ use super::Store;
 use super::codec;
 use super::codec::RecordKind;
 use super::io_err;
+use super::records::AlarmRecord;
 use super::records::Command;
 use super::records::CompareOpRecord;
 use super::records::CompareRecord;
@@ -90,6 +91,8 @@ pub struct Batch<'a> {
     /// Whether the command being applied has written at `revision + 1`.
     writing: bool,
     command_version: u32,
+    /// Alarms raised by this batch's commands, in order.
+    alarms_raised: Vec<AlarmRecord>,
 }
 
 fn reject(code: RejectCode, message: impl Into<String>) -> Response {
@@ -170,6 +173,7 @@ impl<'a> Batch<'a> {
             revision,
             writing: false,
             command_version,
+            alarms_raised: Vec::new(),
         }
     }
 
@@ -181,6 +185,12 @@ impl<'a> Batch<'a> {
     /// The command set enabled once this batch is applied.
     pub fn command_version(&self) -> u32 {
         self.command_version
+    }
+
+    /// The alarms this batch's commands raised (the state machine keeps them with the applied
+    /// state).
+    pub fn alarms_raised(&self) -> &[AlarmRecord] {
+        &self.alarms_raised
     }
 
     /// The writes to commit, atomically with the applied log id, and the sweep floor once
@@ -498,6 +508,20 @@ impl<'a> Batch<'a> {
                 Ok(Response::Enabled {
                     version: self.command_version,
                 })
+            }
+            // The state machine hashes the state once this entry is applied; nothing changes.
+            Operation::CheckState {} => Ok(Response::None),
+            Operation::RaiseAlarm {
+                member,
+                alarm,
+                detail,
+            } => {
+                self.alarms_raised.push(AlarmRecord {
+                    member,
+                    kind: alarm,
+                    detail,
+                });
+                Ok(Response::None)
             }
         }
     }

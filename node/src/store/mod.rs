@@ -17,6 +17,7 @@ pub mod log_store;
 pub mod reader;
 pub mod records;
 pub mod snapshot;
+pub mod state_hash;
 pub mod state_machine;
 pub mod time_index;
 pub mod types;

@@ -13,11 +13,13 @@ use super::CF_LEASES;
 use super::Store;
 use super::codec::RecordKind;
 use super::io_err;
+use super::records::AlarmRecord;
 use super::records::AppliedStateRecord;
 use super::records::COMMAND_VERSION_BASE;
 use super::records::EventRecord;
 use super::records::KeyRecord;
 use super::records::LeaseRecord;
+use super::state_hash::StateHashes;
 use super::time_index;
 use super::u64_key;
 
@@ -32,6 +34,10 @@ pub struct KvReader {
     changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// The idempotency index's sweep floor as of the last applied batch.
     sweep_floor: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    /// The alarms raised, as of the last applied batch.
+    alarms: Arc<std::sync::RwLock<Vec<AlarmRecord>>>,
+    /// The state hashes this replica computed lately.
+    state_hashes: StateHashes,
 }
 
 impl KvReader {
@@ -46,7 +52,32 @@ impl KvReader {
             )),
             changes: Arc::new(tokio::sync::watch::Sender::new(applied.revision)),
             sweep_floor: Arc::default(),
+            alarms: Arc::new(std::sync::RwLock::new(applied.alarms.clone())),
+            state_hashes: StateHashes::default(),
         }
+    }
+
+    /// The alarms raised in the cluster, oldest first.
+    pub fn alarms(&self) -> Vec<AlarmRecord> {
+        self.alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The alarm fencing member `id`, if one was raised.
+    pub fn alarm_on(&self, id: u64) -> Option<AlarmRecord> {
+        self.alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|a| a.member == id)
+            .cloned()
+    }
+
+    /// The state hashes this replica computed lately (see [`super::state_hash`]).
+    pub fn state_hashes(&self) -> &StateHashes {
+        &self.state_hashes
     }
 
     /// The revision of the last applied change.
@@ -72,6 +103,11 @@ impl KvReader {
     /// Makes a newly applied state visible: its revision last, so whoever sees the revision
     /// finds everything up to it.
     pub(super) fn publish(&self, applied: &AppliedStateRecord) {
+        let alarms_changed =
+            *self.alarms.read().unwrap_or_else(|p| p.into_inner()) != applied.alarms;
+        if alarms_changed {
+            *self.alarms.write().unwrap_or_else(|p| p.into_inner()) = applied.alarms.clone();
+        }
         self.compacted
             .store(applied.compacted_revision, Ordering::Release);
         self.command_version.store(

@@ -131,6 +131,10 @@ impl std::fmt::Display for Command {
             Operation::EnableCommandVersion { version } => {
                 write!(f, "enable command set {version}")
             }
+            Operation::CheckState {} => write!(f, "check the replicas' state"),
+            Operation::RaiseAlarm { member, alarm, .. } => {
+                write!(f, "raise the {} alarm on member {member}", alarm.as_str())
+            }
         }
     }
 }
@@ -138,8 +142,8 @@ impl std::fmt::Display for Command {
 /// The command set the first release knew: put and delete.
 pub const COMMAND_VERSION_BASE: u32 = 1;
 /// The newest command set this binary applies: 2 added transactions, leases and idempotency
-/// sweeps; 3 the bounded idempotency sweep.
-pub const COMMAND_VERSION: u32 = 3;
+/// sweeps; 3 the bounded idempotency sweep; 4 state checks and alarms.
+pub const COMMAND_VERSION: u32 = 4;
 
 impl Operation {
     /// The command set that introduced this operation: it is proposed only once the cluster
@@ -155,6 +159,7 @@ impl Operation {
             | Operation::SweepIdempotency { .. }
             | Operation::EnableCommandVersion { .. } => 2,
             Operation::SweepIdempotencyOldest { .. } => 3,
+            Operation::CheckState {} | Operation::RaiseAlarm { .. } => 4,
         }
     }
 }
@@ -215,6 +220,41 @@ pub enum Operation {
     EnableCommandVersion {
         version: u32,
     },
+    /// Proposed by the leader: every replica hashes its state as of this entry
+    /// (`store::state_hash`), and the leader compares the hashes.
+    CheckState {},
+    /// Proposed by the leader: `member`'s state differs from the cluster's. The member is
+    /// fenced (not ready, serves nothing) until it is replaced.
+    RaiseAlarm {
+        member: u64,
+        alarm: AlarmKind,
+        detail: String,
+    },
+}
+
+/// Why a member is fenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    /// Its state hash differs from the others' at the same log index.
+    Corrupt,
+}
+
+impl AlarmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmKind::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// A raised alarm, part of the replicated state (in [`AppliedStateRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlarmRecord {
+    pub member: u64,
+    pub kind: AlarmKind,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +371,10 @@ pub enum Response {
     Enabled {
         version: u32,
     },
+    /// A `CheckState` entry: the log index every replica hashes its state at.
+    Checked {
+        index: u64,
+    },
 }
 
 /// Why the state machine refused a command (the only refusals that depend on state; the
@@ -410,6 +454,9 @@ pub struct AppliedStateRecord {
     /// set is enabled, so older binaries read the state as long as they can apply the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_version: Option<u32>,
+    /// Members fenced by an alarm (command set 4; absent while there is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<AlarmRecord>,
 }
 
 /// Describes a snapshot file: what it covers, for `inspect` and for installing it.

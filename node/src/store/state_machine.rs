@@ -24,6 +24,7 @@ use super::io_err;
 use super::reader::KvReader;
 use super::records::AppliedStateRecord;
 use super::records::COMMAND_VERSION_BASE;
+use super::records::Operation;
 use super::records::Response;
 use super::snapshot;
 use super::snapshot::SnapshotFile;
@@ -101,10 +102,37 @@ impl StateMachine {
         }
     }
 
+    /// Applies `entries`, the answers in order: as one atomic write, except that a batch
+    /// ends at each `CheckState` entry, whose state is then hashed (see [`super::state_hash`]);
+    /// its answer is the index the replicas hash at.
+    pub(crate) fn apply_entries(&mut self, entries: Vec<Entry>) -> io::Result<Vec<Response>> {
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut batch = Vec::new();
+        for entry in entries {
+            let checks_state = matches!(
+                &entry.payload,
+                EntryPayload::Normal(cmd) if matches!(cmd.op, Operation::CheckState {})
+            );
+            let index = entry.log_id.index;
+            batch.push(entry);
+            if checks_state {
+                responses.extend(self.apply_batch(std::mem::take(&mut batch))?);
+                self.reader.state_hashes().hash_now(&self.store, index);
+                if let Some(last) = responses.last_mut() {
+                    *last = Response::Checked { index };
+                }
+            }
+        }
+        if !batch.is_empty() {
+            responses.extend(self.apply_batch(batch)?);
+        }
+        Ok(responses)
+    }
+
     /// Applies `entries` as one atomic write with the last one's log id, compacting the
     /// history if it is due; the answers, in order. Readers see the new state once it is
     /// written.
-    pub(crate) fn apply_entries(&mut self, entries: Vec<Entry>) -> io::Result<Vec<Response>> {
+    fn apply_batch(&mut self, entries: Vec<Entry>) -> io::Result<Vec<Response>> {
         let command_version = self.applied.command_version.unwrap_or(COMMAND_VERSION_BASE);
         let mut batch = Batch::new(
             &self.store,
@@ -130,6 +158,24 @@ impl StateMachine {
         applied.revision = batch.revision();
         if batch.command_version() > COMMAND_VERSION_BASE {
             applied.command_version = Some(batch.command_version());
+        }
+        for alarm in batch.alarms_raised() {
+            if !applied
+                .alarms
+                .iter()
+                .any(|a| a.member == alarm.member && a.kind == alarm.kind)
+            {
+                applied.alarms.push(alarm.clone());
+            }
+        }
+        if !applied.alarms.is_empty()
+            && let Some(m) = &applied.membership
+        {
+            // An alarm goes with its member: one removed from the membership is fenced no more.
+            let membership = stored_membership_from_record(m)?;
+            applied
+                .alarms
+                .retain(|a| membership.membership().get_node(&a.member).is_some());
         }
         let (mut wb, sweep_floor) = batch.into_parts();
         // History compaction: a function of the revision and the configured retention.

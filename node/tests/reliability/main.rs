@@ -229,6 +229,66 @@ async fn final_reads(
 }
 
 /// Every replica's full listing (serializable, i.e. its own state) must be the same.
+/// Every node's `--state-check-interval-secs` in a run.
+const STATE_CHECK_SECS: u64 = 2;
+
+/// The leaders' state checks (every replica's hash at one log index) ran during the run and
+/// never found replicas that differ: no alarm raised, no check that mismatched or could not
+/// decide. Waits (bounded) for at least one check that every voter answered.
+async fn check_state_checks_agreed(c: &Cluster) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    let get = |port: u16, path: &'static str| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{port}/api/v1/{path}"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let count = |metrics: &str, outcome: &str| -> f64 {
+        let name = format!("concordance_state_checks_total{{outcome=\"{outcome}\"}}");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name.as_str())?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(STATE_CHECK_SECS * 15);
+    loop {
+        let mut matched = 0.0;
+        for n in c.names() {
+            let port = c.port(&n);
+            let alarms: concordance_client::AlarmsResponse =
+                serde_json::from_str(&get(port, "cluster/alarms").await?)
+                    .map_err(|e| format!("alarms of {n}: {e}"))?;
+            if !alarms.alarms.is_empty() {
+                return Err(format!("{n} lists alarms: {:?}", alarms.alarms));
+            }
+            let metrics = get(port, "metrics").await?;
+            for bad in ["mismatch", "undecided"] {
+                if count(&metrics, bad) > 0.0 {
+                    return Err(format!("{n} counted a state check with outcome {bad}"));
+                }
+            }
+            matched += count(&metrics, "match");
+        }
+        if matched > 0.0 {
+            println!(
+                "state checks: {matched} matched (summed over the members that led), none differed"
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("no state check that every voter answered during the run".into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn check_replicas_equal(c: &Cluster) -> Result<usize, String> {
     let mut listings = BTreeMap::new();
     for n in c.names() {
@@ -273,6 +333,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         .snapshot_entries
         .map(|n| format!("--snapshot-entries={n}"))
         .into_iter()
+        // The replicas' states are compared all through the run, faults included.
+        .chain([format!("--state-check-interval-secs={STATE_CHECK_SECS}")])
         .collect();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut cluster = Cluster::start(cfg.nodes, &extra, cfg.lose_unsynced).await;
@@ -440,6 +502,7 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
     dump(cfg, &history);
     summary.final_revision = cluster.wait_converged(Duration::from_secs(60)).await?;
     check_replicas_equal(cluster).await?;
+    check_state_checks_agreed(cluster).await?;
     watch_until.store(summary.final_revision.max(1), Ordering::SeqCst);
     let watch_log = tokio::time::timeout(Duration::from_secs(60), watch)
         .await
