@@ -108,6 +108,23 @@ async fn alarms(node: &NodeProc) -> concordance_client::AlarmsResponse {
         .unwrap()
 }
 
+/// Waits until `node` has applied the write of `key` (the last one the test made): its data
+/// dir then holds every write before it is stopped.
+async fn applied(node: &NodeProc, key: &str) {
+    eventually(
+        "the member to damage has applied every write",
+        WAIT,
+        || async {
+            node.admin()
+                .get_with(key, Consistency::Serializable)
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+}
+
 /// Writes keys through `writer` and reads each back through `reader`, linearizably: the
 /// members that were not fenced still serve.
 async fn still_served(writer: &NodeProc, reader: &NodeProc, prefix: &str) {
@@ -193,20 +210,7 @@ async fn a_member_whose_stored_record_was_rewritten_stops_at_start_and_the_other
 
     let odd = (leader + 1) % 3;
     let other = (leader + 2) % 3;
-    // Every member holds the last write before the one to damage stops.
-    eventually(
-        "the member to damage has applied every write",
-        WAIT,
-        || async {
-            c.nodes[odd]
-                .admin()
-                .get_with("k/049", Consistency::Serializable)
-                .await
-                .ok()
-                .flatten()
-        },
-    )
-    .await;
+    applied(&c.nodes[odd], "k/049").await;
     c.nodes[odd].stop();
     rewrite_value_offline(&c.nodes[odd].data_dir, "k/025");
     c.nodes[odd].restart();
@@ -252,19 +256,7 @@ async fn a_member_that_applies_differently_is_fenced_while_running_and_the_other
     }
     let odd = (leader + 1) % 3;
     let other = (leader + 2) % 3;
-    eventually(
-        "the member to damage has applied every write",
-        WAIT,
-        || async {
-            c.nodes[odd]
-                .admin()
-                .get_with("k/019", Consistency::Serializable)
-                .await
-                .ok()
-                .flatten()
-        },
-    )
-    .await;
+    applied(&c.nodes[odd], "k/019").await;
     c.nodes[odd].stop();
     let kept = lose_one_index_entry_offline(&c.nodes[odd].data_dir);
     c.nodes[odd].restart();
