@@ -326,6 +326,10 @@ const HAND_OVER_LIMIT: Duration = Duration::from_secs(3);
 /// A leader about to stop hands leadership to a caught-up voter first, so clients see one
 /// quick leader change instead of an election timeout.
 async fn hand_over_leadership(node: &Node) {
+    // A stopping node takes no part in elections from now on: one that won after handing
+    // over (its successor slow to send the first heartbeats) would leave the others without
+    // a leader moments later, when it exits.
+    node.raft.runtime_config().elect(false);
     let m = crate::raft::metrics_of(&node.raft);
     if m.state != openraft::ServerState::Leader
         || m.membership_config.membership().voter_ids().count() < 2
