@@ -49,6 +49,8 @@ pub struct NodeProc {
     /// Runs the process as this user and group id (packet filters can then tell nodes
     /// apart), from this copy of the binary (one that user may execute).
     pub run_as: Option<(u32, PathBuf)>,
+    /// Another build of the node to run instead of this one's (`None`: this build).
+    pub program: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -83,6 +85,19 @@ impl NodeProc {
         env: &[(&str, &str)],
         run_as: Option<(u32, PathBuf)>,
     ) -> Self {
+        let mut n = Self::unstarted(port, name, dir, extra, env, run_as);
+        n.spawn();
+        n
+    }
+
+    fn unstarted(
+        port: u16,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        run_as: Option<(u32, PathBuf)>,
+    ) -> Self {
         let data_dir = dir.join(name);
         let mut args = vec![
             format!("--node-id={name}"),
@@ -90,7 +105,7 @@ impl NodeProc {
             format!("--data-dir={}", data_dir.display()),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut n = Self {
+        Self {
             name: name.into(),
             port,
             log: dir.join(format!("{name}.log")),
@@ -101,10 +116,9 @@ impl NodeProc {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             run_as,
+            program: None,
             child: None,
-        };
-        n.spawn();
-        n
+        }
     }
 
     fn spawn(&mut self) {
@@ -120,7 +134,7 @@ impl NodeProc {
                 c.uid(*uid).gid(*uid);
                 c
             }
-            None => Command::new(bin()),
+            None => Command::new(self.program.as_deref().unwrap_or(Path::new(bin()))),
         };
         let child = cmd
             .args(&self.args)
@@ -205,6 +219,21 @@ impl NodeProc {
             self.name,
             self.log_text()
         );
+    }
+
+    /// Like [`start_env`], running `program` (another build of the node) instead of this
+    /// build: [`restart`] runs it again, until `program` is changed.
+    pub fn start_program(
+        program: &Path,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut n = Self::unstarted(free_port(), name, dir, extra, env, None);
+        n.program = Some(program.to_path_buf());
+        n.spawn();
+        n
     }
 
     /// Starts the same node again with the same arguments.
