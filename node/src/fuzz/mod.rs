@@ -1,6 +1,7 @@
 //! Fuzz targets for every decoder of bytes read from disk or from the network, run as property
 //! tests with the unit tests: stored records (`records`), snapshot and backup files
-//! (`snapshot`) and Raft log segments (`log_segments`).
+//! (`snapshot`), Raft log segments (`log_segments`), and peer messages: stream frames, the
+//! snapshot upload's header, JSON bodies (`peer`).
 //!
 //! Each target feeds a decoder arbitrary bytes and mutations of real encodings (made by the
 //! encoders the node writes with): bytes flipped, cut, inserted, removed, repeated or spliced
@@ -16,6 +17,7 @@
 //! seeds first.
 
 mod log_segments;
+mod peer;
 mod records;
 mod snapshot;
 

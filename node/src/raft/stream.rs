@@ -518,7 +518,7 @@ async fn serve(node: Follower, tcp: TcpStream, read_ahead: Bytes) {
     }
 }
 
-fn decode_append(frame: std::io::Result<bytes::BytesMut>) -> Result<RaftAppend, String> {
+pub(crate) fn decode_append(frame: std::io::Result<bytes::BytesMut>) -> Result<RaftAppend, String> {
     let frame = frame.map_err(|e| e.to_string())?;
     serde_json::from_slice::<wire::AppendRequest>(&frame)
         .map_err(|e| format!("unreadable append: {e}"))?
