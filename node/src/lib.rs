@@ -34,3 +34,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod termination;
+
+#[cfg(test)]
+mod fuzz;

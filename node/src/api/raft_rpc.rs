@@ -24,9 +24,6 @@ use crate::store::records::Command;
 use crate::store::records::Response;
 use crate::store::snapshot::SnapshotFile;
 
-/// The most a snapshot stream's JSON header (vote, last log id, membership) may claim.
-const MAX_SNAPSHOT_HEADER: usize = 1 << 20;
-
 fn check<T>(node: &SharedNode, msg: &PeerMessage<T>) -> Result<(), ApiError> {
     if msg.protocol > wire::PROTOCOL_VERSION {
         return Err(ApiError::new(
@@ -314,7 +311,6 @@ pub async fn snapshot(
 ) -> Result<Json<wire::SnapshotReply>, ApiError> {
     let mut stream = body.into_data_stream();
     let mut head = Vec::new();
-    let mut header_len: Option<usize> = None;
     let dir = node.store.dir().join("snapshots");
     let tmp = dir.join(format!("incoming-{}.part", uuid::Uuid::new_v4()));
     let mut file: Option<tokio::fs::File> = None;
@@ -327,29 +323,13 @@ pub async fn snapshot(
         if header.is_none() {
             head.extend_from_slice(data);
             data = &[];
-            if header_len.is_none() && head.len() >= 4 {
-                let n = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-                // Refused before it is buffered: a claimed length would otherwise keep the
-                // whole stream in memory, waiting for a header that never ends.
-                if n > MAX_SNAPSHOT_HEADER {
-                    return Err(ApiError::new(
-                        ErrorCode::InvalidSnapshot,
-                        format!(
-                            "the snapshot header claims {n} bytes; the limit is {MAX_SNAPSHOT_HEADER}"
-                        ),
-                    ));
-                }
-                header_len = Some(n);
-            }
-            if let Some(n) = header_len
-                && head.len() >= 4 + n
+            if let Some((h, used)) = wire::snapshot_upload_header(&head)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidSnapshot, e))?
             {
-                let h: PeerMessage<wire::SnapshotHeader> = serde_json::from_slice(&head[4..4 + n])
-                    .map_err(|e| ApiError::new(ErrorCode::InvalidSnapshot, e.to_string()))?;
                 check(&node, &h)?;
                 header = Some(h);
                 let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
-                f.write_all(&head[4 + n..]).await.map_err(io)?;
+                f.write_all(&head[used..]).await.map_err(io)?;
                 file = Some(f);
             }
         }

@@ -214,7 +214,7 @@ where
     }
 }
 
-fn decode(frame: &[u8]) -> Result<wire::ForwardedWrites, String> {
+pub(crate) fn decode(frame: &[u8]) -> Result<wire::ForwardedWrites, String> {
     let writes = serde_json::from_slice::<wire::ForwardedWrites>(frame)
         .map_err(|e| format!("an unreadable batch: {e}"))?;
     if writes.commands.len() > super::MAX_BATCH {

@@ -211,10 +211,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         let addr = self.member.addr.clone();
         let send = async {
             let data = snapshot_body(snapshot.snapshot);
-            let header = serde_json::to_vec(&header).expect("serializes");
             // Body: [header length u32 LE][header JSON][snapshot file bytes].
-            let mut prefix = (header.len() as u32).to_le_bytes().to_vec();
-            prefix.extend_from_slice(&header);
+            let prefix = wire::snapshot_upload_head(&header);
             let head = futures::stream::once(async move {
                 Ok::<_, std::io::Error>(bytes::Bytes::from(prefix))
             });

@@ -32,12 +32,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::codec::FramedWrite;
-use tokio_util::codec::LengthDelimitedCodec;
 
 use super::LeaderContact;
 use super::Raft;
 use super::client::PeerContext;
 use super::client::PeerError;
+use super::upgrade::FrameCodec;
 pub use super::upgrade::OpenError;
 use super::upgrade::frame_codec;
 use super::wire;
@@ -54,8 +54,8 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The leader's end of an open stream.
 pub struct AppendStream {
-    answers: FramedRead<ReadHalf<reqwest::Upgraded>, LengthDelimitedCodec>,
-    requests: FramedWrite<WriteHalf<reqwest::Upgraded>, LengthDelimitedCodec>,
+    answers: FramedRead<ReadHalf<reqwest::Upgraded>, FrameCodec>,
+    requests: FramedWrite<WriteHalf<reqwest::Upgraded>, FrameCodec>,
 }
 
 /// Opens a stream to the follower at `addr`.
@@ -518,7 +518,7 @@ async fn serve(node: Follower, tcp: TcpStream, read_ahead: Bytes) {
     }
 }
 
-fn decode_append(frame: std::io::Result<bytes::BytesMut>) -> Result<RaftAppend, String> {
+pub(crate) fn decode_append(frame: std::io::Result<bytes::BytesMut>) -> Result<RaftAppend, String> {
     let frame = frame.map_err(|e| e.to_string())?;
     serde_json::from_slice::<wire::AppendRequest>(&frame)
         .map_err(|e| format!("unreadable append: {e}"))?

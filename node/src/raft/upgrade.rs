@@ -3,11 +3,16 @@
 //! raw TCP connection over and serves it on the Raft thread, where the work it carries is
 //! done, so nothing is handed between threads.
 
+use std::io;
 use std::time::Duration;
 
+use bytes::Buf;
 use bytes::Bytes;
+use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+use tokio_util::codec::Encoder;
 use tokio_util::codec::LengthDelimitedCodec;
 
 use super::client::PeerContext;
@@ -24,10 +29,52 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The framing of every upgraded connection: a 4-byte big-endian length, then that many bytes
 /// (JSON), at most a peer request body.
-pub fn frame_codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(super::wire::PEER_BODY_BYTES)
-        .new_codec()
+pub fn frame_codec() -> FrameCodec {
+    FrameCodec(
+        LengthDelimitedCodec::builder()
+            .max_frame_length(super::wire::PEER_BODY_BYTES)
+            .new_codec(),
+    )
+}
+
+/// Writes frames as [`LengthDelimitedCodec`] does, and reads them without it: that codec
+/// reserves room for a whole frame as soon as it has read the frame's length, so 4 bytes
+/// claiming 512 MiB allocated 512 MiB before any of it came. Here a frame is taken once it is
+/// all there, and the read buffer grows only with the bytes received.
+pub struct FrameCodec(LengthDelimitedCodec);
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        let Some(head) = src.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(head.try_into().expect("4 bytes")) as usize;
+        if len > super::wire::PEER_BODY_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a frame of {len} bytes; the limit is {}",
+                    super::wire::PEER_BODY_BYTES
+                ),
+            ));
+        }
+        if src.len() < 4 + len {
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(src.split_to(len)))
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        self.0.encode(frame, dst)
+    }
 }
 
 pub enum OpenError {
@@ -129,4 +176,35 @@ pub async fn serve_on_raft_thread<F, Fut>(
             Err(e) => tracing::warn!(error = %e, "{what}'s connection is unusable"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame's length is not a reason to allocate: what a frame claims is held only as its
+    /// bytes come (the fuzz target of the streams found this, `fuzz/peer.rs`).
+    #[test]
+    fn a_frame_claiming_the_limit_allocates_nothing_for_it_before_its_bytes_come() {
+        let mut codec = frame_codec();
+        let mut received = BytesMut::new();
+        received.extend_from_slice(&(crate::raft::wire::PEER_BODY_BYTES as u32).to_be_bytes());
+        received.extend_from_slice(br#"{"vote":"#);
+        let (frame, usage) = crate::fuzz::measure(|| codec.decode(&mut received));
+        assert!(frame.unwrap().is_none(), "the frame is not all there");
+        assert!(usage.peak < 64 << 10, "{usage:?}");
+
+        // Over the limit: refused at once.
+        let mut over = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        let err = codec.decode(&mut over).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+
+        // A whole frame, then the next one's first bytes.
+        let mut two = BytesMut::new();
+        codec.encode(Bytes::from_static(b"[1]"), &mut two).unwrap();
+        two.extend_from_slice(&[0, 0]);
+        assert_eq!(&codec.decode(&mut two).unwrap().unwrap()[..], b"[1]");
+        assert!(codec.decode(&mut two).unwrap().is_none());
+        assert_eq!(&two[..], &[0, 0]);
+    }
 }

@@ -158,6 +158,42 @@ pub struct SnapshotHeader {
     pub membership: StoredMembershipRecord,
 }
 
+/// The most a snapshot upload's JSON header (vote, last log id, membership) may claim.
+pub const MAX_SNAPSHOT_HEADER: usize = 1 << 20;
+
+/// The start of a snapshot upload, `[header length u32 LE][header JSON]`; the snapshot file's
+/// bytes follow it.
+pub fn snapshot_upload_head(header: &PeerMessage<SnapshotHeader>) -> Vec<u8> {
+    let json = serde_json::to_vec(header).expect("snapshot headers serialize");
+    let mut head = (json.len() as u32).to_le_bytes().to_vec();
+    head.extend_from_slice(&json);
+    head
+}
+
+/// The header of a snapshot upload once `head`, its first bytes as received, holds all of it:
+/// the header and how many bytes of `head` it took (the file's bytes start there). `None`
+/// while more bytes are needed.
+pub fn snapshot_upload_header(
+    head: &[u8],
+) -> Result<Option<(PeerMessage<SnapshotHeader>, usize)>, String> {
+    let Some(len) = head.get(..4) else {
+        return Ok(None);
+    };
+    let n = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+    // Refused before it is buffered: a claimed length would otherwise keep the whole stream in
+    // memory, waiting for a header that never ends.
+    if n > MAX_SNAPSHOT_HEADER {
+        return Err(format!(
+            "the snapshot header claims {n} bytes; the limit is {MAX_SNAPSHOT_HEADER}"
+        ));
+    }
+    let Some(json) = head.get(4..4 + n) else {
+        return Ok(None);
+    };
+    let header = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    Ok(Some((header, 4 + n)))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SnapshotReply {

@@ -438,7 +438,7 @@ pub fn verify(path: &Path) -> io::Result<SnapshotMetaRecord> {
 }
 
 /// Reads only what a snapshot file says it covers, checking nothing past its meta record.
-fn read_meta(path: &Path) -> io::Result<SnapshotMetaRecord> {
+pub(crate) fn read_meta(path: &Path) -> io::Result<SnapshotMetaRecord> {
     let mut r = CrcReader::open(path, 8 << 10)?;
     read_head(path, &mut r)
 }
