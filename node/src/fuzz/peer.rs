@@ -452,6 +452,31 @@ fn body_seeds() -> Arc<Vec<Seed>> {
                     json(&wire::SnapshotReply { vote: vote() }),
                 ),
                 (
+                    "state hash request",
+                    json(&envelope(wire::StateHashRequest { index: 14 })),
+                ),
+                (
+                    "state hash answer",
+                    json(&wire::StateHashReply::Done {
+                        hash: crate::store::state_hash::StateHash {
+                            index: 14,
+                            revision: 9,
+                            sha256: "ab".repeat(32),
+                            records: 3,
+                            took_ms: 1,
+                        },
+                    }),
+                ),
+                (
+                    "state check answer",
+                    json(&wire::StateCheckReply {
+                        index: 14,
+                        outcome: "mismatch".into(),
+                        odd: vec!["n3".into()],
+                        hashes: vec![("n1".into(), "ab".into()), ("n3".into(), "cd".into())],
+                    }),
+                ),
+                (
                     "error answer",
                     json(&ErrorBody {
                         error: forwarded_reply_error(),
@@ -517,6 +542,9 @@ fn decode_bodies(bytes: &[u8]) -> usize {
     decoded += take::<wire::ForwardedWritesReply>(bytes).is_some() as usize;
     decoded += take::<wire::ReadIndexReply>(bytes).is_some() as usize;
     decoded += take::<wire::SnapshotReply>(bytes).is_some() as usize;
+    decoded += take::<PeerMessage<wire::StateHashRequest>>(bytes).is_some() as usize;
+    decoded += take::<wire::StateHashReply>(bytes).is_some() as usize;
+    decoded += take::<wire::StateCheckReply>(bytes).is_some() as usize;
     decoded += take::<ErrorBody>(bytes).is_some() as usize;
     decoded
 }

@@ -104,6 +104,16 @@ pub(super) fn entries() -> Vec<LogEntryRecord> {
         PayloadRecord::Command {
             command: command(Operation::ExpireLeases { ids: vec![1, 2] }),
         },
+        PayloadRecord::Command {
+            command: command(Operation::CheckState {}),
+        },
+        PayloadRecord::Command {
+            command: command(Operation::RaiseAlarm {
+                member: 7,
+                alarm: AlarmKind::Corrupt,
+                detail: "its state hash differed".into(),
+            }),
+        },
         PayloadRecord::Membership {
             membership: membership().membership,
         },
@@ -124,7 +134,12 @@ pub(super) fn applied_state() -> AppliedStateRecord {
         membership: Some(membership()),
         revision: 9,
         compacted_revision: 2,
-        command_version: Some(3),
+        command_version: Some(4),
+        alarms: vec![AlarmRecord {
+            member: 7,
+            kind: AlarmKind::Corrupt,
+            detail: "its state hash differed".into(),
+        }],
     }
 }
 
