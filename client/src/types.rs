@@ -138,6 +138,10 @@ pub struct ClusterStatus {
     /// It is not ready and serves nothing; replace it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced: Option<String>,
+    /// This member's wall clock as it answered, in Unix ms (0 from a build before it). Leases
+    /// and timeouts never use it; compare members' to see their clocks' skew.
+    #[serde(default)]
+    pub wall_clock_ms: u64,
 }
 
 /// `GET /api/v1/cluster/alarms`: the alarms raised in the cluster. An alarm stays until its

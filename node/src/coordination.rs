@@ -1,5 +1,7 @@
 //! The leader's housekeeping, every decision replicated through the log:
-//! - lease expiry: leases past their deadline are ended by an `ExpireLeases` command;
+//! - lease expiry: leases past their deadline on the leader's monotonic clock
+//!   ([`crate::lease_clock`]) are ended by an `EndLeases` command (before command set 5: those
+//!   past their replicated wall-clock deadline, by `ExpireLeases`);
 //! - the idempotency sweep: answers older than the retention are forgotten, the oldest first,
 //!   by `SweepIdempotencyOldest` commands of at most [`SWEEP_BATCH`] each (replicas agree
 //!   because the age is measured against the command's replicated proposal time);
@@ -10,8 +12,9 @@
 //! led for at least that lease's TTL: every lease gets a full TTL after a leader change, and a
 //! client that keeps its lease alive through the new leader never loses it.
 //!
-//! Both read the state machine's time indexes (`store::time_index`): only what is due, never a
-//! whole table, so neither the leader's tick nor a replica's apply grows with the tables.
+//! Both look only at what is due (the lease clock's deadline order, the idempotency time
+//! index in `store::time_index`), never a whole table, so neither the leader's tick nor a
+//! replica's apply grows with the tables.
 
 use std::time::Duration;
 use std::time::Instant;
@@ -22,6 +25,7 @@ use crate::clock::now_ms;
 use crate::service::SharedNode;
 use crate::store::records::COMMAND_VERSION;
 use crate::store::records::COMMAND_VERSION_BASE;
+use crate::store::records::COMMAND_VERSION_LEADER_LEASES;
 use crate::store::records::Command;
 use crate::store::records::Operation;
 use crate::store::records::Response;
@@ -66,8 +70,12 @@ pub fn spawn(node: SharedNode, settings: Settings) {
             let m = crate::raft::metrics_of(&node.raft);
             if m.state != ServerState::Leader {
                 leading = None;
+                node.reader.lease_clock().not_leading();
                 continue;
             }
+            node.reader
+                .lease_clock()
+                .leading(m.current_term, Instant::now());
             let since = match leading {
                 Some((term, since)) if term == m.current_term => since,
                 _ => {
@@ -90,7 +98,11 @@ pub fn spawn(node: SharedNode, settings: Settings) {
                 // Leases and the sweep are commands of a newer set.
                 continue;
             }
-            expire_leases(&node, since.elapsed()).await;
+            if version >= COMMAND_VERSION_LEADER_LEASES {
+                end_leases(&node).await;
+            } else {
+                expire_leases(&node, since.elapsed()).await;
+            }
             if sweep_backlog || last_sweep.elapsed() >= settings.sweep_every() {
                 last_sweep = Instant::now();
                 sweep_backlog = sweep(&node, settings.idempotency_retention, version).await;
@@ -116,8 +128,20 @@ async fn propose(node: &SharedNode, op: Operation) -> Option<Response> {
     }
 }
 
-/// Ends the leases past their deadline that this leader may end (it has led for their TTL),
-/// reading only the due part of the deadline index.
+/// Ends the leases past their deadline on this leader's monotonic clock (which counts one full
+/// TTL from when it began to lead).
+async fn end_leases(node: &SharedNode) {
+    let ids = node.reader.lease_clock().due(Instant::now(), EXPIRE_BATCH);
+    if !ids.is_empty() {
+        tracing::info!(leases = ?ids, "ending leases past their deadline");
+        // Lost (a leader change, a timeout): the clock offers them again after a pause, and
+        // keep-alives stay refused meanwhile.
+        propose(node, Operation::EndLeases { ids }).await;
+    }
+}
+
+/// Before command set 5: ends the leases past their replicated wall-clock deadline that this
+/// leader may end (it has led for their TTL), reading only the due part of the deadline index.
 async fn expire_leases(node: &SharedNode, leading_for: Duration) {
     let now = now_ms();
     let leading_for_ms = leading_for.as_millis() as u64;

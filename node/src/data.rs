@@ -28,7 +28,9 @@ use concordance_client::WatchEvent;
 
 use crate::clock::now_ms;
 use crate::error::NodeError;
+use crate::raft::wire;
 use crate::service::Node;
+use crate::store::records::COMMAND_VERSION_LEADER_LEASES;
 use crate::store::records::CompareOpRecord;
 use crate::store::records::CompareRecord;
 use crate::store::records::CompareTargetRecord;
@@ -82,16 +84,27 @@ pub(crate) fn change(e: EventRecord) -> Change {
     }
 }
 
-fn lease_info(l: LeaseRecord) -> LeaseInfo {
+/// A lease as the API shows it, with `remaining_ms` left (`None`: from its stored wall-clock
+/// deadline, as before command set 5).
+fn lease_info(l: LeaseRecord, remaining_ms: Option<u64>) -> LeaseInfo {
     LeaseInfo {
         id: l.id,
         ttl_ms: l.ttl_ms,
-        remaining_ms: l.expires_at_ms.saturating_sub(now_ms()),
+        remaining_ms: remaining_ms.unwrap_or_else(|| l.expires_at_ms.saturating_sub(now_ms())),
         keys: l.keys,
     }
 }
 
-fn lease_not_found(id: u64) -> NodeError {
+/// At most this many leases' time left asked of the leader in one message.
+const TIME_LEFT_BATCH: usize = 10_000;
+
+fn unexpected_lease_reply(reply: &wire::LeaseReply) -> NodeError {
+    NodeError::internal(format!(
+        "the leader answered a lease request with {reply:?}"
+    ))
+}
+
+pub(crate) fn lease_not_found(id: u64) -> NodeError {
     NodeError::Rejected(
         ErrorCode::LeaseNotFound,
         format!("lease {id} does not exist or has expired"),
@@ -321,11 +334,23 @@ impl Node {
         }
     }
 
+    /// Restarts a lease's TTL. From command set 5 the leader does it on its own clock, with no
+    /// Raft entry (a keep-alive repeated is harmless, so the idempotency key is not needed);
+    /// before, it is a replicated command.
     pub async fn lease_keep_alive(
         &self,
         id: u64,
         idempotency_key: Option<String>,
     ) -> Result<LeaseKeepAliveResponse, NodeError> {
+        if self.reader.command_version() >= COMMAND_VERSION_LEADER_LEASES {
+            return match self
+                .ask_leader_about_leases(wire::LeaseRequest::KeepAlive { id })
+                .await?
+            {
+                wire::LeaseReply::KeptAlive { ttl_ms } => Ok(LeaseKeepAliveResponse { id, ttl_ms }),
+                other => Err(unexpected_lease_reply(&other)),
+            };
+        }
         match self
             .propose(Operation::LeaseKeepAlive { id }, idempotency_key)
             .await?
@@ -359,10 +384,54 @@ impl Node {
 
     pub async fn lease(&self, id: u64, consistency: Consistency) -> Result<LeaseInfo, NodeError> {
         self.read_barrier(consistency).await?;
-        match self.reader.lease(id).map_err(NodeError::storage)? {
-            Some(l) => Ok(lease_info(l)),
-            None => Err(lease_not_found(id)),
+        let Some(l) = self.reader.lease(id).map_err(NodeError::storage)? else {
+            return Err(lease_not_found(id));
+        };
+        let remaining = self.time_left(&[id], consistency).await?;
+        Ok(lease_info(l, remaining[0]))
+    }
+
+    /// How long each lease of `ids` has left (from command set 5; before, `None` each). A
+    /// linearizable read asks the leader, which alone sees keep-alives; a serializable one
+    /// answers from this member's clock (on a follower: since the grant it applied, so it
+    /// may read low). A lease the clock does not know (ended meanwhile) has 0 left.
+    async fn time_left(
+        &self,
+        ids: &[u64],
+        consistency: Consistency,
+    ) -> Result<Vec<Option<u64>>, NodeError> {
+        if self.reader.command_version() < COMMAND_VERSION_LEADER_LEASES {
+            return Ok(vec![None; ids.len()]);
         }
+        if consistency != Consistency::Linearizable {
+            let clock = self.reader.lease_clock();
+            let now = std::time::Instant::now();
+            return Ok(ids
+                .iter()
+                .map(|id| {
+                    Some(
+                        clock
+                            .time_left(*id, now)
+                            .map_or(0, |d| d.as_millis() as u64),
+                    )
+                })
+                .collect());
+        }
+        let mut left = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(TIME_LEFT_BATCH) {
+            let request = wire::LeaseRequest::TimeLeft {
+                ids: chunk.to_vec(),
+            };
+            match self.ask_leader_about_leases(request).await? {
+                wire::LeaseReply::TimeLeft { remaining_ms }
+                    if remaining_ms.len() == chunk.len() =>
+                {
+                    left.extend(remaining_ms.into_iter().map(|r| Some(r.unwrap_or(0))));
+                }
+                other => return Err(unexpected_lease_reply(&other)),
+            }
+        }
+        Ok(left)
     }
 
     /// Whether lease `id` exists in this replica as it is.
@@ -374,8 +443,14 @@ impl Node {
         self.read_barrier(consistency).await?;
         let revision = self.reader.revision();
         let leases = off_the_async_workers(|| self.reader.leases()).map_err(NodeError::storage)?;
+        let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
+        let remaining = self.time_left(&ids, consistency).await?;
         Ok(LeaseListResponse {
-            leases: leases.into_iter().map(lease_info).collect(),
+            leases: leases
+                .into_iter()
+                .zip(remaining)
+                .map(|(l, r)| lease_info(l, r))
+                .collect(),
             revision,
         })
     }

@@ -25,6 +25,7 @@ pub mod forward;
 pub mod inspect;
 pub mod integrity;
 pub mod join;
+pub mod lease_clock;
 pub mod locks;
 pub mod membership;
 pub mod metrics;

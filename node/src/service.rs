@@ -515,30 +515,57 @@ impl Node {
         Ok(())
     }
 
-    /// Read index from the leader (asked by a follower), then a wait for the local apply.
-    async fn linearize(&self) -> Result<(), NodeError> {
-        // As for writes: between leaders, the read waits for the next one.
+    /// A lease question answered by the leader: here if this node leads, else forwarded to
+    /// it (as writes are; between leaders it waits for the next one).
+    pub async fn ask_leader_about_leases(
+        &self,
+        request: wire::LeaseRequest,
+    ) -> Result<wire::LeaseReply, NodeError> {
+        self.on_the_leader(
+            || self.answer_about_leases_here(&request),
+            "raft/lease",
+            &request,
+            |reply: wire::LeaseReply| reply,
+        )
+        .await
+    }
+
+    /// Runs `here` if this node leads, else sends `body` to the leader's peer route `path`
+    /// (its answer made one of ours by `from_leader`); between leaders (refused as not the
+    /// leader, here or there) it waits for the next one, at most [`LEADER_WAIT`].
+    async fn on_the_leader<T, B, R, Here, HereFut>(
+        &self,
+        here: Here,
+        path: &str,
+        body: &B,
+        from_leader: impl Fn(R) -> T,
+    ) -> Result<T, NodeError>
+    where
+        B: serde::Serialize + Clone,
+        R: serde::de::DeserializeOwned,
+        Here: Fn() -> HereFut,
+        HereFut: std::future::Future<Output = Result<T, Refusal>>,
+    {
         let deadline = Instant::now() + LEADER_WAIT;
-        let index = loop {
-            let refused = match self.read_index_here().await {
-                Ok(i) => break i,
+        loop {
+            let refused = match here().await {
+                Ok(answer) => return Ok(answer),
                 Err(Refusal::Failed(e)) => return Err(e),
                 Err(r @ Refusal::NotLeader(_)) => match self.leader_addr() {
                     None => self.refusal_error(r),
                     Some((leader, addr)) => {
-                        let msg = self.peers.envelope(());
-                        let reply: Result<wire::ReadIndexReply, NodeError> =
-                            crate::forward::to_leader(
-                                &self.peers,
-                                &self.raft,
-                                leader,
-                                &addr,
-                                "raft/read-index",
-                                &msg,
-                            )
-                            .await;
+                        let msg = self.peers.envelope(body.clone());
+                        let reply: Result<R, NodeError> = crate::forward::to_leader(
+                            &self.peers,
+                            &self.raft,
+                            leader,
+                            &addr,
+                            path,
+                            &msg,
+                        )
+                        .await;
                         match reply {
-                            Ok(reply) => break reply.read_log_id.index,
+                            Ok(reply) => return Ok(from_leader(reply)),
                             Err(e) if e.is_not_leader() => e,
                             Err(e) => return Err(e),
                         }
@@ -548,7 +575,81 @@ impl Node {
             if !self.await_leader(deadline).await {
                 return Err(refused);
             }
-        };
+        }
+    }
+
+    /// The leader's side of [`Node::ask_leader_about_leases`] for a follower. Refused with no
+    /// leader known, it asks again, as `propose_local` does.
+    pub async fn answer_about_leases_local(
+        &self,
+        request: wire::LeaseRequest,
+    ) -> Result<wire::LeaseReply, NodeError> {
+        self.asking_again_while_leaderless(|| self.answer_about_leases_here(&request))
+            .await
+    }
+
+    /// Confirms with a quorum that this node leads and has applied every acknowledged write,
+    /// then answers from its lease clock. A keep-alive counts from before the confirmation: a
+    /// leader elected since then began to lead later, and gives the lease a full TTL from then.
+    async fn answer_about_leases_here(
+        &self,
+        request: &wire::LeaseRequest,
+    ) -> Result<wire::LeaseReply, Refusal> {
+        let asked = Instant::now();
+        let index = self.lease_read_index_here().await?;
+        self.raft
+            .wait(Some(QUORUM_TIMEOUT))
+            .applied_index_at_least(Some(index), "lease request")
+            .await
+            .map_err(|e| {
+                Refusal::Failed(NodeError::NoQuorum(format!(
+                    "the leader did not apply up to its read index in time: {e}"
+                )))
+            })?;
+        let clock = self.reader.lease_clock();
+        Ok(match request {
+            wire::LeaseRequest::KeepAlive { id } => match clock.renew(*id, asked) {
+                Ok(ttl_ms) => wire::LeaseReply::KeptAlive { ttl_ms },
+                Err(_) => return Err(Refusal::Failed(crate::data::lease_not_found(*id))),
+            },
+            wire::LeaseRequest::TimeLeft { ids } => {
+                let now = Instant::now();
+                wire::LeaseReply::TimeLeft {
+                    remaining_ms: ids
+                        .iter()
+                        .map(|id| clock.time_left(*id, now).map(|d| d.as_millis() as u64))
+                        .collect(),
+                }
+            }
+        })
+    }
+
+    /// Like [`Node::read_index_here`], but confirmed by the leader's lease when it is fresh
+    /// (openraft's `LeaseRead`: no round of heartbeats; followers vote for no one else within
+    /// it), else by a round. For lease requests, which are many and need only the leader to
+    /// still lead when they arrive.
+    async fn lease_read_index_here(&self) -> Result<u64, Refusal> {
+        self.check_leader_quorum(&crate::raft::metrics_of(&self.raft))?;
+        match self.raft.get_read_linearizer(ReadPolicy::LeaseRead).await {
+            Ok(lin) => Ok(lin.read_log_id().index()),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => Err(Refusal::NotLeader(f.leader_id)),
+                None => self.read_index_here().await,
+            },
+        }
+    }
+
+    /// Read index from the leader (asked by a follower), then a wait for the local apply.
+    async fn linearize(&self) -> Result<(), NodeError> {
+        // As for writes: between leaders, the read waits for the next one.
+        let index = self
+            .on_the_leader(
+                || self.read_index_here(),
+                "raft/read-index",
+                &(),
+                |reply: wire::ReadIndexReply| reply.read_log_id.index,
+            )
+            .await?;
         self.raft
             .wait(Some(QUORUM_TIMEOUT))
             .applied_index_at_least(Some(index), "linearizable read")
@@ -619,6 +720,7 @@ impl Node {
             members,
             version: env!("CARGO_PKG_VERSION").into(),
             fenced: self.fenced().map(|a| a.detail),
+            wall_clock_ms: now_ms(),
         }
     }
 
@@ -673,9 +775,15 @@ impl Node {
             if !self.leader_contact.log_confirmed() {
                 return Err("waiting for the leader's log up to its commit index".into());
             }
-            let since = now_ms().saturating_sub(self.leader_contact.last_ms());
-            if since > STALE_QUORUM_ACK.as_millis() as u64 {
-                return Err(format!("no message from the leader for {since} ms"));
+            match self.leader_contact.since_last() {
+                None => return Err("no message from the leader since this start".into()),
+                Some(since) if since > STALE_QUORUM_ACK => {
+                    return Err(format!(
+                        "no message from the leader for {} ms",
+                        since.as_millis()
+                    ));
+                }
+                Some(_) => {}
             }
         }
         #[allow(deprecated)]

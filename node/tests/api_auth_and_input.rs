@@ -168,6 +168,7 @@ fn routes(lease: u64) -> Vec<(&'static str, String, Option<String>, Needs)> {
             b("{}"),
             Needs::Admin,
         ),
+        ("POST", "/api/v1/raft/lease".into(), b("{}"), Needs::Admin),
         (
             "POST",
             "/api/v1/raft/state-hash".into(),

@@ -3,7 +3,9 @@
 //! `scripts/test` sets from `tests/k8s/previous-binary`) and this one. Under a writer, a
 //! 3-member cluster of the earlier build is upgraded member by member, rolled back before the
 //! new command sets can be enabled, then upgraded for good; every acknowledged write reads
-//! back. Once this build's command set is enabled, the earlier build is refused at join.
+//! back, and a lease kept alive all along lives on (by replicated keep-alives on the earlier
+//! set, by the leader's clock on this one). Once this build's command set is enabled, the
+//! earlier build is refused at join.
 
 mod common;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::*;
 use concordance::store::records::COMMAND_VERSION;
@@ -23,6 +26,8 @@ const KEYS: &[(&str, &str)] = &[
     ("CONCORDANCE_API_KEY", ADMIN_KEY),
     ("CONCORDANCE_AGENT_API_KEY", AGENT_KEY),
 ];
+
+const LEASE_TTL: Duration = Duration::from_secs(10);
 
 fn previous_build() -> PathBuf {
     let path = std::env::var_os("CONCORDANCE_PREVIOUS_NODE")
@@ -43,6 +48,15 @@ struct Written {
     failed: Vec<String>,
 }
 
+/// An agent's client that knows every member and retries through them.
+fn agent_of_every(endpoints: Vec<String>) -> Client {
+    Client::builder()
+        .endpoints(endpoints)
+        .api_key(AGENT_KEY)
+        .build()
+        .unwrap()
+}
+
 /// Writes `w/<n>` = n, one after another, through a client that knows every member and
 /// retries (each write with its own idempotency key), until `stop`.
 fn start_writer(
@@ -51,11 +65,7 @@ fn start_writer(
     written: Arc<Mutex<Written>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client = Client::builder()
-            .endpoints(endpoints)
-            .api_key(AGENT_KEY)
-            .build()
-            .unwrap();
+        let client = agent_of_every(endpoints);
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let key = format!("w/{n:06}");
@@ -68,6 +78,26 @@ fn start_writer(
             };
             n += 1;
         }
+    })
+}
+
+/// Keeps lease `id` alive every second through a client that knows every member, until
+/// `stop`; the keep-alives that failed.
+fn start_keeper(
+    endpoints: Vec<String>,
+    id: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let client = agent_of_every(endpoints);
+        let mut failed = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = client.lease_keep_alive(id).await {
+                failed.push(e.to_string());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        failed
     })
 }
 
@@ -129,6 +159,21 @@ async fn upgrade_and_rollback_with_the_earlier_build_lose_no_acknowledged_write(
         stop.clone(),
         written.clone(),
     );
+    // A lease kept alive all along: by replicated keep-alives on the earlier set, by the
+    // leader's clock once this build's set is enabled.
+    let kept = nodes[0]
+        .client()
+        .with_key(AGENT_KEY)
+        .lease_grant(LEASE_TTL)
+        .await
+        .unwrap()
+        .id;
+    let keeper_stop = Arc::new(AtomicBool::new(false));
+    let keeper = start_keeper(
+        nodes.iter().map(NodeProc::addr).collect(),
+        kept,
+        keeper_stop.clone(),
+    );
 
     // Upgrade two members: the third still runs the earlier build, so no newer set can be
     // enabled, and the way back stays open.
@@ -150,6 +195,26 @@ async fn upgrade_and_rollback_with_the_earlier_build_lose_no_acknowledged_write(
         let v = versions(&nodes).await;
         v.iter()
             .all(|(s, enabled)| *s == COMMAND_VERSION && *enabled == COMMAND_VERSION)
+            .then_some(())
+    })
+    .await;
+    // Two TTLs on the new set: the kept lease lives on keep-alives the leader alone answers,
+    // and a lease granted and left alone ends.
+    let admin = nodes[0].admin();
+    let abandoned = admin.lease_grant(LEASE_TTL).await.unwrap().id;
+    tokio::time::sleep(2 * LEASE_TTL).await;
+    keeper_stop.store(true, Ordering::Relaxed);
+    let keep_alives_failed = keeper.await.unwrap();
+    assert!(
+        admin.lease_get(kept).await.unwrap().is_some(),
+        "the lease kept alive through the upgrade ended; keep-alives that failed: {keep_alives_failed:?}"
+    );
+    eventually("the abandoned lease ended", WAIT, || async {
+        admin
+            .lease_get(abandoned)
+            .await
+            .unwrap()
+            .is_none()
             .then_some(())
     })
     .await;

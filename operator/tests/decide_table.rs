@@ -104,6 +104,7 @@ fn healthy(size: usize, replicas: i32) -> Observed {
         members: (0..size).map(|i| raft_member(&n(i), true)).collect(),
         version: "0.1.0".to_string(),
         fenced: None,
+        wall_clock_ms: 0,
     });
     o.status.cluster_id = Some(ID.to_string());
     sync(o)

@@ -303,6 +303,17 @@ pub async fn read_index(
     .await
 }
 
+/// A follower's lease question (keep-alive, time left), answered on the leader's clock.
+pub async fn lease(
+    State(node): State<SharedNode>,
+    JsonBody(msg): JsonBody<PeerMessage<wire::LeaseRequest>>,
+) -> Result<Json<wire::LeaseReply>, ApiError> {
+    rpc(node, msg, |node, req| async move {
+        Ok(node.answer_about_leases_local(req).await?)
+    })
+    .await
+}
+
 /// Receives a whole snapshot: `[header length u32 LE][header JSON][snapshot file]`, written
 /// to a file, verified end to end, then installed.
 pub async fn snapshot(

@@ -229,6 +229,10 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             post(raft_rpc::read_index).layer(peer_limit()),
         ),
         (
+            doc("post", "/api/v1/raft/lease", Admin, "A follower's lease keep-alive or time-left question, for the leader").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
+            post(raft_rpc::lease).layer(peer_limit()),
+        ),
+        (
             doc("post", "/api/v1/raft/state-hash", Admin, "This member's state hash at a state check's log index").body(Body::Json(peer_message)).answers(Body::Json(any_object)).internal(),
             post(raft_rpc::state_hash).layer(peer_limit()),
         ),

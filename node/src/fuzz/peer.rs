@@ -448,6 +448,16 @@ fn body_seeds() -> Arc<Vec<Seed>> {
                     }),
                 ),
                 (
+                    "lease request",
+                    json(&envelope(wire::LeaseRequest::TimeLeft { ids: vec![1, 2] })),
+                ),
+                (
+                    "lease answer",
+                    json(&wire::LeaseReply::TimeLeft {
+                        remaining_ms: vec![Some(900), None],
+                    }),
+                ),
+                (
                     "snapshot answer",
                     json(&wire::SnapshotReply { vote: vote() }),
                 ),
@@ -542,6 +552,8 @@ fn decode_bodies(bytes: &[u8]) -> usize {
     decoded += take::<wire::ForwardedWritesReply>(bytes).is_some() as usize;
     decoded += take::<wire::ReadIndexReply>(bytes).is_some() as usize;
     decoded += take::<wire::SnapshotReply>(bytes).is_some() as usize;
+    decoded += take::<PeerMessage<wire::LeaseRequest>>(bytes).is_some() as usize;
+    decoded += take::<wire::LeaseReply>(bytes).is_some() as usize;
     decoded += take::<PeerMessage<wire::StateHashRequest>>(bytes).is_some() as usize;
     decoded += take::<wire::StateHashReply>(bytes).is_some() as usize;
     decoded += take::<wire::StateCheckReply>(bytes).is_some() as usize;

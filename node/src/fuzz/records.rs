@@ -105,6 +105,9 @@ pub(super) fn entries() -> Vec<LogEntryRecord> {
             command: command(Operation::ExpireLeases { ids: vec![1, 2] }),
         },
         PayloadRecord::Command {
+            command: command(Operation::EndLeases { ids: vec![3] }),
+        },
+        PayloadRecord::Command {
             command: command(Operation::CheckState {}),
         },
         PayloadRecord::Command {

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use openraft::SnapshotPolicy;
 
-use crate::clock::now_ms;
+use crate::clock::monotonic_ms;
 use crate::store::types::TypeConfig;
 
 pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
@@ -51,7 +51,7 @@ pub fn config(snapshot_entries: u64) -> Result<openraft::Config, openraft::Confi
 /// start, for its readiness.
 #[derive(Debug, Default)]
 pub struct LeaderContact {
-    /// Unix ms of the last one.
+    /// [`monotonic_ms`] of the last one.
     last_ms: AtomicU64,
     /// Set once an accepted append showed this node holding every entry the leader had
     /// committed: until then its membership may be a stale one from before it was removed (a
@@ -66,12 +66,17 @@ impl LeaderContact {
         if holds_commit {
             self.log_confirmed.store(true, Ordering::Relaxed);
         }
-        self.last_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_ms.store(monotonic_ms(), Ordering::Relaxed);
     }
 
-    /// Unix ms of the last append or snapshot accepted (0: none since this start).
-    pub fn last_ms(&self) -> u64 {
-        self.last_ms.load(Ordering::Relaxed)
+    /// How long since the last append or snapshot accepted (`None`: none since this start).
+    pub fn since_last(&self) -> Option<std::time::Duration> {
+        match self.last_ms.load(Ordering::Relaxed) {
+            0 => None,
+            last => Some(std::time::Duration::from_millis(
+                monotonic_ms().saturating_sub(last),
+            )),
+        }
     }
 
     pub fn log_confirmed(&self) -> bool {

@@ -235,6 +235,26 @@ pub enum ForwardedResult {
     Failed { status: u16, error: ErrorDetail },
 }
 
+/// A lease question only the leader can answer (command set 5 on): it alone renews leases
+/// and knows how long each has left.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum LeaseRequest {
+    KeepAlive { id: u64 },
+    TimeLeft { ids: Vec<u64> },
+}
+
+/// The leader's answer to a [`LeaseRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum LeaseReply {
+    #[serde(rename_all = "camelCase")]
+    KeptAlive { ttl_ms: u64 },
+    /// Per id asked, in order: the milliseconds left, `None` for a lease it does not know.
+    #[serde(rename_all = "camelCase")]
+    TimeLeft { remaining_ms: Vec<Option<u64>> },
+}
+
 /// The leader's answer to a follower's read-index request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

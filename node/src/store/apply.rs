@@ -40,6 +40,7 @@ use super::records::TxnOpRecord;
 use super::records::TxnOpResultRecord;
 use super::time_index;
 use super::u64_key;
+use crate::lease_clock::LeaseChange;
 
 /// The most a transaction's answer may hold (its gets, and the previous values of the keys it
 /// writes or deletes), about: beyond it the transaction is rejected whole, before it writes,
@@ -93,6 +94,8 @@ pub struct Batch<'a> {
     command_version: u32,
     /// Alarms raised by this batch's commands, in order.
     alarms_raised: Vec<AlarmRecord>,
+    /// Grants, replicated keep-alives and ends, for the members' lease clocks.
+    lease_changes: Vec<LeaseChange>,
 }
 
 fn reject(code: RejectCode, message: impl Into<String>) -> Response {
@@ -174,6 +177,7 @@ impl<'a> Batch<'a> {
             writing: false,
             command_version,
             alarms_raised: Vec::new(),
+            lease_changes: Vec::new(),
         }
     }
 
@@ -193,10 +197,10 @@ impl<'a> Batch<'a> {
         &self.alarms_raised
     }
 
-    /// The writes to commit, atomically with the applied log id, and the sweep floor once
-    /// they are.
-    pub fn into_parts(self) -> (WriteBatch, Option<Vec<u8>>) {
-        (self.wb, self.sweep_floor)
+    /// The writes to commit, atomically with the applied log id; the sweep floor and the
+    /// lease changes once they are.
+    pub fn into_parts(self) -> (WriteBatch, Option<Vec<u8>>, Vec<LeaseChange>) {
+        (self.wb, self.sweep_floor, self.lease_changes)
     }
 
     fn current(&self, key: &str) -> io::Result<Option<KeyRecord>> {
@@ -472,6 +476,7 @@ impl<'a> Batch<'a> {
             }
         }
         self.remove_lease(lease.id, lease.expires_at_ms);
+        self.lease_changes.push(LeaseChange::Ended { id: lease.id });
         Ok(deleted)
     }
 
@@ -496,6 +501,7 @@ impl<'a> Batch<'a> {
             Operation::LeaseKeepAlive { id } => self.lease_keep_alive(id, now_ms),
             Operation::LeaseRevoke { id } => self.lease_revoke(id),
             Operation::ExpireLeases { ids } => self.expire_leases(ids, now_ms),
+            Operation::EndLeases { ids } => self.end_leases(ids),
             Operation::SweepIdempotency { older_than_ms } => {
                 self.sweep_idempotency(now_ms.saturating_sub(older_than_ms), usize::MAX)
             }
@@ -551,6 +557,7 @@ impl<'a> Batch<'a> {
             keys: Vec::new(),
         });
         self.index_lease(id, expires_at_ms);
+        self.lease_changes.push(LeaseChange::Granted { id, ttl_ms });
         Ok(Response::Lease { id, ttl_ms })
     }
 
@@ -567,6 +574,7 @@ impl<'a> Batch<'a> {
         }
         let ttl_ms = rec.ttl_ms;
         self.set_lease(rec);
+        self.lease_changes.push(LeaseChange::KeptAlive { id });
         Ok(Response::Lease { id, ttl_ms })
     }
 
@@ -597,6 +605,23 @@ impl<'a> Batch<'a> {
         Ok(Response::LeasesExpired {
             revision: self.command_revision(),
             ids: expired,
+        })
+    }
+
+    /// Ends these leases, with their keys, at one revision: the leader found them past their
+    /// deadline on its monotonic clock (`crate::lease_clock`), which alone decides from
+    /// command set 5 on; the stored deadline is the grant's, not renewed by keep-alives.
+    fn end_leases(&mut self, ids: Vec<u64>) -> io::Result<Response> {
+        let mut ended = Vec::new();
+        for id in ids {
+            if let Some(rec) = self.lease(id)? {
+                self.end_lease(rec)?;
+                ended.push(id);
+            }
+        }
+        Ok(Response::LeasesExpired {
+            revision: self.command_revision(),
+            ids: ended,
         })
     }
 

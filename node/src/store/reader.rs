@@ -22,6 +22,7 @@ use super::records::LeaseRecord;
 use super::state_hash::StateHashes;
 use super::time_index;
 use super::u64_key;
+use crate::lease_clock::LeaseClock;
 
 /// Read access to the applied state, shared with the HTTP API.
 #[derive(Clone)]
@@ -38,6 +39,8 @@ pub struct KvReader {
     alarms: Arc<std::sync::RwLock<Vec<AlarmRecord>>>,
     /// The state hashes this replica computed lately.
     state_hashes: StateHashes,
+    /// When each lease may end, on this member's monotonic clock.
+    lease_clock: Arc<LeaseClock>,
 }
 
 impl KvReader {
@@ -54,6 +57,7 @@ impl KvReader {
             sweep_floor: Arc::default(),
             alarms: Arc::new(std::sync::RwLock::new(applied.alarms.clone())),
             state_hashes: StateHashes::default(),
+            lease_clock: Arc::default(),
         }
     }
 
@@ -73,6 +77,11 @@ impl KvReader {
             .iter()
             .find(|a| a.member == id)
             .cloned()
+    }
+
+    /// When each lease may end on this member's monotonic clock (see [`crate::lease_clock`]).
+    pub fn lease_clock(&self) -> &LeaseClock {
+        &self.lease_clock
     }
 
     /// The state hashes this replica computed lately (see [`super::state_hash`]).

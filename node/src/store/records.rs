@@ -118,6 +118,7 @@ impl std::fmt::Display for Command {
             Operation::LeaseKeepAlive { id } => write!(f, "keep lease {id} alive"),
             Operation::LeaseRevoke { id } => write!(f, "revoke lease {id}"),
             Operation::ExpireLeases { ids } => write!(f, "expire leases {ids:?}"),
+            Operation::EndLeases { ids } => write!(f, "end leases {ids:?}"),
             Operation::SweepIdempotency { older_than_ms } => {
                 write!(f, "sweep idempotency records older than {older_than_ms} ms")
             }
@@ -142,8 +143,11 @@ impl std::fmt::Display for Command {
 /// The command set the first release knew: put and delete.
 pub const COMMAND_VERSION_BASE: u32 = 1;
 /// The newest command set this binary applies: 2 added transactions, leases and idempotency
-/// sweeps; 3 the bounded idempotency sweep; 4 state checks and alarms.
-pub const COMMAND_VERSION: u32 = 4;
+/// sweeps; 3 the bounded idempotency sweep; 4 state checks and alarms; 5 leases timed on the
+/// leader's monotonic clock (keep-alives no longer replicated, ends by `EndLeases`).
+pub const COMMAND_VERSION: u32 = 5;
+/// The command set from which leases are timed on the leader's monotonic clock.
+pub const COMMAND_VERSION_LEADER_LEASES: u32 = 5;
 
 impl Operation {
     /// The command set that introduced this operation: it is proposed only once the cluster
@@ -160,6 +164,7 @@ impl Operation {
             | Operation::EnableCommandVersion { .. } => 2,
             Operation::SweepIdempotencyOldest { .. } => 3,
             Operation::CheckState {} | Operation::RaiseAlarm { .. } => 4,
+            Operation::EndLeases { .. } => COMMAND_VERSION_LEADER_LEASES,
         }
     }
 }
@@ -202,6 +207,11 @@ pub enum Operation {
     /// Proposed by the leader: ends these leases if, by the proposal time, they are still
     /// past their deadline (a keep-alive ordered before this command wins).
     ExpireLeases {
+        ids: Vec<u64>,
+    },
+    /// Proposed by the leader: ends these leases, which its monotonic clock found past their
+    /// deadline (command set 5 on; keep-alives are the leader's alone and not in the log).
+    EndLeases {
         ids: Vec<u64>,
     },
     /// Proposed by the leader: forgets idempotency answers older than this at proposal time.

@@ -76,6 +76,7 @@ impl StateMachine {
             time_index::rebuild(&store, applied_index)?;
         }
         let reader = KvReader::new(store.clone(), &applied);
+        time_leases(&reader)?;
         Ok(Self {
             store,
             applied,
@@ -177,7 +178,7 @@ impl StateMachine {
                 .alarms
                 .retain(|a| membership.membership().get_node(&a.member).is_some());
         }
-        let (mut wb, sweep_floor) = batch.into_parts();
+        let (mut wb, sweep_floor, lease_changes) = batch.into_parts();
         // History compaction: a function of the revision and the configured retention.
         let keep = self.history_revisions;
         if applied.revision > applied.compacted_revision + keep + compaction_step(keep) {
@@ -196,6 +197,9 @@ impl StateMachine {
         // Not synced here: the log is synced, and a lost tail of applied state is re-applied.
         self.store.db().write(wb).map_err(io_err)?;
         self.reader.set_sweep_floor(sweep_floor);
+        self.reader
+            .lease_clock()
+            .applied(&lease_changes, std::time::Instant::now());
         self.applied = applied;
         self.reader.publish(&self.applied);
         Ok(responses)
@@ -206,6 +210,17 @@ impl StateMachine {
         self.reader.publish(&self.applied);
         Ok(())
     }
+}
+
+/// Times every lease in the state from now: at start and after a snapshot install, nothing is
+/// known of earlier keep-alives, and each lease gets one full TTL.
+fn time_leases(reader: &KvReader) -> Result<(), StoreError> {
+    let leases = reader.leases().map_err(StoreError::from)?;
+    reader.lease_clock().reset(
+        leases.into_iter().map(|l| (l.id, l.ttl_ms)),
+        std::time::Instant::now(),
+    );
+    Ok(())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -254,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied_index = meta.last_log_id.as_ref().map(|l| l.index);
         time_index::rebuild(&self.store, applied_index).map_err(io_err)?;
         self.reader.set_sweep_floor(None);
+        time_leases(&self.reader).map_err(io_err)?;
         self.reload_applied()
     }
 
