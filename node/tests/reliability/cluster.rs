@@ -4,8 +4,12 @@
 //! table of this process (named `rel<pid>x<n>`) drops, in the output hook, the packets a
 //! node's sockets send to another node's port (`meta skuid U tcp dport P drop`). Blocking
 //! both directions of a pair cuts every connection between the two, whichever side opened
-//! it, while the test's own clients (root) still reach every node. Without root there are no
-//! user ids to switch to and no packet filter: partition faults are then skipped.
+//! it, while the test's own clients (root) still reach every node. A lossy link drops a share
+//! of those packets at random (`numgen random mod 100 < N`). Without root there are no user
+//! ids to switch to and no packet filter: a run that needs them fails.
+//!
+//! Every node runs under libfaketime with its own clock file: a clock fault moves its wall
+//! clock (not its monotonic clock) by what the file says.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +24,8 @@ use concordance_client::Client;
 use serde_json::json;
 
 use crate::common::NodeProc;
+
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 static TABLES: AtomicUsize = AtomicUsize::new(0);
 
@@ -69,10 +75,21 @@ impl PacketFilter {
 
     /// Replaces the rules: packets from `uid`'s sockets to `port` are dropped, for each pair.
     pub fn set(&self, drops: &[(u32, u16)]) {
+        self.set_lossy(drops, 100);
+    }
+
+    /// Replaces the rules: `percent` % of the packets from `uid`'s sockets to `port` are
+    /// dropped at random, for each pair (this kernel has no netem; nftables draws the loss).
+    pub fn set_lossy(&self, drops: &[(u32, u16)], percent: u32) {
         let mut s = format!("flush chain inet {} out\n", self.table);
+        let draw = if percent >= 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {percent} ")
+        };
         for (uid, port) in drops {
             s.push_str(&format!(
-                "add rule inet {} out meta skuid {uid} tcp dport {port} drop\n",
+                "add rule inet {} out meta skuid {uid} tcp dport {port} {draw}drop\n",
                 self.table
             ));
         }
@@ -102,7 +119,8 @@ pub struct Cluster {
     pub filter: Option<PacketFilter>,
     next_id: usize,
     seed_node: String,
-    /// Environment of every node (the unsynced-data shim when asked for).
+    /// Environment of every node: libfaketime preloaded (each node's wall clock can be moved,
+    /// `set_clock`), and the unsynced-data shim when asked for.
     env: Vec<(String, String)>,
     /// Flags of every node (a new member's too), besides its identity and `--join`.
     extra: Vec<String>,
@@ -142,12 +160,23 @@ impl Cluster {
             )],
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        assert!(
+            Path::new(FAKETIME).exists(),
+            "{FAKETIME} is missing: scripts/install-deps --test installs libfaketime"
+        );
+        let mut preload = vec![FAKETIME.to_string()];
         if lose_unsynced {
             // A copy every node's user may read.
             let so = c.dir.path().join("lose_unsynced.so");
             std::fs::copy(crate::durability::shim(), &so).unwrap();
-            c.env.push(("LD_PRELOAD".into(), so.display().to_string()));
+            preload.push(so.display().to_string());
         }
+        c.env.push(("LD_PRELOAD".into(), preload.join(":")));
+        // The wall clock moves by what the node's clock file says, read at most once a
+        // second; the monotonic clock stays real.
+        c.env
+            .push(("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()));
+        c.env.push(("FAKETIME_CACHE_DURATION".into(), "1".into()));
         let mut args = vec!["--bootstrap".to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let first = c.spawn(&args).await;
@@ -164,11 +193,15 @@ impl Cluster {
         let run_as = uid.map(|u| (u, self.dir.path().join("concordance")));
         self.next_id += 1;
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let env: Vec<(&str, &str)> = self
+        let clock = self.clock_file(&name);
+        std::fs::write(&clock, "+0").unwrap();
+        let clock = clock.display().to_string();
+        let mut env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        env.push(("FAKETIME_TIMESTAMP_FILE", &clock));
         let proc = NodeProc::start_as(
             crate::common::free_port(),
             &name,
@@ -344,15 +377,69 @@ impl Cluster {
         f.set(&drops);
     }
 
+    /// Drops `percent` % of the packets on every link between members, both ways.
+    pub fn lossy_links(&self, percent: u32) {
+        let Some(f) = &self.filter else { return };
+        let mut drops = Vec::new();
+        for (a, m) in &self.members {
+            for b in self.members.keys().filter(|b| *b != a) {
+                drops.push((m.uid.unwrap(), self.port(b)));
+            }
+        }
+        f.set_lossy(&drops, percent);
+    }
+
     pub fn heal_network(&self) {
         if let Some(f) = &self.filter {
             f.set(&[]);
         }
     }
 
-    /// Every fault undone: network healed, paused nodes resumed, stopped nodes restarted.
+    fn clock_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.clock"))
+    }
+
+    /// Moves `name`'s wall clock `offset_secs` from the real one (libfaketime reads it within
+    /// a second).
+    pub fn set_clock(&self, name: &str, offset_secs: i64) {
+        std::fs::write(self.clock_file(name), format!("{offset_secs:+}")).unwrap();
+    }
+
+    /// Waits (at most 5 s) until `name`'s wall clock, as its status shows it (`wallClockMs`),
+    /// is `offset_secs` from this machine's (within 2 s): the proof a clock fault took effect.
+    pub async fn wait_clock(&self, name: &str, offset_secs: i64) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(1), self.client(name).status()).await {
+                Ok(Ok(s)) => {
+                    let ours = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as i64;
+                    let seen = (s.wall_clock_ms as i64 - ours) / 1000;
+                    if (seen - offset_secs).abs() <= 2 {
+                        return Ok(());
+                    }
+                    last = format!("its clock reads {seen} s off");
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "status timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!(
+            "{name}'s wall clock did not move to {offset_secs:+} s: {last}"
+        ))
+    }
+
+    /// Every fault undone: network healed, clocks set right, paused nodes resumed, stopped
+    /// nodes restarted.
     pub fn heal_all(&mut self) {
         self.heal_network();
+        for n in self.names() {
+            self.set_clock(&n, 0);
+        }
         let names = self.names();
         for n in &names {
             self.resume(n);

@@ -1,5 +1,7 @@
 //! Reliability: real clusters under faults, every client operation recorded, and the history
-//! checked for linearizability and the store's invariants. See docs/reliability.md.
+//! checked for linearizability and the store's invariants; a lease kept alive all through
+//! must live and one left alone must end, wall-clock jumps and lossy links among the faults.
+//! See docs/reliability.md.
 //!
 //! Two seeds run with the test suite (as root: partitions are packet filters on the nodes'
 //! user ids); the soak runs for as long as asked, and `scripts/test --long` runs several:
@@ -14,6 +16,7 @@ mod corruption;
 mod durability;
 mod fuzz;
 mod history;
+mod leases;
 mod nemesis;
 mod watcher;
 mod workload;
@@ -101,6 +104,10 @@ pub struct Summary {
     pub max_purged_index: u64,
     /// How long the clients ran.
     pub load_seconds: f64,
+    /// Keep-alives of the kept lease answered, failed, and the longest gap between answers.
+    pub keep_alives_ok: usize,
+    pub keep_alives_failed: usize,
+    pub longest_keep_alive_gap: Duration,
 }
 
 /// A run passes only if it did enough for its checks to mean something: a floor on
@@ -425,6 +432,7 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
     );
     let endpoints: Endpoints = Arc::new(RwLock::new(endpoints_of(cluster)));
     let stop = Arc::new(AtomicBool::new(false));
+    let leases = leases::grant_both(&endpoints).await?;
     let workload = Workload {
         keys: cfg.keys,
         clients: cfg.clients,
@@ -438,6 +446,7 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
         endpoints.clone(),
         stop.clone(),
     ));
+    let keeper = tokio::spawn(leases::keep(endpoints.clone(), stop.clone(), leases));
     let watch_until = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let watch = tokio::spawn(watcher::watch(
         cfg.seed,
@@ -466,6 +475,10 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
     summary.load_seconds = t0.elapsed().as_secs_f64();
     let mut history = clients.await.map_err(|e| e.to_string())?;
     let samples = sampler.await.map_err(|e| e.to_string())?;
+    let lease_log = keeper.await.map_err(|e| e.to_string())?;
+    summary.keep_alives_ok = lease_log.keep_alives_ok;
+    summary.keep_alives_failed = lease_log.keep_alives_failed;
+    summary.longest_keep_alive_gap = lease_log.longest_gap;
     dump(cfg, &history);
 
     summary.ops = history.len();
@@ -497,6 +510,7 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
         println!("{}", report(cfg, &summary));
     })?;
 
+    leases::check(&endpoints, &lease_log).await?;
     let (final_recs, finals) = final_reads(cluster, cfg.keys, t0).await?;
     history.extend(final_recs);
     dump(cfg, &history);
@@ -564,7 +578,8 @@ fn report(cfg: &RunConfig, s: &Summary) -> String {
          {} checked for linearizability ({} with their answer), {} serializable reads checked, \
          {} acknowledged writes all present; {} terms led ({} by two nodes in turn); final \
          revision {}; watch saw {} changes, gap-free across {} resumes; snapshots: {} built, \
-         {} installed, logs purged up to {}",
+         {} installed, logs purged up to {}; the kept lease lived ({} keep-alives answered, {} \
+         failed, longest gap {:.1} s) and the abandoned one ended",
         cfg.seed,
         s.faults.len(),
         s.faults_by_kind,
@@ -584,7 +599,10 @@ fn report(cfg: &RunConfig, s: &Summary) -> String {
         s.watch_resumes,
         s.snapshots_built,
         s.snapshots_installed,
-        s.max_purged_index
+        s.max_purged_index,
+        s.keep_alives_ok,
+        s.keep_alives_failed,
+        s.longest_keep_alive_gap.as_secs_f64()
     )
 }
 

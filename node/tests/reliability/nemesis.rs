@@ -38,9 +38,16 @@ pub enum Fault {
     /// Every member SIGKILLed at once (with the unsynced-data shim: a power cut), all
     /// restarted after the hold.
     PowerCut,
+    /// A member's wall clock (not its monotonic clock) jumps an hour back or forward for the
+    /// hold: the leader's every other time, a follower's otherwise.
+    ClockJump,
+    /// Every member's wall clock set a few seconds apart (up to ±5 s) for the hold.
+    ClockSkew,
+    /// 1-20 % of the packets on every link between members dropped for the hold.
+    LossyLinks,
 }
 
-pub const ALL: [Fault; 10] = [
+pub const ALL: [Fault; 13] = [
     Fault::PowerCut,
     Fault::Kill,
     Fault::KillLeader,
@@ -51,6 +58,9 @@ pub const ALL: [Fault; 10] = [
     Fault::Bridge,
     Fault::TransferLeader,
     Fault::ReplaceMember,
+    Fault::ClockJump,
+    Fault::ClockSkew,
+    Fault::LossyLinks,
 ];
 
 #[derive(Clone, Debug)]
@@ -117,7 +127,7 @@ async fn apply_fault(cluster: &mut Cluster, step: &Step) -> Result<String, Strin
     shuffled.shuffle(&mut StdRng::seed_from_u64(step.pick));
     let needs_filter = matches!(
         step.fault,
-        Fault::PartitionMinority | Fault::IsolateLeader | Fault::Bridge
+        Fault::PartitionMinority | Fault::IsolateLeader | Fault::Bridge | Fault::LossyLinks
     );
     if needs_filter && !cluster.can_partition() {
         return Err(format!(
@@ -132,6 +142,7 @@ async fn apply_fault(cluster: &mut Cluster, step: &Step) -> Result<String, Strin
             | Fault::IsolateLeader
             | Fault::TransferLeader
             | Fault::ReplaceMember
+            | Fault::ClockJump
     );
     let leader = if needs_leader {
         cluster
@@ -203,6 +214,45 @@ async fn apply_fault(cluster: &mut Cluster, step: &Step) -> Result<String, Strin
             }
             format!(
                 "power cut: every node SIGKILLed, restarted after {:?}",
+                step.hold
+            )
+        }
+        Fault::ClockJump => {
+            let t = if step.pick.is_multiple_of(2) {
+                leader
+            } else {
+                let followers: Vec<String> =
+                    names.iter().filter(|n| **n != leader).cloned().collect();
+                pick(&followers, step.pick / 2)
+            };
+            let offset: i64 = if step.pick % 4 < 2 { -3600 } else { 3600 };
+            cluster.set_clock(&t, offset);
+            cluster.wait_clock(&t, offset).await?;
+            tokio::time::sleep(step.hold).await;
+            format!("{t}'s wall clock {offset:+} s for {:?}", step.hold)
+        }
+        Fault::ClockSkew => {
+            let mut rng = StdRng::seed_from_u64(step.pick);
+            let live = cluster.live();
+            let offsets: Vec<(String, i64)> = live
+                .iter()
+                .map(|n| (n.clone(), rng.random_range(-5..=5)))
+                .collect();
+            for (n, offset) in &offsets {
+                cluster.set_clock(n, *offset);
+            }
+            for (n, offset) in &offsets {
+                cluster.wait_clock(n, *offset).await?;
+            }
+            tokio::time::sleep(step.hold).await;
+            format!("wall clocks skewed {offsets:?} for {:?}", step.hold)
+        }
+        Fault::LossyLinks => {
+            let percent = 1 + (step.pick % 20) as u32;
+            cluster.lossy_links(percent);
+            tokio::time::sleep(step.hold).await;
+            format!(
+                "{percent} % of packets lost on every link for {:?}",
                 step.hold
             )
         }
