@@ -59,8 +59,6 @@ pub fn spawn(node: SharedNode, settings: Settings) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // When this node became leader, and in which term.
-        let mut leading: Option<(u64, Instant)> = None;
         let mut last_sweep = Instant::now();
         // Whether the last sweep stopped with answers still due.
         let mut sweep_backlog = false;
@@ -69,21 +67,14 @@ pub fn spawn(node: SharedNode, settings: Settings) {
             tick.tick().await;
             let m = crate::raft::metrics_of(&node.raft);
             if m.state != ServerState::Leader {
-                leading = None;
                 node.reader.lease_clock().not_leading();
                 continue;
             }
-            node.reader
+            // When this node became leader in this term (the lease clock keeps it).
+            let since = node
+                .reader
                 .lease_clock()
                 .leading(m.current_term, Instant::now());
-            let since = match leading {
-                Some((term, since)) if term == m.current_term => since,
-                _ => {
-                    let now = Instant::now();
-                    leading = Some((m.current_term, now));
-                    now
-                }
-            };
             let version = node.reader.command_version();
             if version < COMMAND_VERSION && last_enable.is_none_or(|t| t.elapsed() >= ENABLE_EVERY)
             {

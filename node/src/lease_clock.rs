@@ -150,10 +150,15 @@ impl LeaseClock {
     }
 
     /// This member leads in `term` (it noticed at `now`); a new term starts a new leadership.
-    pub fn leading(&self, term: u64, now: Instant) {
+    /// When this leadership began.
+    pub fn leading(&self, term: u64, now: Instant) -> Instant {
         let mut inner = self.inner();
-        if inner.leading_since.is_none_or(|(t, _)| t != term) {
-            inner.leading_since = Some((term, now));
+        match inner.leading_since {
+            Some((t, since)) if t == term => since,
+            _ => {
+                inner.leading_since = Some((term, now));
+                now
+            }
         }
     }
 
@@ -236,18 +241,17 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    /// `clock` applies a grant of lease `id` at `at`.
+    fn grant(clock: &LeaseClock, id: u64, ttl_ms: u64, at: Instant) {
+        clock.applied(&[LeaseChange::Granted { id, ttl_ms }], at);
+    }
+
     #[test]
     fn a_lease_is_due_once_its_ttl_has_passed_since_its_grant() {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
         clock.leading(1, t0);
-        clock.applied(
-            &[LeaseChange::Granted {
-                id: 7,
-                ttl_ms: 10_000,
-            }],
-            t0,
-        );
+        grant(&clock, 7, 10_000, t0);
         // The leader began to lead at t0: its grace ends with the lease's own TTL.
         assert!(clock.due(t0 + 9 * S, 10).is_empty());
         assert_eq!(clock.due(t0 + 10 * S, 10), vec![7]);
@@ -266,13 +270,7 @@ mod tests {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
         clock.leading(1, t0);
-        clock.applied(
-            &[LeaseChange::Granted {
-                id: 1,
-                ttl_ms: 10_000,
-            }],
-            t0,
-        );
+        grant(&clock, 1, 10_000, t0);
         assert_eq!(clock.renew(1, t0 + 8 * S), Ok(10_000));
         assert!(clock.due(t0 + 17 * S, 10).is_empty());
         assert_eq!(clock.time_left(1, t0 + 17 * S), Some(S));
@@ -280,13 +278,7 @@ mod tests {
         // A keep-alive never shortens: an older one changes nothing.
         let clock = LeaseClock::default();
         clock.leading(1, t0);
-        clock.applied(
-            &[LeaseChange::Granted {
-                id: 1,
-                ttl_ms: 10_000,
-            }],
-            t0,
-        );
+        grant(&clock, 1, 10_000, t0);
         clock.renew(1, t0 + 5 * S).unwrap();
         clock.renew(1, t0 + 2 * S).unwrap();
         assert_eq!(clock.time_left(1, t0), Some(15 * S));
@@ -297,20 +289,8 @@ mod tests {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
         // Granted long ago as a follower saw it; never renewed here.
-        clock.applied(
-            &[LeaseChange::Granted {
-                id: 1,
-                ttl_ms: 10_000,
-            }],
-            t0,
-        );
-        clock.applied(
-            &[LeaseChange::Granted {
-                id: 2,
-                ttl_ms: 1_000,
-            }],
-            t0,
-        );
+        grant(&clock, 1, 10_000, t0);
+        grant(&clock, 2, 1_000, t0);
         // Not leading: nothing is ever due.
         assert!(clock.due(t0 + 60 * S, 10).is_empty());
         clock.leading(5, t0 + 60 * S);
@@ -338,13 +318,7 @@ mod tests {
             .map(|id| LeaseChange::Granted { id, ttl_ms: 1_000 })
             .collect();
         clock.applied(&grants, t0);
-        clock.applied(
-            &[LeaseChange::Granted {
-                id: 99,
-                ttl_ms: 500,
-            }],
-            t0,
-        );
+        grant(&clock, 99, 500, t0);
         let first = clock.due(t0 + 2 * S, 10);
         assert_eq!(first.len(), 10);
         assert_eq!(first[0], 99, "the earliest deadline first");
@@ -356,13 +330,7 @@ mod tests {
     fn replicated_keep_alives_and_a_reset_time_leases_from_the_applying_member() {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
-        clock.applied(
-            &[LeaseChange::Granted {
-                id: 1,
-                ttl_ms: 10_000,
-            }],
-            t0,
-        );
+        grant(&clock, 1, 10_000, t0);
         clock.applied(&[LeaseChange::KeptAlive { id: 1 }], t0 + 5 * S);
         assert_eq!(clock.time_left(1, t0 + 5 * S), Some(10 * S));
         clock.reset([(2, 3_000)], t0 + 6 * S);

@@ -597,15 +597,9 @@ impl Node {
     ) -> Result<wire::LeaseReply, Refusal> {
         let asked = Instant::now();
         let index = self.lease_read_index_here().await?;
-        self.raft
-            .wait(Some(QUORUM_TIMEOUT))
-            .applied_index_at_least(Some(index), "lease request")
+        self.await_applied(index, "lease request")
             .await
-            .map_err(|e| {
-                Refusal::Failed(NodeError::NoQuorum(format!(
-                    "the leader did not apply up to its read index in time: {e}"
-                )))
-            })?;
+            .map_err(Refusal::Failed)?;
         let clock = self.reader.lease_clock();
         Ok(match request {
             wire::LeaseRequest::KeepAlive { id } => match clock.renew(*id, asked) {
@@ -650,9 +644,15 @@ impl Node {
                 |reply: wire::ReadIndexReply| reply.read_log_id.index,
             )
             .await?;
+        self.await_applied(index, "linearizable read").await
+    }
+
+    /// Waits until this replica has applied `index` (a read index), at most
+    /// [`QUORUM_TIMEOUT`].
+    async fn await_applied(&self, index: u64, what: &str) -> Result<(), NodeError> {
         self.raft
             .wait(Some(QUORUM_TIMEOUT))
-            .applied_index_at_least(Some(index), "linearizable read")
+            .applied_index_at_least(Some(index), what)
             .await
             .map_err(|e| {
                 NodeError::NoQuorum(format!("this replica did not catch up in time: {e}"))

@@ -26,24 +26,34 @@ pub struct LeaseLog {
     pub lost: Option<String>,
 }
 
-/// Grants a lease of `ttl` through any endpoint, retrying for at most 30 s.
-async fn grant(endpoints: &Endpoints, ttl: Duration) -> Result<u64, String> {
+/// Asks `ask` of the endpoints in turn, each within 3 s, until one answers, for at most 30 s.
+async fn through_any<T, F, Fut>(endpoints: &Endpoints, what: &str, ask: F) -> Result<T, String>
+where
+    F: Fn(concordance_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, concordance_client::Error>>,
+{
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     while Instant::now() < deadline {
         let all = endpoints.read().unwrap().clone();
         for (_, port) in all {
-            match tokio::time::timeout(Duration::from_secs(3), client_for(port).lease_grant(ttl))
-                .await
-            {
-                Ok(Ok(g)) => return Ok(g.id),
+            match tokio::time::timeout(Duration::from_secs(3), ask(client_for(port))).await {
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out".into(),
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("could not grant a lease within 30 s: {last}"))
+    Err(format!("could not {what} within 30 s: {last}"))
+}
+
+/// Grants a lease of `ttl` through any endpoint.
+async fn grant(endpoints: &Endpoints, ttl: Duration) -> Result<u64, String> {
+    through_any(endpoints, "grant a lease", |c| async move {
+        c.lease_grant(ttl).await.map(|g| g.id)
+    })
+    .await
 }
 
 /// Grants the lease to keep and the one to abandon.
@@ -128,18 +138,8 @@ pub async fn check(endpoints: &Endpoints, log: &LeaseLog) -> Result<(), String> 
 }
 
 async fn exists(endpoints: &Endpoints, id: u64) -> Result<bool, String> {
-    let mut last = String::new();
-    for _ in 0..20 {
-        let all = endpoints.read().unwrap().clone();
-        for (_, port) in all {
-            match tokio::time::timeout(Duration::from_secs(3), client_for(port).lease_get(id)).await
-            {
-                Ok(Ok(found)) => return Ok(found.is_some()),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out".into(),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(format!("could not read lease {id}: {last}"))
+    through_any(endpoints, &format!("read lease {id}"), |c| async move {
+        c.lease_get(id).await.map(|found| found.is_some())
+    })
+    .await
 }
