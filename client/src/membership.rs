@@ -1,10 +1,14 @@
 //! Membership changes (admin key): join, remove, transfer leadership. Each change may name the
 //! membership version it expects (`ClusterStatus::membership_version`), and fails with a 409
-//! if the membership moved meanwhile.
+//! if the membership moved meanwhile. Also the cluster's alarms and history compaction.
 
 use crate::client::Call;
 use crate::client::Client;
 use crate::error::Error;
+use crate::types::AlarmsResponse;
+use crate::types::CompactRequest;
+use crate::types::CompactResponse;
+use crate::types::DisarmRequest;
 pub use crate::types::JoinRequest;
 pub use crate::types::MembershipReply;
 pub use crate::types::RemoveRequest;
@@ -37,5 +41,26 @@ impl Client {
             }),
         )
         .await
+    }
+
+    /// The alarms raised in the cluster.
+    pub async fn alarms(&self) -> Result<AlarmsResponse, Error> {
+        self.execute(Call::get("cluster/alarms")).await
+    }
+
+    /// Ends the `no_space` alarm of `member` (or of every member), refused with
+    /// `alarm_still_raised` while a member is still over its bounds; the alarms left.
+    pub async fn disarm_no_space(&self, member: Option<&str>) -> Result<AlarmsResponse, Error> {
+        self.execute(Call::post("cluster/alarms/disarm").json(&DisarmRequest {
+            kind: crate::types::AlarmKind::NoSpace,
+            member: member.map(str::to_string),
+        }))
+        .await
+    }
+
+    /// Forgets the change history below `revision` (default: the current one) on every member.
+    pub async fn compact(&self, revision: Option<u64>) -> Result<CompactResponse, Error> {
+        self.execute(Call::post("cluster/compact").json(&CompactRequest { revision }))
+            .await
     }
 }

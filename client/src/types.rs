@@ -142,6 +142,59 @@ pub struct ClusterStatus {
     /// and timeouts never use it; compare members' to see their clocks' skew.
     #[serde(default)]
     pub wall_clock_ms: u64,
+    /// This member's disk space as last measured (absent from a build before it, or before
+    /// the first measure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageUse>,
+    /// The cluster's alarms as this member has applied them (absent while there is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<Alarm>,
+}
+
+/// One member's disk space, measured every 250 ms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageUse {
+    /// Bytes the data dir takes on disk: database, Raft log, snapshots.
+    pub used_bytes: u64,
+    /// Bytes still free on its volume.
+    pub free_bytes: u64,
+    /// `--quota-bytes`: the data dir may take this much.
+    pub quota_bytes: u64,
+    /// `--reserve-bytes`: the volume keeps this much free.
+    pub reserve_bytes: u64,
+    /// Over the quota or under the reserve: the member raises the `no_space` alarm.
+    pub over: bool,
+}
+
+/// `POST /api/v1/cluster/alarms/disarm`: ends `no_space` alarms once their members are back
+/// under their bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DisarmRequest {
+    /// The alarm's kind: only `no_space` is disarmed (a `corrupt` member is replaced).
+    pub kind: AlarmKind,
+    /// The member whose alarm ends (default: every member with this alarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+}
+
+/// `POST /api/v1/cluster/compact`: forgets the change history below a revision on every
+/// member, and gives its space back to the volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompactRequest {
+    /// History below this revision is forgotten (default: the current revision, keeping
+    /// none). Watches from before it are answered `compacted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompactResponse {
+    /// History below this revision is gone.
+    pub compacted_revision: u64,
 }
 
 /// `GET /api/v1/cluster/alarms`: the alarms raised in the cluster. An alarm stays until its
@@ -157,9 +210,23 @@ pub struct AlarmsResponse {
 pub struct Alarm {
     /// The member's name (its Raft id in hex if it is no longer known).
     pub member: String,
-    /// `corrupt`: its state hash differed from a majority's at the same log index.
-    pub kind: String,
+    pub kind: AlarmKind,
     pub detail: String,
+}
+
+/// What an alarm says about its member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    /// Its state hash differed from a majority's at the same log index: the member is fenced.
+    Corrupt,
+    /// Its data dir went over its quota or its volume under its reserve: writes that grow the
+    /// state are refused until it is disarmed.
+    NoSpace,
+    /// A kind this version does not know (raised by a newer node): read the detail.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// Declares [`ErrorCode`] from one list: each variant with its wire string, so the enum, its
@@ -278,6 +345,12 @@ error_codes! {
     /// This binary cannot apply the command set the cluster (or this data dir) has enabled:
     /// run a build at least as new as the cluster's.
     CommandSetUnsupported = "command_set_unsupported",
+    /// A member is out of disk space (the `no_space` alarm): writes that grow the state are
+    /// refused until an admin makes room and disarms it. Reads, deletes and revokes work.
+    NoSpace = "no_space",
+    /// The alarm is still warranted (its member is still over its bounds), or is not one
+    /// that is disarmed.
+    AlarmStillRaised = "alarm_still_raised",
     /// This member is fenced: its state differs from the cluster's (the `corrupt` alarm). It
     /// serves nothing until it is replaced: use another member (the client does).
     MemberFenced = "member_fenced",

@@ -151,10 +151,44 @@ pub struct ServeArgs {
     /// fenced. 0: no periodic check (a member still asks for one when it starts).
     #[arg(long, env = "CONCORDANCE_STATE_CHECK_INTERVAL_SECS", default_value_t = crate::integrity::DEFAULT_INTERVAL.as_secs())]
     pub state_check_interval_secs: u64,
+    /// Bytes the data dir may take on disk (database, Raft log, snapshots); past it the
+    /// member raises the `no_space` alarm and the cluster refuses writes that grow the state.
+    /// A number of bytes, or with KiB, MiB or GiB.
+    #[arg(long, env = "CONCORDANCE_QUOTA_BYTES", default_value = "2GiB", value_parser = parse_bytes)]
+    pub quota_bytes: u64,
+    /// Bytes the data dir's volume must keep free; under it the member raises the `no_space`
+    /// alarm, as over its quota. A number of bytes, or with KiB, MiB or GiB.
+    #[arg(long, env = "CONCORDANCE_RESERVE_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
+    pub reserve_bytes: u64,
     /// Where to leave `{"code","message"}` when the node refuses to start or stops with an
     /// error (default: /dev/termination-log, written only where it exists, as in a container).
     #[arg(long, env = "CONCORDANCE_TERMINATION_LOG", value_name = "PATH")]
     pub termination_log: Option<PathBuf>,
+}
+
+/// A size: a number of bytes, or with a `KiB`, `MiB` or `GiB` suffix.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: use bytes, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a size in bytes (e.g. 2GiB, 64MiB, 1048576)"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -185,6 +219,7 @@ pub struct Config {
     pub max_watches_per_credential: usize,
     /// `None`: no periodic state check.
     pub state_check_interval: Option<std::time::Duration>,
+    pub space: crate::space::SpaceLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +374,10 @@ impl ServeArgs {
             max_watches_per_credential: self.max_watches_per_credential as usize,
             state_check_interval: (self.state_check_interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.state_check_interval_secs)),
+            space: crate::space::SpaceLimits {
+                quota_bytes: self.quota_bytes,
+                reserve_bytes: self.reserve_bytes,
+            },
         })
     }
 }
@@ -354,6 +393,20 @@ mod tests {
             .expect("clap parses")
             .serve
             .validate()
+    }
+
+    #[test]
+    fn sizes_read_with_or_without_a_unit() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("512 KiB"), Ok(512 << 10));
+        for bad in ["", "MiB", "2GB", "-1", "99999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+        let c = parse(&["--quota-bytes", "100MiB", "--reserve-bytes", "1MiB"]).unwrap();
+        assert_eq!(c.space.quota_bytes, 100 << 20);
+        assert_eq!(c.space.reserve_bytes, 1 << 20);
     }
 
     #[test]

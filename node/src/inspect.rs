@@ -26,6 +26,10 @@ pub struct Inspection {
     pub revision: u64,
     pub snapshot: Option<LogIdRecord>,
     pub members: Vec<String>,
+    /// The alarms raised, as `<kind> on <member>: <detail>`.
+    pub alarms: Vec<String>,
+    /// Bytes the data dir takes on disk, as `--quota-bytes` counts them.
+    pub disk_used_bytes: u64,
 }
 
 pub fn inspect(dir: &Path) -> Result<Inspection, crate::error::BoxError> {
@@ -70,6 +74,18 @@ pub fn inspect(dir: &Path) -> Result<Inspection, crate::error::BoxError> {
                 .collect()
         })
         .unwrap_or_default();
+    let name_of = |id: u64| {
+        applied
+            .membership
+            .as_ref()
+            .and_then(|m| m.membership.nodes.iter().find(|(n, _)| *n == id))
+            .map_or_else(|| format!("{id:016x}"), |(_, n)| n.name.clone())
+    };
+    let alarms = applied
+        .alarms
+        .iter()
+        .map(|a| format!("{} on {}: {}", a.kind.as_str(), name_of(a.member), a.detail))
+        .collect();
     Ok(Inspection {
         node_id: identity.name,
         raft_id: identity.raft_id,
@@ -81,6 +97,8 @@ pub fn inspect(dir: &Path) -> Result<Inspection, crate::error::BoxError> {
         revision: applied.revision,
         snapshot: snapshot::current_meta(&store)?.and_then(|m| m.last_log_id),
         members,
+        alarms,
+        disk_used_bytes: crate::space::bytes_on_disk(dir),
     })
 }
 
@@ -115,5 +133,14 @@ pub fn run(dir: &Path, json: bool) -> Result<(), crate::error::BoxError> {
             i.members.join(", ")
         }
     );
+    println!(
+        "alarms:        {}",
+        if i.alarms.is_empty() {
+            "none".into()
+        } else {
+            i.alarms.join("; ")
+        }
+    );
+    println!("disk used:     {} bytes", i.disk_used_bytes);
     Ok(())
 }

@@ -33,6 +33,7 @@ pub mod offline;
 pub mod raft;
 pub mod server;
 pub mod service;
+pub mod space;
 pub mod store;
 pub mod termination;
 

@@ -30,6 +30,11 @@ pub struct CredentialLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlarmLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
 }
@@ -68,6 +73,11 @@ struct Inner {
     pub answers_swept: Counter,
     pub state_checks: Family<OutcomeLabels, Counter>,
     pub fenced: Gauge,
+    pub alarms: Family<AlarmLabels, Gauge>,
+    pub disk_used_bytes: Gauge,
+    pub disk_free_bytes: Gauge,
+    pub disk_quota_bytes: Gauge,
+    pub disk_reserve_bytes: Gauge,
 }
 
 fn latency() -> Histogram {
@@ -88,6 +98,10 @@ pub struct RaftGauges {
     pub applied_index: u64,
     pub revision: u64,
     pub storage_bytes: u64,
+    /// Alarms raised in the cluster, by kind (every kind, 0 included).
+    pub alarms: Vec<(&'static str, u64)>,
+    /// This member's disk space, once measured.
+    pub space: Option<concordance_client::StorageUse>,
 }
 
 impl Default for Metrics {
@@ -122,6 +136,11 @@ impl Metrics {
             answers_swept: Counter::default(),
             state_checks: Family::default(),
             fenced: Gauge::default(),
+            alarms: Family::default(),
+            disk_used_bytes: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_quota_bytes: Gauge::default(),
+            disk_reserve_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -231,6 +250,31 @@ impl Metrics {
             "1 while this member is fenced by an alarm: its state differs from the cluster's, it is not ready and serves nothing",
             inner.fenced.clone(),
         );
+        r.register(
+            "alarms",
+            "Alarms raised in the cluster, by kind: corrupt (a member fenced) and no_space (writes that grow the state refused until disarmed)",
+            inner.alarms.clone(),
+        );
+        r.register(
+            "disk_used_bytes",
+            "Bytes this member's data dir takes on disk (database, Raft log, snapshots), as --quota-bytes counts them",
+            inner.disk_used_bytes.clone(),
+        );
+        r.register(
+            "disk_free_bytes",
+            "Bytes free on the volume of this member's data dir",
+            inner.disk_free_bytes.clone(),
+        );
+        r.register(
+            "disk_quota_bytes",
+            "--quota-bytes: past it this member raises the no_space alarm",
+            inner.disk_quota_bytes.clone(),
+        );
+        r.register(
+            "disk_reserve_bytes",
+            "--reserve-bytes: with less free on the volume this member raises the no_space alarm",
+            inner.disk_reserve_bytes.clone(),
+        );
         Self {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -330,6 +374,20 @@ impl Metrics {
         set(&i.applied_index, g.applied_index);
         set(&i.revision, g.revision);
         set(&i.storage_bytes, g.storage_bytes);
+        for (kind, count) in &g.alarms {
+            set(
+                &i.alarms.get_or_create(&AlarmLabels {
+                    kind: (*kind).into(),
+                }),
+                *count,
+            );
+        }
+        if let Some(space) = &g.space {
+            set(&i.disk_used_bytes, space.used_bytes);
+            set(&i.disk_free_bytes, space.free_bytes);
+            set(&i.disk_quota_bytes, space.quota_bytes);
+            set(&i.disk_reserve_bytes, space.reserve_bytes);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &i.registry)
             .expect("writing to a String");

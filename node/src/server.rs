@@ -258,8 +258,11 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         proposals: crate::service::Proposals::new(config.writes.max_pending),
         write_limits: config.writes,
         watches: crate::service::OpenWatches::new(config.max_watches_per_credential),
+        space: Default::default(),
     });
     spawn_leader_change_counter(&raft, metrics);
+    spawn_stop_on_storage_failure(node.clone());
+    crate::space::spawn(node.clone(), config.space, node.space.clone());
     spawn_promoter(node.clone());
     spawn_catch_up(node.clone());
     crate::coordination::spawn(
@@ -585,6 +588,35 @@ fn spawn_peer_address_refresh(node: Arc<Node>, admission: Arc<crate::connections
                 _ = tokio::time::sleep(crate::connections::PEER_REFRESH) => {}
                 _ = node.stopping.cancelled() => return,
             }
+        }
+    });
+}
+
+/// Fail-stop: once Raft has stopped on an error (a write or fsync of the log or the state
+/// machine failed, the disk full or failing), the process exits, so that its supervisor
+/// restarts it and it recovers from what it made durable. Staying up would leave a member
+/// that answers 503 to everything and that liveness probes take for alive. A write whose
+/// storage failed was never acknowledged: the answer waits for the durable write.
+fn spawn_stop_on_storage_failure(node: crate::service::SharedNode) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let error = match crate::raft::metrics_of(&node.raft).running_state {
+                Err(openraft::error::Fatal::Stopped) => return,
+                Err(e) => e.to_string(),
+                Ok(()) => continue,
+            };
+            let message = format!(
+                "raft stopped on a storage error, so this member stops too and recovers what it \
+                 made durable when restarted (free space or replace the disk first): {error}"
+            );
+            tracing::error!(error = %error, "raft stopped on a storage error; exiting");
+            crate::termination::write(&TerminationMessage {
+                code: ErrorCode::StorageError,
+                message,
+            });
+            std::process::exit(4);
         }
     });
 }

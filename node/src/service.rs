@@ -26,6 +26,7 @@ use crate::raft::client::PeerContext;
 use crate::raft::wire;
 use crate::store::Store;
 use crate::store::reader::KvReader;
+use crate::store::records::AlarmKind;
 use crate::store::records::AlarmRecord;
 use crate::store::records::Command;
 use crate::store::records::IdentityRecord;
@@ -90,6 +91,8 @@ pub struct Node {
     pub proposals: Proposals,
     pub write_limits: WriteLimits,
     pub watches: OpenWatches,
+    /// This member's disk space as last measured (see [`crate::space`]).
+    pub space: Arc<crate::space::SpaceWatch>,
 }
 
 /// Bounds on the writes a node holds, past which new ones are refused as `overloaded` (and
@@ -427,6 +430,16 @@ impl Node {
         let m = crate::raft::metrics_of(&self.raft);
         self.check_leader_quorum(&m)?;
         self.check_apply_backlog(&m)?;
+        // A retry of a write already applied is answered from the idempotency table by the
+        // apply, changing nothing: refusing it would tell the client it was not applied.
+        let retry_of_applied = cmd
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| self.reader.answered(k));
+        if cmd.op.grows_state() && !retry_of_applied {
+            self.check_space().map_err(Refusal::Failed)?;
+            self.space.proposed(crate::space::json_bytes(&cmd.op));
+        }
         // Lease deadlines and idempotency ages are measured on the leader's clock only.
         cmd.proposed_at_ms = now_ms();
         let needed = cmd.op.command_version();
@@ -721,13 +734,181 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").into(),
             fenced: self.fenced().map(|a| a.detail),
             wall_clock_ms: now_ms(),
+            storage: self.space.latest(),
+            alarms: self.alarms(),
         }
+    }
+
+    /// The cluster's alarms as this member has applied them, members by name.
+    pub fn alarms(&self) -> Vec<concordance_client::Alarm> {
+        self.reader
+            .alarms()
+            .into_iter()
+            .map(|a| concordance_client::Alarm {
+                member: self
+                    .member_name(a.member)
+                    .unwrap_or_else(|| format!("{:016x}", a.member)),
+                kind: a.kind.to_client(),
+                detail: a.detail,
+            })
+            .collect()
+    }
+
+    /// Refuses a write that grows the state while a member's `no_space` alarm is raised.
+    fn check_space(&self) -> Result<(), NodeError> {
+        // The leader's own measure counts at once, before its alarm is raised and applied.
+        let own = self.space.short().map(|detail| AlarmRecord {
+            member: self.identity.raft_id,
+            kind: AlarmKind::NoSpace,
+            detail,
+        });
+        let raised = self.reader.alarms_of(AlarmKind::NoSpace).into_iter().next();
+        let Some(alarm) = raised.or(own) else {
+            return Ok(());
+        };
+        let member = self
+            .member_name(alarm.member)
+            .unwrap_or_else(|| format!("{:016x}", alarm.member));
+        Err(NodeError::Rejected(
+            ErrorCode::NoSpace,
+            format!(
+                "the no_space alarm is raised on member {member} ({}): writes that grow the \
+                 state are refused; reads, deletes and revokes work. Make room (delete keys, \
+                 POST /api/v1/cluster/compact, or a bigger volume), then disarm it \
+                 (POST /api/v1/cluster/alarms/disarm)",
+                alarm.detail
+            ),
+        ))
+    }
+
+    /// Ends `no_space` alarms (of `member`, or every member's) once their members are back
+    /// under their bounds; refused for any still over, or that cannot be asked.
+    pub async fn disarm(
+        &self,
+        req: concordance_client::DisarmRequest,
+    ) -> Result<concordance_client::AlarmsResponse, NodeError> {
+        let kind = match req.kind {
+            concordance_client::AlarmKind::NoSpace => AlarmKind::NoSpace,
+            concordance_client::AlarmKind::Corrupt => AlarmKind::Corrupt,
+            concordance_client::AlarmKind::Unknown => {
+                return Err(NodeError::Rejected(
+                    ErrorCode::InvalidBody,
+                    "no such alarm kind: `no_space` is disarmed".into(),
+                ));
+            }
+        };
+        if kind.fences() {
+            return Err(NodeError::Rejected(
+                ErrorCode::AlarmStillRaised,
+                format!(
+                    "the {} alarm is not disarmed: its member's state differs from the \
+                     cluster's; replace the member (remove it, add one with an empty data dir)",
+                    kind.as_str()
+                ),
+            ));
+        }
+        let membership = crate::raft::metrics_of(&self.raft)
+            .membership_config
+            .clone();
+        if let Some(name) = &req.member
+            && !membership
+                .membership()
+                .nodes()
+                .any(|(_, n)| &n.name == name)
+        {
+            return Err(NodeError::Rejected(
+                ErrorCode::MemberNotFound,
+                format!("no member is called {name}"),
+            ));
+        }
+        for alarm in self.reader.alarms_of(kind) {
+            let node = membership.membership().get_node(&alarm.member).cloned();
+            let name = node.as_ref().map(|n| n.name.clone());
+            if req.member.is_some() && name != req.member {
+                continue;
+            }
+            let name = name.unwrap_or_else(|| format!("{:016x}", alarm.member));
+            let usage = if alarm.member == self.identity.raft_id {
+                self.space.latest()
+            } else {
+                match &node {
+                    Some(n) => self.peer_status(&n.addr).await?.storage,
+                    None => None,
+                }
+            };
+            let Some(usage) = usage else {
+                return Err(NodeError::Rejected(
+                    ErrorCode::AlarmStillRaised,
+                    format!("member {name} has not reported its disk space yet: try again"),
+                ));
+            };
+            if let Some(reason) = crate::space::over(&usage) {
+                return Err(NodeError::Rejected(
+                    ErrorCode::AlarmStillRaised,
+                    format!("member {name} is still out of space: {reason}; make room first"),
+                ));
+            }
+            self.propose(
+                Operation::DisarmAlarm {
+                    member: alarm.member,
+                    alarm: kind,
+                },
+                None,
+            )
+            .await?;
+            tracing::info!(member = %name, alarm = kind.as_str(), "alarm disarmed");
+        }
+        Ok(concordance_client::AlarmsResponse {
+            alarms: self.alarms(),
+        })
+    }
+
+    /// A member's own status, asked over the peer connection.
+    async fn peer_status(&self, addr: &str) -> Result<ClusterStatus, NodeError> {
+        let unreachable = |e: String| {
+            NodeError::Rejected(
+                ErrorCode::AlarmStillRaised,
+                format!("cannot ask member at {addr} for its disk space ({e}): try again"),
+            )
+        };
+        self.peers
+            .http
+            .get(format!("http://{addr}/api/v1/cluster/status"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| unreachable(e.to_string()))?
+            .json::<ClusterStatus>()
+            .await
+            .map_err(|e| unreachable(e.to_string()))
+    }
+
+    /// Forgets the change history below `revision` (default: the current one) on every member.
+    pub async fn compact(
+        &self,
+        req: concordance_client::CompactRequest,
+    ) -> Result<concordance_client::CompactResponse, NodeError> {
+        let current = self.reader.revision();
+        let revision = req.revision.unwrap_or(current);
+        if revision > current {
+            return Err(NodeError::Rejected(
+                ErrorCode::InvalidRevision,
+                format!("revision {revision} is past the current revision {current}"),
+            ));
+        }
+        self.propose(Operation::CompactHistory { revision }, None)
+            .await?;
+        tracing::info!(revision, "history compacted on request");
+        Ok(concordance_client::CompactResponse {
+            compacted_revision: revision,
+        })
     }
 
     /// The alarm fencing this member, if one was raised: its state differs from the
     /// cluster's, so it is not ready and serves nothing (see [`crate::integrity`]).
     pub fn fenced(&self) -> Option<AlarmRecord> {
-        self.reader.alarm_on(self.identity.raft_id)
+        self.reader.fence_on(self.identity.raft_id)
     }
 
     /// Refuses what a fenced member must not serve.
@@ -808,6 +989,11 @@ impl Node {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             revision: self.reader.revision(),
             storage_bytes: self.store.size_bytes(),
+            alarms: AlarmKind::ALL
+                .into_iter()
+                .map(|kind| (kind.as_str(), self.reader.alarms_of(kind).len() as u64))
+                .collect(),
+            space: self.space.latest(),
         })
     }
 }

@@ -125,6 +125,18 @@ fn routes(lease: u64) -> Vec<(&'static str, String, Option<String>, Needs)> {
         ),
         ("GET", "/api/v1/cluster/backup".into(), None, Needs::Admin),
         ("GET", "/api/v1/cluster/alarms".into(), None, Needs::Admin),
+        (
+            "POST",
+            "/api/v1/cluster/alarms/disarm".into(),
+            b(r#"{"kind": "no_space"}"#),
+            Needs::Admin,
+        ),
+        (
+            "POST",
+            "/api/v1/cluster/compact".into(),
+            b("{}"),
+            Needs::Admin,
+        ),
         ("POST", "/api/v1/cluster/join".into(), b("{}"), Needs::Admin),
         (
             "POST",

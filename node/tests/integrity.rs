@@ -232,7 +232,7 @@ async fn a_member_whose_stored_record_was_rewritten_stops_at_start_and_the_other
     let raised = alarms(&c.nodes[leader]).await.alarms;
     assert_eq!(raised.len(), 1, "{raised:?}");
     assert_eq!(raised[0].member, c.nodes[odd].name);
-    assert_eq!(raised[0].kind, "corrupt");
+    assert_eq!(raised[0].kind, concordance_client::AlarmKind::Corrupt);
     still_served(&c.nodes[leader], &c.nodes[other], "after").await;
 }
 

@@ -141,12 +141,24 @@ async fn event(
     action: &str,
     note: &str,
 ) {
+    let type_ = if reason.ends_with("Failed") {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    publish(ctx, cluster, type_, reason, action, note).await;
+}
+
+async fn publish(
+    ctx: &Context,
+    cluster: &ConcordanceCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     let ev = Event {
-        type_: if reason.ends_with("Failed") {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_,
         reason: reason.to_string(),
         note: Some(note.chars().take(1000).collect()),
         action: action.to_string(),
@@ -220,6 +232,24 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
     status.recovered_from = report.recovered_from;
     status.message = report.message;
     status.conditions = conditions(cluster, report.conditions, &written);
+    let out_of_space = |s: &ConcordanceClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "SpaceAvailable")
+            .filter(|c| c.status == "False")
+            .map(|c| c.message.clone())
+    };
+    if let (Some(message), None) = (out_of_space(&status), out_of_space(&written)) {
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            "NoSpace",
+            "Observe",
+            &message,
+        )
+        .await;
+    }
     if status != written {
         write_status(ctx, cluster, &status).await?;
     }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use concordance_client::AlarmKind;
 use concordance_client::ClusterStatus;
 
 use crate::crd::{
@@ -1275,7 +1276,8 @@ fn condition(
 /// `Ready` (the cluster is whole: every member the spec asks for is a ready voter on the
 /// current spec, quorum holds, nothing under way), `Available` (quorum holds: writes are
 /// accepted), `Progressing` (a step is under way or awaited), `Degraded` (fewer ready voters
-/// than asked for, or no quorum) and `StorageResized` (every volume has the spec's size).
+/// than asked for, or no quorum), `StorageResized` (every volume has the spec's size) and
+/// `SpaceAvailable` (no member's `no_space` alarm is raised).
 pub fn conditions(o: &Observed, next: &Action) -> Vec<ConditionState> {
     let v = View::new(o);
     let voters = v.voters();
@@ -1311,7 +1313,34 @@ pub fn conditions(o: &Observed, next: &Action) -> Vec<ConditionState> {
         progressing,
         degraded,
         storage_condition(&v),
+        space_condition(o),
     ]
+}
+
+/// `SpaceAvailable`: false while a member's `no_space` alarm is raised (the node refuses
+/// writes that grow the state until it is disarmed).
+fn space_condition(o: &Observed) -> ConditionState {
+    let alarms: Vec<String> = o
+        .cluster
+        .iter()
+        .flat_map(|c| &c.alarms)
+        .filter(|a| a.kind == AlarmKind::NoSpace)
+        .map(|a| format!("{}: {}", a.member, a.detail))
+        .collect();
+    if alarms.is_empty() {
+        return condition("SpaceAvailable", true, "WithinQuota", "");
+    }
+    condition(
+        "SpaceAvailable",
+        false,
+        "NoSpaceAlarm",
+        format!(
+            "writes that grow the state are refused (no_space alarm on {}); grow \
+             spec.storage.size (or delete keys and POST /api/v1/cluster/compact), then \
+             POST /api/v1/cluster/alarms/disarm",
+            alarms.join("; ")
+        ),
+    )
 }
 
 /// `Ready` with the first of what is missing as its reason, and all of it in its message.

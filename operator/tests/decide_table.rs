@@ -105,6 +105,8 @@ fn healthy(size: usize, replicas: i32) -> Observed {
         version: "0.1.0".to_string(),
         fenced: None,
         wall_clock_ms: 0,
+        storage: None,
+        alarms: Vec::new(),
     });
     o.status.cluster_id = Some(ID.to_string());
     sync(o)
@@ -1269,7 +1271,8 @@ fn conditions_follow_quorum_and_readiness() {
             ("Available", true),
             ("Progressing", false),
             ("Degraded", false),
-            ("StorageResized", true)
+            ("StorageResized", true),
+            ("SpaceAvailable", true)
         ]
     );
     assert_eq!(
@@ -1279,7 +1282,8 @@ fn conditions_follow_quorum_and_readiness() {
             ("Available", true),
             ("Progressing", true),
             ("Degraded", true),
-            ("StorageResized", true)
+            ("StorageResized", true),
+            ("SpaceAvailable", true)
         ]
     );
     let lost = with(healthy(3, 3), two_down);
@@ -1290,9 +1294,34 @@ fn conditions_follow_quorum_and_readiness() {
             ("Available", false),
             ("Progressing", true),
             ("Degraded", true),
-            ("StorageResized", true)
+            ("StorageResized", true),
+            ("SpaceAvailable", true)
         ]
     );
+}
+
+#[test]
+fn a_no_space_alarm_makes_space_unavailable_with_the_way_out() {
+    assert_eq!(
+        condition_of(&healthy(3, 3), "SpaceAvailable").1,
+        "WithinQuota"
+    );
+    let mut full = healthy(3, 3);
+    full.cluster.as_mut().unwrap().alarms = vec![concordance_client::Alarm {
+        member: n(1),
+        kind: concordance_client::AlarmKind::NoSpace,
+        detail: "the volume has 1 bytes free".to_string(),
+    }];
+    let (ok, reason, message) = condition_of(&full, "SpaceAvailable");
+    assert!(!ok);
+    assert_eq!(reason, "NoSpaceAlarm");
+    assert!(
+        message.contains(&n(1)) && message.contains("spec.storage.size"),
+        "{message}"
+    );
+    // A corrupt alarm is another condition's business.
+    full.cluster.as_mut().unwrap().alarms[0].kind = concordance_client::AlarmKind::Corrupt;
+    assert!(condition_of(&full, "SpaceAvailable").0);
 }
 
 /// `Ready`: every member the spec asks for is a ready voter on the current spec, nothing

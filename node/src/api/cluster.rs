@@ -5,9 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use concordance_client::Alarm;
 use concordance_client::AlarmsResponse;
 use concordance_client::ClusterStatus;
+use concordance_client::CompactRequest;
+use concordance_client::CompactResponse;
+use concordance_client::DisarmRequest;
 use concordance_client::ErrorCode;
 use concordance_client::HealthResponse;
 use concordance_client::ReadyResponse;
@@ -166,36 +168,51 @@ pub async fn backup(State(node): State<SharedNode>) -> Result<impl IntoResponse,
     // Include every write acknowledged before the request, even when served by a follower.
     node.read_barrier(concordance_client::Consistency::Linearizable)
         .await?;
-    let dir = node.store.dir().join("backups");
-    std::fs::create_dir_all(&dir).map_err(ApiError::storage)?;
-    let path = dir.join(format!("backup-{}.snap", uuid::Uuid::new_v4()));
+    // Sent as it is read from one RocksDB snapshot: nothing is staged on the data disk, so
+    // a backup needs no free space there (and a member short of space can still be backed
+    // up). Its size is not known up front: the file's trailing checksum shows a cut-off
+    // download to `restore`.
+    let (chunks, mut body_chunks) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    let (covers, covered) = tokio::sync::oneshot::channel();
     let store = node.store.clone();
-    let p = path.clone();
-    let (meta, applied) =
-        tokio::task::spawn_blocking(move || crate::store::snapshot::write_file(&store, &p))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::storage)?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(ApiError::storage)?;
-    // Unlinked at once: the open handle keeps the data readable until the download ends.
-    let _ = std::fs::remove_file(&path);
+    tokio::task::spawn_blocking(move || {
+        let out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            ChannelWriter {
+                chunks: chunks.clone(),
+            },
+        );
+        let written = crate::store::snapshot::stream(&store, out, |_, applied| {
+            let _ = covers.send(applied.revision);
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "a backup was cut short");
+            let _ = chunks.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let revision = match covered.await {
+        Ok(revision) => revision,
+        Err(_) => {
+            let why = match body_chunks.recv().await {
+                Some(Err(e)) => e.to_string(),
+                _ => "the backup's reader stopped".to_string(),
+            };
+            return Err(ApiError::storage(why));
+        }
+    };
     let body =
-        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-    let name = format!(
-        "attachment; filename=\"concordance-backup-rev{}.snap\"",
-        applied.revision
-    );
+        axum::body::Body::from_stream(futures::stream::unfold(body_chunks, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        }));
+    let name = format!("attachment; filename=\"concordance-backup-rev{revision}.snap\"");
     Ok((
         [
             (CONTENT_TYPE, "application/octet-stream".to_string()),
             (axum::http::header::CONTENT_DISPOSITION, name),
             (
                 axum::http::HeaderName::from_static("x-concordance-revision"),
-                applied.revision.to_string(),
+                revision.to_string(),
             ),
-            (axum::http::header::CONTENT_LENGTH, meta.size.to_string()),
         ],
         body,
     ))
@@ -203,17 +220,42 @@ pub async fn backup(State(node): State<SharedNode>) -> Result<impl IntoResponse,
 
 /// The alarms raised in the cluster (as this member has applied them).
 pub async fn alarms(State(node): State<SharedNode>) -> Json<AlarmsResponse> {
-    let alarms = node
-        .reader
-        .alarms()
-        .into_iter()
-        .map(|a| Alarm {
-            member: node
-                .member_name(a.member)
-                .unwrap_or_else(|| format!("{:016x}", a.member)),
-            kind: a.kind.as_str().into(),
-            detail: a.detail,
-        })
-        .collect();
-    Json(AlarmsResponse { alarms })
+    Json(AlarmsResponse {
+        alarms: node.alarms(),
+    })
+}
+
+/// Ends `no_space` alarms whose members are back under their bounds; the alarms left.
+pub async fn disarm(
+    State(node): State<SharedNode>,
+    JsonBody(req): JsonBody<DisarmRequest>,
+) -> Result<Json<AlarmsResponse>, ApiError> {
+    Ok(Json(node.disarm(req).await?))
+}
+
+/// Forgets the change history below a revision on every member.
+pub async fn compact(
+    State(node): State<SharedNode>,
+    JsonBody(req): JsonBody<CompactRequest>,
+) -> Result<Json<CompactResponse>, ApiError> {
+    Ok(Json(node.compact(req).await?))
+}
+
+/// Hands what a backup's writer writes to the response body, a chunk at a time; fails once
+/// the client went away (the body, and so the receiver, dropped).
+struct ChannelWriter {
+    chunks: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.chunks
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -62,12 +62,15 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::NameInUse
         | ErrorCode::ClusterMismatch
         | ErrorCode::WouldLoseQuorum
+        | ErrorCode::AlarmStillRaised
         | ErrorCode::CommandSetUnsupported => StatusCode::CONFLICT,
         ErrorCode::Compacted => StatusCode::GONE,
         ErrorCode::TooManyWatches => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+        // Not retried by clients: it lasts until an admin makes room and disarms the alarm.
+        ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::StorageError | ErrorCode::Internal | ErrorCode::Unknown => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

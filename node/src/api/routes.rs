@@ -172,8 +172,16 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             get(cluster::backup),
         ),
         (
-            doc("get", "/api/v1/cluster/alarms", Admin, "The alarms raised: members fenced because their state differs from the cluster's").json::<api::AlarmsResponse>(),
+            doc("get", "/api/v1/cluster/alarms", Admin, "The alarms raised: `corrupt` (a member fenced, its state differs from the cluster's) and `no_space` (writes that grow the state refused)").json::<api::AlarmsResponse>(),
             get(cluster::alarms),
+        ),
+        (
+            doc("post", "/api/v1/cluster/alarms/disarm", Admin, "End `no_space` alarms whose members are back under their quota and reserve (refused while one is still over)").body(json::<api::DisarmRequest>()).json::<api::AlarmsResponse>(),
+            post(cluster::disarm),
+        ),
+        (
+            doc("post", "/api/v1/cluster/compact", Admin, "Forget the change history below a revision on every member and give its space back").body(json::<api::CompactRequest>()).json::<api::CompactResponse>(),
+            post(cluster::compact),
         ),
         (
             doc("post", "/api/v1/cluster/join", Admin, "Add a node as a learner (what --join calls)").body(json::<membership::JoinRequest>()).json::<membership::MembershipReply>(),

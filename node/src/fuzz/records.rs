@@ -117,6 +117,22 @@ pub(super) fn entries() -> Vec<LogEntryRecord> {
                 detail: "its state hash differed".into(),
             }),
         },
+        PayloadRecord::Command {
+            command: command(Operation::RaiseAlarm {
+                member: 7,
+                alarm: AlarmKind::NoSpace,
+                detail: "over its quota".into(),
+            }),
+        },
+        PayloadRecord::Command {
+            command: command(Operation::DisarmAlarm {
+                member: 7,
+                alarm: AlarmKind::NoSpace,
+            }),
+        },
+        PayloadRecord::Command {
+            command: command(Operation::CompactHistory { revision: 12 }),
+        },
         PayloadRecord::Membership {
             membership: membership().membership,
         },

@@ -23,6 +23,7 @@ use super::Store;
 use super::codec;
 use super::codec::RecordKind;
 use super::io_err;
+use super::records::AlarmKind;
 use super::records::AlarmRecord;
 use super::records::Command;
 use super::records::CompareOpRecord;
@@ -92,10 +93,19 @@ pub struct Batch<'a> {
     /// Whether the command being applied has written at `revision + 1`.
     writing: bool,
     command_version: u32,
-    /// Alarms raised by this batch's commands, in order.
-    alarms_raised: Vec<AlarmRecord>,
+    /// Alarms raised and disarmed by this batch's commands, in order.
+    alarm_changes: Vec<AlarmChange>,
+    /// The revision below which a `CompactHistory` of this batch forgets the history.
+    compact_to: Option<u64>,
     /// Grants, replicated keep-alives and ends, for the members' lease clocks.
     lease_changes: Vec<LeaseChange>,
+}
+
+/// An alarm raised or disarmed by a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlarmChange {
+    Raised(AlarmRecord),
+    Disarmed { member: u64, kind: AlarmKind },
 }
 
 fn reject(code: RejectCode, message: impl Into<String>) -> Response {
@@ -176,7 +186,8 @@ impl<'a> Batch<'a> {
             revision,
             writing: false,
             command_version,
-            alarms_raised: Vec::new(),
+            alarm_changes: Vec::new(),
+            compact_to: None,
             lease_changes: Vec::new(),
         }
     }
@@ -191,10 +202,15 @@ impl<'a> Batch<'a> {
         self.command_version
     }
 
-    /// The alarms this batch's commands raised (the state machine keeps them with the applied
-    /// state).
-    pub fn alarms_raised(&self) -> &[AlarmRecord] {
-        &self.alarms_raised
+    /// The alarms this batch's commands raised and disarmed, in order (the state machine
+    /// keeps the raised ones with the applied state).
+    pub fn alarm_changes(&self) -> &[AlarmChange] {
+        &self.alarm_changes
+    }
+
+    /// The revision below which this batch's commands asked the history forgotten.
+    pub fn compact_to(&self) -> Option<u64> {
+        self.compact_to
     }
 
     /// The writes to commit, atomically with the applied log id; the sweep floor and the
@@ -522,11 +538,26 @@ impl<'a> Batch<'a> {
                 alarm,
                 detail,
             } => {
-                self.alarms_raised.push(AlarmRecord {
+                self.alarm_changes.push(AlarmChange::Raised(AlarmRecord {
                     member,
                     kind: alarm,
                     detail,
-                });
+                }));
+                Ok(Response::None)
+            }
+            Operation::DisarmAlarm { member, alarm } => {
+                // A corrupt member's state is wrong whatever an admin says: it is replaced.
+                if !alarm.fences() {
+                    self.alarm_changes.push(AlarmChange::Disarmed {
+                        member,
+                        kind: alarm,
+                    });
+                }
+                Ok(Response::None)
+            }
+            Operation::CompactHistory { revision } => {
+                let upto = revision.min(self.revision);
+                self.compact_to = Some(self.compact_to.unwrap_or(0).max(upto));
                 Ok(Response::None)
             }
         }
@@ -1531,6 +1562,74 @@ mod tests {
             }),
             payload: EntryPayload::Normal(command),
         }
+    }
+
+    #[test]
+    fn no_space_alarms_are_raised_and_disarmed_corrupt_ones_never_and_history_compacts_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(store.clone(), Metrics::new()).unwrap();
+        let reader = sm.reader();
+        let raise = |member, alarm| {
+            cmd(Operation::RaiseAlarm {
+                member,
+                alarm,
+                detail: "d".into(),
+            })
+            .0
+        };
+        let disarm = |member, alarm| cmd(Operation::DisarmAlarm { member, alarm }).0;
+        let mut index = 0;
+        let mut apply = |commands: Vec<Command>| {
+            let entries = commands
+                .into_iter()
+                .map(|c| {
+                    index += 1;
+                    entry(index, c)
+                })
+                .collect();
+            sm.apply_entries(entries).unwrap();
+        };
+        apply(vec![
+            raise(1, AlarmKind::NoSpace),
+            raise(2, AlarmKind::Corrupt),
+            raise(1, AlarmKind::NoSpace),
+        ]);
+        assert_eq!(reader.alarms_of(AlarmKind::NoSpace).len(), 1);
+        assert!(reader.fence_on(1).is_none(), "no_space fences no one");
+        assert!(reader.fence_on(2).is_some());
+        apply(vec![
+            disarm(1, AlarmKind::NoSpace),
+            disarm(2, AlarmKind::Corrupt),
+        ]);
+        assert!(reader.alarms_of(AlarmKind::NoSpace).is_empty());
+        assert!(
+            reader.fence_on(2).is_some(),
+            "a corrupt alarm is never disarmed"
+        );
+        // Raised and disarmed in one batch: the order holds.
+        apply(vec![
+            disarm(3, AlarmKind::NoSpace),
+            raise(3, AlarmKind::NoSpace),
+        ]);
+        assert_eq!(reader.alarms_of(AlarmKind::NoSpace).len(), 1);
+
+        apply((0..10).map(|i| put(&format!("k{i}"), json!(i)).0).collect());
+        let revision = reader.revision();
+        assert_eq!(reader.oldest_revision(), 1);
+        // Past the current revision, it compacts up to it only.
+        apply(vec![
+            cmd(Operation::CompactHistory { revision: 4 }).0,
+            cmd(Operation::CompactHistory {
+                revision: revision + 100,
+            })
+            .0,
+        ]);
+        assert_eq!(reader.oldest_revision(), revision);
+        apply(vec![cmd(Operation::CompactHistory { revision: 2 }).0]);
+        assert_eq!(reader.oldest_revision(), revision, "never goes back");
+        assert!(!Operation::CompactHistory { revision: 1 }.grows_state());
+        assert!(put("k", json!(1)).0.op.grows_state());
     }
 
     #[test]

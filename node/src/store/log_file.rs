@@ -35,6 +35,15 @@ const CLOSE_INDEX: u64 = u64::MAX;
 /// 64 MiB: about 190000 puts of 256-byte values; a snapshot (every 100000 entries by default)
 /// lets the older segments go.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// The smallest segment: room for the largest entry a request can make (2 MiB bodies).
+pub const MIN_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// The size of a new log's segments on a volume with `free` bytes: [`SEGMENT_BYTES`], or a
+/// sixteenth of the volume's free space where that is smaller (a 128 MiB volume gets 8 MiB
+/// segments), never under [`MIN_SEGMENT_BYTES`]; whole MiB.
+pub fn segment_bytes_for(free: u64) -> u64 {
+    (free / 16).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES) >> 20 << 20
+}
 /// The sector size torn writes are detected at.
 const SECTOR: usize = 512;
 
@@ -301,8 +310,27 @@ pub fn remove_all(dir: &Path) -> io::Result<()> {
 
 impl LogFiles {
     /// Opens (creating if needed) the log in `dir`; `purged` is the last purged index.
+    /// Segments keep the size the log's first one was given ([`segment_bytes_for`]).
     pub fn open(dir: &Path, purged: Option<u64>) -> io::Result<Self> {
-        Self::open_with(dir, purged, SEGMENT_BYTES)
+        std::fs::create_dir_all(dir)?;
+        let existing = match list_segments(dir)?.last() {
+            Some((_, path)) => Some(std::fs::metadata(path)?.len()),
+            None => None,
+        };
+        let segment_bytes = match existing.filter(|&len| len >= MIN_SEGMENT_BYTES) {
+            Some(len) => len,
+            None => {
+                let bytes = segment_bytes_for(crate::space::free_bytes(dir)?);
+                if bytes < SEGMENT_BYTES {
+                    tracing::info!(
+                        segment_bytes = bytes,
+                        "a small volume: the Raft log's segments are made smaller to fit it"
+                    );
+                }
+                bytes
+            }
+        };
+        Self::open_with(dir, purged, segment_bytes)
     }
 
     pub fn open_with(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> io::Result<Self> {
@@ -651,6 +679,27 @@ mod tests {
             Ok(_) => panic!("a damaged log opened"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn segments_are_sized_to_the_volume() {
+        assert_eq!(segment_bytes_for(100 << 30), SEGMENT_BYTES);
+        assert_eq!(segment_bytes_for(1 << 30), SEGMENT_BYTES);
+        assert_eq!(segment_bytes_for(512 << 20), 32 << 20);
+        assert_eq!(segment_bytes_for(128 << 20), MIN_SEGMENT_BYTES);
+        assert_eq!(segment_bytes_for(10 << 20), MIN_SEGMENT_BYTES);
+        assert_eq!(segment_bytes_for((300 << 20) + 12345), 18 << 20);
+    }
+
+    #[test]
+    fn a_reopened_log_keeps_its_segment_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogFiles::open_with(dir.path(), None, MIN_SEGMENT_BYTES + (1 << 20)).unwrap();
+        append_range(&mut log, 0, 10);
+        drop(log);
+        let log = LogFiles::open(dir.path(), None).unwrap();
+        assert_eq!(log.segment_bytes, MIN_SEGMENT_BYTES + (1 << 20));
+        assert_eq!(all(&log).len(), 10);
     }
 
     #[test]

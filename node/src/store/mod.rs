@@ -90,10 +90,11 @@ pub enum StoreError {
 /// Per column family tuning. Every put reads the key's current record from `kv` first; a
 /// point lookup in a large memtable full of versions of the same keys is slow (a deep skip
 /// list walk), so `kv` gets small memtables and bloom filters on its tables.
-fn cf_options(name: &str) -> Options {
+fn cf_options(name: &str, memtable_bytes: usize) -> Options {
     let mut o = Options::default();
+    o.set_write_buffer_size(memtable_bytes);
     if name == CF_KV {
-        o.set_write_buffer_size(8 << 20);
+        o.set_write_buffer_size(memtable_bytes.min(8 << 20));
         let mut t = rocksdb::BlockBasedOptions::default();
         t.set_bloom_filter(10.0, false);
         o.set_block_based_table_factory(&t);
@@ -103,11 +104,51 @@ fn cf_options(name: &str) -> Options {
     o
 }
 
+/// Removes what a process stopped in the middle leaves in the data dir and nothing reads: a
+/// snapshot being received (`snapshots/incoming-*.part`), and backups that builds before
+/// streamed backups staged there (`backups/*`). Each can be as big as the state, and would
+/// otherwise stay for good.
+fn remove_leftovers(dir: &Path) {
+    let leftovers = std::fs::read_dir(dir.join("snapshots"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("incoming-") && name.ends_with(".part")
+        })
+        .chain(
+            std::fs::read_dir(dir.join(BACKUPS_DIR))
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok),
+        );
+    for entry in leftovers {
+        let path = entry.path();
+        let bytes = entry.metadata().map_or(0, |m| m.len());
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), bytes, "removed a partial file left by an earlier run")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a partial file left by an earlier run")
+            }
+        }
+    }
+}
+
+/// Where builds before streamed backups staged online backups while they were sent.
+pub const BACKUPS_DIR: &str = "backups";
+
 /// A shared handle to the node's database.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
     dir: PathBuf,
+    /// Set once [`Store::reclaim_in_background`] finished: the member's snapshot still holds
+    /// the files it dropped, until a new snapshot replaces it.
+    reclaimed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How RocksDB replays its write-ahead log at open. Its default (point in time) stops at the
@@ -127,9 +168,17 @@ impl Store {
         // Checks every block's checksum on read, so corruption is reported, never served.
         opts.set_paranoid_checks(true);
         opts.set_wal_recovery_mode(WAL_RECOVERY);
+        // On a small volume, memtables and the write-ahead log they keep are bounded by the
+        // volume: a flush writes a memtable out at once, and the log is kept until every
+        // memtable holding its writes is flushed (two copies of every value, until then).
+        let room = crate::space::free_bytes(dir)
+            .unwrap_or(u64::MAX)
+            .saturating_add(crate::space::bytes_on_disk(dir));
+        let memtable_bytes = (room / 32).clamp(2 << 20, 64 << 20) as usize;
+        opts.set_max_total_wal_size((room / 16).clamp(8 << 20, 512 << 20));
         let cfs = ALL_CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, memtable_bytes)));
         let db_path = dir.join("db");
         let db =
             DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|source| StoreError::Rocks {
@@ -137,10 +186,36 @@ impl Store {
                 source,
             })?;
         std::fs::create_dir_all(dir.join("snapshots"))?;
+        remove_leftovers(dir);
         Ok(Self {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
+            reclaimed: Arc::default(),
         })
+    }
+
+    /// Asks RocksDB to rewrite the state machine's files now, so that what deletes and a
+    /// history compaction dropped is given back to the volume (otherwise it comes back only
+    /// with RocksDB's next compaction of those files). Runs on its own thread: it can take
+    /// seconds, and an apply must not wait for it.
+    pub fn reclaim_in_background(&self) {
+        let store = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("reclaim".into())
+            .spawn(move || {
+                for cf in [CF_HISTORY, CF_KV, CF_IDEMPOTENCY, CF_LEASES] {
+                    store
+                        .db
+                        .compact_range_cf(store.cf(cf), None::<&[u8]>, None::<&[u8]>);
+                }
+                store
+                    .reclaimed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!("space of compacted history and deleted keys reclaimed");
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start reclaiming space");
+        }
     }
 
     /// Opens an existing database read-only (for `inspect`, safe beside a running node).
@@ -164,7 +239,20 @@ impl Store {
         Ok(Self {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
+            reclaimed: Arc::default(),
         })
+    }
+
+    /// Whether a reclaim finished since the last [`Store::snapshot_taken_after_reclaim`]: a
+    /// new snapshot then gives back what the old one still holds (its checkpoint links the
+    /// tables the reclaim replaced).
+    pub fn reclaimed(&self) -> bool {
+        self.reclaimed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn snapshot_taken_after_reclaim(&self) {
+        self.reclaimed
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     pub fn db(&self) -> &DB {

@@ -13,6 +13,7 @@ use super::CF_LEASES;
 use super::Store;
 use super::codec::RecordKind;
 use super::io_err;
+use super::records::AlarmKind;
 use super::records::AlarmRecord;
 use super::records::AppliedStateRecord;
 use super::records::COMMAND_VERSION_BASE;
@@ -69,14 +70,25 @@ impl KvReader {
             .clone()
     }
 
-    /// The alarm fencing member `id`, if one was raised.
-    pub fn alarm_on(&self, id: u64) -> Option<AlarmRecord> {
+    /// The alarm fencing member `id`, if one was raised (`corrupt`; `no_space` fences no one).
+    pub fn fence_on(&self, id: u64) -> Option<AlarmRecord> {
         self.alarms
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|a| a.member == id)
+            .find(|a| a.member == id && a.kind.fences())
             .cloned()
+    }
+
+    /// The raised alarms of one kind, oldest first.
+    pub fn alarms_of(&self, kind: AlarmKind) -> Vec<AlarmRecord> {
+        self.alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|a| a.kind == kind)
+            .cloned()
+            .collect()
     }
 
     /// When each lease may end on this member's monotonic clock (see [`crate::lease_clock`]).
@@ -177,6 +189,17 @@ impl KvReader {
     /// Leases whose deadline is at or before `now_ms`, earliest first, at most `limit`.
     pub fn leases_due(&self, now_ms: u64, limit: usize) -> io::Result<Vec<u64>> {
         time_index::leases_due(&self.store, now_ms, limit).map_err(io_err)
+    }
+
+    /// Whether an answer is kept for this idempotency key: a retry of it changes nothing.
+    pub fn answered(&self, idempotency_key: &str) -> bool {
+        self.store
+            .db()
+            .get_pinned_cf(
+                self.store.cf(super::CF_IDEMPOTENCY),
+                idempotency_key.as_bytes(),
+            )
+            .is_ok_and(|v| v.is_some())
     }
 
     /// Whether any idempotency answer was given before `cutoff_ms` (the sweep has work).

@@ -136,6 +136,12 @@ impl std::fmt::Display for Command {
             Operation::RaiseAlarm { member, alarm, .. } => {
                 write!(f, "raise the {} alarm on member {member}", alarm.as_str())
             }
+            Operation::DisarmAlarm { member, alarm } => {
+                write!(f, "disarm the {} alarm on member {member}", alarm.as_str())
+            }
+            Operation::CompactHistory { revision } => {
+                write!(f, "compact the history below revision {revision}")
+            }
         }
     }
 }
@@ -144,10 +150,13 @@ impl std::fmt::Display for Command {
 pub const COMMAND_VERSION_BASE: u32 = 1;
 /// The newest command set this binary applies: 2 added transactions, leases and idempotency
 /// sweeps; 3 the bounded idempotency sweep; 4 state checks and alarms; 5 leases timed on the
-/// leader's monotonic clock (keep-alives no longer replicated, ends by `EndLeases`).
-pub const COMMAND_VERSION: u32 = 5;
+/// leader's monotonic clock (keep-alives no longer replicated, ends by `EndLeases`); 6 the
+/// `no_space` alarm, disarming alarms and compacting the history on demand.
+pub const COMMAND_VERSION: u32 = 6;
 /// The command set from which leases are timed on the leader's monotonic clock.
 pub const COMMAND_VERSION_LEADER_LEASES: u32 = 5;
+/// The command set of the `no_space` alarm, `DisarmAlarm` and `CompactHistory`.
+pub const COMMAND_VERSION_NO_SPACE: u32 = 6;
 
 impl Operation {
     /// The command set that introduced this operation: it is proposed only once the cluster
@@ -163,8 +172,42 @@ impl Operation {
             | Operation::SweepIdempotency { .. }
             | Operation::EnableCommandVersion { .. } => 2,
             Operation::SweepIdempotencyOldest { .. } => 3,
+            Operation::RaiseAlarm {
+                alarm: AlarmKind::NoSpace,
+                ..
+            } => COMMAND_VERSION_NO_SPACE,
             Operation::CheckState {} | Operation::RaiseAlarm { .. } => 4,
             Operation::EndLeases { .. } => COMMAND_VERSION_LEADER_LEASES,
+            Operation::DisarmAlarm { .. } | Operation::CompactHistory { .. } => {
+                COMMAND_VERSION_NO_SPACE
+            }
+        }
+    }
+
+    /// Whether applying it may make the stored state bigger: what the `no_space` alarm
+    /// refuses. Deletes, revokes, expiries, sweeps, compaction and alarms only shrink it or
+    /// keep it as it is (a transaction counts as growing if either branch puts).
+    pub fn grows_state(&self) -> bool {
+        match self {
+            Operation::Put { .. } | Operation::LeaseGrant { .. } => true,
+            Operation::Txn {
+                success, failure, ..
+            } => success
+                .iter()
+                .chain(failure)
+                .any(|op| matches!(op, TxnOpRecord::Put { .. })),
+            Operation::Delete { .. }
+            | Operation::LeaseKeepAlive { .. }
+            | Operation::LeaseRevoke { .. }
+            | Operation::ExpireLeases { .. }
+            | Operation::EndLeases { .. }
+            | Operation::SweepIdempotency { .. }
+            | Operation::SweepIdempotencyOldest { .. }
+            | Operation::EnableCommandVersion { .. }
+            | Operation::CheckState {}
+            | Operation::RaiseAlarm { .. }
+            | Operation::DisarmAlarm { .. }
+            | Operation::CompactHistory { .. } => false,
         }
     }
 }
@@ -240,21 +283,51 @@ pub enum Operation {
         alarm: AlarmKind,
         detail: String,
     },
+    /// Asked for by an admin once `member` is back under its bounds: ends its alarm of this
+    /// kind (only `no_space`; a corrupt member is replaced, never disarmed).
+    DisarmAlarm {
+        member: u64,
+        alarm: AlarmKind,
+    },
+    /// Forgets the change history below `revision` (at most the current revision), as the
+    /// retention does by itself: watches from an older revision are answered `compacted`.
+    CompactHistory {
+        revision: u64,
+    },
 }
 
 /// Why a member is fenced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmKind {
-    /// Its state hash differs from the others' at the same log index.
+    /// Its state hash differs from the others' at the same log index: the member is fenced.
     Corrupt,
+    /// Its data dir is over its quota, or its volume under its free-space reserve: the
+    /// cluster refuses writes that grow the state until an admin disarms it (command set 6).
+    NoSpace,
 }
 
 impl AlarmKind {
+    pub const ALL: [AlarmKind; 2] = [AlarmKind::Corrupt, AlarmKind::NoSpace];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlarmKind::Corrupt => "corrupt",
+            AlarmKind::NoSpace => "no_space",
         }
+    }
+
+    /// The kind as the API names it.
+    pub fn to_client(self) -> concordance_client::AlarmKind {
+        match self {
+            AlarmKind::Corrupt => concordance_client::AlarmKind::Corrupt,
+            AlarmKind::NoSpace => concordance_client::AlarmKind::NoSpace,
+        }
+    }
+
+    /// Whether the member it is raised on is fenced (serves nothing until replaced).
+    pub fn fences(self) -> bool {
+        matches!(self, AlarmKind::Corrupt)
     }
 }
 

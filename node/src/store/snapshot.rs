@@ -181,8 +181,19 @@ fn to_openraft_meta(rec: &SnapshotMetaRecord) -> io::Result<SnapshotMeta> {
     })
 }
 
+/// Writes a consistent copy of the applied state as of now to `out` in the snapshot file
+/// format, calling `covers` with what it covers before its first byte (an online backup sent
+/// as it is read, from one RocksDB snapshot, never staged on the data disk).
+pub fn stream<W: Write>(
+    store: &Store,
+    out: W,
+    covers: impl FnOnce(&SnapshotMetaRecord, &AppliedStateRecord),
+) -> Result<(), StoreError> {
+    write_snapshot_with(store, out, covers).map(|_| ())
+}
+
 /// Writes a consistent copy of the applied state as of now to `path` (fsynced), returning
-/// what it covers. Used for online backups (and in tests).
+/// what it covers. Used in tests.
 pub fn write_file(
     store: &Store,
     path: &Path,
@@ -205,6 +216,14 @@ fn write_snapshot<W: Write>(
     store: &Store,
     out: W,
 ) -> Result<(SnapshotMetaRecord, AppliedStateRecord, W), StoreError> {
+    write_snapshot_with(store, out, |_, _| {})
+}
+
+fn write_snapshot_with<W: Write>(
+    store: &Store,
+    out: W,
+    covers: impl FnOnce(&SnapshotMetaRecord, &AppliedStateRecord),
+) -> Result<(SnapshotMetaRecord, AppliedStateRecord, W), StoreError> {
     let view = store.db().snapshot();
     let applied = match view
         .get_cf(store.cf(CF_APPLIED), KEY_APPLIED)
@@ -214,6 +233,7 @@ fn write_snapshot<W: Write>(
         None => AppliedStateRecord::default(),
     };
     let meta = meta_of(&applied);
+    covers(&meta, &applied);
     let mut w = CrcWriter {
         inner: out,
         crc: crc32fast::Hasher::new(),

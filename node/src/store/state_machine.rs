@@ -17,6 +17,7 @@ use super::CF_HISTORY;
 use super::KEY_APPLIED;
 use super::Store;
 use super::StoreError;
+use super::apply::AlarmChange;
 use super::apply::Batch;
 use super::codec;
 use super::codec::RecordKind;
@@ -160,15 +161,23 @@ impl StateMachine {
         if batch.command_version() > COMMAND_VERSION_BASE {
             applied.command_version = Some(batch.command_version());
         }
-        for alarm in batch.alarms_raised() {
-            if !applied
-                .alarms
-                .iter()
-                .any(|a| a.member == alarm.member && a.kind == alarm.kind)
-            {
-                applied.alarms.push(alarm.clone());
+        for change in batch.alarm_changes() {
+            match change {
+                AlarmChange::Raised(alarm) => {
+                    if !applied
+                        .alarms
+                        .iter()
+                        .any(|a| a.member == alarm.member && a.kind == alarm.kind)
+                    {
+                        applied.alarms.push(alarm.clone());
+                    }
+                }
+                AlarmChange::Disarmed { member, kind } => applied
+                    .alarms
+                    .retain(|a| !(a.member == *member && a.kind == *kind)),
             }
         }
+        let compact_to = batch.compact_to();
         if !applied.alarms.is_empty()
             && let Some(m) = &applied.membership
         {
@@ -181,8 +190,17 @@ impl StateMachine {
         let (mut wb, sweep_floor, lease_changes) = batch.into_parts();
         // History compaction: a function of the revision and the configured retention.
         let keep = self.history_revisions;
+        let mut upto = None;
         if applied.revision > applied.compacted_revision + keep + compaction_step(keep) {
-            let upto = applied.revision - keep;
+            upto = Some(applied.revision - keep);
+        }
+        // Asked for (an admin freeing space): the whole range goes now, and RocksDB is told
+        // to reclaim its files, or the space would come back only with its next compaction.
+        let asked = compact_to.filter(|&r| r > applied.compacted_revision);
+        if let Some(r) = asked {
+            upto = Some(upto.unwrap_or(0).max(r));
+        }
+        if let Some(upto) = upto {
             wb.delete_range_cf(self.store.cf(CF_HISTORY), u64_key(0), u64_key(upto));
             applied.compacted_revision = upto;
         }
@@ -202,6 +220,9 @@ impl StateMachine {
             .applied(&lease_changes, std::time::Instant::now());
         self.applied = applied;
         self.reader.publish(&self.applied);
+        if asked.is_some() {
+            self.store.reclaim_in_background();
+        }
         Ok(responses)
     }
 

@@ -1,0 +1,362 @@
+//! Disk space: the quota and the free-space reserve, and the `no_space` alarm they raise.
+//!
+//! Every member measures, every 250 ms, the bytes its data dir takes on disk (the database,
+//! the Raft log's segments, snapshots) and the space left on its volume.
+//! Over `--quota-bytes`, or under `--reserve-bytes` free, it asks the leader to raise the
+//! replicated `no_space` alarm on itself (command set 6). While any member's alarm is raised,
+//! the leader refuses every write that grows the state (puts, transactions that put, lease
+//! grants) with `no_space`; reads, deletes, revokes, compaction and membership changes go on,
+//! so an admin can make room, then disarm the alarm (`POST /api/v1/cluster/alarms/disarm`),
+//! which is refused while the member is still over.
+//!
+//! Replicas hold the same state and fill together: refusing growth before the volume is full
+//! keeps every member's Raft running, where an ENOSPC inside an apply would stop it.
+//!
+//! The Raft log is bounded by bytes as well as by entries: past an eighth of the room the
+//! data dir has (its quota, or its volume if smaller), and whenever the member is over its
+//! bounds, it takes a snapshot and purges its log up to it. A snapshot also replaces the
+//! previous one, so after deletes and a compaction it gives their space back. A snapshot is
+//! asked for only when the volume has room for one, as a failed snapshot write stops Raft.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concordance_client::StorageUse;
+
+use crate::service::SharedNode;
+use crate::store::records::AlarmKind;
+use crate::store::records::Operation;
+
+/// Often enough that a writer at full speed adds only megabytes between two measures.
+const MEASURE_EVERY: Duration = Duration::from_millis(250);
+/// A snapshot asked for by space pressure is waited for this long at most before another is
+/// asked for: one at a time, as each rewrites the state.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
+/// The default quota: as etcd's, the size past which a coordination store is misused.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+/// The default free-space reserve: room for RocksDB to finish a flush and a compaction, and
+/// for the log to open its next segment, after the alarm stops growth.
+pub const DEFAULT_RESERVE_BYTES: u64 = 32 << 20;
+
+/// The bounds one member keeps its data dir within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceLimits {
+    /// Bytes the data dir may take on disk.
+    pub quota_bytes: u64,
+    /// Bytes the volume must keep free.
+    pub reserve_bytes: u64,
+}
+
+/// What a measure found, and why it is over its bounds (if it is).
+pub fn over(usage: &StorageUse) -> Option<String> {
+    if usage.used_bytes > usage.quota_bytes {
+        Some(format!(
+            "the data dir takes {} bytes, over its quota of {} (--quota-bytes)",
+            usage.used_bytes, usage.quota_bytes
+        ))
+    } else if usage.free_bytes < usage.reserve_bytes {
+        Some(format!(
+            "the volume has {} bytes free, under its reserve of {} (--reserve-bytes)",
+            usage.free_bytes, usage.reserve_bytes
+        ))
+    } else {
+        None
+    }
+}
+
+/// Measures `dir` against `limits`.
+pub fn measure(dir: &Path, limits: SpaceLimits) -> std::io::Result<StorageUse> {
+    let free_bytes = free_bytes(dir)?;
+    let usage = StorageUse {
+        used_bytes: bytes_on_disk(dir),
+        free_bytes,
+        quota_bytes: limits.quota_bytes,
+        reserve_bytes: limits.reserve_bytes,
+        over: false,
+    };
+    Ok(StorageUse {
+        over: over(&usage).is_some(),
+        ..usage
+    })
+}
+
+/// The bytes the files under `dir` take on disk (allocated blocks, so the log's preallocated
+/// segments count whole and sparse files by what they hold). Files that vanish while it walks
+/// (RocksDB compacting) are skipped.
+pub fn bytes_on_disk(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// The bytes an unprivileged process may still write on the volume holding `dir`.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct of the size statvfs writes.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// What one byte of a command costs on disk until it is compacted: the Raft log's copy, the
+/// write-ahead log's copies of the key and of its history event, and their tables.
+const WRITE_AMPLIFICATION: u64 = 5;
+
+/// The latest measure of this member's space, shared with status and metrics, and the bytes
+/// of growing commands this member proposed since (as leader).
+#[derive(Debug, Default)]
+pub struct SpaceWatch {
+    latest: std::sync::RwLock<Option<StorageUse>>,
+    proposed_since: std::sync::atomic::AtomicU64,
+    /// Why a write was refused for the writes in flight, since the last measure: the alarm
+    /// is raised for it too.
+    shortfall: std::sync::Mutex<Option<String>>,
+}
+
+impl SpaceWatch {
+    pub fn latest(&self) -> Option<StorageUse> {
+        self.latest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, usage: StorageUse) {
+        *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(usage);
+        self.proposed_since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a growing command of `bytes` proposed now.
+    pub fn proposed(&self, bytes: u64) {
+        self.proposed_since
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Why this member is out of space, counting what was proposed since the last measure
+    /// (a writer at full speed can fill a volume's reserve between two measures).
+    pub fn short(&self) -> Option<String> {
+        let usage = self.latest()?;
+        if let Some(reason) = over(&usage) {
+            return Some(reason);
+        }
+        let coming = self
+            .proposed_since
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_mul(WRITE_AMPLIFICATION);
+        let expected = StorageUse {
+            used_bytes: usage.used_bytes.saturating_add(coming),
+            free_bytes: usage.free_bytes.saturating_sub(coming),
+            ..usage
+        };
+        let reason =
+            over(&expected).map(|reason| format!("{reason}, counting the writes in flight"));
+        if let Some(r) = &reason {
+            *self.shortfall.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
+        }
+        reason
+    }
+
+    fn take_shortfall(&self) -> Option<String> {
+        self.shortfall
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+/// The bytes `value` takes as JSON, without writing it anywhere.
+pub fn json_bytes<T: serde::Serialize>(value: &T) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Measures this member's space every second, and asks for the `no_space` alarm on it when
+/// it is over its bounds and the alarm is not raised yet.
+pub fn spawn(node: SharedNode, limits: SpaceLimits, watch: Arc<SpaceWatch>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MEASURE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut asked: Option<SnapshotAsked> = None;
+        loop {
+            tick.tick().await;
+            let dir = node.store.dir().to_path_buf();
+            let usage = match tokio::task::spawn_blocking(move || measure(&dir, limits)).await {
+                Ok(Ok(usage)) => usage,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot measure the data dir's volume");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "measuring the data dir's space failed");
+                    continue;
+                }
+            };
+            watch.set(usage.clone());
+            relieve(&node, &usage, &mut asked).await;
+            let shortfall = watch.take_shortfall();
+            let Some(reason) = over(&usage).or(shortfall) else {
+                continue;
+            };
+            let me = node.identity.raft_id;
+            if node
+                .reader
+                .alarms_of(AlarmKind::NoSpace)
+                .iter()
+                .any(|a| a.member == me)
+            {
+                continue;
+            }
+            tracing::warn!(%reason, "out of space: raising the no_space alarm, writes that grow the state will be refused");
+            let raise = Operation::RaiseAlarm {
+                member: me,
+                alarm: AlarmKind::NoSpace,
+                detail: reason,
+            };
+            if let Err(e) = node.propose(raise, None).await {
+                tracing::warn!(error = %e, "cannot raise the no_space alarm yet; trying again");
+            }
+        }
+    });
+}
+
+/// The bytes the Raft log may take before the member snapshots and purges it.
+pub fn log_budget(usage: &StorageUse) -> u64 {
+    let room = usage
+        .quota_bytes
+        .min(usage.used_bytes.saturating_add(usage.free_bytes));
+    room / 8
+}
+
+/// A snapshot asked for by [`relieve`]: when, and the last snapshot's index then.
+struct SnapshotAsked {
+    at: std::time::Instant,
+    after: u64,
+}
+
+/// Under space pressure (the log past its budget, or the member over its bounds), or once a
+/// reclaim finished: purges the log up to the last snapshot, or, if the log holds entries
+/// past it, takes a snapshot (one at a time) when the volume has room for it.
+async fn relieve(node: &SharedNode, usage: &StorageUse, asked: &mut Option<SnapshotAsked>) {
+    let log_bytes = bytes_on_disk(&node.store.log_dir());
+    let reclaimed = node.store.reclaimed();
+    if log_bytes <= log_budget(usage) && !usage.over && !reclaimed {
+        return;
+    }
+    let m = crate::raft::metrics_of(&node.raft);
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let snapshot = m.snapshot.map_or(0, |l| l.index);
+    let purged = m.purged.map_or(0, |l| l.index);
+    if snapshot > purged
+        && let Err(e) = node.raft.trigger().purge_log(snapshot).await
+    {
+        tracing::warn!(error = %e, "cannot purge the Raft log");
+    }
+    let building = asked
+        .as_ref()
+        .is_some_and(|a| a.after == snapshot && a.at.elapsed() < SNAPSHOT_WAIT);
+    // A snapshot needs about as much room as the state it writes, and writes go on while
+    // it is written: half the reserve is kept for them.
+    let state_bytes = node.store.size_bytes().saturating_sub(log_bytes);
+    if applied > snapshot
+        && !building
+        && usage.free_bytes > state_bytes.saturating_add(usage.reserve_bytes / 2)
+    {
+        *asked = Some(SnapshotAsked {
+            at: std::time::Instant::now(),
+            after: snapshot,
+        });
+        node.store.snapshot_taken_after_reclaim();
+        tracing::info!(
+            log_bytes,
+            "short of space: taking a snapshot to purge the Raft log up to it"
+        );
+        if let Err(e) = node.raft.trigger().snapshot().await {
+            tracing::warn!(error = %e, "cannot take a snapshot");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(used: u64, free: u64) -> StorageUse {
+        StorageUse {
+            used_bytes: used,
+            free_bytes: free,
+            quota_bytes: 100,
+            reserve_bytes: 10,
+            over: false,
+        }
+    }
+
+    #[test]
+    fn over_names_the_bound_crossed() {
+        let cases = [
+            (50, 50, None),
+            (100, 10, None),
+            (101, 50, Some("quota")),
+            (50, 9, Some("reserve")),
+            (101, 9, Some("quota")),
+        ];
+        for (used, free, want) in cases {
+            let got = over(&usage(used, free));
+            match want {
+                None => assert_eq!(got, None, "used {used} free {free}"),
+                Some(word) => assert!(
+                    got.as_deref().is_some_and(|r| r.contains(word)),
+                    "used {used} free {free}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn the_data_dir_is_measured_by_its_allocated_blocks() {
+        let dir = std::env::temp_dir().join(format!("space-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let before = bytes_on_disk(&dir);
+        std::fs::write(dir.join("sub/a"), vec![7u8; 1 << 20]).unwrap();
+        // A sparse file takes only what it holds.
+        let sparse = std::fs::File::create(dir.join("sparse")).unwrap();
+        sparse.set_len(64 << 20).unwrap();
+        let after = bytes_on_disk(&dir);
+        assert!(
+            after - before >= 1 << 20 && after - before < 2 << 20,
+            "{before} -> {after}"
+        );
+        assert!(free_bytes(&dir).unwrap() > 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
