@@ -30,6 +30,21 @@ pub async fn admin_metrics(node: &NodeProc) -> String {
         .unwrap()
 }
 
+/// Value number `i` of `bytes` letters no compression shrinks (RocksDB compresses its
+/// tables): a volume fills with them as it would with real data.
+pub fn incompressible(i: usize, bytes: usize) -> serde_json::Value {
+    const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut s = format!("{i}:");
+    s.extend((0..bytes).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        LETTERS[(state >> 58) as usize] as char
+    }));
+    serde_json::Value::String(s)
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_concordance")
 }
@@ -259,7 +274,7 @@ impl NodeProc {
     }
 
     /// Whether the process has ended (a zombie not yet reaped), without reaping it.
-    fn has_exited(&self) -> bool {
+    pub fn has_exited(&self) -> bool {
         let Some(child) = &self.child else {
             return true;
         };

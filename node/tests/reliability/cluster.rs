@@ -124,6 +124,10 @@ pub struct Cluster {
     env: Vec<(String, String)>,
     /// Flags of every node (a new member's too), besides its identity and `--join`.
     extra: Vec<String>,
+    /// With a size, every member's data dir is a tmpfs of that size of its own.
+    volume: Option<String>,
+    /// The tmpfs mounted, unmounted on drop.
+    mounts: Vec<PathBuf>,
 }
 
 /// Builds a client that gives up quickly (faults make nodes unresponsive).
@@ -136,6 +140,17 @@ impl Cluster {
     /// `lose_unsynced`, every node runs with the shim of `durability`: a SIGKILL loses what
     /// the node had not fsynced.
     pub async fn start(size: usize, extra: &[&str], lose_unsynced: bool) -> Self {
+        Self::start_on(size, extra, lose_unsynced, None).await
+    }
+
+    /// Like [`Cluster::start`], with every member's data dir on a tmpfs of `volume` (e.g.
+    /// `128m`) of its own when given.
+    pub async fn start_on(
+        size: usize,
+        extra: &[&str],
+        lose_unsynced: bool,
+        volume: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = is_root();
         if root {
@@ -159,6 +174,8 @@ impl Cluster {
                     .into(),
             )],
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            volume: volume.map(String::from),
+            mounts: Vec::new(),
         };
         assert!(
             Path::new(FAKETIME).exists(),
@@ -193,6 +210,28 @@ impl Cluster {
         let run_as = uid.map(|u| (u, self.dir.path().join("concordance")));
         self.next_id += 1;
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        if let Some(size) = &self.volume {
+            let at = self.dir.path().join(&name);
+            std::fs::create_dir_all(&at).unwrap();
+            let out = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0777"),
+                    "tmpfs",
+                ])
+                .arg(&at)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "mounting a tmpfs at {}: {}",
+                at.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.mounts.push(at);
+        }
         let clock = self.clock_file(&name);
         std::fs::write(&clock, "+0").unwrap();
         let clock = clock.display().to_string();
@@ -597,6 +636,9 @@ impl Drop for Cluster {
         // SIGKILL ends paused processes too.
         for m in self.members.values_mut() {
             m.proc.kill();
+        }
+        for at in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(at).status();
         }
     }
 }

@@ -13,7 +13,9 @@ mod common;
 mod checker;
 mod cluster;
 mod corruption;
+mod disk;
 mod durability;
+mod failing_disk;
 mod fuzz;
 mod history;
 mod leases;
@@ -69,6 +71,8 @@ pub struct RunConfig {
     /// installed on a member and a member's Raft log purged, all under the faults.
     pub snapshot_entries: Option<u64>,
     pub plan: Plan,
+    /// With a size (e.g. `128m`), every member's data dir is a tmpfs of its own.
+    pub volume: Option<&'static str>,
 }
 
 /// What the run does to the cluster while the clients run.
@@ -80,6 +84,9 @@ pub enum Plan {
     /// A majority of the nodes down for all of `faults_for`: no write can commit, so the run
     /// must fail its floors (the control for them).
     MajorityDown,
+    /// The members' volumes filled to the `no_space` alarm and emptied again, for
+    /// `faults_for` and at least twice.
+    DiskFull,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +115,8 @@ pub struct Summary {
     pub keep_alives_ok: usize,
     pub keep_alives_failed: usize,
     pub longest_keep_alive_gap: Duration,
+    /// What was written outside the workload's prefix (the full-disk fault's filler).
+    pub outside_prefix: watcher::Outside,
 }
 
 /// A run passes only if it did enough for its checks to mean something: a floor on
@@ -344,7 +353,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Summary, String> {
         .chain([format!("--state-check-interval-secs={STATE_CHECK_SECS}")])
         .collect();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut cluster = Cluster::start(cfg.nodes, &extra, cfg.lose_unsynced).await;
+    let mut cluster = Cluster::start_on(cfg.nodes, &extra, cfg.lose_unsynced, cfg.volume).await;
     for n in cluster.names() {
         cluster.members[&n].proc.wait_ready().await;
     }
@@ -403,6 +412,26 @@ async fn do_faults(
                 ));
             }
         }
+        Plan::DiskFull => {
+            let end = Instant::now() + cfg.faults_for;
+            let mut round = 0;
+            while round < 2 || Instant::now() < end {
+                let what = disk::fill_then_make_room(
+                    &endpoints_of(cluster),
+                    round,
+                    &mut summary.outside_prefix,
+                )
+                .await
+                .map_err(|e| format!("the full-disk fault did not take effect: {e}"))?;
+                println!(
+                    "[seed {} t={:>6.1}s] {what}",
+                    cfg.seed,
+                    t0.elapsed().as_secs_f64()
+                );
+                summary.faults.push(what);
+                round += 1;
+            }
+        }
         Plan::MajorityDown => {
             let names = cluster.names();
             for n in &names[..names.len() / 2 + 1] {
@@ -434,6 +463,9 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
     let stop = Arc::new(AtomicBool::new(false));
     let leases = leases::grant_both(&endpoints).await?;
     let workload = Workload {
+        // Only under the full-disk plan: its refusals are then definite, and the checker
+        // would otherwise have thousands of indeterminate writes to place.
+        single_attempt: cfg.plan == Plan::DiskFull,
         keys: cfg.keys,
         clients: cfg.clients,
     };
@@ -530,7 +562,12 @@ async fn drive(cluster: &mut Cluster, cfg: &RunConfig) -> Result<Summary, String
         return Err(checker::describe(&verdict));
     }
     history::check_revisions(&history)?;
-    watcher::check_watch(&watch_log, &history, summary.final_revision)?;
+    watcher::check_watch(
+        &watch_log,
+        &history,
+        summary.final_revision,
+        &summary.outside_prefix,
+    )?;
     summary.checked_serializable = history::check_serializable(&history)?;
     summary.acknowledged_writes = history::check_no_lost_writes(&history, &finals)?;
     let leaders = history::check_leaders(&samples)?;
@@ -653,6 +690,7 @@ async fn three_nodes_under_faults_seed_1() {
         lose_unsynced: true,
         snapshot_entries: Some(200),
         plan: Plan::Faults,
+        volume: None,
     })
     .await;
 }
@@ -670,6 +708,7 @@ async fn five_nodes_under_faults_for_two_minutes_seed_2() {
         lose_unsynced: true,
         snapshot_entries: Some(300),
         plan: Plan::Faults,
+        volume: None,
     })
     .await;
 }
@@ -688,6 +727,7 @@ async fn a_run_whose_writes_cannot_commit_fails() {
         lose_unsynced: false,
         snapshot_entries: None,
         plan: Plan::MajorityDown,
+        volume: None,
     };
     let err = run(&cfg)
         .await
@@ -696,6 +736,26 @@ async fn a_run_whose_writes_cannot_commit_fails() {
         err.contains("did too little") && err.contains("acknowledged writes"),
         "the run failed, but not on its floors: {err}"
     );
+}
+
+/// Three members on 128 MiB volumes of their own, filled by large writes through every
+/// member until the cluster refuses them (`no_space`), then emptied, compacted and disarmed,
+/// at least twice, while the clients run: every check over the history holds (refused writes
+/// are never applied, no acknowledged write is lost), and the replicas end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_whose_volumes_fill_up_under_the_workload_seed_4() {
+    run_and_report(RunConfig {
+        seed: 4,
+        nodes: 3,
+        faults_for: Duration::from_secs(15),
+        clients: 4,
+        keys: 4,
+        lose_unsynced: false,
+        snapshot_entries: None,
+        plan: Plan::DiskFull,
+        volume: Some("128m"),
+    })
+    .await;
 }
 
 /// The long run: `SOAK_SECONDS` of faults (default 300), seed `SEED` (default 7), `NODES`
@@ -714,6 +774,7 @@ async fn soak() {
         lose_unsynced: env_u64("LOSE_UNSYNCED", 1) == 1,
         snapshot_entries: (snapshot_entries > 0).then_some(snapshot_entries),
         plan: Plan::Faults,
+        volume: None,
     })
     .await;
 }

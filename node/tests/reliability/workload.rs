@@ -14,6 +14,7 @@ use concordance_client::CompareOp;
 use concordance_client::CompareTarget;
 use concordance_client::Consistency;
 use concordance_client::Error;
+use concordance_client::ErrorCode;
 use concordance_client::TxnOp;
 use concordance_client::TxnRequest;
 use concordance_client::TxnResponse;
@@ -42,9 +43,15 @@ pub fn since(t0: Instant) -> u64 {
     t0.elapsed().as_nanos() as u64
 }
 
-fn classify(e: &Error) -> Status {
+/// What an error says about whether the operation applied. A `no_space` refusal is given by
+/// the leader before it proposes anything, so it is definite, but only for a request sent
+/// once: after a retry, an earlier attempt may still be on its way (`single_attempt`).
+fn classify(e: &Error, single_attempt: bool) -> Status {
     match e {
         Error::Transport(t) if t.is_connect() => Status::Fail(e.to_string()),
+        _ if single_attempt && e.error_code() == Some(ErrorCode::NoSpace) => {
+            Status::Fail(e.to_string())
+        }
         _ => Status::Indeterminate(e.to_string()),
     }
 }
@@ -54,6 +61,8 @@ fn text(v: &Value) -> Option<String> {
 }
 
 pub struct Workload {
+    /// Requests are sent once, never retried by the client (so refusals are definite).
+    pub single_attempt: bool,
     pub keys: usize,
     pub clients: usize,
 }
@@ -72,8 +81,9 @@ impl Workload {
             let endpoints = endpoints.clone();
             let stop = stop.clone();
             let keys = self.keys;
+            let single_attempt = self.single_attempt;
             tasks.push(tokio::spawn(async move {
-                client_loop(c, seed, keys, t0, endpoints, stop).await
+                client_loop(c, seed, keys, single_attempt, t0, endpoints, stop).await
             }));
         }
         let mut all = Vec::new();
@@ -88,6 +98,7 @@ async fn client_loop(
     id: usize,
     seed: u64,
     keys: usize,
+    single_attempt: bool,
     t0: Instant,
     endpoints: Endpoints,
     stop: Arc<AtomicBool>,
@@ -105,14 +116,32 @@ async fn client_loop(
         };
         let client = clients
             .entry(port)
-            .or_insert_with(|| client_for(port))
+            .or_insert_with(|| {
+                let c = client_for(port);
+                if single_attempt {
+                    c.with_retry(concordance_client::RetryPolicy::none())
+                } else {
+                    c
+                }
+            })
             .clone();
         let key = format!("reg/{}", rng.random_range(0..keys));
         n += 1;
         let value = format!("c{id}-{n}");
         let roll = rng.random_range(0..100);
         let expect = last_seen.get(&key).cloned().flatten();
-        let rec = one_op(&client, id, &node, &key, &value, expect, roll, t0).await;
+        let rec = one_op(
+            &client,
+            id,
+            &node,
+            &key,
+            &value,
+            expect,
+            roll,
+            t0,
+            single_attempt,
+        )
+        .await;
         if let (Input::Get, Output::Read(v)) = (&rec.op.input, &rec.op.output) {
             last_seen.insert(key.clone(), v.clone());
         }
@@ -139,6 +168,7 @@ async fn one_op(
     expect: Option<String>,
     roll: u32,
     t0: Instant,
+    single_attempt: bool,
 ) -> Record {
     let call = since(t0);
     let mut rec = Record {
@@ -191,7 +221,7 @@ async fn one_op(
                 rec.op.output = Output::Swapped(r.succeeded);
                 rec.revision = Some(r.revision);
             }
-            Ok(Err(e)) => rec.status = classify(&e),
+            Ok(Err(e)) => rec.status = classify(&e, single_attempt),
             Err(_) => rec.status = timed_out(),
         }
     } else if roll < 30 {
@@ -201,7 +231,7 @@ async fn one_op(
                 rec.op.output = Output::Ok;
                 rec.revision = Some(r.revision);
             }
-            Ok(Err(e)) => rec.status = classify(&e),
+            Ok(Err(e)) => rec.status = classify(&e, single_attempt),
             Err(_) => rec.status = timed_out(),
         }
     } else if roll < 70 {
@@ -218,7 +248,7 @@ async fn one_op(
                 rec.mod_revision = Some(r.kv.mod_revision);
             }
             Ok(Ok(None)) => rec.op.output = Output::Read(None),
-            Ok(Err(e)) => rec.status = classify(&e),
+            Ok(Err(e)) => rec.status = classify(&e, single_attempt),
             Err(_) => rec.status = timed_out(),
         }
     } else {
@@ -229,7 +259,7 @@ async fn one_op(
                 rec.op.output = Output::Deleted(r.deleted > 0);
                 rec.revision = Some(r.revision);
             }
-            Ok(Err(e)) => rec.status = classify(&e),
+            Ok(Err(e)) => rec.status = classify(&e, single_attempt),
             Err(_) => rec.status = timed_out(),
         }
     }
