@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// Revisions of change history kept for watches; an older start revision is `compacted`.
     #[arg(long, env = "CONCORDANCE_HISTORY_REVISIONS", default_value_t = crate::store::state_machine::HISTORY_RETAINED_REVISIONS, value_parser = clap::value_parser!(u64).range(1..))]
     pub history_revisions: u64,
+    /// Bytes of change history kept for watches at most (the oldest goes first; an older
+    /// start revision is `compacted`), besides --history-revisions. Default: a quarter of
+    /// --quota-bytes. A number of bytes, or with KiB, MiB or GiB.
+    #[arg(long, env = "CONCORDANCE_HISTORY_BYTES", value_parser = parse_bytes)]
+    pub history_bytes: Option<u64>,
     /// Seconds an `Idempotency-Key`'s answer is kept (a retry after that applies again).
     #[arg(long, env = "CONCORDANCE_IDEMPOTENCY_RETENTION_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_retention_secs: u64,
@@ -211,6 +216,7 @@ pub struct Config {
     pub agent_key: Option<String>,
     pub snapshot_entries: u64,
     pub history_revisions: u64,
+    pub history_bytes: u64,
     pub idempotency_retention: std::time::Duration,
     pub http_threads: usize,
     pub header_timeout: std::time::Duration,
@@ -356,6 +362,7 @@ impl ServeArgs {
             agent_key,
             snapshot_entries: self.snapshot_entries,
             history_revisions: self.history_revisions,
+            history_bytes: self.history_bytes.unwrap_or(self.quota_bytes / 4),
             idempotency_retention: std::time::Duration::from_secs(self.idempotency_retention_secs),
             http_threads: match self.http_threads {
                 Some(n) => usize::from(n),

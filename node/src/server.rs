@@ -167,7 +167,8 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     let metrics = Metrics::new();
     let log_store = LogStore::open(store.clone(), metrics.clone())?;
     let state_machine = StateMachine::open(store.clone(), metrics.clone())?
-        .with_history_revisions(config.history_revisions);
+        .with_history_revisions(config.history_revisions)
+        .with_history_bytes(Some(config.history_bytes));
     let reader = state_machine.reader();
     if reader.command_version() > COMMAND_VERSION {
         return Err(CommandSetTooNew {

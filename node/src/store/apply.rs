@@ -97,6 +97,8 @@ pub struct Batch<'a> {
     alarm_changes: Vec<AlarmChange>,
     /// The revision below which a `CompactHistory` of this batch forgets the history.
     compact_to: Option<u64>,
+    /// Bytes of history events written by this batch.
+    history_bytes: u64,
     /// Grants, replicated keep-alives and ends, for the members' lease clocks.
     lease_changes: Vec<LeaseChange>,
 }
@@ -188,6 +190,7 @@ impl<'a> Batch<'a> {
             command_version,
             alarm_changes: Vec::new(),
             compact_to: None,
+            history_bytes: 0,
             lease_changes: Vec::new(),
         }
     }
@@ -277,11 +280,14 @@ impl<'a> Batch<'a> {
     fn record_event(&mut self, event: &EventRecord) {
         let mut k = u64_key(event.revision).to_vec();
         k.extend_from_slice(event.key.as_bytes());
-        self.wb.put_cf(
-            self.store.cf(CF_HISTORY),
-            k,
-            codec::encode(RecordKind::Event, event),
-        );
+        let v = codec::encode(RecordKind::Event, event);
+        self.history_bytes += (k.len() + v.len()) as u64;
+        self.wb.put_cf(self.store.cf(CF_HISTORY), k, v);
+    }
+
+    /// The bytes of history events this batch wrote.
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes
     }
 
     fn attach(&mut self, lease: Option<u64>, key: &str, attach: bool) -> io::Result<()> {
@@ -1630,6 +1636,37 @@ mod tests {
         assert_eq!(reader.oldest_revision(), revision, "never goes back");
         assert!(!Operation::CompactHistory { revision: 1 }.grows_state());
         assert!(put("k", json!(1)).0.op.grows_state());
+    }
+
+    #[test]
+    fn history_is_kept_by_bytes_as_well_as_by_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(store.clone(), Metrics::new())
+            .unwrap()
+            .with_history_bytes(Some(100_000));
+        let reader = sm.reader();
+        let big = json!("h".repeat(10_000));
+        for i in 0..50 {
+            let c = put(&format!("k{}", i % 5), big.clone()).0;
+            sm.apply_entries(vec![entry(i + 1, c)]).unwrap();
+        }
+        // Each event is a little over 10 KB: about ten are kept, never the bound's worth more.
+        let kept = store
+            .db()
+            .iterator_cf(store.cf(CF_HISTORY), rocksdb::IteratorMode::Start)
+            .count();
+        assert!((5..=10).contains(&kept), "{kept} events kept");
+        assert_eq!(reader.oldest_revision(), 51 - kept as u64);
+        // Without a bound by bytes, the revision bound (100,000) keeps them all.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(store.clone(), Metrics::new()).unwrap();
+        for i in 0..50 {
+            let c = put(&format!("k{}", i % 5), big.clone()).0;
+            sm.apply_entries(vec![entry(i + 1, c)]).unwrap();
+        }
+        assert_eq!(sm.reader().oldest_revision(), 1);
     }
 
     #[test]

@@ -59,7 +59,17 @@ pub struct StateMachine {
     reader: KvReader,
     metrics: Metrics,
     history_revisions: u64,
+    /// Bytes of history this member keeps at most (`--history-bytes`); `None`: no bound.
+    history_bytes: Option<u64>,
+    /// The history kept, by bytes: per applied batch, its last revision and the bytes of
+    /// events it wrote (what was there at open counts as one step at the revision then).
+    history_steps: std::collections::VecDeque<(u64, u64)>,
+    history_kept_bytes: u64,
 }
+
+/// Retention by bytes compacts down to this share of the bound, so it runs now and then
+/// rather than at every batch once the bound is reached.
+const HISTORY_BYTES_LOW_WATER: f64 = 0.75;
 
 impl StateMachine {
     /// Opens the state machine, finishing an interrupted snapshot install if there was one and
@@ -78,12 +88,16 @@ impl StateMachine {
         }
         let reader = KvReader::new(store.clone(), &applied);
         time_leases(&reader)?;
+        let at_open = history_size(&store);
         Ok(Self {
             store,
+            history_steps: [(applied.revision, at_open)].into(),
+            history_kept_bytes: at_open,
             applied,
             reader,
             metrics,
             history_revisions: HISTORY_RETAINED_REVISIONS,
+            history_bytes: None,
         })
     }
 
@@ -91,6 +105,47 @@ impl StateMachine {
     pub fn with_history_revisions(mut self, revisions: u64) -> Self {
         self.history_revisions = revisions.max(1);
         self
+    }
+
+    /// Keeps at most about this many bytes of history (the oldest goes first); at least the
+    /// last batch's is kept.
+    pub fn with_history_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.history_bytes = bytes;
+        self
+    }
+
+    /// Where retention by bytes compacts the history to, if it is over its bound: the first
+    /// revision kept once the oldest steps are dropped down to the low water mark.
+    fn history_over_bytes(&mut self, written: u64, revision: u64) -> Option<u64> {
+        if written > 0 {
+            self.history_steps.push_back((revision, written));
+            self.history_kept_bytes += written;
+        }
+        let bound = self.history_bytes?;
+        if self.history_kept_bytes <= bound {
+            return None;
+        }
+        let low = (bound as f64 * HISTORY_BYTES_LOW_WATER) as u64;
+        let mut upto = None;
+        while self.history_kept_bytes > low && self.history_steps.len() > 1 {
+            let (last_revision, bytes) = self.history_steps.pop_front()?;
+            self.history_kept_bytes -= bytes;
+            upto = Some(last_revision + 1);
+        }
+        upto
+    }
+
+    /// Forgets the bytes of the history below `upto`, compacted for another reason.
+    fn history_compacted_to(&mut self, upto: u64) {
+        while self
+            .history_steps
+            .front()
+            .is_some_and(|(last, _)| *last < upto && self.history_steps.len() > 1)
+        {
+            if let Some((_, bytes)) = self.history_steps.pop_front() {
+                self.history_kept_bytes -= bytes;
+            }
+        }
     }
 
     pub fn reader(&self) -> KvReader {
@@ -178,6 +233,7 @@ impl StateMachine {
             }
         }
         let compact_to = batch.compact_to();
+        let history_written = batch.history_bytes();
         if !applied.alarms.is_empty()
             && let Some(m) = &applied.membership
         {
@@ -188,6 +244,7 @@ impl StateMachine {
                 .retain(|a| membership.membership().get_node(&a.member).is_some());
         }
         let (mut wb, sweep_floor, lease_changes) = batch.into_parts();
+        let by_bytes = self.history_over_bytes(history_written, applied.revision);
         // History compaction: a function of the revision and the configured retention.
         let keep = self.history_revisions;
         let mut upto = None;
@@ -197,12 +254,13 @@ impl StateMachine {
         // Asked for (an admin freeing space): the whole range goes now, and RocksDB is told
         // to reclaim its files, or the space would come back only with its next compaction.
         let asked = compact_to.filter(|&r| r > applied.compacted_revision);
-        if let Some(r) = asked {
+        for r in [asked, by_bytes].into_iter().flatten() {
             upto = Some(upto.unwrap_or(0).max(r));
         }
-        if let Some(upto) = upto {
+        if let Some(upto) = upto.filter(|&u| u > applied.compacted_revision) {
             wb.delete_range_cf(self.store.cf(CF_HISTORY), u64_key(0), u64_key(upto));
             applied.compacted_revision = upto;
+            self.history_compacted_to(upto);
         }
         wb.put_cf(
             self.store.cf(CF_APPLIED),
@@ -229,8 +287,22 @@ impl StateMachine {
     fn reload_applied(&mut self) -> io::Result<()> {
         self.applied = self.store.applied_state().map_err(io_err)?;
         self.reader.publish(&self.applied);
+        // A snapshot brought its own history.
+        let size = history_size(&self.store);
+        self.history_steps = [(self.applied.revision, size)].into();
+        self.history_kept_bytes = size;
         Ok(())
     }
+}
+
+/// RocksDB's estimate of the bytes of history stored.
+fn history_size(store: &Store) -> u64 {
+    store
+        .db()
+        .property_int_value_cf(store.cf(CF_HISTORY), "rocksdb.estimate-live-data-size")
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// Times every lease in the state from now: at start and after a snapshot install, nothing is
