@@ -42,18 +42,7 @@ struct Volume {
 
 impl Volume {
     fn mount(path: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mounting a {size} tmpfs at {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mount_tmpfs(path, &format!("size={size}"));
         Self {
             path: path.to_path_buf(),
         }

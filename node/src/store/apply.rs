@@ -1559,6 +1559,18 @@ mod tests {
         ]
     }
 
+    /// Applies `commands` as one batch of entries numbered on from `index`.
+    fn apply_numbered(sm: &mut StateMachine, index: &mut u64, commands: Vec<Command>) {
+        let entries = commands
+            .into_iter()
+            .map(|c| {
+                *index += 1;
+                entry(*index, c)
+            })
+            .collect();
+        sm.apply_entries(entries).unwrap();
+    }
+
     fn entry(index: u64, command: Command) -> Entry {
         Entry {
             log_id: log_id_from_record(&LogIdRecord {
@@ -1586,16 +1598,7 @@ mod tests {
         };
         let disarm = |member, alarm| cmd(Operation::DisarmAlarm { member, alarm }).0;
         let mut index = 0;
-        let mut apply = |commands: Vec<Command>| {
-            let entries = commands
-                .into_iter()
-                .map(|c| {
-                    index += 1;
-                    entry(index, c)
-                })
-                .collect();
-            sm.apply_entries(entries).unwrap();
-        };
+        let mut apply = |commands: Vec<Command>| apply_numbered(&mut sm, &mut index, commands);
         apply(vec![
             raise(1, AlarmKind::NoSpace),
             raise(2, AlarmKind::Corrupt),
@@ -1823,14 +1826,7 @@ mod tests {
             .with_history_revisions(history);
         let mut index = 0;
         for batch in batches {
-            let entries = batch
-                .into_iter()
-                .map(|c| {
-                    index += 1;
-                    entry(index, c)
-                })
-                .collect();
-            sm.apply_entries(entries).unwrap();
+            apply_numbered(&mut sm, &mut index, batch);
         }
         let kept = dump(&store);
         // The indexes kept batch by batch are the ones rebuilt from the tables.

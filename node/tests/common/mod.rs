@@ -45,6 +45,22 @@ pub fn incompressible(i: usize, bytes: usize) -> serde_json::Value {
     serde_json::Value::String(s)
 }
 
+/// Mounts a tmpfs at `at` (made if missing) with these mount options (`size=128m`, ...).
+pub fn mount_tmpfs(at: &Path, options: &str) {
+    std::fs::create_dir_all(at).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(at)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mounting a tmpfs ({options}) at {}: {}",
+        at.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_concordance")
 }

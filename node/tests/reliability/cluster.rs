@@ -212,24 +212,7 @@ impl Cluster {
         let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         if let Some(size) = &self.volume {
             let at = self.dir.path().join(&name);
-            std::fs::create_dir_all(&at).unwrap();
-            let out = Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size},mode=0777"),
-                    "tmpfs",
-                ])
-                .arg(&at)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "mounting a tmpfs at {}: {}",
-                at.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            crate::common::mount_tmpfs(&at, &format!("size={size},mode=0777"));
             self.mounts.push(at);
         }
         let clock = self.clock_file(&name);

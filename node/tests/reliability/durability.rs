@@ -20,22 +20,24 @@ use std::sync::OnceLock;
 /// Builds the shim once per test run; returns the shared object's path.
 pub fn shim() -> PathBuf {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/reliability/lose_unsynced/lose_unsynced.c");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("lose_unsynced-{}.so", std::process::id()));
-        let status = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .arg("-ldl")
-            .status()
-            .expect("run cc (a C compiler builds the unsynced-data shim)");
-        assert!(status.success(), "building {} failed", src.display());
-        out
-    })
-    .clone()
+    SHIM.get_or_init(|| build_shim("lose_unsynced")).clone()
+}
+
+/// Builds `tests/reliability/<name>/<name>.c` into a shared object to preload.
+pub fn build_shim(name: &str) -> PathBuf {
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/reliability/{name}/{name}.c"));
+    let out =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}.so", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(["-ldl", "-lpthread"])
+        .status()
+        .expect("run cc (a C compiler builds the test's preloaded shims)");
+    assert!(status.success(), "building {} failed", src.display());
+    out
 }
 
 /// What `concordance inspect --json` says about a stopped node's data dir.

@@ -5,9 +5,7 @@
 //! rather than stay up with its Raft stopped. Restarted on a sound disk (without the shim),
 //! it has every acknowledged write.
 
-use std::path::Path;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -18,22 +16,8 @@ use crate::common::NodeProc;
 /// Builds the shim once per test run; returns the shared object's path.
 fn shim() -> PathBuf {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reliability/fail_io/fail_io.c");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("fail_io-{}.so", std::process::id()));
-        let status = Command::new("cc")
-            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .arg("-ldl")
-            .arg("-lpthread")
-            .status()
-            .expect("run cc (a C compiler builds the failing-disk shim)");
-        assert!(status.success(), "building {} failed", src.display());
-        out
-    })
-    .clone()
+    SHIM.get_or_init(|| crate::durability::build_shim("fail_io"))
+        .clone()
 }
 
 const VALUE_BYTES: usize = 64 << 10;
