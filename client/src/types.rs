@@ -20,6 +20,11 @@ pub struct KeyValue {
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<u64>,
+    /// Only in the answer to a retried write (same `Idempotency-Key`) whose first answer was
+    /// over 4 KiB: that answer was kept without its values, so `value` is null here. The
+    /// revisions are exact.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub value_omitted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

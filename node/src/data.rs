@@ -55,6 +55,7 @@ pub fn key_value(key: String, r: KeyRecord) -> KeyValue {
         mod_revision: r.mod_revision,
         version: r.version,
         lease: r.lease,
+        value_omitted: r.value_omitted,
     }
 }
 

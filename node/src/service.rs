@@ -438,7 +438,8 @@ impl Node {
             .is_some_and(|k| self.reader.answered(k));
         if cmd.op.grows_state() && !retry_of_applied {
             self.check_space().map_err(Refusal::Failed)?;
-            self.space.proposed(crate::space::json_bytes(&cmd.op));
+            self.space
+                .proposed(crate::store::codec::json_bytes(&cmd.op));
         }
         // Lease deadlines and idempotency ages are measured on the leader's clock only.
         cmd.proposed_at_ms = now_ms();

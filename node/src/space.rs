@@ -184,23 +184,6 @@ impl SpaceWatch {
     }
 }
 
-/// The bytes `value` takes as JSON, without writing it anywhere.
-pub fn json_bytes<T: serde::Serialize>(value: &T) -> u64 {
-    struct Count(u64);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
-}
-
 /// Measures this member's space every second, and asks for the `no_space` alarm on it when
 /// it is over its bounds and the alarm is not raised yet.
 pub fn spawn(node: SharedNode, limits: SpaceLimits, watch: Arc<SpaceWatch>) {

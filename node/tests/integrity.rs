@@ -345,6 +345,7 @@ async fn what_a_state_check_costs_at_size() {
                 mod_revision: 1,
                 version: 1,
                 lease: None,
+                value_omitted: false,
             };
             wb.put_cf(
                 cf,

@@ -56,6 +56,7 @@ pub(super) fn key_record() -> KeyRecord {
         mod_revision: 9,
         version: 3,
         lease: Some(77),
+        value_omitted: false,
     }
 }
 

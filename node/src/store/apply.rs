@@ -25,6 +25,7 @@ use super::codec::RecordKind;
 use super::io_err;
 use super::records::AlarmKind;
 use super::records::AlarmRecord;
+use super::records::COMMAND_VERSION_NO_SPACE;
 use super::records::Command;
 use super::records::CompareOpRecord;
 use super::records::CompareRecord;
@@ -320,6 +321,7 @@ impl<'a> Batch<'a> {
             mod_revision: revision,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             lease,
+            value_omitted: false,
         };
         let prev_lease = prev.as_ref().and_then(|p| p.lease);
         if prev_lease != lease {
@@ -728,8 +730,13 @@ impl<'a> Batch<'a> {
         let response = self.apply_op(cmd.op, cmd.proposed_at_ms)?;
         self.revision = self.command_revision();
         if let Some(ik) = cmd.idempotency_key {
+            let kept = if self.command_version >= COMMAND_VERSION_NO_SPACE {
+                response.kept()
+            } else {
+                response.clone()
+            };
             let rec = IdempotencyRecord {
-                response: response.clone(),
+                response: kept,
                 applied_at_ms: cmd.proposed_at_ms,
             };
             self.wb.put_cf(
@@ -748,7 +755,8 @@ impl<'a> Batch<'a> {
             self.wb.put_cf(self.store.cf(CF_META), index_key, []);
             self.answers_given
                 .insert((rec.applied_at_ms, ik.as_bytes().to_vec()));
-            self.idempotency.insert(ik, response.clone());
+            // A retry later in this batch gets what a retry in a later batch would.
+            self.idempotency.insert(ik, rec.response.clone());
         }
         Ok(response)
     }
@@ -898,6 +906,7 @@ mod tests {
             mod_revision,
             version,
             lease: None,
+            value_omitted: false,
         }
     }
 
@@ -1561,14 +1570,7 @@ mod tests {
 
     /// Applies `commands` as one batch of entries numbered on from `index`.
     fn apply_numbered(sm: &mut StateMachine, index: &mut u64, commands: Vec<Command>) {
-        let entries = commands
-            .into_iter()
-            .map(|c| {
-                *index += 1;
-                entry(*index, c)
-            })
-            .collect();
-        sm.apply_entries(entries).unwrap();
+        sm_answers(sm, index, commands);
     }
 
     fn entry(index: u64, command: Command) -> Entry {
@@ -1639,6 +1641,68 @@ mod tests {
         assert_eq!(reader.oldest_revision(), revision, "never goes back");
         assert!(!Operation::CompactHistory { revision: 1 }.grows_state());
         assert!(put("k", json!(1)).0.op.grows_state());
+    }
+
+    #[test]
+    fn large_idempotency_answers_are_kept_without_their_values_from_command_set_6() {
+        let big = json!("b".repeat(10_000));
+        for (set, omitted) in [(5, false), (6, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let mut sm = StateMachine::open(store, Metrics::new()).unwrap();
+            let mut index = 0;
+            // `c` replaces the big value: its answer holds it, over the bound.
+            let c = put("k", json!("small again")).once("c").0;
+            let first = sm_answers(
+                &mut sm,
+                &mut index,
+                vec![
+                    cmd(Operation::EnableCommandVersion { version: set }).0,
+                    put("k", json!("small")).once("a").0,
+                    put("k", big.clone()).once("b").0,
+                    c.clone(),
+                ],
+            );
+            assert!(
+                matches!(&first[3], Response::Put { prev: Some(p), .. } if p.value == big),
+                "the first answer is whole: {:?}",
+                first[3]
+            );
+            // Retries, in a later batch.
+            let retried = sm_answers(&mut sm, &mut index, vec![c, put("k", json!(1)).once("b").0]);
+            match &retried[0] {
+                Response::Put {
+                    prev: Some(prev), ..
+                } => {
+                    assert_eq!(prev.value_omitted, omitted, "set {set}");
+                    assert_eq!(prev.value == Value::Null, omitted, "set {set}");
+                    assert_eq!(prev.mod_revision, 2, "the revisions stay exact");
+                }
+                other => panic!("set {set}: {other:?}"),
+            }
+            // A small answer is kept whole under either set.
+            match &retried[1] {
+                Response::Put {
+                    prev: Some(prev), ..
+                } => {
+                    assert!(!prev.value_omitted);
+                    assert_eq!(prev.value, json!("small"));
+                }
+                other => panic!("set {set}: {other:?}"),
+            }
+        }
+    }
+
+    /// Applies `commands` as one batch; their answers.
+    fn sm_answers(sm: &mut StateMachine, index: &mut u64, commands: Vec<Command>) -> Vec<Response> {
+        let entries = commands
+            .into_iter()
+            .map(|c| {
+                *index += 1;
+                entry(*index, c)
+            })
+            .collect();
+        sm.apply_entries(entries).unwrap()
     }
 
     #[test]

@@ -151,11 +151,13 @@ pub const COMMAND_VERSION_BASE: u32 = 1;
 /// The newest command set this binary applies: 2 added transactions, leases and idempotency
 /// sweeps; 3 the bounded idempotency sweep; 4 state checks and alarms; 5 leases timed on the
 /// leader's monotonic clock (keep-alives no longer replicated, ends by `EndLeases`); 6 the
-/// `no_space` alarm, disarming alarms and compacting the history on demand.
+/// `no_space` alarm, disarming alarms, compacting the history on demand, and idempotency
+/// answers kept without their values when large.
 pub const COMMAND_VERSION: u32 = 6;
 /// The command set from which leases are timed on the leader's monotonic clock.
 pub const COMMAND_VERSION_LEADER_LEASES: u32 = 5;
-/// The command set of the `no_space` alarm, `DisarmAlarm` and `CompactHistory`.
+/// The command set of the `no_space` alarm, `DisarmAlarm`, `CompactHistory`, and of large
+/// idempotency answers kept without their values.
 pub const COMMAND_VERSION_NO_SPACE: u32 = 6;
 
 impl Operation {
@@ -484,6 +486,76 @@ pub struct KeyRecord {
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<u64>,
+    /// Only in a kept idempotency answer (command set 6 on): the value was not kept (`value`
+    /// is null), as the answer was over [`ANSWER_KEPT_WHOLE_BYTES`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub value_omitted: bool,
+}
+
+/// An idempotency answer up to this size is kept whole; a bigger one (previous values,
+/// transaction reads) is kept without its values, so that retries of large writes do not
+/// store every value again (command set 6 on).
+pub const ANSWER_KEPT_WHOLE_BYTES: u64 = 4096;
+
+impl Response {
+    /// The answer as the idempotency table keeps it: whole up to [`ANSWER_KEPT_WHOLE_BYTES`],
+    /// else without the values of previous and read keys (their revisions stay).
+    pub fn kept(&self) -> Response {
+        if crate::store::codec::json_bytes(self) <= ANSWER_KEPT_WHOLE_BYTES {
+            return self.clone();
+        }
+        let omit = |kv: &Option<KeyRecord>| {
+            kv.as_ref().map(|k| KeyRecord {
+                value: serde_json::Value::Null,
+                value_omitted: true,
+                ..k.clone()
+            })
+        };
+        match self {
+            Response::Put { revision, prev } => Response::Put {
+                revision: *revision,
+                prev: omit(prev),
+            },
+            Response::Delete { revision, prev } => Response::Delete {
+                revision: *revision,
+                prev: omit(prev),
+            },
+            Response::Txn {
+                succeeded,
+                revision,
+                results,
+            } => Response::Txn {
+                succeeded: *succeeded,
+                revision: *revision,
+                results: results
+                    .iter()
+                    .map(|r| match r {
+                        TxnOpResultRecord::Put {
+                            key,
+                            revision,
+                            prev,
+                        } => TxnOpResultRecord::Put {
+                            key: key.clone(),
+                            revision: *revision,
+                            prev: omit(prev),
+                        },
+                        TxnOpResultRecord::Get { key, kv } => TxnOpResultRecord::Get {
+                            key: key.clone(),
+                            kv: omit(kv),
+                        },
+                        TxnOpResultRecord::Delete { key, prev } => TxnOpResultRecord::Delete {
+                            key: key.clone(),
+                            prev: omit(prev),
+                        },
+                        TxnOpResultRecord::DeletePrefix { deleted } => {
+                            TxnOpResultRecord::DeletePrefix { deleted: *deleted }
+                        }
+                    })
+                    .collect(),
+            },
+            other => other.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
