@@ -49,7 +49,7 @@ impl Client {
     }
 
     /// Ends the `no_space` alarm of `member` (or of every member), refused with
-    /// `alarm_still_raised` while a member is still over its bounds; the alarms left.
+    /// `alarm_still_raised` until every such member is clear of its bounds; the alarms left.
     pub async fn disarm_no_space(&self, member: Option<&str>) -> Result<AlarmsResponse, Error> {
         self.execute(Call::post("cluster/alarms/disarm").json(&DisarmRequest {
             kind: crate::types::AlarmKind::NoSpace,

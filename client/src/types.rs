@@ -172,8 +172,8 @@ pub struct StorageUse {
     pub over: bool,
 }
 
-/// `POST /api/v1/cluster/alarms/disarm`: ends `no_space` alarms once their members are back
-/// under their bounds.
+/// `POST /api/v1/cluster/alarms/disarm`: ends `no_space` alarms once their members are clear
+/// of their bounds (a tenth under the quota, half the reserve over it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DisarmRequest {
@@ -353,7 +353,7 @@ error_codes! {
     /// A member is out of disk space (the `no_space` alarm): writes that grow the state are
     /// refused until an admin makes room and disarms it. Reads, deletes and revokes work.
     NoSpace = "no_space",
-    /// The alarm is still warranted (its member is still over its bounds), or is not one
+    /// The alarm is still warranted (its member is not yet clear of its bounds), or is not one
     /// that is disarmed.
     AlarmStillRaised = "alarm_still_raised",
     /// This member is fenced: its state differs from the cluster's (the `corrupt` alarm). It

@@ -783,7 +783,7 @@ impl Node {
     }
 
     /// Ends `no_space` alarms (of `member`, or every member's) once their members are back
-    /// under their bounds; refused for any still over, or that cannot be asked.
+    /// clear of their bounds; refused for any that is not, or that cannot be asked.
     pub async fn disarm(
         &self,
         req: concordance_client::DisarmRequest,
@@ -843,10 +843,10 @@ impl Node {
                     format!("member {name} has not reported its disk space yet: try again"),
                 ));
             };
-            if let Some(reason) = crate::space::over(&usage) {
+            if let Some(reason) = crate::space::not_clear(&usage) {
                 return Err(NodeError::Rejected(
                     ErrorCode::AlarmStillRaised,
-                    format!("member {name} is still out of space: {reason}; make room first"),
+                    format!("member {name} is still short of space: {reason}; make room first"),
                 ));
             }
             self.propose(

@@ -7,7 +7,7 @@
 //! the leader refuses every write that grows the state (puts, transactions that put, lease
 //! grants) with `no_space`; reads, deletes, revokes, compaction and membership changes go on,
 //! so an admin can make room, then disarm the alarm (`POST /api/v1/cluster/alarms/disarm`),
-//! which is refused while the member is still over.
+//! which is refused until the member is clear of its bounds ([`not_clear`]).
 //!
 //! Replicas hold the same state and fill together: refusing growth before the volume is full
 //! keeps every member's Raft running, where an ENOSPC inside an apply would stop it.
@@ -16,7 +16,8 @@
 //! data dir has (its quota, or its volume if smaller), and whenever the member is over its
 //! bounds, it takes a snapshot and purges its log up to it. A snapshot also replaces the
 //! previous one, so after deletes and a compaction it gives their space back. A snapshot is
-//! asked for only when the volume has room for one, as a failed snapshot write stops Raft.
+//! asked for only when the volume has room for its flush, as a failed snapshot write stops
+//! Raft.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,6 +66,28 @@ pub fn over(usage: &StorageUse) -> Option<String> {
     }
 }
 
+/// Why a member is not yet far enough under its bounds for its alarm to end (`None`: it is):
+/// its data dir must be a tenth of its quota under it and its volume half its reserve over
+/// it, so that the disarm is not followed at once by the same alarm (a flush, a new log
+/// segment).
+pub fn not_clear(usage: &StorageUse) -> Option<String> {
+    let used_at_most = usage.quota_bytes - usage.quota_bytes / 10;
+    let free_at_least = usage.reserve_bytes.saturating_add(usage.reserve_bytes / 2);
+    if usage.used_bytes > used_at_most {
+        Some(format!(
+            "the data dir takes {} bytes, over {used_at_most} (a tenth under --quota-bytes)",
+            usage.used_bytes
+        ))
+    } else if usage.free_bytes < free_at_least {
+        Some(format!(
+            "the volume has {} bytes free, under {free_at_least} (half over --reserve-bytes)",
+            usage.free_bytes
+        ))
+    } else {
+        None
+    }
+}
+
 /// Measures `dir` against `limits`.
 pub fn measure(dir: &Path, limits: SpaceLimits) -> std::io::Result<StorageUse> {
     let free_bytes = free_bytes(dir)?;
@@ -82,11 +105,13 @@ pub fn measure(dir: &Path, limits: SpaceLimits) -> std::io::Result<StorageUse> {
 }
 
 /// The bytes the files under `dir` take on disk (allocated blocks, so the log's preallocated
-/// segments count whole and sparse files by what they hold). Files that vanish while it walks
-/// (RocksDB compacting) are skipped.
+/// segments count whole and sparse files by what they hold; a file linked twice, as a
+/// snapshot's checkpoint links the database's tables, counts once). Files that vanish while
+/// it walks (RocksDB compacting) are skipped.
 pub fn bytes_on_disk(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
+    let mut linked = std::collections::HashSet::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -96,7 +121,7 @@ pub fn bytes_on_disk(dir: &Path) -> u64 {
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 pending.push(entry.path());
-            } else {
+            } else if meta.nlink() < 2 || linked.insert((meta.dev(), meta.ino())) {
                 total += meta.blocks() * 512;
             }
         }
@@ -268,12 +293,13 @@ async fn relieve(node: &SharedNode, usage: &StorageUse, asked: &mut Option<Snaps
     let building = asked
         .as_ref()
         .is_some_and(|a| a.after == snapshot && a.at.elapsed() < SNAPSHOT_WAIT);
-    // A snapshot needs about as much room as the state it writes, and writes go on while
-    // it is written: half the reserve is kept for them.
-    let state_bytes = node.store.size_bytes().saturating_sub(log_bytes);
-    if applied > snapshot
-        && !building
-        && usage.free_bytes > state_bytes.saturating_add(usage.reserve_bytes / 2)
+    // A snapshot is a checkpoint: the memtables flushed to tables, then every table linked,
+    // not copied. It needs room for the flush; replacing the last one then frees the tables
+    // only it still held (those compaction replaced since), which is how a member short of
+    // space gets it back.
+    let flush_bytes = node.store.memtable_bytes().saturating_add(1 << 20);
+    // Not while a reclaim rewrites the tables: the snapshot would keep the old ones.
+    if applied > snapshot && !building && !node.store.reclaiming() && usage.free_bytes > flush_bytes
     {
         *asked = Some(SnapshotAsked {
             at: std::time::Instant::now(),
@@ -323,6 +349,26 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn a_disarm_waits_for_a_margin_under_the_bounds() {
+        assert!(not_clear(&usage(90, 15)).is_none());
+        assert!(not_clear(&usage(91, 15)).unwrap().contains("quota"));
+        assert!(not_clear(&usage(50, 14)).unwrap().contains("reserve"));
+        // Under the bounds, yet not clear of them.
+        assert!(over(&usage(95, 12)).is_none() && not_clear(&usage(95, 12)).is_some());
+    }
+
+    #[test]
+    fn a_file_linked_twice_counts_once() {
+        let dir = std::env::temp_dir().join(format!("space-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("ckpt")).unwrap();
+        std::fs::write(dir.join("table"), vec![7u8; 1 << 20]).unwrap();
+        let once = bytes_on_disk(&dir);
+        std::fs::hard_link(dir.join("table"), dir.join("ckpt/table")).unwrap();
+        assert_eq!(bytes_on_disk(&dir), once);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -176,7 +176,7 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             get(cluster::alarms),
         ),
         (
-            doc("post", "/api/v1/cluster/alarms/disarm", Admin, "End `no_space` alarms whose members are back under their quota and reserve (refused while one is still over)").body(json::<api::DisarmRequest>()).json::<api::AlarmsResponse>(),
+            doc("post", "/api/v1/cluster/alarms/disarm", Admin, "End `no_space` alarms whose members are clear of their quota and reserve (refused while one is not)").body(json::<api::DisarmRequest>()).json::<api::AlarmsResponse>(),
             post(cluster::disarm),
         ),
         (

@@ -149,6 +149,8 @@ pub struct Store {
     /// Set once [`Store::reclaim_in_background`] finished: the member's snapshot still holds
     /// the files it dropped, until a new snapshot replaces it.
     reclaimed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set while a reclaim runs: a snapshot taken now would hold the files it is replacing.
+    reclaiming: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How RocksDB replays its write-ahead log at open. Its default (point in time) stops at the
@@ -191,6 +193,7 @@ impl Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
             reclaimed: Arc::default(),
+            reclaiming: Arc::default(),
         })
     }
 
@@ -200,20 +203,34 @@ impl Store {
     /// seconds, and an apply must not wait for it.
     pub fn reclaim_in_background(&self) {
         let store = self.clone();
+        self.reclaiming
+            .store(true, std::sync::atomic::Ordering::Release);
         let spawned = std::thread::Builder::new()
             .name("reclaim".into())
             .spawn(move || {
+                // Every level, the last included: its tables hold the values the deletes
+                // and the history compaction dropped.
+                let mut options = rocksdb::CompactOptions::default();
+                options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
                 for cf in [CF_HISTORY, CF_KV, CF_IDEMPOTENCY, CF_LEASES] {
-                    store
-                        .db
-                        .compact_range_cf(store.cf(cf), None::<&[u8]>, None::<&[u8]>);
+                    store.db.compact_range_cf_opt(
+                        store.cf(cf),
+                        None::<&[u8]>,
+                        None::<&[u8]>,
+                        &options,
+                    );
                 }
                 store
                     .reclaimed
                     .store(true, std::sync::atomic::Ordering::Release);
+                store
+                    .reclaiming
+                    .store(false, std::sync::atomic::Ordering::Release);
                 tracing::info!("space of compacted history and deleted keys reclaimed");
             });
         if let Err(e) = spawned {
+            self.reclaiming
+                .store(false, std::sync::atomic::Ordering::Release);
             tracing::warn!(error = %e, "cannot start reclaiming space");
         }
     }
@@ -240,6 +257,7 @@ impl Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
             reclaimed: Arc::default(),
+            reclaiming: Arc::default(),
         })
     }
 
@@ -248,6 +266,11 @@ impl Store {
     /// tables the reclaim replaced).
     pub fn reclaimed(&self) -> bool {
         self.reclaimed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether a reclaim is running.
+    pub fn reclaiming(&self) -> bool {
+        self.reclaiming.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn snapshot_taken_after_reclaim(&self) {
@@ -417,6 +440,19 @@ impl Store {
                     source,
                 }),
         }
+    }
+
+    /// Bytes in the memtables: what a flush (before a checkpoint) writes out.
+    pub fn memtable_bytes(&self) -> u64 {
+        ALL_CFS
+            .iter()
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
     }
 
     /// Approximate bytes on disk of live data (SST files plus memtables, and the Raft log's

@@ -82,7 +82,7 @@ pub async fn fill_then_make_room(
             let usage = c.status().await.ok().and_then(|s| s.storage);
             if usage
                 .as_ref()
-                .is_some_and(|u| !u.over && u.free_bytes > 2 * u.reserve_bytes)
+                .is_some_and(|u| concordance::space::not_clear(u).is_none())
             {
                 break;
             }
