@@ -110,9 +110,27 @@ pub fn measure(dir: &Path, limits: SpaceLimits) -> std::io::Result<StorageUse> {
 /// it walks (RocksDB compacting) are skipped.
 pub fn bytes_on_disk(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
     let mut linked = std::collections::HashSet::new();
+    files_under(dir)
+        .filter(|meta| meta.nlink() < 2 || linked.insert((meta.dev(), meta.ino())))
+        .map(|meta| meta.blocks() * 512)
+        .sum()
+}
+
+/// The bytes of the files under `dir` linked nowhere else (a checkpoint's tables that the
+/// database no longer has, a received snapshot file).
+pub fn pinned_by_snapshot(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    files_under(dir)
+        .filter(|meta| meta.nlink() == 1)
+        .map(|meta| meta.blocks() * 512)
+        .sum()
+}
+
+/// The metadata of every file under `dir`, subfolders included.
+fn files_under(dir: &Path) -> impl Iterator<Item = std::fs::Metadata> {
     let mut pending = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
     while let Some(d) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
@@ -121,12 +139,12 @@ pub fn bytes_on_disk(dir: &Path) -> u64 {
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 pending.push(entry.path());
-            } else if meta.nlink() < 2 || linked.insert((meta.dev(), meta.ino())) {
-                total += meta.blocks() * 512;
+            } else {
+                files.push(meta);
             }
         }
     }
-    total
+    files.into_iter()
 }
 
 /// The bytes an unprivileged process may still write on the volume holding `dir`.
@@ -278,7 +296,11 @@ struct SnapshotAsked {
 async fn relieve(node: &SharedNode, usage: &StorageUse, asked: &mut Option<SnapshotAsked>) {
     let log_bytes = bytes_on_disk(&node.store.log_dir());
     let reclaimed = node.store.reclaimed();
-    if log_bytes <= log_budget(usage) && !usage.over && !reclaimed {
+    // Tables only the snapshot still holds (compaction replaced them in the database): a
+    // new snapshot, even at the same index, gives them back.
+    let pinned = pinned_by_snapshot(&node.store.dir().join("snapshots"));
+    let budget = log_budget(usage);
+    if log_bytes <= budget && !usage.over && !reclaimed && pinned <= budget {
         return;
     }
     let m = crate::raft::metrics_of(&node.raft);
@@ -298,8 +320,12 @@ async fn relieve(node: &SharedNode, usage: &StorageUse, asked: &mut Option<Snaps
     // only it still held (those compaction replaced since), which is how a member short of
     // space gets it back.
     let flush_bytes = node.store.memtable_bytes().saturating_add(1 << 20);
-    // Not while a reclaim rewrites the tables: the snapshot would keep the old ones.
-    if applied > snapshot && !building && !node.store.reclaiming() && usage.free_bytes > flush_bytes
+    // Not while a reclaim rewrites the tables: the snapshot would keep the old ones. Once it
+    // is done, even at the same index: the new checkpoint lets the old tables go.
+    if (applied > snapshot || reclaimed || pinned > budget)
+        && !building
+        && !node.store.reclaiming()
+        && usage.free_bytes > flush_bytes
     {
         *asked = Some(SnapshotAsked {
             at: std::time::Instant::now(),

@@ -304,12 +304,14 @@ pub fn build(store: &Store) -> Result<Snapshot, StoreError> {
     let name = format!("{CHECKPOINT_PREFIX}{term:020}-{index:020}");
     let final_dir = dir.join(&name);
     if final_dir.exists() {
-        // The same applied index taken again (a restart in between): the same state.
-        std::fs::remove_dir_all(&staging)?;
-    } else {
-        std::fs::rename(&staging, &final_dir)?;
-        sync_dir(&dir)?;
+        // The same applied index taken again (a restart, or a reclaim, in between): the same
+        // state, but the new checkpoint links the tables as they are now, where the old one
+        // may hold tables a reclaim has replaced. The old one goes with `set_current`.
+        let old = dir.join(format!("staging-old-{}", uuid::Uuid::new_v4()));
+        std::fs::rename(&final_dir, &old)?;
     }
+    std::fs::rename(&staging, &final_dir)?;
+    sync_dir(&dir)?;
     meta.file = name;
     set_current(store, &meta)?;
     tracing::info!(checkpoint = %meta.file, revision = applied.revision, "snapshot built");
