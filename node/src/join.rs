@@ -59,15 +59,9 @@ async fn try_join(
 ) -> Result<MembershipReply, JoinError> {
     let status: ClusterStatus = node
         .peers
-        .http
-        .get(format!("http://{target}/api/v1/cluster/status"))
-        .timeout(Duration::from_secs(3))
-        .send()
+        .get(target, "cluster/status", Duration::from_secs(3))
         .await
-        .map_err(|e| JoinError::Retry(e.to_string()))?
-        .json()
-        .await
-        .map_err(|e| JoinError::Retry(format!("undecodable status: {e}")))?;
+        .map_err(|e| JoinError::Retry(e.to_string()))?;
     let Some(cluster) = status.cluster_id else {
         return Err(JoinError::Retry(format!(
             "{target} is not in a cluster yet"

@@ -430,14 +430,18 @@ impl Node {
         let m = crate::raft::metrics_of(&self.raft);
         self.check_leader_quorum(&m)?;
         self.check_apply_backlog(&m)?;
-        // A retry of a write already applied is answered from the idempotency table by the
-        // apply, changing nothing: refusing it would tell the client it was not applied.
-        let retry_of_applied = cmd
-            .idempotency_key
-            .as_deref()
-            .is_some_and(|k| self.reader.answered(k));
-        if cmd.op.grows_state() && !retry_of_applied {
-            self.check_space().map_err(Refusal::Failed)?;
+        if cmd.op.grows_state() {
+            // A retry of a write already applied is answered from the idempotency table by
+            // the apply, changing nothing: refusing it would tell the client it was not
+            // applied. (Looked up only when refusing, off every write's path.)
+            let refused = self.check_space().err().filter(|_| {
+                !cmd.idempotency_key
+                    .as_deref()
+                    .is_some_and(|k| self.reader.answered(k))
+            });
+            if let Some(e) = refused {
+                return Err(Refusal::Failed(e));
+            }
             self.space
                 .proposed(crate::store::codec::json_bytes(&cmd.op));
         }
@@ -866,23 +870,15 @@ impl Node {
 
     /// A member's own status, asked over the peer connection.
     async fn peer_status(&self, addr: &str) -> Result<ClusterStatus, NodeError> {
-        let unreachable = |e: String| {
-            NodeError::Rejected(
-                ErrorCode::AlarmStillRaised,
-                format!("cannot ask member at {addr} for its disk space ({e}): try again"),
-            )
-        };
         self.peers
-            .http
-            .get(format!("http://{addr}/api/v1/cluster/status"))
-            .timeout(Duration::from_secs(5))
-            .send()
+            .get(addr, "cluster/status", Duration::from_secs(5))
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| unreachable(e.to_string()))?
-            .json::<ClusterStatus>()
-            .await
-            .map_err(|e| unreachable(e.to_string()))
+            .map_err(|e| {
+                NodeError::Rejected(
+                    ErrorCode::AlarmStillRaised,
+                    format!("cannot ask member at {addr} for its disk space ({e}): try again"),
+                )
+            })
     }
 
     /// Forgets the change history below `revision` (default: the current one) on every member.

@@ -88,63 +88,76 @@ pub fn not_clear(usage: &StorageUse) -> Option<String> {
     }
 }
 
-/// Measures `dir` against `limits`.
-pub fn measure(dir: &Path, limits: SpaceLimits) -> std::io::Result<StorageUse> {
+/// Measures `dir` against `limits`: what the member reports, and the parts of it the
+/// relief of space pressure looks at.
+pub fn measure(dir: &Path, limits: SpaceLimits) -> std::io::Result<(StorageUse, DirBytes)> {
     let free_bytes = free_bytes(dir)?;
+    let parts = DirBytes::of(dir);
     let usage = StorageUse {
-        used_bytes: bytes_on_disk(dir),
+        used_bytes: parts.total,
         free_bytes,
         quota_bytes: limits.quota_bytes,
         reserve_bytes: limits.reserve_bytes,
         over: false,
     };
-    Ok(StorageUse {
+    let usage = StorageUse {
         over: over(&usage).is_some(),
         ..usage
-    })
+    };
+    Ok((usage, parts))
 }
 
-/// The bytes the files under `dir` take on disk (allocated blocks, so the log's preallocated
-/// segments count whole and sparse files by what they hold; a file linked twice, as a
-/// snapshot's checkpoint links the database's tables, counts once). Files that vanish while
-/// it walks (RocksDB compacting) are skipped.
-pub fn bytes_on_disk(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut linked = std::collections::HashSet::new();
-    files_under(dir)
-        .filter(|meta| meta.nlink() < 2 || linked.insert((meta.dev(), meta.ino())))
-        .map(|meta| meta.blocks() * 512)
-        .sum()
+/// What one walk of a data dir found, in bytes on disk (allocated blocks, so the log's
+/// preallocated segments count whole and sparse files by what they hold). Files that vanish
+/// while it walks (RocksDB compacting) are skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirBytes {
+    /// Every file, one linked twice (as a snapshot's checkpoint links the database's tables)
+    /// counted once.
+    pub total: u64,
+    /// The Raft log's segments.
+    pub log: u64,
+    /// Files under `snapshots/` linked nowhere else: a checkpoint's tables that the database
+    /// no longer has, a received snapshot file.
+    pub only_in_snapshots: u64,
 }
 
-/// The bytes of the files under `dir` linked nowhere else (a checkpoint's tables that the
-/// database no longer has, a received snapshot file).
-pub fn pinned_by_snapshot(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    files_under(dir)
-        .filter(|meta| meta.nlink() == 1)
-        .map(|meta| meta.blocks() * 512)
-        .sum()
-}
-
-/// The metadata of every file under `dir`, subfolders included.
-fn files_under(dir: &Path) -> impl Iterator<Item = std::fs::Metadata> {
-    let mut pending = vec![dir.to_path_buf()];
-    let mut files = Vec::new();
-    while let Some(d) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else {
-                files.push(meta);
+impl DirBytes {
+    pub fn of(dir: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let log_dir = dir.join(crate::store::LOG_DIR);
+        let snapshots = dir.join("snapshots");
+        let mut linked = std::collections::HashSet::new();
+        let mut bytes = DirBytes::default();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(d) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    pending.push(entry.path());
+                    continue;
+                }
+                let size = meta.blocks() * 512;
+                if meta.nlink() < 2 || linked.insert((meta.dev(), meta.ino())) {
+                    bytes.total += size;
+                }
+                if d.starts_with(&log_dir) {
+                    bytes.log += size;
+                } else if d.starts_with(&snapshots) && meta.nlink() == 1 {
+                    bytes.only_in_snapshots += size;
+                }
             }
         }
+        bytes
     }
-    files.into_iter()
+}
+
+/// The bytes the files under `dir` take on disk ([`DirBytes::total`]).
+pub fn bytes_on_disk(dir: &Path) -> u64 {
+    DirBytes::of(dir).total
 }
 
 /// The bytes an unprivileged process may still write on the volume holding `dir`.
@@ -237,19 +250,20 @@ pub fn spawn(node: SharedNode, limits: SpaceLimits, watch: Arc<SpaceWatch>) {
         loop {
             tick.tick().await;
             let dir = node.store.dir().to_path_buf();
-            let usage = match tokio::task::spawn_blocking(move || measure(&dir, limits)).await {
-                Ok(Ok(usage)) => usage,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot measure the data dir's volume");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "measuring the data dir's space failed");
-                    continue;
-                }
-            };
+            let (usage, parts) =
+                match tokio::task::spawn_blocking(move || measure(&dir, limits)).await {
+                    Ok(Ok(measured)) => measured,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot measure the data dir's volume");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "measuring the data dir's space failed");
+                        continue;
+                    }
+                };
             watch.set(usage.clone());
-            relieve(&node, &usage, &mut asked).await;
+            relieve(&node, &usage, &parts, &mut asked).await;
             let shortfall = watch.take_shortfall();
             let Some(reason) = over(&usage).or(shortfall) else {
                 continue;
@@ -293,12 +307,17 @@ struct SnapshotAsked {
 /// Under space pressure (the log past its budget, or the member over its bounds), or once a
 /// reclaim finished: purges the log up to the last snapshot, or, if the log holds entries
 /// past it, takes a snapshot (one at a time) when the volume has room for it.
-async fn relieve(node: &SharedNode, usage: &StorageUse, asked: &mut Option<SnapshotAsked>) {
-    let log_bytes = bytes_on_disk(&node.store.log_dir());
+async fn relieve(
+    node: &SharedNode,
+    usage: &StorageUse,
+    parts: &DirBytes,
+    asked: &mut Option<SnapshotAsked>,
+) {
+    let log_bytes = parts.log;
     let reclaimed = node.store.reclaimed();
     // Tables only the snapshot still holds (compaction replaced them in the database): a
     // new snapshot, even at the same index, gives them back.
-    let pinned = pinned_by_snapshot(&node.store.dir().join("snapshots"));
+    let pinned = parts.only_in_snapshots;
     let budget = log_budget(usage);
     if log_bytes <= budget && !usage.over && !reclaimed && pinned <= budget {
         return;
@@ -387,13 +406,23 @@ mod tests {
     }
 
     #[test]
-    fn a_file_linked_twice_counts_once() {
+    fn a_file_linked_twice_counts_once_and_only_the_snapshots_copies_count_as_theirs() {
         let dir = std::env::temp_dir().join(format!("space-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(dir.join("ckpt")).unwrap();
-        std::fs::write(dir.join("table"), vec![7u8; 1 << 20]).unwrap();
-        let once = bytes_on_disk(&dir);
-        std::fs::hard_link(dir.join("table"), dir.join("ckpt/table")).unwrap();
-        assert_eq!(bytes_on_disk(&dir), once);
+        std::fs::create_dir_all(dir.join("snapshots/ckpt")).unwrap();
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::write(dir.join("db/table"), vec![7u8; 1 << 20]).unwrap();
+        std::fs::write(dir.join("log/1.seg"), vec![7u8; 2 << 20]).unwrap();
+        let once = DirBytes::of(&dir);
+        std::fs::hard_link(dir.join("db/table"), dir.join("snapshots/ckpt/table")).unwrap();
+        let linked = DirBytes::of(&dir);
+        assert_eq!(linked.total, once.total);
+        assert_eq!(linked.only_in_snapshots, 0, "the database still has it");
+        assert!(linked.log >= 2 << 20 && linked.log < once.total);
+        std::fs::remove_file(dir.join("db/table")).unwrap();
+        let pinned = DirBytes::of(&dir);
+        assert!(pinned.only_in_snapshots >= 1 << 20, "{pinned:?}");
+        assert_eq!(pinned.total, once.total);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

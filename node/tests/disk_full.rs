@@ -216,30 +216,19 @@ async fn fill_refuse_and_recover(n: usize) {
 
     // The space comes back, then the alarm is disarmed.
     for (node, c) in f.nodes.iter().zip(&clients) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let usage = c.status().await.ok().and_then(|s| s.storage);
-            if usage
-                .as_ref()
-                .is_some_and(|u| concordance::space::not_clear(u).is_none())
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                let du = Command::new("du")
-                    .args(["-a", "-k"])
-                    .arg(&node.data_dir)
-                    .output()
-                    .unwrap();
-                panic!(
-                    "{}: the space did not come back within 90 s of deletes and a compaction: \
-                     {usage:?}\n{}\nlog:\n{}",
-                    node.name,
-                    String::from_utf8_lossy(&du.stdout),
-                    node.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Err(usage) = space_clear(c, Instant::now() + Duration::from_secs(90)).await {
+            let du = Command::new("du")
+                .args(["-a", "-k"])
+                .arg(&node.data_dir)
+                .output()
+                .unwrap();
+            panic!(
+                "{}: the space did not come back within 90 s of deletes and a compaction: \
+                 {usage:?}\n{}\nlog:\n{}",
+                node.name,
+                String::from_utf8_lossy(&du.stdout),
+                node.log_text()
+            );
         }
         assert!(
             !node.has_exited(),

@@ -87,6 +87,22 @@ impl PeerContext {
         }
     }
 
+    /// GETs a route of a peer and decodes its JSON answer.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, PeerError> {
+        let resp = self
+            .request(reqwest::Method::GET, addr, path)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
+        decode(addr, resp).await
+    }
+
     /// POSTs a JSON message to a peer and decodes its JSON answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -45,6 +45,27 @@ pub fn incompressible(i: usize, bytes: usize) -> serde_json::Value {
     serde_json::Value::String(s)
 }
 
+/// Waits until `c`'s member is clear of its space bounds (its `no_space` alarm may end), at
+/// most until `deadline`; its last measure if it is not by then.
+pub async fn space_clear(
+    c: &Client,
+    deadline: Instant,
+) -> Result<(), Option<concordance_client::StorageUse>> {
+    loop {
+        let usage = c.status().await.ok().and_then(|s| s.storage);
+        if usage
+            .as_ref()
+            .is_some_and(|u| concordance::space::not_clear(u).is_none())
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(usage);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Mounts a tmpfs at `at` (made if missing) with these mount options (`size=128m`, ...).
 pub fn mount_tmpfs(at: &Path, options: &str) {
     std::fs::create_dir_all(at).unwrap();

@@ -78,21 +78,13 @@ pub async fn fill_then_make_room(
     retry("compact", || clients[0].compact(None)).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     for c in &clients {
-        loop {
-            let usage = c.status().await.ok().and_then(|s| s.storage);
-            if usage
-                .as_ref()
-                .is_some_and(|u| concordance::space::not_clear(u).is_none())
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
+        crate::common::space_clear(c, deadline)
+            .await
+            .map_err(|usage| {
+                format!(
                     "the space did not come back within 60 s of deletes and a compaction: {usage:?}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                )
+            })?;
     }
     retry("disarm", || clients[0].disarm_no_space(None)).await?;
     Ok(format!(
