@@ -27,6 +27,14 @@ const CAUGHT_UP_LAG: u64 = 100;
 pub const UNBOUND_CLAIM_GRACE_SECONDS: i64 = 15;
 
 /// Why a member whose volume is pinned to drained nodes cannot run.
+/// The annotation that pauses one cluster's reconciliation, with the value `"true"`.
+pub const PAUSED_ANNOTATION: &str = "concordance.io/paused";
+
+/// Why nothing happens while paused, for the status message and `Progressing`.
+const PAUSED: &str = "reconciliation is paused (annotation concordance.io/paused=true): no step \
+                      is taken and no object is changed, only the status is kept; a recorded \
+                      step stays recorded and goes on once resumed; remove the annotation to resume";
+
 const STRANDED: &str = "its volume can only be used on nodes that are cordoned or gone";
 
 /// Everything the decision looks at, gathered by the controller.
@@ -48,6 +56,8 @@ pub struct Observed {
     pub members: Vec<ObservedMember>,
     /// `cluster/status` through the client Service; `None` when no member answered.
     pub cluster: Option<ClusterStatus>,
+    /// [`PAUSED_ANNOTATION`] is `"true"`: a person has the cluster in hand.
+    pub paused: bool,
 }
 
 /// An object a cluster owns besides its members' pods and volumes.
@@ -464,6 +474,9 @@ pub enum ObjectStep {
 /// The owned objects to apply, create or delete this pass. Objects that exist under another
 /// owner are left alone: [`decide`] refuses to go on while there are any.
 pub fn objects(o: &Observed) -> Vec<ObjectStep> {
+    if o.paused {
+        return Vec::new();
+    }
     let presence = |owned: Owned| o.objects.get(&owned).copied().unwrap_or(Presence::Missing);
     let mut steps = Vec::new();
     for key in [KeyKind::Admin, KeyKind::Agent] {
@@ -696,6 +709,9 @@ pub fn member_name(cluster: &str, ordinal: u64) -> String {
 
 /// The one next step for the observed state.
 pub fn decide(o: &Observed) -> Action {
+    if o.paused {
+        return wait(PAUSED);
+    }
     let v = View::new(o);
     let foreign = v.foreign_objects();
     if !foreign.is_empty() {
@@ -1290,9 +1306,12 @@ pub fn conditions(o: &Observed, next: &Action) -> Vec<ConditionState> {
     } else {
         condition("Available", false, "NoQuorum", voters_ready.clone())
     };
-    let busy = o.status.pending_action.is_some()
-        || !matches!(next, Action::Nothing | Action::UpdateStatus);
-    let progressing = if busy {
+    let busy = !o.paused
+        && (o.status.pending_action.is_some()
+            || !matches!(next, Action::Nothing | Action::UpdateStatus));
+    let progressing = if o.paused {
+        condition("Progressing", false, "Paused", PAUSED)
+    } else if busy {
         condition("Progressing", true, "StepUnderWay", next.info().description)
     } else {
         condition("Progressing", false, "Settled", "")

@@ -85,7 +85,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Duration::from_secs(10),
     );
     tracing::info!(%holder, "waiting for the leader lease");
-    lease.acquire().await;
+    let acquired = lease.acquire().await;
     tracing::info!(%holder, "leading");
     metrics.leader.set(1);
     tokio::select! {
@@ -93,7 +93,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = controller::run(ctx, args.namespace) => {
             lease.release().await;
         }
-        _ = lease.hold() => {
+        _ = lease.hold(acquired) => {
             tracing::error!("lost the leader lease; stopping");
             std::process::exit(1);
         }

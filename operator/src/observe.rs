@@ -242,6 +242,10 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
             volume_expansion,
             members,
             cluster: cluster_view,
+            paused: cluster
+                .annotations()
+                .get(crate::decide::PAUSED_ANNOTATION)
+                .is_some_and(|v| v == "true"),
         },
         pods,
         nodes,

@@ -83,6 +83,7 @@ fn empty(replicas: i32) -> Observed {
         volume_expansion: Some(false),
         members: vec![],
         cluster: None,
+        paused: false,
     }
 }
 
@@ -398,6 +399,22 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             "pod lost, volume intact: the same member comes back",
             with(healthy(3, 3), |o| m(o, "c-1").pod = None),
             resume("c-1"),
+        ),
+        (
+            "paused: a lost pod is not brought back",
+            with(healthy(3, 3), |o| {
+                o.paused = true;
+                m(o, "c-1").pod = None;
+            }),
+            Wait("paused"),
+        ),
+        (
+            "paused: a recorded restart is neither finished nor rolled back",
+            with(upgrading(3), |o| {
+                o.paused = true;
+                pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
+            }),
+            Wait("a recorded step stays recorded"),
         ),
         (
             "pod finished: recreated as the same member",
@@ -1254,6 +1271,36 @@ fn condition_of(o: &Observed, type_: &str) -> (bool, &'static str, String) {
         .find(|c| c.type_ == type_)
         .unwrap();
     (c.status, c.reason, c.message)
+}
+
+#[test]
+fn a_paused_cluster_changes_no_object_records_nothing_and_says_so() {
+    let o = with(upgrading(3), |o| {
+        o.paused = true;
+        o.objects.insert(Owned::ClientService, Presence::Missing);
+    });
+    assert_eq!(objects(&o), Vec::new(), "objects kept while paused");
+    let next = decide(&o);
+    assert!(record(&o, &next).is_none(), "a step recorded while paused");
+    let (status, reason, message) = condition_of(&o, "Progressing");
+    assert!(!status && reason == "Paused", "{reason}: {message}");
+    assert!(
+        message.contains("remove the annotation to resume"),
+        "{message}"
+    );
+    let message = report(&o, &next).message.unwrap_or_default();
+    assert!(message.contains("paused"), "{message}");
+    // Resumed: the missing Service is created and the recorded restart goes on.
+    let resumed = with(o, |o| o.paused = false);
+    assert!(
+        !objects(&resumed).is_empty(),
+        "the missing Service not kept"
+    );
+    assert!(
+        !matches!(decide(&resumed), Action::WaitFor { .. }),
+        "{:?}",
+        decide(&resumed)
+    );
 }
 
 #[test]
