@@ -621,7 +621,6 @@ async fn bad_input_gets_a_clear_4xx() {
     let (got, text) = call(&node, "PUT", "/api/v1/kv/a", Some(&huge), None).await;
     assert_eq!(got, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
     assert_eq!(error_code(&text), "body_too_large");
-
     // JSON labelled as a form (what `curl -d` sends) is still JSON; nothing bad was applied.
     let resp = reqwest::Client::new()
         .put(node.url("/api/v1/kv/form"))
@@ -640,6 +639,44 @@ async fn bad_input_gets_a_clear_4xx() {
         node.client().get("form").await.unwrap().unwrap().kv.value,
         json!({"ok": true})
     );
+
+    // Also on a route that reads no body: the delete is refused, not applied.
+    let (got, text) = call(
+        &node,
+        "PUT",
+        "/api/v1/kv/kept",
+        Some(r#"{"value": 1}"#),
+        None,
+    )
+    .await;
+    assert_eq!(got, StatusCode::OK, "{text}");
+    let (got, text) = call(&node, "DELETE", "/api/v1/kv/kept", Some(&huge), None).await;
+    assert_eq!(got, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert_eq!(error_code(&text), "body_too_large");
+    let (got, text) = call(&node, "GET", "/api/v1/kv/kept", None, None).await;
+    assert_eq!(
+        got,
+        StatusCode::OK,
+        "the refused delete was applied: {text}"
+    );
+
+    // A value nested as deep as allowed is stored and read back by a default JSON parser (its
+    // answer wraps it deeper); one level more is refused.
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let body = format!(r#"{{"value": {}}}"#, nested(64));
+    let (got, text) = call(&node, "PUT", "/api/v1/kv/deep", Some(&body), None).await;
+    assert_eq!(got, StatusCode::OK, "{text}");
+    let (got, text) = call(&node, "GET", "/api/v1/kv/deep", None, None).await;
+    assert_eq!(got, StatusCode::OK, "{text}");
+    let read: serde_json::Value = serde_json::from_str(&text).expect("the answer parses");
+    assert_eq!(
+        read["kv"]["value"],
+        serde_json::from_str::<serde_json::Value>(&nested(64)).unwrap()
+    );
+    let body = format!(r#"{{"value": {}}}"#, nested(65));
+    let (got, text) = call(&node, "PUT", "/api/v1/kv/deeper", Some(&body), None).await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{text}");
+    assert_eq!(error_code(&text), "value_too_large", "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

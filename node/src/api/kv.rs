@@ -37,7 +37,7 @@ pub async fn put(
 ) -> Result<Json<PutResponse>, ApiError> {
     validate::key(&key)?;
     validate::writable(role, &key)?;
-    validate::value_size(&req.value)?;
+    validate::value(&req.value)?;
     validate::attached_lease(req.lease)?;
     let ik = validate::idempotency_key(&headers)?;
     Ok(Json(node.put(key, req, ik).await?))

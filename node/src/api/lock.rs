@@ -134,7 +134,7 @@ pub async fn campaign(
     JsonBody(req): JsonBody<CampaignRequest>,
 ) -> Result<Json<CampaignResponse>, ApiError> {
     let timeout = validate::wait(req.timeout_ms)?;
-    validate::value_size(&req.value)?;
+    validate::value(&req.value)?;
     candidate(Kind::Election, &req.name, req.lease)?;
     let leader = node
         .join_queue(

@@ -44,6 +44,12 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
     let mut data = Router::new();
     let mut admin = Router::new();
     for (doc, handler) in routes::routes() {
+        // Peer routes have their own limits (a snapshot streams unbounded).
+        let handler = if doc.internal {
+            handler
+        } else {
+            handler.route_layer(middleware::from_fn(body_within_limit))
+        };
         let group = match doc.access {
             Access::Public => &mut public,
             Access::Agent => &mut data,
@@ -67,6 +73,28 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(node)
+}
+
+/// Middleware of the client API: the body is read, up to the limit, before the handler runs,
+/// so one over the limit is refused (413 `body_too_large`) on every route, those that do not
+/// read their body (a DELETE) too. Otherwise such a handler would act and answer while the
+/// client was still sending, and the reset that follows could lose the answer of a write that
+/// was applied.
+async fn body_within_limit(req: Request, next: Next) -> Result<Response, ApiError> {
+    use axum::extract::FromRequest;
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), &())
+        .await
+        .map_err(|e| {
+            ApiError::with_status(
+                e.status(),
+                ErrorCode::BodyTooLarge,
+                format!("request body is over the {MAX_BODY_BYTES}-byte limit or unreadable: {e}"),
+            )
+        })?;
+    Ok(next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await)
 }
 
 /// Middleware: the request must carry a key granting at least `required`.

@@ -95,7 +95,23 @@ pub fn prefix_writable(role: Role, prefix: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn value_size(value: &serde_json::Value) -> Result<(), ApiError> {
+/// How deep a value may nest arrays and objects. Answers wrap a value a few levels deeper
+/// (an answer, its list of changes, the key's record), and common JSON parsers stop at 128
+/// levels (serde_json's default, so the client crate's too): a deeper value would be stored
+/// and then unreadable by the clients that wrote it.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// A value's size and depth are within the limits.
+pub fn value(value: &serde_json::Value) -> Result<(), ApiError> {
+    let depth = depth_of(value);
+    if depth > MAX_VALUE_DEPTH {
+        return Err(ApiError::new(
+            ErrorCode::ValueTooLarge,
+            format!(
+                "the value nests arrays and objects {depth} levels deep; the limit is {MAX_VALUE_DEPTH}"
+            ),
+        ));
+    }
     let size = serde_json::to_vec(value).map_or(0, |v| v.len());
     if size > MAX_VALUE_BYTES {
         return Err(ApiError::new(
@@ -104,6 +120,22 @@ pub fn value_size(value: &serde_json::Value) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The deepest nesting of arrays and objects in `value` (a scalar is 0), without recursion.
+fn depth_of(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
 }
 
 /// The lease a key is written with: none, or a real one (0 is not a lease).
@@ -215,7 +247,7 @@ fn compare(i: usize, c: &Compare) -> Result<(), ApiError> {
                     "greater/less on a value compares numbers or strings only",
                 ));
             }
-            value_size(&c.value)?;
+            value(&c.value)?;
         }
         CompareTarget::CreateRevision
         | CompareTarget::ModRevision
@@ -263,7 +295,7 @@ fn branch(role: Role, name: &str, ops: &[TxnOp]) -> Result<(), ApiError> {
             } => {
                 key(k)?;
                 writable(role, k)?;
-                value_size(value)?;
+                self::value(value)?;
                 attached_lease(*lease)?;
                 written.push(k);
             }
