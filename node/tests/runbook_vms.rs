@@ -275,10 +275,10 @@ fn the_runbook_as_typed_on_three_vms_with_a_replacement_and_a_partition() {
     assert!(ok);
 
     for i in 1..=3 {
+        let answer = vms.put(i, &format!("from/node{i}"), &format!("{i}"));
         assert!(
-            vms.put(i, &format!("from/node{i}"), &format!("{i}"))
-                .is_some(),
-            "write through node{i}"
+            answer.as_ref().is_some_and(|a| a["revision"].is_u64()),
+            "write through node{i}: {answer:?}"
         );
     }
     for i in 1..=3 {

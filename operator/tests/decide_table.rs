@@ -1259,10 +1259,17 @@ fn spec_storage_is_required() {
     let spec: Result<ConcordanceClusterSpec, _> =
         serde_json::from_value(serde_json::json!({"replicas": 3, "image": OLD}));
     assert!(spec.is_err());
-    let _ = StorageSpec {
-        size: "1Gi".to_string(),
-        storage_class_name: None,
-    };
+    let spec: ConcordanceClusterSpec = serde_json::from_value(
+        serde_json::json!({"replicas": 3, "image": OLD, "storage": {"size": "1Gi"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        spec.storage,
+        StorageSpec {
+            size: "1Gi".to_string(),
+            storage_class_name: None,
+        }
+    );
 }
 
 fn condition_of(o: &Observed, type_: &str) -> (bool, &'static str, String) {
