@@ -147,13 +147,14 @@ impl LeaderLease {
                 Err(e) => Err(e),
             };
         };
+        let now = Instant::now();
         let seen = {
             let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-            let seen = Observation::after_reading(observed.as_ref(), &lease, Instant::now());
+            let seen = Observation::after_reading(observed.as_ref(), &lease, now);
             *observed = Some(seen.clone());
             seen
         };
-        if seen.held_by_another(&self.holder, Instant::now()) {
+        if seen.held_by_another(&self.holder, now) {
             return Ok(false);
         }
         let spec = lease.spec.clone().unwrap_or_default();

@@ -127,13 +127,14 @@ fn depth_of(value: &serde_json::Value) -> usize {
     let mut deepest = 0;
     let mut stack = vec![(value, 0)];
     while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
-            serde_json::Value::Array(items) => Box::new(items.iter()),
-            serde_json::Value::Object(fields) => Box::new(fields.values()),
+        match v {
+            serde_json::Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth + 1))),
+            serde_json::Value::Object(fields) => {
+                stack.extend(fields.values().map(|c| (c, depth + 1)))
+            }
             _ => continue,
-        };
+        }
         deepest = deepest.max(depth + 1);
-        stack.extend(children.map(|c| (c, depth + 1)));
     }
     deepest
 }

@@ -94,13 +94,8 @@ impl PeerContext {
         path: &str,
         timeout: Duration,
     ) -> Result<T, PeerError> {
-        let resp = self
-            .request(reqwest::Method::GET, addr, path)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
-        decode(addr, resp).await
+        let rb = self.request(reqwest::Method::GET, addr, path);
+        exchange(addr, rb.timeout(timeout)).await
     }
 
     /// POSTs a JSON message to a peer and decodes its JSON answer.
@@ -111,15 +106,21 @@ impl PeerContext {
         body: &B,
         timeout: Duration,
     ) -> Result<T, PeerError> {
-        let resp = self
-            .request(reqwest::Method::POST, addr, path)
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
-        decode(addr, resp).await
+        let rb = self.request(reqwest::Method::POST, addr, path);
+        exchange(addr, rb.timeout(timeout).json(body)).await
     }
+}
+
+/// Sends a request to the peer at `addr` and decodes its JSON answer.
+async fn exchange<T: DeserializeOwned>(
+    addr: &str,
+    rb: reqwest::RequestBuilder,
+) -> Result<T, PeerError> {
+    let resp = rb
+        .send()
+        .await
+        .map_err(|e| PeerError::Unreachable(addr.into(), e.to_string()))?;
+    decode(addr, resp).await
 }
 
 pub(super) async fn decode<T: DeserializeOwned>(
