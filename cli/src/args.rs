@@ -35,6 +35,27 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// The cluster's CA certificate (PEM): speak TLS and trust only nodes it signed.
+    #[arg(long, global = true, env = "CONCORDANCE_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for nodes that ask for one (--tls-client-ca).
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORDANCE_CERT_FILE",
+        value_name = "FILE",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORDANCE_KEY_FILE",
+        value_name = "FILE",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
     /// Output: readable text, or JSON for scripts.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,

@@ -78,7 +78,17 @@ async fn main() -> ExitCode {
     if let Some(k) = cli.api_key.as_deref().filter(|k| !k.is_empty()) {
         builder = builder.api_key(k);
     }
-    let client = match builder.build() {
+    let tls = |builder: concordance_client::ClientBuilder| {
+        let builder = match &cli.ca_file {
+            Some(ca) => builder.ca_file(ca)?,
+            None => builder,
+        };
+        match (&cli.cert_file, &cli.key_file) {
+            (Some(cert), Some(key)) => builder.client_certificate_files(cert, key),
+            _ => Ok(builder),
+        }
+    };
+    let client = match tls(builder).and_then(|b| b.build()) {
         Ok(c) => c,
         Err(e) => return out.failure(&Failure::Client(e), EXIT_FAILED),
     };

@@ -471,3 +471,100 @@ async fn membership_on_a_three_node_cluster() {
     let members = json_of(&ctl_at(&endpoints, &["member", "list", "-o", "json"]));
     assert_eq!(members["members"].as_array().unwrap().len(), 2);
 }
+
+/// A node process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `concordancectl` over TLS to a node that also asks clients for a certificate
+/// (`--tls-client-ca`): with the CA and a client certificate it works; without the
+/// certificate it is refused with the reason; over plaintext it gets no answer.
+#[tokio::test]
+async fn tls_with_a_ca_file_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    for args in [
+        vec!["certs", "ca", "--dir", certs_arg],
+        vec![
+            "certs",
+            "node",
+            "--dir",
+            certs_arg,
+            "--name",
+            "n1",
+            "--host",
+            "127.0.0.1",
+        ],
+        vec!["certs", "client", "--dir", certs_arg, "--name", "ops"],
+    ] {
+        let out = Command::new(concordance_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let port = concordance_client::dev::free_port().unwrap();
+    let file = |name: &str| certs.join(name).display().to_string();
+    let _node = Killed(
+        Command::new(concordance_bin())
+            .args([
+                "--node-id=n1".to_string(),
+                format!("--listen=127.0.0.1:{port}"),
+                format!("--data-dir={}", dir.path().join("data").display()),
+                "--bootstrap".to_string(),
+                format!("--tls-cert={}", file("n1.crt")),
+                format!("--tls-key={}", file("n1.key")),
+                format!("--tls-client-ca={}", file("ca.crt")),
+            ])
+            .env("CONCORDANCE_API_KEY", KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ctl_tls = |args: &[&str], with_certificate: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_concordancectl"));
+        cmd.args(args)
+            .env("CONCORDANCE_ENDPOINTS", format!("127.0.0.1:{port}"))
+            .env("CONCORDANCE_API_KEY", KEY)
+            .env("CONCORDANCE_CA_FILE", file("ca.crt"));
+        if with_certificate {
+            cmd.env("CONCORDANCE_CERT_FILE", file("ops.crt"))
+                .env("CONCORDANCE_KEY_FILE", file("ops.key"));
+        }
+        cmd.output().unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ctl_tls(&["put", "tls/k", "v1"], true).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS node never took a write"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok(&ctl_tls(&["get", "tls/k"], true)).contains("v1"));
+
+    let refused = ctl_tls(&["get", "tls/k"], false);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--tls-client-ca"), "{stderr}");
+
+    let plaintext = Command::new(env!("CARGO_BIN_EXE_concordancectl"))
+        .args(["get", "tls/k", "--retry-for", "0s"])
+        .env("CONCORDANCE_ENDPOINTS", format!("127.0.0.1:{port}"))
+        .env("CONCORDANCE_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(!plaintext.status.success(), "plaintext was answered");
+}

@@ -88,6 +88,8 @@ pub struct Client {
     auto_idempotency: bool,
     follow_leader: bool,
     request_timeout: Duration,
+    /// Every endpoint's scheme: a leader is followed only within it.
+    scheme: Scheme,
 }
 
 impl std::fmt::Debug for Client {
@@ -110,6 +112,10 @@ pub struct ClientBuilder {
     follow_leader: bool,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// PEM CA certificates the nodes' certificates must chain to (instead of the system's).
+    ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and its key, for nodes that ask for one (`--tls-client-ca`).
+    identity_pem: Option<Vec<u8>>,
 }
 
 impl Default for ClientBuilder {
@@ -122,6 +128,8 @@ impl Default for ClientBuilder {
             follow_leader: true,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
+            ca_pem: None,
+            identity_pem: None,
         }
     }
 }
@@ -179,25 +187,93 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the nodes' certificates only if they chain to one of these PEM CA certificates
+    /// (a cluster's own CA, from `concordance certs ca` or the operator's ConfigMap), instead
+    /// of the system's roots. Endpoints given as `host:port` then get `https://` (as they do
+    /// when another endpoint is an `https://` URL).
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// [`ClientBuilder::ca_pem`] from a file.
+    pub fn ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        let pem = read_file(path.as_ref())?;
+        Ok(self.ca_pem(pem))
+    }
+
+    /// Sends this client certificate when a node asks for one: `cert_and_key` holds the PEM
+    /// certificate (chain) and its PEM private key.
+    pub fn client_certificate_pem(mut self, cert_and_key: impl Into<Vec<u8>>) -> Self {
+        self.identity_pem = Some(cert_and_key.into());
+        self
+    }
+
+    /// [`ClientBuilder::client_certificate_pem`] from a certificate file and a key file.
+    pub fn client_certificate_files(
+        self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<Self, Error> {
+        let mut pem = read_file(cert.as_ref())?;
+        pem.push(b'\n');
+        pem.extend(read_file(key.as_ref())?);
+        Ok(self.client_certificate_pem(pem))
+    }
+
     pub fn build(self) -> Result<Client, Error> {
         if self.endpoints.is_empty() {
             return Err(Error::Endpoint(String::new(), "no endpoint given".into()));
         }
+        let scheme = if self.ca_pem.is_some()
+            || self.identity_pem.is_some()
+            || self
+                .endpoints
+                .iter()
+                .any(|e| e.trim().starts_with("https://"))
+        {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         let list = self
             .endpoints
             .iter()
-            .map(|e| normalize(e))
+            .map(|e| normalize_as(e, scheme))
             .collect::<Result<Vec<_>, _>>()?;
+        let scheme = Scheme::of(&list[0]);
+        if let Some(other) = list.iter().find(|e| Scheme::of(e) != scheme) {
+            return Err(Error::Endpoint(
+                other.clone(),
+                format!("every endpoint must use {}://", scheme.as_str()),
+            ));
+        }
         // No client-wide timeout: it would cut watch streams. Each call sets its own.
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             // A node closes a connection idle for its header timeout (10 s by default); one
             // closed by us first is never reused at the moment the node closes it.
             .pool_idle_timeout(POOL_IDLE)
-            .build()?;
+            // Leaders are followed by the client itself, within one scheme.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &self.ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(Error::Tls)?;
+            if certificates.is_empty() {
+                return Err(Error::TlsFiles("the CA PEM holds no certificate".into()));
+            }
+            http = http.tls_built_in_root_certs(false);
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        if let Some(pem) = &self.identity_pem {
+            http = http.identity(reqwest::Identity::from_pem(pem).map_err(Error::Tls)?);
+        }
+        let http = http.build()?;
         Ok(Client {
             http,
             endpoints: Arc::new(Mutex::new(Endpoints { list, current: 0 })),
+            scheme,
             key: self.key.map(Into::into),
             retry: self.retry,
             auto_idempotency: self.auto_idempotency,
@@ -207,14 +283,48 @@ impl ClientBuilder {
     }
 }
 
-/// `http://host:port` without a trailing slash (a bare `host:port` gets `http://`).
-pub(crate) fn normalize(endpoint: &str) -> Result<String, Error> {
+/// `http` or `https`: a client uses one for every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn of(base: &str) -> Self {
+        if base.starts_with("https://") {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::TlsFiles(format!("cannot read {}: {e}", path.display())))
+}
+
+/// `<scheme>://host:port` without a trailing slash; a bare `host:port` gets `scheme`.
+pub(crate) fn normalize_as(endpoint: &str, scheme: Scheme) -> Result<String, Error> {
     let endpoint = endpoint.trim();
     let base = if endpoint.contains("://") {
         endpoint.trim_end_matches('/').to_string()
     } else {
-        format!("http://{}", endpoint.trim_end_matches('/'))
+        format!("{}://{}", scheme.as_str(), endpoint.trim_end_matches('/'))
     };
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(Error::Endpoint(
+            endpoint.into(),
+            "use http:// or https://".into(),
+        ));
+    }
     let url =
         reqwest::Url::parse(&base).map_err(|e| Error::Endpoint(endpoint.into(), e.to_string()))?;
     if url.host_str().is_none() {
@@ -362,9 +472,14 @@ impl Client {
         if !self.follow_leader {
             return;
         }
-        let Ok(base) = normalize(address) else {
+        // Never to another scheme: a node cannot move a TLS client onto plaintext. (The name
+        // is checked against the certificate by the TLS handshake itself.)
+        let Ok(base) = normalize_as(address, self.scheme) else {
             return;
         };
+        if Scheme::of(&base) != self.scheme {
+            return;
+        }
         let mut e = self.endpoints.lock().expect("endpoint lock");
         match e.list.iter().position(|x| *x == base) {
             Some(i) => e.current = i,
@@ -673,7 +788,7 @@ impl Client {
             });
             if let Some(address) = address {
                 self.prefer(&address);
-                return normalize(&address).ok();
+                return normalize_as(&address, self.scheme).ok();
             }
         }
         None
@@ -760,6 +875,45 @@ mod tests {
             .unwrap();
         pinned.prefer("http://c:3");
         assert_eq!(pinned.endpoint(), "http://a:1");
+    }
+
+    #[test]
+    fn a_tls_client_follows_leaders_only_over_tls() {
+        let c = Client::builder()
+            .endpoints(["https://a:1", "b:2"])
+            .build()
+            .unwrap();
+        // A bare endpoint takes the client's scheme.
+        assert_eq!(c.endpoints(), vec!["https://a:1", "https://b:2"]);
+        c.prefer("c:3");
+        assert_eq!(c.endpoint(), "https://c:3");
+        // A node naming a plaintext address cannot move it off TLS.
+        c.prefer("http://d:4");
+        assert_eq!(c.endpoint(), "https://c:3");
+        assert_eq!(c.endpoints().len(), 3);
+
+        let mixed = Client::builder()
+            .endpoints(["https://a:1", "http://b:2"])
+            .build()
+            .unwrap_err();
+        assert!(
+            mixed
+                .to_string()
+                .contains("every endpoint must use https://"),
+            "{mixed}"
+        );
+        let not_pem = Client::builder()
+            .endpoint("a:1")
+            .ca_pem(b"not a certificate".to_vec())
+            .build()
+            .unwrap_err();
+        assert!(not_pem.to_string().starts_with("TLS: "), "{not_pem}");
+        assert!(
+            Client::builder()
+                .endpoint("a:1")
+                .ca_file("/nonexistent/ca.crt")
+                .is_err()
+        );
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub enum Error {
     },
     #[error("request failed: {0}")]
     Transport(#[from] reqwest::Error),
+    #[error("TLS: {0}")]
+    Tls(reqwest::Error),
+    #[error("TLS: {0}")]
+    TlsFiles(String),
     #[error("invalid endpoint {0:?}: {1}")]
     Endpoint(String, String),
     #[error("unexpected answer {status}: {body}")]

@@ -58,6 +58,10 @@ pub enum Command {
         #[arg(long, env = "CONCORDANCE_ADVERTISE")]
         advertise: String,
     },
+    /// Make a CA and the node and client certificates it signs (for --tls-cert, --peer-ca,
+    /// and clients' --ca-file), for people without a PKI of their own.
+    #[command(subcommand)]
+    Certs(crate::certs::CertsCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -95,6 +99,52 @@ pub struct ServeArgs {
     /// Serve a non-loopback address without keys. Anyone who can reach the port can do anything.
     #[arg(long, env = "CONCORDANCE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Serve TLS only, with this certificate (PEM: the node's first, then any intermediates).
+    /// Read again when it changes: new connections get the new one, with no restart.
+    #[arg(
+        long,
+        env = "CONCORDANCE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM). Read again when it changes.
+    #[arg(
+        long,
+        env = "CONCORDANCE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Clients must send a certificate signed by one of these CAs (PEM) to use the data and
+    /// admin routes, besides their key. Probes and status stay open to any TLS client.
+    #[arg(
+        long,
+        env = "CONCORDANCE_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Mutual TLS between members: a member is known by a certificate signed by one of these
+    /// CAs (PEM; during a CA rotation, the old and the new one), and the Raft routes accept
+    /// nothing else (not the admin key). This node dials its peers with --tls-cert.
+    #[arg(
+        long,
+        env = "CONCORDANCE_PEER_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub peer_ca: Option<PathBuf>,
+    /// The names a member's certificate may carry, comma-separated: DNS names, IP addresses,
+    /// or `*.<domain>` for one label under a domain (default: any certificate of --peer-ca).
+    #[arg(
+        long,
+        env = "CONCORDANCE_PEER_NAMES",
+        value_delimiter = ',',
+        value_name = "NAMES",
+        requires = "peer_ca"
+    )]
+    pub peer_names: Vec<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "CONCORDANCE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -226,6 +276,8 @@ pub struct Config {
     /// `None`: no periodic state check.
     pub state_check_interval: Option<std::time::Duration>,
     pub space: crate::space::SpaceLimits,
+    /// `None`: plaintext HTTP.
+    pub tls: Option<crate::tls::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +311,8 @@ pub enum ConfigError {
         "--peer-connection-reserve ({reserve}) must be below --max-connections ({total}): clients would get no connection at all"
     )]
     ReserveTooLarge { reserve: u32, total: u32 },
+    #[error("--peer-names: {0}")]
+    BadPeerName(String),
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -350,6 +404,24 @@ impl ServeArgs {
                 total: self.max_connections,
             });
         }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::Settings {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+                peer_ca: self.peer_ca,
+                peer_names: self
+                    .peer_names
+                    .iter()
+                    .filter(|n| !n.trim().is_empty())
+                    .map(|n| crate::tls::NamePattern::parse(n))
+                    .collect::<Result<_, _>>()
+                    .map_err(ConfigError::BadPeerName)?,
+                advertise_host: host_of(&advertise).to_string(),
+            }),
+            // clap requires both or neither.
+            _ => None,
+        };
         Ok(Config {
             node_name,
             listen,
@@ -385,8 +457,15 @@ impl ServeArgs {
                 quota_bytes: self.quota_bytes,
                 reserve_bytes: self.reserve_bytes,
             },
+            tls,
         })
     }
+}
+
+/// The host of `host:port` (`[v6]:port` too).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 #[cfg(test)]
@@ -449,6 +528,51 @@ mod tests {
         assert!(parse(&["--node-id=a", "--listen=0.0.0.0:4100", "--insecure-no-auth"]).is_ok());
         let c = parse(&["--node-id=a", "--listen=0.0.0.0:4100", "--api-key=k"]).unwrap();
         assert!(c.advertise.ends_with(":4100") && !c.advertise.starts_with("0.0.0.0"));
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs_and_peer_names_are_checked() {
+        let clap_refuses = |args: &[&str]| {
+            let mut all = vec!["concordance"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).is_err()
+        };
+        assert!(
+            clap_refuses(&["--tls-cert=c.pem"]),
+            "a certificate without its key"
+        );
+        assert!(
+            clap_refuses(&["--peer-ca=ca.pem"]),
+            "a peer CA without a certificate"
+        );
+        assert!(clap_refuses(&[
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--peer-names=a.test"
+        ]));
+        let c = parse(&[
+            "--node-id=a",
+            "--advertise=node-a.peers.test:4100",
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--peer-ca=ca",
+            "--peer-names=*.peers.test,10.0.0.1",
+        ])
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.advertise_host, "node-a.peers.test");
+        assert_eq!(tls.peer_names.len(), 2);
+        let err = parse(&[
+            "--node-id=a",
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--peer-ca=ca",
+            "--peer-names=*.*.test",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--peer-names:"), "{err}");
+        assert!(parse(&["--node-id=a"]).unwrap().tls.is_none());
+        assert_eq!(host_of("[::1]:4100"), "::1");
     }
 
     #[test]

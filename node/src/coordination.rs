@@ -80,7 +80,8 @@ pub fn spawn(node: SharedNode, settings: Settings) {
             {
                 last_enable = Some(Instant::now());
                 if let Err(e) =
-                    crate::features::enable(&node.raft, &node.reader, COMMAND_VERSION).await
+                    crate::features::enable(&node.raft, &node.reader, &node.peers, COMMAND_VERSION)
+                        .await
                 {
                     tracing::debug!(error = %e, "newer command set not enabled yet");
                 }

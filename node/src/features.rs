@@ -20,6 +20,7 @@ use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::raft::QUORUM_TIMEOUT;
 use crate::raft::Raft;
+use crate::raft::client::PeerContext;
 use crate::store::reader::KvReader;
 use crate::store::records::COMMAND_VERSION;
 use crate::store::records::COMMAND_VERSION_BASE;
@@ -27,11 +28,6 @@ use crate::store::records::Command;
 use crate::store::records::Operation;
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn http() -> &'static reqwest::Client {
-    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
-    HTTP.get_or_init(reqwest::Client::new)
-}
 
 /// Serializes enabling, so concurrent requests ask the members once.
 fn gate() -> &'static tokio::sync::Mutex<()> {
@@ -51,9 +47,10 @@ pub fn version_info(node_id: &str, reader: &KvReader) -> VersionInfo {
 
 /// The command set a member's binary applies; a binary without the version route predates
 /// the gate and knows the base set only. `None` when the member cannot be asked.
-pub async fn member_version(addr: &str) -> Option<u32> {
-    let resp = http()
-        .get(format!("http://{addr}/api/v1/cluster/version"))
+pub async fn member_version(peers: &PeerContext, addr: &str) -> Option<u32> {
+    let resp = peers
+        .http
+        .get(peers.url(addr, "cluster/version"))
         .timeout(ASK_TIMEOUT)
         .send()
         .await
@@ -70,7 +67,12 @@ pub async fn member_version(addr: &str) -> Option<u32> {
 /// Makes sure the cluster has enabled command set `needed`, enabling it if every member
 /// supports it. On a node that is not the leader (or no longer is) this does nothing: the
 /// proposal that follows fails with `not_leader`, naming the leader, by itself.
-pub async fn enable(raft: &Raft, reader: &KvReader, needed: u32) -> Result<(), NodeError> {
+pub async fn enable(
+    raft: &Raft,
+    reader: &KvReader,
+    peers: &PeerContext,
+    needed: u32,
+) -> Result<(), NodeError> {
     if needed > COMMAND_VERSION {
         return Err(NodeError::Internal(format!(
             "command set {needed} is newer than this binary's {COMMAND_VERSION}"
@@ -94,7 +96,7 @@ pub async fn enable(raft: &Raft, reader: &KvReader, needed: u32) -> Result<(), N
         let v = if *id == m.id {
             Some(COMMAND_VERSION)
         } else {
-            member_version(addr).await
+            member_version(peers, addr).await
         };
         (name.clone(), v)
     });

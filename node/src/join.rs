@@ -90,7 +90,7 @@ async fn try_join(
     if let Ok(version) = node
         .peers
         .http
-        .get(format!("http://{target}/api/v1/cluster/version"))
+        .get(node.peers.url(target, "cluster/version"))
         .timeout(Duration::from_secs(3))
         .send()
         .await

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod change_feed;
 pub mod clock;
 pub mod config;
@@ -36,6 +37,7 @@ pub mod service;
 pub mod space;
 pub mod store;
 pub mod termination;
+pub mod tls;
 
 #[cfg(test)]
 mod fuzz;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             node_id,
             advertise,
         }) => concordance::offline::restore(&backup, &data_dir, &node_id, &advertise),
+        Some(Command::Certs(command)) => concordance::certs::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

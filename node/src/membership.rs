@@ -165,7 +165,7 @@ impl Node {
         }
         // A member that cannot apply the enabled command set would stop at its first entry.
         let enabled = self.reader.command_version();
-        if let Some(theirs) = crate::features::member_version(&req.address).await
+        if let Some(theirs) = crate::features::member_version(&self.peers, &req.address).await
             && theirs < enabled
         {
             return Err(NodeError::Rejected(

@@ -30,6 +30,10 @@ use crate::store::StoreError;
 use crate::store::records::COMMAND_VERSION;
 use crate::store::records::IdentityRecord;
 use crate::store::records::Member;
+use crate::tls::Conn;
+use crate::tls::ConnIdentity;
+use crate::tls::MovableTcp;
+use crate::tls::Tls;
 
 use crate::error::BoxError;
 
@@ -178,10 +182,12 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         }
         .into());
     }
+    let tls = config.tls.clone().map(Tls::load).transpose()?;
     let peers = PeerContext::new(
         config.api_key.clone(),
         identity.cluster_uuid.clone(),
         identity.raft_id,
+        tls.as_ref(),
     );
     let raft_config = Arc::new(crate::raft::config(config.snapshot_entries)?);
     let network = Network { ctx: peers.clone() };
@@ -287,7 +293,16 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
 
     raise_open_files_limit(config.connections.total);
     let keys = Keys::new(config.api_key.as_deref(), config.agent_key.as_deref());
-    let app = crate::api::router(node.clone(), keys);
+    let app = crate::api::router(
+        node.clone(),
+        keys,
+        crate::api::Certificates {
+            peers_only: tls.as_ref().is_some_and(|t| t.peer_tls()),
+            clients_required: tls
+                .as_ref()
+                .is_some_and(|t| t.client_certificates_required()),
+        },
+    );
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -297,13 +312,36 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         advertise = %config.advertise,
         data_dir = %config.data_dir.display(),
         auth = if config.api_key.is_some() { "keys" } else { "none (loopback only)" },
+        tls = match &tls {
+            None => "off",
+            Some(t) if t.peer_tls() => "clients and peers (mutual)",
+            Some(_) => "clients and peers (peers by key)",
+        },
         "serving"
     );
+    match &tls {
+        Some(tls) => {
+            tracing::info!(
+                certificate = %tls.settings().cert.display(),
+                valid_until = %crate::tls::format_time(tls.not_after()),
+                "serving TLS"
+            );
+            tls.spawn_reload(node.stopping.clone());
+        }
+        None if !config.listen.ip().is_loopback() => tracing::warn!(
+            listen = %config.listen,
+            "serving plaintext HTTP beyond loopback: keys and values cross the network readable. \
+             Serve TLS with --tls-cert and --tls-key, and peers by certificate with --peer-ca (docs/security.md)"
+        ),
+        None => {}
+    }
     let http = Http {
         app,
         admission: crate::connections::Admission::new(config.connections, node.metrics.clone()),
         header_timeout: config.header_timeout,
         stopping: node.stopping.clone(),
+        tls,
+        handshake_failures: Default::default(),
     };
     spawn_peer_address_refresh(node.clone(), http.admission.clone());
     let leaving = node.clone();
@@ -395,6 +433,9 @@ struct Http {
     /// answer, to a whole request head.
     header_timeout: Duration,
     stopping: CancellationToken,
+    /// `None`: plaintext.
+    tls: Option<Arc<Tls>>,
+    handshake_failures: Arc<std::sync::Mutex<HandshakeLog>>,
 }
 
 /// Serves HTTP on `threads` loops until SIGTERM, then lets every loop finish its requests.
@@ -498,17 +539,25 @@ async fn serve_loop(listener: std::net::TcpListener, http: Http) -> std::io::Res
                 continue; // dropping `tcp` closes it
             }
         };
-        let connection = builder
-            .serve_connection(
-                hyper_util::rt::TokioIo::new(tcp),
-                hyper_util::service::TowerToHyperService::new(http.app.clone()),
-            )
-            .with_upgrades();
-        let stopping = http.stopping.clone();
+        let http = http.clone();
+        let builder = builder.clone();
         let open = all_closed_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _open = open;
+            let Some((conn, identity)) = secure(&http, tcp, peer).await else {
+                return;
+            };
+            let connection = builder
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(conn),
+                    WithIdentity {
+                        app: hyper_util::service::TowerToHyperService::new(http.app.clone()),
+                        identity,
+                    },
+                )
+                .with_upgrades();
+            let stopping = http.stopping;
             let mut connection = std::pin::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
@@ -531,6 +580,60 @@ async fn serve_loop(listener: std::net::TcpListener, http: Http) -> std::io::Res
         }
     }
     Ok(())
+}
+
+/// The connection as served: plaintext, or TLS once its handshake is done (within the header
+/// timeout) with what its certificate proved. `None` when the handshake failed.
+async fn secure(
+    http: &Http,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<(Conn, ConnIdentity)> {
+    let Some(tls) = &http.tls else {
+        return Some((Conn::Plain(tcp), ConnIdentity::default()));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    match tokio::time::timeout(http.header_timeout, acceptor.accept(MovableTcp::new(tcp))).await {
+        Ok(Ok(stream)) => {
+            let identity = tls.identify(stream.get_ref().1.peer_certificates());
+            Some((Conn::Tls(Box::new(stream)), identity))
+        }
+        Ok(Err(e)) => {
+            http.handshake_failures
+                .lock()
+                .expect("not poisoned")
+                .note(peer, &e);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Serves a connection's requests, each carrying what the connection proved.
+#[derive(Clone)]
+struct WithIdentity {
+    app: hyper_util::service::TowerToHyperService<axum::Router>,
+    identity: ConnIdentity,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithIdentity {
+    type Response =
+        <hyper_util::service::TowerToHyperService<axum::Router> as hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+        >>::Response;
+    type Error =
+        <hyper_util::service::TowerToHyperService<axum::Router> as hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+        >>::Error;
+    type Future =
+        <hyper_util::service::TowerToHyperService<axum::Router> as hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+        >>::Future;
+
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.identity.clone());
+        self.app.call(request)
+    }
 }
 
 /// A failed accept: a connection that went away before it was taken is nothing; anything else
@@ -571,6 +674,34 @@ impl RefusalLog {
         );
         self.last = Some(std::time::Instant::now());
         self.since = 0;
+    }
+}
+
+/// TLS handshakes that failed: each reason (an expired certificate, one from another CA, a
+/// client speaking plaintext) logged at most once per [`REFUSAL_LOG_EVERY`], with how many
+/// failed for it since; a flood of one kind does not hide another.
+#[derive(Default)]
+struct HandshakeLog {
+    reasons: std::collections::HashMap<String, RefusalLog>,
+}
+
+/// Reasons remembered at most; past it the memory starts over (a scan of odd handshakes).
+const HANDSHAKE_REASONS_KEPT: usize = 64;
+
+impl HandshakeLog {
+    fn note(&mut self, address: std::net::SocketAddr, error: &std::io::Error) {
+        let reason = error.to_string();
+        if self.reasons.len() >= HANDSHAKE_REASONS_KEPT && !self.reasons.contains_key(&reason) {
+            self.reasons.clear();
+        }
+        let log = self.reasons.entry(reason).or_default();
+        log.since += 1;
+        if log.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(%address, error = %error, refused = log.since, "TLS handshake refused");
+        log.last = Some(std::time::Instant::now());
+        log.since = 0;
     }
 }
 

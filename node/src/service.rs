@@ -449,7 +449,7 @@ impl Node {
         cmd.proposed_at_ms = now_ms();
         let needed = cmd.op.command_version();
         if needed > self.reader.command_version() {
-            crate::features::enable(&self.raft, &self.reader, needed).await?;
+            crate::features::enable(&self.raft, &self.reader, &self.peers, needed).await?;
         }
         let started = Instant::now();
         let result = tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(cmd)).await;

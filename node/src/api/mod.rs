@@ -36,13 +36,25 @@ use crate::auth::Keys;
 use crate::auth::Role;
 use crate::metrics::HttpLabels;
 use crate::service::SharedNode;
+use crate::tls::ConnIdentity;
+
+/// Which certificates the routes ask for (from the TLS flags, `tls.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Certificates {
+    /// Peers talk mutual TLS: the Raft routes take a member's certificate, never a key.
+    pub peers_only: bool,
+    /// The data and admin routes need a client certificate (or a member's) besides a key.
+    pub clients_required: bool,
+}
 
 /// Builds the whole router from the route table ([`routes::routes`]). Public routes (probes,
-/// status) carry no secret; every other route requires a key granting its role.
-pub fn router(node: SharedNode, keys: Keys) -> Router {
+/// status) carry no secret; the Raft routes need a member's certificate or the admin key;
+/// every other route requires a key granting its role.
+pub fn router(node: SharedNode, keys: Keys, certificates: Certificates) -> Router {
     let mut public = Router::new();
     let mut data = Router::new();
     let mut admin = Router::new();
+    let mut peer = Router::new();
     for (doc, handler) in routes::routes() {
         // Peer routes have their own limits (a snapshot streams unbounded).
         let handler = if doc.internal {
@@ -51,6 +63,7 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
             handler.route_layer(middleware::from_fn(body_within_limit))
         };
         let group = match doc.access {
+            _ if doc.internal => &mut peer,
             Access::Public => &mut public,
             Access::Agent => &mut data,
             Access::Admin => &mut admin,
@@ -58,21 +71,66 @@ pub fn router(node: SharedNode, keys: Keys) -> Router {
         *group = std::mem::take(group).route(doc.path, handler);
     }
     // Layers run outside in: the key is checked first, then whether this member may serve.
-    let data = data
+    let mut data = data
         .route_layer(middleware::from_fn_with_state(node.clone(), unless_fenced))
         .route_layer(middleware::from_fn_with_state(
             (keys.clone(), Role::Agent),
             require,
         ));
-    let admin = admin.route_layer(middleware::from_fn_with_state((keys, Role::Admin), require));
+    let mut admin = admin.route_layer(middleware::from_fn_with_state(
+        (keys.clone(), Role::Admin),
+        require,
+    ));
+    if certificates.clients_required {
+        data = data.route_layer(middleware::from_fn(require_client_certificate));
+        admin = admin.route_layer(middleware::from_fn(require_client_certificate));
+    }
+    let peer = if certificates.peers_only {
+        peer.route_layer(middleware::from_fn(require_peer_certificate))
+    } else {
+        peer.route_layer(middleware::from_fn_with_state((keys, Role::Admin), require))
+    };
     public
         .merge(data)
         .merge(admin)
+        .merge(peer)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(node)
+}
+
+/// Middleware of the Raft routes under mutual TLS: the connection must have shown a member's
+/// certificate (`--peer-ca`, `--peer-names`); a key, even the admin key, is not enough.
+async fn require_peer_certificate(req: Request, next: Next) -> Result<Response, ApiError> {
+    let identity = req.extensions().get::<ConnIdentity>();
+    if identity.is_some_and(|i| i.peer.is_some()) {
+        return Ok(next.run(req).await);
+    }
+    let why = identity
+        .and_then(|i| i.not_a_peer.as_deref())
+        .unwrap_or("it sent no certificate");
+    Err(ApiError::new(
+        ErrorCode::Unauthorized,
+        format!("the Raft routes take a member's certificate (from --peer-ca), not keys; {why}"),
+    ))
+}
+
+/// Middleware of the data and admin routes with `--tls-client-ca`: the connection must have
+/// shown a client's (or a member's) certificate.
+async fn require_client_certificate(req: Request, next: Next) -> Result<Response, ApiError> {
+    let shown = req
+        .extensions()
+        .get::<ConnIdentity>()
+        .is_some_and(|i| i.client.is_some() || i.peer.is_some());
+    if !shown {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "this node takes clients with a certificate from its client CA (--tls-client-ca), besides a key; this connection sent none",
+        ));
+    }
+    Ok(next.run(req).await)
 }
 
 /// Middleware of the client API: the body is read, up to the limit, before the handler runs,

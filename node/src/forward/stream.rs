@@ -16,11 +16,11 @@
 
 use std::collections::VecDeque;
 
+use crate::tls::Conn;
 use bytes::Bytes;
 use futures::SinkExt;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
@@ -167,19 +167,19 @@ pub async fn accept<P, Answers>(
         raft_runtime,
         upgrade,
         "a forward stream",
-        |tcp, ahead| serve(propose, tcp, ahead),
+        |conn, ahead| serve(propose, conn, ahead),
     )
     .await;
 }
 
 /// Proposes each batch as it arrives and writes the answers back in order, until the follower
 /// closes the stream (answers still due are written first) or a frame is unreadable.
-async fn serve<P, Answers>(propose: P, tcp: TcpStream, read_ahead: Bytes)
+async fn serve<P, Answers>(propose: P, conn: Conn, read_ahead: Bytes)
 where
     P: Fn(Vec<Command>) -> Answers,
     Answers: Future<Output = wire::ForwardedWritesReply>,
 {
-    let (read, write) = tcp.into_split();
+    let (read, write) = tokio::io::split(conn);
     let mut batches = FramedRead::new(read, frame_codec());
     batches.read_buffer_mut().extend_from_slice(&read_ahead);
     let mut answers = FramedWrite::new(write, frame_codec());

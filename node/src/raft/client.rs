@@ -18,13 +18,17 @@ use super::wire;
 use super::wire::PeerMessage;
 use crate::store::types::TypeConfig;
 
-/// What every outgoing peer request needs: an HTTP client, the admin key, the cluster UUID.
+/// What every outgoing peer request needs: an HTTP client (TLS with this node's certificate
+/// when peers talk mutual TLS), the admin key, the cluster UUID.
 #[derive(Clone)]
 pub struct PeerContext {
     pub http: reqwest::Client,
     key: Option<String>,
     cluster: Arc<RwLock<String>>,
     self_id: u64,
+    /// `https` when peers talk mutual TLS: the Raft routes then get the certificate, never
+    /// the key.
+    scheme: &'static str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,21 +42,35 @@ pub enum PeerError {
 }
 
 impl PeerContext {
-    pub fn new(key: Option<String>, cluster: Option<String>, self_id: u64) -> Self {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        key: Option<String>,
+        cluster: Option<String>,
+        self_id: u64,
+        tls: Option<&Arc<crate::tls::Tls>>,
+    ) -> Self {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             // Below a member's default header timeout (10 s), after which it closes an idle
             // connection: a pooled one is given up before it could be reused as it closes.
             .pool_idle_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .expect("HTTP client builds");
+            .tcp_nodelay(true);
+        let peer_tls = tls.and_then(|tls| tls.peer_client_config());
+        let scheme = if peer_tls.is_some() { "https" } else { "http" };
+        if let Some(config) = peer_tls {
+            builder = builder.use_preconfigured_tls(config);
+        }
         Self {
-            http,
+            http: builder.build().expect("HTTP client builds"),
             key,
             cluster: Arc::new(RwLock::new(cluster.unwrap_or_default())),
             self_id,
+            scheme,
         }
+    }
+
+    /// The URL of a route of the member at `addr`.
+    pub fn url(&self, addr: &str, path: &str) -> String {
+        format!("{}://{addr}/api/v1/{path}", self.scheme)
     }
 
     pub fn set_cluster(&self, uuid: &str) {
@@ -78,12 +96,13 @@ impl PeerContext {
         addr: &str,
         path: &str,
     ) -> reqwest::RequestBuilder {
-        let rb = self
-            .http
-            .request(method, format!("http://{addr}/api/v1/{path}"));
+        let rb = self.http.request(method, self.url(addr, path));
+        // Over mutual TLS the Raft routes know a member by its certificate; the key is not
+        // sent where it is not needed.
+        let certificate_is_enough = self.scheme == "https" && path.starts_with("raft/");
         match &self.key {
-            Some(k) => rb.bearer_auth(k),
-            None => rb,
+            Some(k) if !certificate_is_enough => rb.bearer_auth(k),
+            _ => rb,
         }
     }
 

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::tls::Conn;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::SinkExt;
@@ -28,7 +29,6 @@ use openraft::errors::RPCError;
 use openraft::raft::StreamAppendResult;
 use tokio::io::ReadHalf;
 use tokio::io::WriteHalf;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::codec::FramedWrite;
@@ -394,7 +394,7 @@ pub async fn accept(follower: Follower, upgrade: hyper::upgrade::OnUpgrade) {
         raft_runtime,
         upgrade,
         "an append stream",
-        |tcp, ahead| serve(follower, tcp, ahead),
+        |conn, ahead| serve(follower, conn, ahead),
     )
     .await;
 }
@@ -429,8 +429,8 @@ struct Handed {
 
 /// Feeds the leader's appends to Raft and writes Raft's answers back, until the leader closes
 /// the stream, an answer is a refusal, or the node stops.
-async fn serve(node: Follower, tcp: TcpStream, read_ahead: Bytes) {
-    let (read, write) = tcp.into_split();
+async fn serve(node: Follower, conn: Conn, read_ahead: Bytes) {
+    let (read, write) = tokio::io::split(conn);
     let mut frames_in = FramedRead::new(read, frame_codec());
     frames_in.read_buffer_mut().extend_from_slice(&read_ahead);
     let mut frames_out = FramedWrite::new(write, frame_codec());

@@ -1,6 +1,6 @@
 //! Long-lived peer connections: an HTTP request upgraded to a protocol of our own (append
 //! streams, forward streams). The caller side asks for the upgrade; the serving side takes the
-//! raw TCP connection over and serves it on the Raft thread, where the work it carries is
+//! connection (plaintext or TLS) over and serves it on the Raft thread, where the work it carries is
 //! done, so nothing is handed between threads.
 
 use std::io;
@@ -10,7 +10,6 @@ use bytes::Buf;
 use bytes::Bytes;
 use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::codec::Encoder;
 use tokio_util::codec::LengthDelimitedCodec;
@@ -19,6 +18,7 @@ use super::client::PeerContext;
 use super::client::PeerError;
 use super::wire::CAPABILITIES_HEADER;
 use super::wire::Capabilities;
+use crate::tls::Conn;
 
 /// How long a peer that refused an upgrade (an older binary) gets plain requests before it
 /// is asked again (it may have been upgraded meanwhile).
@@ -135,7 +135,7 @@ pub async fn open(
         .map_err(|_| unreachable(format!("no {protocol} connection within {OPEN_TIMEOUT:?}")))?
 }
 
-/// The serving side: waits for the upgrade to complete, then serves the raw connection with
+/// The serving side: waits for the upgrade to complete, then serves the connection with
 /// `serve` on `raft_runtime`, the Raft thread (with the bytes already read past the request,
 /// and Nagle off: every frame is a small write its peer waits for).
 pub async fn serve_on_raft_thread<F, Fut>(
@@ -144,7 +144,7 @@ pub async fn serve_on_raft_thread<F, Fut>(
     what: &'static str,
     serve: F,
 ) where
-    F: FnOnce(TcpStream, Bytes) -> Fut + Send + 'static,
+    F: FnOnce(Conn, Bytes) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let upgraded = match upgrade.await {
@@ -154,25 +154,19 @@ pub async fn serve_on_raft_thread<F, Fut>(
             return;
         }
     };
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+    let parts = match upgraded.downcast::<TokioIo<Conn>>() {
         Ok(parts) => parts,
         Err(_) => {
-            // Our listener only ever accepts TCP connections (server.rs).
-            tracing::warn!("{what} is not on a TCP connection; closing it");
+            // Our listener only ever serves `Conn`s (server.rs).
+            tracing::warn!("{what} is not on a served connection; closing it");
             return;
         }
     };
     let read_ahead = parts.read_buf;
-    let tcp = match parts.io.into_inner().into_std() {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            tracing::warn!(error = %e, "{what}'s connection is unusable");
-            return;
-        }
-    };
+    let conn = parts.io.into_inner();
     raft_runtime.spawn(async move {
-        match TcpStream::from_std(tcp).and_then(|tcp| tcp.set_nodelay(true).map(|()| tcp)) {
-            Ok(tcp) => serve(tcp, read_ahead).await,
+        match conn.onto_current_runtime() {
+            Ok(conn) => serve(conn, read_ahead).await,
             Err(e) => tracing::warn!(error = %e, "{what}'s connection is unusable"),
         }
     });

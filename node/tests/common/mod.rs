@@ -103,6 +103,8 @@ pub struct NodeProc {
     pub run_as: Option<(u32, PathBuf)>,
     /// Another build of the node to run instead of this one's (`None`: this build).
     pub program: Option<PathBuf>,
+    /// The CA of a node serving TLS: [`NodeProc::client`] then speaks https and trusts it.
+    pub ca: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -169,6 +171,7 @@ impl NodeProc {
                 .collect(),
             run_as,
             program: None,
+            ca: None,
             child: None,
         }
     }
@@ -201,7 +204,18 @@ impl NodeProc {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&format!("127.0.0.1:{}", self.port)).unwrap()
+        match &self.ca {
+            None => Client::new(&format!("127.0.0.1:{}", self.port)).unwrap(),
+            Some(ca) => Client::builder()
+                .endpoint(format!("https://127.0.0.1:{}", self.port))
+                .ca_file(ca)
+                .unwrap()
+                .retry(concordance_client::RetryPolicy::none())
+                .auto_idempotency(false)
+                .follow_leader(false)
+                .build()
+                .unwrap(),
+        }
     }
 
     pub fn admin(&self) -> Client {
@@ -213,7 +227,8 @@ impl NodeProc {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{}", self.port, path)
     }
 
     pub fn pid(&self) -> u32 {
