@@ -14,6 +14,7 @@ use anyhow::bail;
 use serde_json::Value;
 
 use crate::driver::System;
+use crate::tls::TlsFiles;
 
 /// How long a member may take to become ready.
 const READY_WAIT: Duration = Duration::from_secs(120);
@@ -119,6 +120,8 @@ pub struct LocalCluster {
     http: reqwest::Client,
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// Every member serves TLS (and talks mutual TLS to its peers) with these.
+    tls: Option<TlsFiles>,
 }
 
 impl LocalCluster {
@@ -129,7 +132,18 @@ impl LocalCluster {
         work_dir: &Path,
         extra: &[String],
     ) -> anyhow::Result<Self> {
-        let mut c = Self::empty(System::Concordance, bin, work_dir)?;
+        Self::concordance_with(bin, n, work_dir, extra, None).await
+    }
+
+    /// [`LocalCluster::concordance`], serving TLS with `tls` when given.
+    pub async fn concordance_with(
+        bin: &Path,
+        n: usize,
+        work_dir: &Path,
+        extra: &[String],
+        tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<Self> {
+        let mut c = Self::empty(System::Concordance, bin, work_dir, tls)?;
         for i in 1..=n {
             let join = if i == 1 {
                 "--bootstrap".to_string()
@@ -138,6 +152,7 @@ impl LocalCluster {
             };
             let mut args = vec![join];
             args.extend(extra.iter().cloned());
+            args.extend(tls.map(TlsFiles::concordance_args).unwrap_or_default());
             c.add_concordance_member(&format!("node{i}"), &args)?;
             c.wait_ready(i - 1).await?;
         }
@@ -160,31 +175,43 @@ impl LocalCluster {
 
     /// Starts an `n`-member etcd cluster with its defaults (fsync on every commit).
     pub async fn etcd(bin: &Path, n: usize, work_dir: &Path) -> anyhow::Result<Self> {
-        let mut c = Self::empty(System::Etcd, bin, work_dir)?;
+        Self::etcd_with(bin, n, work_dir, None).await
+    }
+
+    /// [`LocalCluster::etcd`], serving TLS with `tls` when given (etcd's own TLS flags).
+    pub async fn etcd_with(
+        bin: &Path,
+        n: usize,
+        work_dir: &Path,
+        tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<Self> {
+        let mut c = Self::empty(System::Etcd, bin, work_dir, tls)?;
+        let scheme = c.scheme();
         let ports: Vec<(u16, u16)> = (0..n)
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<anyhow::Result<_>>()?;
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("node{}=http://127.0.0.1:{peer}", i + 1))
+            .map(|(i, (_, peer))| format!("node{}={scheme}://127.0.0.1:{peer}", i + 1))
             .collect();
         let token = format!("bench-{}", std::process::id());
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("node{}", i + 1);
             let data_dir = c.dir.path().join(&name);
-            let args = vec![
+            let mut args = vec![
                 format!("--name={name}"),
                 format!("--data-dir={}", data_dir.display()),
-                format!("--listen-client-urls=http://127.0.0.1:{client}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--listen-client-urls={scheme}://127.0.0.1:{client}"),
+                format!("--advertise-client-urls={scheme}://127.0.0.1:{client}"),
+                format!("--listen-peer-urls={scheme}://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls={scheme}://127.0.0.1:{peer}"),
                 format!("--initial-cluster={}", initial.join(",")),
                 format!("--initial-cluster-token={token}"),
                 "--initial-cluster-state=new".to_string(),
                 "--log-level=warn".to_string(),
             ];
+            args.extend(tls.map(TlsFiles::etcd_args).unwrap_or_default());
             c.push_member(&name, format!("127.0.0.1:{client}"), data_dir, args)?;
         }
         for i in 0..n {
@@ -193,7 +220,12 @@ impl LocalCluster {
         Ok(c)
     }
 
-    fn empty(system: System, bin: &Path, work_dir: &Path) -> anyhow::Result<Self> {
+    fn empty(
+        system: System,
+        bin: &Path,
+        work_dir: &Path,
+        tls: Option<&TlsFiles>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(work_dir)?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("bench-{}-", system.name()))
@@ -201,15 +233,29 @@ impl LocalCluster {
         if !bin.is_file() {
             bail!("{} binary not found at {}", system.name(), bin.display());
         }
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(tls.ca_certificate()?);
+        }
         Ok(Self {
             system,
             members: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?,
+            http: http.build()?,
             dir,
             bin: bin.to_path_buf(),
+            tls: tls.cloned(),
         })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The TLS files every member serves with, if any.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     fn push_member(
@@ -233,11 +279,15 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The running members' client addresses: `host:port`, or `https://host:port` with TLS.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
             .filter(|m| m.is_running())
-            .map(|m| m.client_addr.clone())
+            .map(|m| match self.tls {
+                None => m.client_addr.clone(),
+                Some(_) => format!("https://{}", m.client_addr),
+            })
             .collect()
     }
 
@@ -251,11 +301,16 @@ impl LocalCluster {
         match self.system {
             System::Concordance => self
                 .http
-                .get(format!("http://{addr}/api/v1/ready"))
+                .get(format!("{}://{addr}/api/v1/ready", self.scheme()))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success()),
-            System::Etcd => match self.http.get(format!("http://{addr}/health")).send().await {
+            System::Etcd => match self
+                .http
+                .get(format!("{}://{addr}/health", self.scheme()))
+                .send()
+                .await
+            {
                 Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["health"] == "true"),
                 Err(_) => false,
             },
@@ -307,7 +362,7 @@ impl LocalCluster {
             System::Concordance => {
                 let v: Value = self
                     .http
-                    .get(format!("http://{addr}/api/v1/cluster/status"))
+                    .get(format!("{}://{addr}/api/v1/cluster/status", self.scheme()))
                     .send()
                     .await
                     .ok()?
@@ -327,7 +382,8 @@ impl LocalCluster {
                     let v: Value = self
                         .http
                         .post(format!(
-                            "http://{}/v3/maintenance/status",
+                            "{}://{}/v3/maintenance/status",
+                            self.scheme(),
                             other.client_addr
                         ))
                         .body("{}")

@@ -18,6 +18,7 @@ use crate::load;
 use crate::load::LoadSpec;
 use crate::load::RunResult;
 use crate::load::Workload;
+use crate::tls::TlsFiles;
 
 #[derive(Debug, Clone)]
 pub struct CompareSpec {
@@ -38,6 +39,8 @@ pub struct CompareSpec {
     pub payload: Payload,
     pub work_dir: PathBuf,
     pub progress: bool,
+    /// Both systems serve TLS to clients and talk mutual TLS between members.
+    pub tls: bool,
 }
 
 /// etcd's tool against etcd, with the CPU etcd spent serving it.
@@ -74,6 +77,8 @@ pub struct Comparison {
     pub payload: Payload,
     pub mixed_write_percent: u32,
     pub seconds_per_run: f64,
+    /// Both systems served TLS, and their members talked mutual TLS.
+    pub tls: bool,
     pub runs: Vec<RunResult>,
     pub etcd_native_put: Vec<NativeRun>,
 }
@@ -87,12 +92,13 @@ struct Target {
 
 async fn prepare(cluster: LocalCluster, spec: &CompareSpec) -> anyhow::Result<Target> {
     let max_clients = spec.clients.iter().copied().max().unwrap_or(1);
-    let driver = Arc::new(Driver::new(
+    let driver = Arc::new(Driver::with_ca(
         cluster.system,
         &cluster.endpoints(),
         None,
         spec.payload,
         max_clients,
+        cluster.tls().map(|t| t.ca_certificate()).transpose()?,
     )?);
     if spec.progress {
         eprintln!(
@@ -188,15 +194,23 @@ pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
         spec.members,
         member_args.join(" ")
     );
-    let c = LocalCluster::concordance(
+    let tls = if spec.tls {
+        eprintln!("both systems serve TLS, and their members talk mutual TLS");
+        Some(TlsFiles::make(&spec.concordance_bin, &spec.work_dir)?)
+    } else {
+        None
+    };
+    let c = LocalCluster::concordance_with(
         &spec.concordance_bin,
         spec.members,
         &spec.work_dir,
         &member_args,
+        tls.as_ref(),
     )
     .await?;
     eprintln!("starting {} etcd members", spec.members);
-    let e = LocalCluster::etcd(&spec.etcd_bin, spec.members, &spec.work_dir).await?;
+    let e =
+        LocalCluster::etcd_with(&spec.etcd_bin, spec.members, &spec.work_dir, tls.as_ref()).await?;
     let mut concordance = prepare(c, &spec).await?;
     let mut etcd = prepare(e, &spec).await?;
 
@@ -207,7 +221,8 @@ pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
                 let gateway = measure(&etcd, &spec, workload, clients, round).await?;
                 let gateway_rate = gateway.ops_per_sec;
                 runs.push(gateway);
-                if let (Workload::Put, Some(tool)) = (workload, &spec.etcd_tool) {
+                // etcd's gRPC tool is run in plaintext only.
+                if let (Workload::Put, Some(tool), false) = (workload, &spec.etcd_tool, spec.tls) {
                     native.push(
                         measure_native(tool, &etcd, &spec, clients, round, gateway_rate).await?,
                     );
@@ -225,6 +240,7 @@ pub async fn run(spec: CompareSpec) -> anyhow::Result<Comparison> {
         payload: spec.payload,
         mixed_write_percent: spec.mixed_write_percent,
         seconds_per_run: spec.duration.as_secs_f64(),
+        tls: spec.tls,
         runs,
         etcd_native_put: native,
     })

@@ -15,3 +15,4 @@ pub mod etcd_tool;
 pub mod failover;
 pub mod load;
 pub mod report;
+pub mod tls;

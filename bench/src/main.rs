@@ -171,6 +171,10 @@ struct CompareArgs {
     /// round and the median of the per-round ratios (the machine's speed drifts between runs).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// Both systems serve TLS (one CA and certificate made with `concordance certs`) and their
+    /// members talk mutual TLS; etcd's gRPC tool is then not run.
+    #[arg(long)]
+    tls: bool,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -279,6 +283,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         payload: l.payload(),
         work_dir: args.bins.work_dir(),
         progress: true,
+        tls: args.tls,
     };
     let result = compare::run(spec).await?;
     if let Some(path) = &args.json_out {

@@ -321,6 +321,7 @@ mod tests {
             },
             mixed_write_percent: 20,
             seconds_per_run: 8.0,
+            tls: false,
             runs,
             etcd_native_put: Vec::new(),
         }

@@ -269,6 +269,8 @@ mod tests {
             peer_ca: Some(certs.join("ca.crt")),
             peer_names: vec![crate::tls::NamePattern::parse("*.example").unwrap()],
             advertise_host: "node1.example".into(),
+            accept_plaintext: false,
+            dial_peers_plaintext: false,
         })
         .unwrap();
         assert!(tls.peer_tls());

@@ -145,6 +145,19 @@ pub struct ServeArgs {
         requires = "peer_ca"
     )]
     pub peer_names: Vec<String>,
+    /// While turning TLS on in a running cluster: serve plaintext beside TLS on the same
+    /// port (a connection's first byte tells them apart), and on plaintext let the Raft
+    /// routes take the admin key as before. Drop it once every member and client uses TLS.
+    #[arg(long, env = "CONCORDANCE_ACCEPT_PLAINTEXT", requires = "tls_cert")]
+    pub accept_plaintext: bool,
+    /// While turning TLS on in a running cluster: dial peers in plaintext (with the admin
+    /// key), for members not yet serving TLS. Drop it once every member has --tls-cert.
+    #[arg(
+        long,
+        env = "CONCORDANCE_DIAL_PEERS_PLAINTEXT",
+        requires = "accept_plaintext"
+    )]
+    pub dial_peers_plaintext: bool,
     /// Log format: `text` or `json`.
     #[arg(long, env = "CONCORDANCE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -418,6 +431,8 @@ impl ServeArgs {
                     .collect::<Result<_, _>>()
                     .map_err(ConfigError::BadPeerName)?,
                 advertise_host: host_of(&advertise).to_string(),
+                accept_plaintext: self.accept_plaintext,
+                dial_peers_plaintext: self.dial_peers_plaintext,
             }),
             // clap requires both or neither.
             _ => None,

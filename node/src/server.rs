@@ -301,6 +301,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
             clients_required: tls
                 .as_ref()
                 .is_some_and(|t| t.client_certificates_required()),
+            plaintext_peers_by_key: tls.as_ref().is_some_and(|t| t.settings().accept_plaintext),
         },
     );
     let listener = TcpListener::bind(config.listen)
@@ -314,6 +315,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         auth = if config.api_key.is_some() { "keys" } else { "none (loopback only)" },
         tls = match &tls {
             None => "off",
+            Some(t) if t.settings().accept_plaintext => "TLS and plaintext (turning TLS on)",
             Some(t) if t.peer_tls() => "clients and peers (mutual)",
             Some(_) => "clients and peers (peers by key)",
         },
@@ -592,8 +594,25 @@ async fn secure(
     let Some(tls) = &http.tls else {
         return Some((Conn::Plain(tcp), ConnIdentity::default()));
     };
+    let started = tokio::time::Instant::now();
+    if tls.settings().accept_plaintext {
+        // A TLS connection opens with a handshake record (content type 22); an HTTP request
+        // with a method's first letter.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(http.header_timeout, tcp.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                return Some((Conn::Plain(tcp), ConnIdentity::default()));
+            }
+            Ok(Ok(1)) => {}
+            _ => return None,
+        }
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
-    match tokio::time::timeout(http.header_timeout, acceptor.accept(MovableTcp::new(tcp))).await {
+    let handshake = tokio::time::timeout_at(
+        started + http.header_timeout,
+        acceptor.accept(MovableTcp::new(tcp)),
+    );
+    match handshake.await {
         Ok(Ok(stream)) => {
             let identity = tls.identify(stream.get_ref().1.peer_certificates());
             Some((Conn::Tls(Box::new(stream)), identity))
@@ -608,6 +627,9 @@ async fn secure(
         Err(_) => None,
     }
 }
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Serves a connection's requests, each carrying what the connection proved.
 #[derive(Clone)]

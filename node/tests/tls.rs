@@ -209,6 +209,14 @@ async fn served_certificate(node: &NodeProc, ca: &Path) -> Vec<u8> {
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// Waits until `node` serves `wanted` (DER) to a new connection.
+async fn until_served(node: &NodeProc, ca: &Path, wanted: &[u8], what: &str) {
+    eventually(&format!("{} serving {what}", node.name), WAIT, || async {
+        (served_certificate(node, ca).await == wanted).then_some(())
+    })
+    .await;
+}
+
 fn der_of(cert: &Path) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_file(cert)
@@ -401,16 +409,7 @@ async fn certificates_renewed_and_the_ca_rotated_on_disk_with_no_failed_write() 
     for node in &nodes {
         let wanted = renew(node, &pki, "renewed");
         let started = Instant::now();
-        eventually(
-            &format!("{} serving its renewed certificate", node.name),
-            WAIT,
-            || {
-                let wanted = wanted.clone();
-                let bundle = bundle.clone();
-                async move { (served_certificate(node, &bundle).await == wanted).then_some(()) }
-            },
-        )
-        .await;
+        until_served(node, &bundle, &wanted, "its renewed certificate").await;
         println!(
             "{} serves its renewed certificate after {:?}",
             node.name,
@@ -430,16 +429,7 @@ async fn certificates_renewed_and_the_ca_rotated_on_disk_with_no_failed_write() 
     // ... then each member gets a certificate from the new CA ...
     for node in &nodes {
         let wanted = renew(node, &new_ca, "new-ca");
-        eventually(
-            &format!("{} serving its new CA's certificate", node.name),
-            WAIT,
-            || {
-                let wanted = wanted.clone();
-                let bundle = bundle.clone();
-                async move { (served_certificate(node, &bundle).await == wanted).then_some(()) }
-            },
-        )
-        .await;
+        until_served(node, &bundle, &wanted, "its new CA's certificate").await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     count = floor("with certificates from the new CA", count);
@@ -664,4 +654,143 @@ async fn on_the_wire_tls_hides_the_key_and_the_values_that_plaintext_shows() {
         !contains(&bytes, value),
         "the value crossed the wire readable"
     );
+}
+
+/// Restarts `node` (SIGTERM: a leader hands over first) with its flags changed by `change`,
+/// and waits until it is ready.
+async fn restart_with(node: &mut NodeProc, change: impl FnOnce(&mut Vec<String>)) {
+    node.stop();
+    change(&mut node.args);
+    node.restart();
+    node.wait_ready().await;
+}
+
+/// A writer through every member with the client's retries, as an application runs, until
+/// `stop`: the keys acknowledged and the failures (retries given up).
+fn spawn_writer(
+    name: &'static str,
+    client: Client,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut acknowledged, mut failed) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("{name}/{i}");
+            match client.put(&key, &json!(i)).await {
+                Ok(_) => acknowledged.push(key),
+                Err(e) => failed.push(format!("{key}: {e}")),
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (acknowledged, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_plaintext_cluster_turns_tls_on_member_by_member_with_no_failed_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "cluster-ca");
+    let first = NodeProc::start_env("node1", dir.path(), &["--bootstrap"], KEYS);
+    first.wait_ready().await;
+    let join = format!("--join={}", first.addr());
+    let mut nodes = vec![first];
+    for name in ["node2", "node3"] {
+        let node = NodeProc::start_env(name, dir.path(), &[join.as_str()], KEYS);
+        node.wait_ready().await;
+        nodes.push(node);
+    }
+    let endpoints: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+    let stop_plain = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let plain_writer = spawn_writer(
+        "plain",
+        Client::builder()
+            .endpoints(endpoints.clone())
+            .api_key(ADMIN_KEY)
+            .build()
+            .unwrap(),
+        stop_plain.clone(),
+    );
+
+    // 1. Each member in turn: TLS files and peer certificates, still serving and dialing
+    // plaintext (the others serve nothing else yet).
+    for node in nodes.iter_mut() {
+        let (cert, key) = pki.node(
+            &node.name,
+            &["127.0.0.1", &format!("{}.peers.test", node.name)],
+        );
+        let tls = tls_args(&pki, &cert, &key);
+        restart_with(node, |args| {
+            args.extend(tls);
+            args.push("--accept-plaintext".into());
+            args.push("--dial-peers-plaintext".into());
+        })
+        .await;
+    }
+    // Clients may move to TLS from here on.
+    let stop_tls = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tls_writer = spawn_writer(
+        "tls",
+        Client::builder()
+            .endpoints(endpoints.clone())
+            .ca_file(pki.ca())
+            .unwrap()
+            .api_key(ADMIN_KEY)
+            .build()
+            .unwrap(),
+        stop_tls.clone(),
+    );
+    // 2. Each member in turn dials its peers over mutual TLS (every member serves it now).
+    for node in nodes.iter_mut() {
+        restart_with(node, |args| args.retain(|a| a != "--dial-peers-plaintext")).await;
+    }
+    stop_plain.store(true, Ordering::Relaxed);
+    let (plain_acknowledged, plain_failed) = plain_writer.await.unwrap();
+    // 3. Each member in turn serves TLS only.
+    for node in nodes.iter_mut() {
+        node.ca = Some(pki.ca());
+        restart_with(node, |args| args.retain(|a| a != "--accept-plaintext")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_tls.store(true, Ordering::Relaxed);
+    let (tls_acknowledged, tls_failed) = tls_writer.await.unwrap();
+    println!(
+        "plaintext writer: {} acknowledged, {} failed; TLS writer: {} acknowledged, {} failed",
+        plain_acknowledged.len(),
+        plain_failed.len(),
+        tls_acknowledged.len(),
+        tls_failed.len()
+    );
+    assert!(plain_failed.is_empty(), "{plain_failed:?}");
+    assert!(tls_failed.is_empty(), "{tls_failed:?}");
+    assert!(plain_acknowledged.len() >= 50 && tls_acknowledged.len() >= 50);
+
+    // The cluster is TLS only now: plaintext gets no answer, the Raft routes no key, and
+    // every acknowledged write reads back.
+    let plaintext = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/health", nodes[0].addr()))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(plaintext.is_err(), "plaintext was answered: {plaintext:?}");
+    let (status, body) = raft_vote(&nodes[0], &https(&pki.ca(), None), Some(ADMIN_KEY))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    let admin = nodes[1].admin();
+    let mut stored = std::collections::HashSet::new();
+    for prefix in ["plain/", "tls/"] {
+        let listed = admin
+            .list_all(prefix, 500, Default::default())
+            .await
+            .unwrap();
+        stored.extend(listed.into_iter().map(|kv| kv.key));
+    }
+    let lost: Vec<&String> = plain_acknowledged
+        .iter()
+        .chain(&tls_acknowledged)
+        .filter(|k| !stored.contains(*k))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
 }

@@ -45,6 +45,9 @@ pub struct Certificates {
     pub peers_only: bool,
     /// The data and admin routes need a client certificate (or a member's) besides a key.
     pub clients_required: bool,
+    /// Turning TLS on in a running cluster: on a plaintext connection the Raft routes take
+    /// the admin key, as before TLS.
+    pub plaintext_peers_by_key: bool,
 }
 
 /// Builds the whole router from the route table ([`routes::routes`]). Public routes (probes,
@@ -86,7 +89,10 @@ pub fn router(node: SharedNode, keys: Keys, certificates: Certificates) -> Route
         admin = admin.route_layer(middleware::from_fn(require_client_certificate));
     }
     let peer = if certificates.peers_only {
-        peer.route_layer(middleware::from_fn(require_peer_certificate))
+        peer.route_layer(middleware::from_fn_with_state(
+            (keys, certificates.plaintext_peers_by_key),
+            require_peer_certificate,
+        ))
     } else {
         peer.route_layer(middleware::from_fn_with_state((keys, Role::Admin), require))
     };
@@ -102,11 +108,20 @@ pub fn router(node: SharedNode, keys: Keys, certificates: Certificates) -> Route
 }
 
 /// Middleware of the Raft routes under mutual TLS: the connection must have shown a member's
-/// certificate (`--peer-ca`, `--peer-names`); a key, even the admin key, is not enough.
-async fn require_peer_certificate(req: Request, next: Next) -> Result<Response, ApiError> {
+/// certificate (`--peer-ca`, `--peer-names`); a key, even the admin key, is not enough. Only
+/// while TLS is being turned on (`--accept-plaintext`) does a plaintext connection get them
+/// with the admin key.
+async fn require_peer_certificate(
+    State((keys, plaintext_by_key)): State<(Keys, bool)>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let identity = req.extensions().get::<ConnIdentity>();
     if identity.is_some_and(|i| i.peer.is_some()) {
         return Ok(next.run(req).await);
+    }
+    if plaintext_by_key && identity.is_none_or(|i| !i.tls) {
+        return require(State((keys, Role::Admin)), req, next).await;
     }
     let why = identity
         .and_then(|i| i.not_a_peer.as_deref())

@@ -56,6 +56,11 @@ pub struct Settings {
     pub peer_names: Vec<NamePattern>,
     /// The host this node advertises to its peers: its own certificate must be valid for it.
     pub advertise_host: String,
+    /// Turning TLS on in a running cluster: plaintext is served too (and its Raft routes take
+    /// the admin key).
+    pub accept_plaintext: bool,
+    /// Turning TLS on in a running cluster: peers are dialed in plaintext.
+    pub dial_peers_plaintext: bool,
 }
 
 /// What a connection proved at its handshake; each of its requests carries it.
@@ -125,6 +130,8 @@ struct Loaded {
     server: Arc<ServerConfig>,
     /// The peer CA alone: whether a client certificate is a member's.
     peer_clients: Option<Arc<dyn ClientCertVerifier>>,
+    /// The client CA alone: whether a client certificate is a client's.
+    clients: Option<Arc<dyn ClientCertVerifier>>,
     /// The peer CA alone, dialing a member.
     peer_servers: Option<Arc<WebPkiServerVerifier>>,
 }
@@ -210,8 +217,12 @@ impl Tls {
                 }
             }
         }
-        if identity.peer.is_none() && self.settings.client_ca.is_some() {
-            // Verified at the handshake against both CAs; not a member's, so a client's.
+        if let Some(clients) = &loaded.clients
+            && identity.peer.is_none()
+            && clients
+                .verify_client_cert(end_entity, intermediates, UnixTime::now())
+                .is_ok()
+        {
             identity.client = Some(names.first().cloned().unwrap_or_default().into());
         }
         identity
@@ -228,9 +239,13 @@ impl Tls {
     }
 
     /// The client side of peer traffic: the peer CA checks the member dialed, and this node's
-    /// certificate (as reloaded) is its own credential. `None` without `--peer-ca`.
+    /// certificate (as reloaded) is its own credential. `None` without `--peer-ca`, or while
+    /// peers are dialed in plaintext (`--dial-peers-plaintext`).
     pub fn peer_client_config(self: &Arc<Self>) -> Option<rustls::ClientConfig> {
         self.settings.peer_ca.as_ref()?;
+        if self.settings.dial_peers_plaintext {
+            return None;
+        }
         let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default versions")
@@ -374,6 +389,20 @@ fn build(
         roots(ca, &files[files_at], &mut peer_roots)?;
     }
 
+    let clients = match &settings.client_ca {
+        Some(ca) => Some(
+            WebPkiClientVerifier::builder_with_provider(
+                Arc::new(client_roots.clone()),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Unusable {
+                path: ca.clone(),
+                message: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
     let mut peer_clients = None;
     let mut peer_servers = None;
     if let Some(ca) = &settings.peer_ca {
@@ -421,6 +450,7 @@ fn build(
         not_after,
         server: Arc::new(server),
         peer_clients,
+        clients,
         peer_servers,
     })
 }
