@@ -179,7 +179,7 @@ where
     P: Fn(Vec<Command>) -> Answers,
     Answers: Future<Output = wire::ForwardedWritesReply>,
 {
-    let (read, write) = tokio::io::split(conn);
+    let (read, write) = conn.split();
     let mut batches = FramedRead::new(read, frame_codec());
     batches.read_buffer_mut().extend_from_slice(&read_ahead);
     let mut answers = FramedWrite::new(write, frame_codec());

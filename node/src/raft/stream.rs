@@ -430,7 +430,7 @@ struct Handed {
 /// Feeds the leader's appends to Raft and writes Raft's answers back, until the leader closes
 /// the stream, an answer is a refusal, or the node stops.
 async fn serve(node: Follower, conn: Conn, read_ahead: Bytes) {
-    let (read, write) = tokio::io::split(conn);
+    let (read, write) = conn.split();
     let mut frames_in = FramedRead::new(read, frame_codec());
     frames_in.read_buffer_mut().extend_from_slice(&read_ahead);
     let mut frames_out = FramedWrite::new(write, frame_codec());

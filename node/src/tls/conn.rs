@@ -37,6 +37,93 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Its reading and writing halves, each usable from its own task: a plaintext stream's
+    /// own halves (no lock between them), a TLS session's behind a lock (one state for both).
+    pub fn split(self) -> (ConnRead, ConnWrite) {
+        match self {
+            Conn::Plain(tcp) => {
+                let (read, write) = tcp.into_split();
+                (ConnRead::Plain(read), ConnWrite::Plain(write))
+            }
+            Conn::Tls(tls) => {
+                let (read, write) = tokio::io::split(*tls);
+                (ConnRead::Tls(read), ConnWrite::Tls(write))
+            }
+        }
+    }
+}
+
+type TlsOverTcp = tokio_rustls::server::TlsStream<MovableTcp>;
+
+pub enum ConnRead {
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsOverTcp>),
+}
+
+pub enum ConnWrite {
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsOverTcp>),
+}
+
+impl AsyncRead for ConnRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnRead::Plain(read) => Pin::new(read).poll_read(cx, buf),
+            ConnRead::Tls(read) => Pin::new(read).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ConnWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ConnWrite::Plain(write) => Pin::new(write).poll_write(cx, buf),
+            ConnWrite::Tls(write) => Pin::new(write).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ConnWrite::Plain(write) => Pin::new(write).poll_write_vectored(cx, bufs),
+            ConnWrite::Tls(write) => Pin::new(write).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ConnWrite::Plain(write) => write.is_write_vectored(),
+            ConnWrite::Tls(write) => write.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnWrite::Plain(write) => Pin::new(write).poll_flush(cx),
+            ConnWrite::Tls(write) => Pin::new(write).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnWrite::Plain(write) => Pin::new(write).poll_shutdown(cx),
+            ConnWrite::Tls(write) => Pin::new(write).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A TCP stream that can be re-registered with another runtime while a TLS session holds it.
 pub struct MovableTcp(Option<TcpStream>);
 
