@@ -78,6 +78,7 @@ struct Inner {
     pub disk_free_bytes: Gauge,
     pub disk_quota_bytes: Gauge,
     pub disk_reserve_bytes: Gauge,
+    pub tls_certificate_expiry: Gauge,
 }
 
 fn latency() -> Histogram {
@@ -141,6 +142,7 @@ impl Metrics {
             disk_free_bytes: Gauge::default(),
             disk_quota_bytes: Gauge::default(),
             disk_reserve_bytes: Gauge::default(),
+            tls_certificate_expiry: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -275,6 +277,11 @@ impl Metrics {
             "--reserve-bytes: with less free on the volume this member raises the no_space alarm",
             inner.disk_reserve_bytes.clone(),
         );
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate this member serves (--tls-cert, as last reloaded) expires, in seconds since the epoch; 0 without TLS",
+            inner.tls_certificate_expiry.clone(),
+        );
         Self {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -353,6 +360,11 @@ impl Metrics {
 
     pub fn set_fenced(&self, fenced: bool) {
         self.inner.fenced.set(i64::from(fenced));
+    }
+
+    /// The served certificate's expiry (seconds since the epoch).
+    pub fn set_tls_certificate_expiry(&self, not_after: i64) {
+        self.inner.tls_certificate_expiry.set(not_after);
     }
 
     pub fn leader_changed(&self) {

@@ -328,7 +328,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
                 valid_until = %crate::tls::format_time(tls.not_after()),
                 "serving TLS"
             );
-            tls.spawn_reload(node.stopping.clone());
+            tls.spawn_reload(node.metrics.clone(), node.stopping.clone());
         }
         None if !config.listen.ip().is_loopback() => tracing::warn!(
             listen = %config.listen,

@@ -217,6 +217,16 @@ async fn until_served(node: &NodeProc, ca: &Path, wanted: &[u8], what: &str) {
     .await;
 }
 
+/// When the certificate `node` serves expires, from its metrics.
+async fn expiry_metric(node: &NodeProc) -> i64 {
+    admin_metrics(node)
+        .await
+        .lines()
+        .find(|l| l.starts_with("concordance_tls_certificate_expiry_timestamp_seconds "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("the expiry metric")
+}
+
 fn der_of(cert: &Path) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_file(cert)
@@ -407,9 +417,17 @@ async fn certificates_renewed_and_the_ca_rotated_on_disk_with_no_failed_write() 
         der_of(&cert)
     };
     for node in &nodes {
+        let served_until = expiry_metric(node).await;
         let wanted = renew(node, &pki, "renewed");
         let started = Instant::now();
         until_served(node, &bundle, &wanted, "its renewed certificate").await;
+        // The renewed certificate was issued later for as long: its expiry is later.
+        eventually(
+            &format!("{}'s expiry metric moving", node.name),
+            WAIT,
+            || async { (expiry_metric(node).await > served_until).then_some(()) },
+        )
+        .await;
         println!(
             "{} serves its renewed certificate after {:?}",
             node.name,

@@ -268,9 +268,14 @@ impl Tls {
     }
 
     /// Reads the files every [`RELOAD_EVERY`] and logs what changed, or why a change was not
-    /// taken (once per change).
-    pub fn spawn_reload(self: &Arc<Self>, stopping: tokio_util::sync::CancellationToken) {
+    /// taken (once per change); keeps the expiry metric current.
+    pub fn spawn_reload(
+        self: &Arc<Self>,
+        metrics: crate::metrics::Metrics,
+        stopping: tokio_util::sync::CancellationToken,
+    ) {
         let tls = self.clone();
+        metrics.set_tls_certificate_expiry(tls.not_after());
         tokio::spawn(async move {
             let mut refused: Option<String> = None;
             loop {
@@ -287,6 +292,7 @@ impl Tls {
                 match reloaded {
                     Ok((Ok(true), not_after)) => {
                         refused = None;
+                        metrics.set_tls_certificate_expiry(not_after);
                         tracing::info!(
                             valid_until = %format_time(not_after),
                             "TLS certificates changed on disk: serving the new ones to new connections"

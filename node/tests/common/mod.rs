@@ -19,7 +19,14 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A node's Prometheus text, asked with the admin key.
 pub async fn admin_metrics(node: &NodeProc) -> String {
-    reqwest::Client::new()
+    let mut http = reqwest::Client::builder();
+    if let Some(ca) = &node.ca {
+        http = http.add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap(),
+        );
+    }
+    http.build()
+        .unwrap()
         .get(node.url("/api/v1/metrics"))
         .bearer_auth(ADMIN_KEY)
         .send()
