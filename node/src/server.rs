@@ -683,19 +683,25 @@ struct RefusalLog {
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl RefusalLog {
-    fn note(&mut self, address: std::net::IpAddr, refusal: crate::connections::Refusal) {
+    /// Counts one refusal; when a line is due, how many it reports (this one included).
+    fn due(&mut self) -> Option<u64> {
         self.since += 1;
         if self.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
-            return;
+            return None;
         }
-        tracing::warn!(
-            %address,
-            reason = refusal.as_str(),
-            refused = self.since,
-            "refusing connections: at the connection limit (--max-connections, --max-connections-per-address)"
-        );
         self.last = Some(std::time::Instant::now());
-        self.since = 0;
+        Some(std::mem::take(&mut self.since))
+    }
+
+    fn note(&mut self, address: std::net::IpAddr, refusal: crate::connections::Refusal) {
+        if let Some(refused) = self.due() {
+            tracing::warn!(
+                %address,
+                reason = refusal.as_str(),
+                refused,
+                "refusing connections: at the connection limit (--max-connections, --max-connections-per-address)"
+            );
+        }
     }
 }
 
@@ -716,14 +722,9 @@ impl HandshakeLog {
         if self.reasons.len() >= HANDSHAKE_REASONS_KEPT && !self.reasons.contains_key(&reason) {
             self.reasons.clear();
         }
-        let log = self.reasons.entry(reason).or_default();
-        log.since += 1;
-        if log.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
-            return;
+        if let Some(refused) = self.reasons.entry(reason).or_default().due() {
+            tracing::warn!(%address, error = %error, refused, "TLS handshake refused");
         }
-        tracing::warn!(%address, error = %error, refused = log.since, "TLS handshake refused");
-        log.last = Some(std::time::Instant::now());
-        log.since = 0;
     }
 }
 
