@@ -123,8 +123,7 @@ impl std::fmt::Debug for Tls {
 
 /// Everything built from one reading of the files.
 struct Loaded {
-    /// The files' bytes, to tell when they change.
-    files: Vec<Vec<u8>>,
+    files: Files,
     key: Arc<CertifiedKey>,
     not_after: i64,
     server: Arc<ServerConfig>,
@@ -199,18 +198,13 @@ impl Tls {
         let loaded = self.current();
         if let Some(peers) = &loaded.peer_clients {
             match peers.verify_client_cert(end_entity, intermediates, UnixTime::now()) {
-                Ok(_) => {
-                    match names::first_allowed(&self.settings.peer_names, &names) {
-                        Some(name) => identity.peer = Some(name.into()),
-                        None => identity.not_a_peer = Some(
-                            format!(
-                                "its certificate's names {names:?} are not among --peer-names {}",
-                                self.peer_names_text()
-                            )
-                            .into(),
-                        ),
+                Ok(_) => match names::first_allowed(&self.settings.peer_names, &names) {
+                    Some(name) => identity.peer = Some(name.into()),
+                    None => {
+                        identity.not_a_peer =
+                            Some(names::not_allowed(&self.settings.peer_names, &names).into())
                     }
-                }
+                },
                 Err(e) => {
                     identity.not_a_peer =
                         Some(format!("its certificate is not from the peer CA: {e}").into())
@@ -226,16 +220,6 @@ impl Tls {
             identity.client = Some(names.first().cloned().unwrap_or_default().into());
         }
         identity
-    }
-
-    fn peer_names_text(&self) -> String {
-        let names: Vec<String> = self
-            .settings
-            .peer_names
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        names.join(",")
     }
 
     /// The client side of peer traffic: the peer CA checks the member dialed, and this node's
@@ -320,15 +304,23 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn read_files(settings: &Settings) -> Result<Vec<Vec<u8>>, TlsError> {
-    let mut files = vec![read(&settings.cert)?, read(&settings.key)?];
-    for ca in [&settings.client_ca, &settings.peer_ca]
-        .into_iter()
-        .flatten()
-    {
-        files.push(read(ca)?);
-    }
-    Ok(files)
+/// The files' bytes as read, to build from and to tell when they change.
+#[derive(PartialEq)]
+struct Files {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+    peer_ca: Option<Vec<u8>>,
+}
+
+fn read_files(settings: &Settings) -> Result<Files, TlsError> {
+    let read_ca = |ca: &Option<PathBuf>| ca.as_deref().map(read).transpose();
+    Ok(Files {
+        cert: read(&settings.cert)?,
+        key: read(&settings.key)?,
+        client_ca: read_ca(&settings.client_ca)?,
+        peer_ca: read_ca(&settings.peer_ca)?,
+    })
 }
 
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -359,10 +351,10 @@ fn roots(path: &Path, pem: &[u8], into: &mut RootCertStore) -> Result<(), TlsErr
 fn build(
     settings: &Settings,
     provider: &Arc<CryptoProvider>,
-    files: Vec<Vec<u8>>,
+    files: Files,
 ) -> Result<Loaded, TlsError> {
-    let chain = certificates(&settings.cert, &files[0])?;
-    let key = PrivateKeyDer::from_pem_slice(&files[1]).map_err(|e| TlsError::NoKey {
+    let chain = certificates(&settings.cert, &files.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| TlsError::NoKey {
         path: settings.key.clone(),
         message: e.to_string(),
     })?;
@@ -384,17 +376,22 @@ fn build(
         });
     }
 
-    let mut files_at = 2;
     let mut client_roots = RootCertStore::empty();
-    if let Some(ca) = &settings.client_ca {
-        roots(ca, &files[files_at], &mut client_roots)?;
-        files_at += 1;
+    if let (Some(ca), Some(pem)) = (&settings.client_ca, &files.client_ca) {
+        roots(ca, pem, &mut client_roots)?;
     }
     let mut peer_roots = RootCertStore::empty();
-    if let Some(ca) = &settings.peer_ca {
-        roots(ca, &files[files_at], &mut peer_roots)?;
+    if let (Some(ca), Some(pem)) = (&settings.peer_ca, &files.peer_ca) {
+        roots(ca, pem, &mut peer_roots)?;
     }
 
+    let unusable_ca = |ca: &Path| {
+        let path = ca.to_path_buf();
+        move |e: rustls::client::VerifierBuilderError| TlsError::Unusable {
+            path,
+            message: e.to_string(),
+        }
+    };
     let clients = match &settings.client_ca {
         Some(ca) => Some(
             WebPkiClientVerifier::builder_with_provider(
@@ -402,10 +399,7 @@ fn build(
                 provider.clone(),
             )
             .build()
-            .map_err(|e| TlsError::Unusable {
-                path: ca.clone(),
-                message: e.to_string(),
-            })?,
+            .map_err(unusable_ca(ca))?,
         ),
         None => None,
     };
@@ -416,16 +410,10 @@ fn build(
         let clients =
             WebPkiClientVerifier::builder_with_provider(peer_roots.clone(), provider.clone())
                 .build()
-                .map_err(|e| TlsError::Unusable {
-                    path: ca.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(unusable_ca(ca))?;
         let servers = WebPkiServerVerifier::builder_with_provider(peer_roots, provider.clone())
             .build()
-            .map_err(|e| TlsError::Unusable {
-                path: ca.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(unusable_ca(ca))?;
         check_own_certificate(settings, ca, &chain, clients.as_ref(), servers.as_ref())?;
         peer_clients = Some(clients);
         peer_servers = Some(servers);
@@ -495,11 +483,7 @@ fn check_own_certificate(
         })?;
     let names = certificate_names(&chain[0]).map_err(refused)?;
     if names::first_allowed(&settings.peer_names, &names).is_none() {
-        let allowed: Vec<String> = settings.peer_names.iter().map(|p| p.to_string()).collect();
-        return Err(refused(format!(
-            "its names {names:?} are not among --peer-names {}",
-            allowed.join(",")
-        )));
+        return Err(refused(names::not_allowed(&settings.peer_names, &names)));
     }
     Ok(())
 }

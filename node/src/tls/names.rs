@@ -57,6 +57,15 @@ impl std::fmt::Display for NamePattern {
     }
 }
 
+/// Why a certificate carrying `names` is not a member's under `allowed`.
+pub fn not_allowed(allowed: &[NamePattern], names: &[String]) -> String {
+    let allowed: Vec<String> = allowed.iter().map(|p| p.to_string()).collect();
+    format!(
+        "its certificate's names {names:?} are not among --peer-names {}",
+        allowed.join(",")
+    )
+}
+
 /// The first of `names` that one of `allowed` matches; with no patterns, any name.
 pub fn first_allowed<'a>(allowed: &[NamePattern], names: &'a [String]) -> Option<&'a str> {
     names
