@@ -253,6 +253,11 @@ impl LocalCluster {
         if self.tls.is_some() { "https" } else { "http" }
     }
 
+    /// `<scheme>://<addr><path>`: a member's URL for this cluster's scheme.
+    fn url(&self, addr: &str, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme())
+    }
+
     /// The TLS files every member serves with, if any.
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_ref()
@@ -286,7 +291,7 @@ impl LocalCluster {
             .filter(|m| m.is_running())
             .map(|m| match self.tls {
                 None => m.client_addr.clone(),
-                Some(_) => format!("https://{}", m.client_addr),
+                Some(_) => self.url(&m.client_addr, ""),
             })
             .collect()
     }
@@ -301,16 +306,11 @@ impl LocalCluster {
         match self.system {
             System::Concordance => self
                 .http
-                .get(format!("{}://{addr}/api/v1/ready", self.scheme()))
+                .get(self.url(addr, "/api/v1/ready"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success()),
-            System::Etcd => match self
-                .http
-                .get(format!("{}://{addr}/health", self.scheme()))
-                .send()
-                .await
-            {
+            System::Etcd => match self.http.get(self.url(addr, "/health")).send().await {
                 Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["health"] == "true"),
                 Err(_) => false,
             },
@@ -362,7 +362,7 @@ impl LocalCluster {
             System::Concordance => {
                 let v: Value = self
                     .http
-                    .get(format!("{}://{addr}/api/v1/cluster/status", self.scheme()))
+                    .get(self.url(addr, "/api/v1/cluster/status"))
                     .send()
                     .await
                     .ok()?
@@ -381,11 +381,7 @@ impl LocalCluster {
                     }
                     let v: Value = self
                         .http
-                        .post(format!(
-                            "{}://{}/v3/maintenance/status",
-                            self.scheme(),
-                            other.client_addr
-                        ))
+                        .post(self.url(&other.client_addr, "/v3/maintenance/status"))
                         .body("{}")
                         .send()
                         .await

@@ -13,16 +13,18 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The folder holding them, removed when the last copy goes.
+    _dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 impl TlsFiles {
     /// Makes the CA and a certificate for `127.0.0.1` (server and client uses) in a new folder
     /// under `dir`, with `concordance` (the binary under test).
     pub fn make(concordance_bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let certs = tempfile::Builder::new()
+        let folder = tempfile::Builder::new()
             .prefix("bench-certs-")
-            .tempdir_in(dir)?
-            .keep();
+            .tempdir_in(dir)?;
+        let certs = folder.path().to_path_buf();
         let certs_arg = certs.to_str().context("a UTF-8 folder")?;
         for args in [
             vec!["certs", "ca", "--dir", certs_arg],
@@ -50,6 +52,7 @@ impl TlsFiles {
             ca: certs.join("ca.crt"),
             cert: certs.join("member.crt"),
             key: certs.join("member.key"),
+            _dir: std::sync::Arc::new(folder),
         })
     }
 
