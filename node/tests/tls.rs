@@ -124,19 +124,33 @@ fn tls_args(pki: &Pki, cert: &Path, key: &Path) -> Vec<String> {
     ]
 }
 
-/// Starts `name` with TLS (its certificate for 127.0.0.1 and `<name>.peers.test`), bootstrapping
-/// or joining `join`; waits until it is ready.
-async fn start_member(dir: &Path, pki: &Pki, name: &str, join: Option<&NodeProc>) -> NodeProc {
-    let peer_name = format!("{name}.peers.test");
-    let (cert, key) = pki.node(name, &["127.0.0.1", &peer_name]);
-    let mut args = tls_args(pki, &cert, &key);
+/// Spawns `name` serving TLS with `cert` and `key`, with `--bootstrap` or `--join=<join>` and
+/// the environment `env`; does not wait for it.
+fn spawn_tls(
+    dir: &Path,
+    pki: &Pki,
+    name: &str,
+    (cert, key): (&Path, &Path),
+    join: Option<&NodeProc>,
+    env: &[(&str, &str)],
+) -> NodeProc {
+    let mut args = tls_args(pki, cert, key);
     args.push(match join {
         None => "--bootstrap".to_string(),
         Some(first) => format!("--join={}", first.addr()),
     });
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = NodeProc::start_env(name, dir, &args, KEYS);
+    let mut node = NodeProc::start_env(name, dir, &args, env);
     node.ca = Some(pki.ca());
+    node
+}
+
+/// Starts `name` with TLS (its certificate for 127.0.0.1 and `<name>.peers.test`), bootstrapping
+/// or joining `join`; waits until it is ready.
+async fn start_member(dir: &Path, pki: &Pki, name: &str, join: Option<&NodeProc>) -> NodeProc {
+    let peer_name = format!("{name}.peers.test");
+    let (cert, key) = pki.node(name, &["127.0.0.1", &peer_name]);
+    let node = spawn_tls(dir, pki, name, (&cert, &key), join, KEYS);
     node.wait_ready().await;
     node
 }
@@ -512,10 +526,14 @@ async fn expired_and_mismatched_certificates_are_refused_with_a_reason() {
 
     // A node refuses to start on an expired certificate of its own, or a key of another one.
     let (expired, expired_key) = pki.expired_node("expired");
-    let mut args = tls_args(&pki, &expired, &expired_key);
-    args.push("--bootstrap".into());
-    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = NodeProc::start_env("expired", dir.path(), &args_ref, KEYS);
+    let mut node = spawn_tls(
+        dir.path(),
+        &pki,
+        "expired",
+        (&expired, &expired_key),
+        None,
+        KEYS,
+    );
     assert!(!node.wait_exit(WAIT).success());
     let log = node.log_text();
     assert!(log.contains("expired.crt is valid from"), "{log}");
@@ -523,10 +541,14 @@ async fn expired_and_mismatched_certificates_are_refused_with_a_reason() {
 
     let (good, _) = pki.node("good", &["127.0.0.1", "good.peers.test"]);
     let (_, other_key) = pki.node("other", &["127.0.0.1", "other.peers.test"]);
-    let mut args = tls_args(&pki, &good, &other_key);
-    args.push("--bootstrap".into());
-    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut node = NodeProc::start_env("mismatched", dir.path(), &args_ref, KEYS);
+    let mut node = spawn_tls(
+        dir.path(),
+        &pki,
+        "mismatched",
+        (&good, &other_key),
+        None,
+        KEYS,
+    );
     assert!(!node.wait_exit(WAIT).success());
     let log = node.log_text();
     assert!(log.contains("does not go with"), "{log}");
@@ -597,6 +619,29 @@ async fn pump(
     let _ = into.shutdown().await;
 }
 
+/// Writes `value` with `token` through a recording proxy in front of `node`, reads it back,
+/// and returns every byte the proxy saw.
+async fn recorded_round_trip(
+    node: &NodeProc,
+    builder: concordance_client::ClientBuilder,
+    token: &str,
+    value: &str,
+) -> Vec<u8> {
+    let (port, seen) = recording_proxy(node.addr()).await;
+    let client = builder
+        .endpoint(format!("127.0.0.1:{port}"))
+        .api_key(token)
+        .follow_leader(false)
+        .build()
+        .unwrap();
+    client.put("wire/value", &json!(value)).await.unwrap();
+    assert_eq!(
+        client.get("wire/value").await.unwrap().unwrap().kv.value,
+        json!(value)
+    );
+    seen.lock().unwrap().clone()
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -614,19 +659,7 @@ async fn on_the_wire_tls_hides_the_key_and_the_values_that_plaintext_shows() {
     // Plaintext: the proxy sees both (so it could see them at all).
     let plain = NodeProc::start_env("plain", dir.path(), &["--bootstrap"], &keys);
     plain.wait_ready().await;
-    let (port, seen) = recording_proxy(plain.addr()).await;
-    let client = Client::builder()
-        .endpoint(format!("127.0.0.1:{port}"))
-        .api_key(token)
-        .follow_leader(false)
-        .build()
-        .unwrap();
-    client.put("wire/plain", &json!(value)).await.unwrap();
-    assert_eq!(
-        client.get("wire/plain").await.unwrap().unwrap().kv.value,
-        json!(value)
-    );
-    let bytes = seen.lock().unwrap().clone();
+    let bytes = recorded_round_trip(&plain, Client::builder(), token, value).await;
     assert!(
         contains(&bytes, token),
         "the proxy saw no token in plaintext"
@@ -638,27 +671,10 @@ async fn on_the_wire_tls_hides_the_key_and_the_values_that_plaintext_shows() {
 
     // TLS: the same calls through the same kind of proxy show neither.
     let (cert, key) = pki.node("secure", &["127.0.0.1", "secure.peers.test"]);
-    let mut args = tls_args(&pki, &cert, &key);
-    args.push("--bootstrap".into());
-    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut secure = NodeProc::start_env("secure", dir.path(), &args_ref, &keys);
-    secure.ca = Some(pki.ca());
+    let secure = spawn_tls(dir.path(), &pki, "secure", (&cert, &key), None, &keys);
     secure.wait_ready().await;
-    let (port, seen) = recording_proxy(secure.addr()).await;
-    let client = Client::builder()
-        .endpoint(format!("127.0.0.1:{port}"))
-        .ca_file(pki.ca())
-        .unwrap()
-        .api_key(token)
-        .follow_leader(false)
-        .build()
-        .unwrap();
-    client.put("wire/tls", &json!(value)).await.unwrap();
-    assert_eq!(
-        client.get("wire/tls").await.unwrap().unwrap().kv.value,
-        json!(value)
-    );
-    let bytes = seen.lock().unwrap().clone();
+    let tls = Client::builder().ca_file(pki.ca()).unwrap();
+    let bytes = recorded_round_trip(&secure, tls, token, value).await;
     assert!(
         bytes.len() > 1000,
         "the proxy saw only {} bytes",
