@@ -384,16 +384,17 @@ pub fn crd_yaml() -> String {
 mod tests {
     use super::*;
 
-    const CHECKED_IN: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../crds/concordanceclusters.concordance.io.yaml"
+    // Read at compile time: a test binary built in another checkout of the same target dir
+    // still compares this checkout's files, and a change to them rebuilds it.
+    const CHECKED_IN: &str = include_str!("../../crds/concordanceclusters.concordance.io.yaml");
+    const IN_CHART: &str = include_str!(
+        "../../charts/concordance-operator/crds/concordanceclusters.concordance.io.yaml"
     );
 
     #[test]
     fn checked_in_crd_is_current() {
-        let on_disk = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
         assert!(
-            on_disk == crd_yaml(),
+            CHECKED_IN == crd_yaml(),
             "crds/concordanceclusters.concordance.io.yaml is out of date; regenerate it with \
              `cargo run --release -p concordance-operator -- crd > crds/concordanceclusters.concordance.io.yaml`"
         );
@@ -401,12 +402,8 @@ mod tests {
 
     #[test]
     fn operator_chart_carries_the_current_crd() {
-        let chart = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../charts/concordance-operator/crds/concordanceclusters.concordance.io.yaml"
-        );
         assert!(
-            std::fs::read_to_string(chart).unwrap_or_default() == crd_yaml(),
+            IN_CHART == crd_yaml(),
             "charts/concordance-operator/crds/ is out of date; copy crds/concordanceclusters.concordance.io.yaml there"
         );
     }
