@@ -96,6 +96,15 @@ pub struct ServeArgs {
     /// Agent key: may use the data API only.
     #[arg(long, env = "CONCORDANCE_AGENT_API_KEY", hide_env_values = true)]
     pub agent_key: Option<String>,
+    /// Named credentials besides the two keys (YAML or JSON): each a role, its tokens (several
+    /// while one rotates), and for an agent the key prefixes it may read and write. Read again
+    /// when it changes; a change that is not valid is logged and not taken. Needs --api-key.
+    #[arg(long, env = "CONCORDANCE_CREDENTIALS_FILE", value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// Append one JSON line per admin call, prefix delete, revoke, release and refused request
+    /// to this file (created 0600): when, which credential, what, and the answer's status.
+    #[arg(long, env = "CONCORDANCE_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// Serve a non-loopback address without keys. Anyone who can reach the port can do anything.
     #[arg(long, env = "CONCORDANCE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
@@ -277,6 +286,8 @@ pub struct Config {
     pub force_new_cluster: Option<String>,
     pub api_key: Option<String>,
     pub agent_key: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub audit_log: Option<PathBuf>,
     pub snapshot_entries: u64,
     pub history_revisions: u64,
     pub history_bytes: u64,
@@ -304,6 +315,11 @@ pub enum ConfigError {
         "--agent-key needs --api-key too: without an admin key nobody could manage the cluster"
     )]
     AgentKeyWithoutAdmin,
+    #[error(
+        "--credentials-file needs --api-key too: members reach each other with the admin key \
+         (until peer TLS), and it stays the cluster's own credential"
+    )]
+    CredentialsWithoutAdmin,
     #[error(
         "refusing to serve {0} without keys: anyone who can reach it could read and change everything. \
          Set CONCORDANCE_API_KEY (and CONCORDANCE_AGENT_API_KEY), listen on 127.0.0.1, \
@@ -364,6 +380,9 @@ impl ServeArgs {
         let agent_key = key(self.agent_key, "--agent-key", "CONCORDANCE_AGENT_API_KEY")?;
         if agent_key.is_some() && api_key.is_none() {
             return Err(ConfigError::AgentKeyWithoutAdmin);
+        }
+        if self.credentials_file.is_some() && api_key.is_none() {
+            return Err(ConfigError::CredentialsWithoutAdmin);
         }
         let listen = self
             .listen
@@ -447,6 +466,8 @@ impl ServeArgs {
             force_new_cluster: self.force_new_cluster,
             api_key,
             agent_key,
+            credentials_file: self.credentials_file,
+            audit_log: self.audit_log,
             snapshot_entries: self.snapshot_entries,
             history_revisions: self.history_revisions,
             history_bytes: self.history_bytes.unwrap_or(self.quota_bytes / 4),

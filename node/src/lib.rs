@@ -12,6 +12,7 @@
 //! `inspect` and `termination` (the note a node leaves when it refuses to start).
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod change_feed;

@@ -103,6 +103,7 @@ fn failure_code(e: &(dyn std::error::Error + 'static)) -> ErrorCode {
 fn start(args: ServeArgs) -> Result<(), BoxError> {
     init_logging(args.log_format, &args.log);
     let config = args.validate()?;
+    private_data_dir(&config.data_dir)?;
     if let Some(old_cluster) = &config.force_new_cluster {
         crate::offline::force_new_cluster(&config.data_dir, old_cluster, &config.advertise)?;
     }
@@ -112,6 +113,30 @@ fn start(args: ServeArgs) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     rt.block_on(serve(config))
+}
+
+/// Makes the data dir (0700) if it is missing; warns when an existing one is open to others:
+/// it holds every key and value.
+fn private_data_dir(dir: &std::path::Path) -> Result<(), BoxError> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::PermissionsExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create the data dir {}: {e}", dir.display()))?;
+        return Ok(());
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "the data dir is open to other users: it holds every key and value; chmod 700 it"
+        );
+    }
+    Ok(())
 }
 
 /// Loads the identity stored in the data dir, or draws a new one for an empty dir.
@@ -292,7 +317,36 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     }
 
     raise_open_files_limit(config.connections.total);
-    let keys = Keys::new(config.api_key.as_deref(), config.agent_key.as_deref());
+    let keys = match &config.credentials_file {
+        None => Keys::new(config.api_key.as_deref(), config.agent_key.as_deref()),
+        Some(file) => {
+            Keys::with_file(config.api_key.as_deref(), config.agent_key.as_deref(), file)?
+        }
+    };
+    keys.spawn_reload(node.stopping.clone());
+    let keys_names = keys.names();
+    for (flag, key) in [
+        ("--api-key", &config.api_key),
+        ("--agent-key", &config.agent_key),
+    ] {
+        if key
+            .as_ref()
+            .is_some_and(|k| k.len() < crate::auth::credentials::MIN_TOKEN_BYTES)
+        {
+            tracing::warn!(
+                flag,
+                min = crate::auth::credentials::MIN_TOKEN_BYTES,
+                "a short key: use at least the minimum length, of random characters"
+            );
+        }
+    }
+    let audit = match &config.audit_log {
+        None => None,
+        Some(path) => Some(
+            crate::audit::AuditLog::open(path)
+                .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?,
+        ),
+    };
     let app = crate::api::router(
         node.clone(),
         keys,
@@ -303,6 +357,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
                 .is_some_and(|t| t.client_certificates_required()),
             plaintext_peers_by_key: tls.as_ref().is_some_and(|t| t.settings().accept_plaintext),
         },
+        audit,
     );
     let listener = TcpListener::bind(config.listen)
         .await
@@ -313,6 +368,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         advertise = %config.advertise,
         data_dir = %config.data_dir.display(),
         auth = if config.api_key.is_some() { "keys" } else { "none (loopback only)" },
+        credentials = ?keys_names,
         tls = match &tls {
             None => "off",
             Some(t) if t.settings().accept_plaintext => "TLS and plaintext (turning TLS on)",

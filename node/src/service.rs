@@ -109,7 +109,7 @@ pub struct WriteLimits {
 /// to, so that one credential's watches cannot take every connection and all the memory
 /// their catch-up needs.
 pub struct OpenWatches {
-    open: std::sync::Mutex<std::collections::HashMap<&'static str, usize>>,
+    open: std::sync::Mutex<std::collections::HashMap<std::sync::Arc<str>, usize>>,
     max_per_credential: usize,
 }
 
@@ -125,22 +125,25 @@ impl OpenWatches {
 /// One open watch, counted until it is dropped (the stream ended or the client went away).
 pub struct WatchPermit {
     node: SharedNode,
-    credential: &'static str,
+    credential: std::sync::Arc<str>,
 }
 
 impl Drop for WatchPermit {
     fn drop(&mut self) {
         let mut open = self.node.watches.open.lock().expect("not poisoned");
-        let n = open.entry(self.credential).or_default();
+        let n = open.entry(self.credential.clone()).or_default();
         *n = n.saturating_sub(1);
-        self.node.metrics.set_watches(self.credential, *n);
+        self.node.metrics.set_watches(&self.credential, *n);
     }
 }
 
 /// Counts a new watch of `credential` in, or refuses it at the bound.
-pub fn open_watch(node: &SharedNode, credential: &'static str) -> Result<WatchPermit, NodeError> {
+pub fn open_watch(
+    node: &SharedNode,
+    credential: std::sync::Arc<str>,
+) -> Result<WatchPermit, NodeError> {
     let mut open = node.watches.open.lock().expect("not poisoned");
-    let n = open.entry(credential).or_default();
+    let n = open.entry(credential.clone()).or_default();
     if *n >= node.watches.max_per_credential {
         return Err(NodeError::Rejected(
             ErrorCode::TooManyWatches,
@@ -151,7 +154,7 @@ pub fn open_watch(node: &SharedNode, credential: &'static str) -> Result<WatchPe
         ));
     }
     *n += 1;
-    node.metrics.set_watches(credential, *n);
+    node.metrics.set_watches(&credential, *n);
     Ok(WatchPermit {
         node: node.clone(),
         credential,

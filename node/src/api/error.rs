@@ -119,6 +119,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::auth::AccessDenied> for ApiError {
+    fn from(e: crate::auth::AccessDenied) -> Self {
+        Self::new(ErrorCode::Forbidden, e.to_string())
+    }
+}
+
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let message = e.message();

@@ -17,7 +17,7 @@ use super::JsonBody;
 use super::body::KeyPath;
 use super::body::QueryParams;
 use super::validate;
-use crate::auth::Role;
+use crate::auth::Caller;
 use crate::service::SharedNode;
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -30,13 +30,13 @@ pub struct ReadParams {
 
 pub async fn put(
     State(node): State<SharedNode>,
-    Extension(role): Extension<Role>,
+    Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     headers: HeaderMap,
     JsonBody(req): JsonBody<PutRequest>,
 ) -> Result<Json<PutResponse>, ApiError> {
     validate::key(&key)?;
-    validate::writable(role, &key)?;
+    validate::writable(&caller, &key)?;
     validate::value(&req.value)?;
     validate::attached_lease(req.lease)?;
     let ik = validate::idempotency_key(&headers)?;
@@ -45,21 +45,23 @@ pub async fn put(
 
 pub async fn get(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> Result<Json<GetResponse>, ApiError> {
     validate::key(&key)?;
+    caller.may_read(&key)?;
     Ok(Json(node.get(key, params.consistency).await?))
 }
 
 pub async fn delete(
     State(node): State<SharedNode>,
-    Extension(role): Extension<Role>,
+    Extension(caller): Extension<Caller>,
     KeyPath(key): KeyPath,
     headers: HeaderMap,
 ) -> Result<Json<DeleteResponse>, ApiError> {
     validate::key(&key)?;
-    validate::writable(role, &key)?;
+    validate::writable(&caller, &key)?;
     let ik = validate::idempotency_key(&headers)?;
     Ok(Json(node.delete(key, ik).await?))
 }
@@ -81,10 +83,12 @@ pub struct ListParams {
 
 pub async fn list(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<ListResponse>, ApiError> {
     let limit = validate::list_limit(params.limit)?;
     validate::prefix(&params.prefix)?;
+    caller.may_read_prefix(&params.prefix)?;
     let page = node
         .list(
             &params.prefix,

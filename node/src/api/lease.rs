@@ -2,10 +2,12 @@
 //! transaction's put with `lease`; they vanish when it is revoked or expires (decided by the
 //! leader, see [`crate::coordination`]).
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::Path;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use concordance_client::Consistency;
 use concordance_client::LeaseGrantRequest;
 use concordance_client::LeaseGrantResponse;
 use concordance_client::LeaseInfo;
@@ -18,6 +20,7 @@ use super::JsonBody;
 use super::body::QueryParams;
 use super::kv::ReadParams;
 use super::validate;
+use crate::auth::Caller;
 use crate::service::SharedNode;
 
 pub async fn grant(
@@ -40,13 +43,22 @@ pub async fn keep_alive(
     Ok(Json(node.lease_keep_alive(id, ik).await?))
 }
 
+/// Leases have no owner yet: a credential whose rules do not cover every key may revoke a
+/// lease only if it may delete every key attached to it now.
 pub async fn revoke(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<LeaseRevokeResponse>, ApiError> {
     let id = validate::lease_id(&id)?;
     let ik = validate::idempotency_key(&headers)?;
+    if !caller.writes_every_key() {
+        let lease = node.lease(id, Consistency::Linearizable).await?;
+        for key in &lease.keys {
+            caller.may_write(key)?;
+        }
+    }
     Ok(Json(node.lease_revoke(id, ik).await?))
 }
 

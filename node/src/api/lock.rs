@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use concordance_client::CampaignRequest;
@@ -24,6 +25,8 @@ use super::ApiError;
 use super::JsonBody;
 use super::body::QueryParams;
 use super::validate;
+use crate::auth::Action;
+use crate::auth::Caller;
 use crate::locks::Kind;
 use crate::locks::Member;
 use crate::locks::QueueError;
@@ -85,10 +88,12 @@ fn candidate(kind: Kind, name: &str, lease: u64) -> Result<(), ApiError> {
 /// `POST /api/v1/lock/acquire`
 pub async fn acquire(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<LockRequest>,
 ) -> Result<Json<LockResponse>, ApiError> {
     let timeout = validate::wait(req.timeout_ms)?;
     candidate(Kind::Lock, &req.name, req.lease)?;
+    caller.may_use_name(Action::Write, "lock", &req.name)?;
     let holder = node
         .join_queue(
             Kind::Lock,
@@ -111,9 +116,11 @@ pub async fn acquire(
 /// `POST /api/v1/lock/release`
 pub async fn release(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<UnlockRequest>,
 ) -> Result<Json<UnlockResponse>, ApiError> {
     validate::name(&req.name)?;
+    caller.may_use_name(Action::Write, "lock", &req.name)?;
     validate::lease_id(&req.lease.to_string())?;
     let (released, revision) = node.quit_queue(Kind::Lock, &req.name, req.lease).await?;
     Ok(Json(UnlockResponse { released, revision }))
@@ -131,11 +138,13 @@ fn leader_of(m: Member) -> ElectionLeader {
 /// `POST /api/v1/election/campaign`
 pub async fn campaign(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<CampaignRequest>,
 ) -> Result<Json<CampaignResponse>, ApiError> {
     let timeout = validate::wait(req.timeout_ms)?;
     validate::value(&req.value)?;
     candidate(Kind::Election, &req.name, req.lease)?;
+    caller.may_use_name(Action::Write, "election", &req.name)?;
     let leader = node
         .join_queue(
             Kind::Election,
@@ -166,9 +175,11 @@ pub struct LeaderParams {
 /// `GET /api/v1/election/leader?name=`
 pub async fn leader(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     QueryParams(params): QueryParams<LeaderParams>,
 ) -> Result<Json<ElectionLeaderResponse>, ApiError> {
     validate::name(&params.name)?;
+    caller.may_use_name(Action::Read, "election", &params.name)?;
     let queue = node
         .queue(Kind::Election, &params.name, params.consistency)
         .await?;
@@ -184,9 +195,11 @@ pub async fn leader(
 /// `POST /api/v1/election/resign`
 pub async fn resign(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<ResignRequest>,
 ) -> Result<Json<ResignResponse>, ApiError> {
     validate::name(&req.name)?;
+    caller.may_use_name(Action::Write, "election", &req.name)?;
     validate::lease_id(&req.lease.to_string())?;
     let (resigned, revision) = node
         .quit_queue(Kind::Election, &req.name, req.lease)

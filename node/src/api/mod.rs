@@ -11,7 +11,7 @@ mod raft_rpc;
 pub mod route_doc;
 pub mod routes;
 mod txn;
-mod validate;
+pub(crate) mod validate;
 mod watch;
 
 use std::time::Instant;
@@ -32,6 +32,10 @@ use concordance_client::ErrorCode;
 
 pub use self::error::ApiError;
 use self::route_doc::Access;
+use std::sync::Arc;
+
+use crate::audit::AuditLog;
+use crate::audit::Note;
 use crate::auth::Keys;
 use crate::auth::Role;
 use crate::metrics::HttpLabels;
@@ -53,12 +57,21 @@ pub struct Certificates {
 /// Builds the whole router from the route table ([`routes::routes`]). Public routes (probes,
 /// status) carry no secret; the Raft routes need a member's certificate or the admin key;
 /// every other route requires a key granting its role.
-pub fn router(node: SharedNode, keys: Keys, certificates: Certificates) -> Router {
+pub fn router(
+    node: SharedNode,
+    keys: Keys,
+    certificates: Certificates,
+    audit: Option<AuditLog>,
+) -> Router {
+    let mut audited = std::collections::HashSet::new();
     let mut public = Router::new();
     let mut data = Router::new();
     let mut admin = Router::new();
     let mut peer = Router::new();
     for (doc, handler) in routes::routes() {
+        if is_audited(doc.method, doc.path, doc.access, doc.internal) {
+            audited.insert((doc.method.to_ascii_uppercase(), doc.path));
+        }
         // Peer routes have their own limits (a snapshot streams unbounded).
         let handler = if doc.internal {
             handler
@@ -96,15 +109,74 @@ pub fn router(node: SharedNode, keys: Keys, certificates: Certificates) -> Route
     } else {
         peer.route_layer(middleware::from_fn_with_state((keys, Role::Admin), require))
     };
-    public
+    let mut all = public
         .merge(data)
         .merge(admin)
         .merge(peer)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .method_not_allowed_fallback(method_not_allowed);
+    if let Some(log) = audit {
+        all = all.layer(middleware::from_fn_with_state(
+            (log, Arc::new(audited)),
+            record_audited,
+        ));
+    }
+    all.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(node)
+}
+
+/// The routes every call of which is audited: the admin routes but metrics scrapes, and those
+/// that end what others may hold (a lease's revoke, a lock's release, a resignation). A
+/// transaction is audited when it deletes a prefix; any route when it is refused.
+fn is_audited(method: &str, path: &str, access: Access, internal: bool) -> bool {
+    match (method, path) {
+        (_, "/metrics" | "/api/v1/metrics") => false,
+        ("delete", "/api/v1/lease/{id}")
+        | ("post", "/api/v1/lock/release" | "/api/v1/election/resign") => true,
+        _ => access == Access::Admin && !internal,
+    }
+}
+
+type Audited = std::collections::HashSet<(String, &'static str)>;
+
+/// Middleware of `--audit-log`: handlers note who called and what a transaction deleted;
+/// the line is written once the answer is known.
+async fn record_audited(
+    State((log, audited)): State<(AuditLog, Arc<Audited>)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let note = Note::default();
+    req.extensions_mut().insert(note.clone());
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(String::new, |p| p.to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let noted = note.take();
+    let refused = matches!(status, 401 | 403 | 429);
+    let by_route = route
+        .as_deref()
+        .is_some_and(|r| audited.iter().any(|(m, p)| *m == method && *p == r));
+    if refused || by_route || !noted.prefixes.is_empty() {
+        log.record(&crate::audit::Entry {
+            time: crate::audit::now(),
+            credential: noted.caller.as_deref(),
+            method: &method,
+            route: route.as_deref().unwrap_or("unmatched"),
+            path: &path,
+            prefixes: &noted.prefixes,
+            status,
+        });
+    }
+    resp
 }
 
 /// Middleware of the Raft routes under mutual TLS: the connection must have shown a member's
@@ -180,21 +252,25 @@ async fn require(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let role = keys
+    let caller = keys
         .authenticate(header)
         .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))?;
-    // Handlers that check sub-operations (reserved keys inside a transaction) read it.
-    req.extensions_mut().insert(role);
-    if role < required {
+    if let Some(audit) = req.extensions().get::<crate::audit::Note>() {
+        audit.caller(&caller.name);
+    }
+    if caller.role < required {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             format!(
-                "this needs the {} key; the {} key may not do it",
+                "this needs an {} credential; the {} credential (an {}) may not do it",
                 required.name(),
-                role.name()
+                caller.name,
+                caller.role.name()
             ),
         ));
     }
+    // Handlers check each key and sub-operation against the caller's rules.
+    req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
 }
 

@@ -13,16 +13,25 @@ use concordance_client::TxnResponse;
 use super::ApiError;
 use super::JsonBody;
 use super::validate;
-use crate::auth::Role;
+use crate::auth::Caller;
 use crate::service::SharedNode;
 
 pub async fn txn(
     State(node): State<SharedNode>,
-    Extension(role): Extension<Role>,
+    Extension(caller): Extension<Caller>,
+    audit: Option<Extension<crate::audit::Note>>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<TxnRequest>,
 ) -> Result<Json<TxnResponse>, ApiError> {
     let ik = validate::idempotency_key(&headers)?;
-    validate::txn(role, &req)?;
+    validate::txn(&caller, &req)?;
+    // A prefix delete is audited, with its prefixes.
+    if let Some(Extension(audit)) = audit {
+        for op in req.success.iter().chain(&req.failure) {
+            if let concordance_client::TxnOp::DeletePrefix { prefix } = op {
+                audit.prefix_deleted(prefix);
+            }
+        }
+    }
     Ok(Json(node.txn(req, ik).await?))
 }

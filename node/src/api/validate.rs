@@ -13,6 +13,7 @@ use concordance_client::TxnOp;
 use concordance_client::TxnRequest;
 
 use super::ApiError;
+use crate::auth::Caller;
 use crate::auth::Role;
 use crate::data::MAX_LEASE_ID;
 use crate::locks::RESERVED_PREFIX;
@@ -65,34 +66,35 @@ pub fn prefix(prefix: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Refuses an agent's direct write to a reserved key.
-pub fn writable(role: Role, key: &str) -> Result<(), ApiError> {
-    if role < Role::Admin && key.starts_with(RESERVED_PREFIX) {
+/// Refuses an agent's direct write to a reserved key, and a write its rules do not allow.
+pub fn writable(caller: &Caller, key: &str) -> Result<(), ApiError> {
+    if caller.role < Role::Admin && key.starts_with(RESERVED_PREFIX) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             format!(
                 "keys under {RESERVED_PREFIX:?} belong to locks and elections: use the lock and \
-                 election endpoints (the agent key may not write {key:?} directly)"
+                 election endpoints (an agent may not write {key:?} directly)"
             ),
         ));
     }
-    Ok(())
+    Ok(caller.may_write(key)?)
 }
 
-/// Refuses an agent's prefix delete that would reach reserved keys.
-pub fn prefix_writable(role: Role, prefix: &str) -> Result<(), ApiError> {
-    if role < Role::Admin
+/// Refuses an agent's prefix delete that would reach reserved keys, or keys its rules do not
+/// let it write.
+pub fn prefix_writable(caller: &Caller, prefix: &str) -> Result<(), ApiError> {
+    if caller.role < Role::Admin
         && (RESERVED_PREFIX.starts_with(prefix) || prefix.starts_with(RESERVED_PREFIX))
     {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             format!(
                 "a prefix delete of {prefix:?} would reach keys under {RESERVED_PREFIX:?}, which \
-                 belong to locks and elections; the agent key may not"
+                 belong to locks and elections; an agent may not"
             ),
         ));
     }
-    Ok(())
+    Ok(caller.may_write_prefix(prefix)?)
 }
 
 /// How deep a value may nest arrays and objects. Answers wrap a value a few levels deeper
@@ -267,7 +269,7 @@ fn compare(i: usize, c: &Compare) -> Result<(), ApiError> {
 
 /// One branch: keys, sizes, roles, and that no key is written twice (all writes share one
 /// revision, so a second write to a key would hide the first from watches).
-fn branch(role: Role, name: &str, ops: &[TxnOp]) -> Result<(), ApiError> {
+fn branch(caller: &Caller, name: &str, ops: &[TxnOp]) -> Result<(), ApiError> {
     if ops.len() > MAX_TXN_OPS {
         return Err(ApiError::new(
             ErrorCode::TxnTooLarge,
@@ -295,20 +297,23 @@ fn branch(role: Role, name: &str, ops: &[TxnOp]) -> Result<(), ApiError> {
                 lease,
             } => {
                 key(k)?;
-                writable(role, k)?;
+                writable(caller, k)?;
                 self::value(value)?;
                 attached_lease(*lease)?;
                 written.push(k);
             }
             TxnOp::Delete { key: k } => {
                 key(k)?;
-                writable(role, k)?;
+                writable(caller, k)?;
                 written.push(k);
             }
-            TxnOp::Get { key: k } => key(k)?,
+            TxnOp::Get { key: k } => {
+                key(k)?;
+                caller.may_read(k)?;
+            }
             TxnOp::DeletePrefix { prefix: p } => {
                 prefix(p)?;
-                prefix_writable(role, p)?;
+                prefix_writable(caller, p)?;
                 prefixes.push(p);
             }
         }
@@ -338,8 +343,8 @@ fn branch(role: Role, name: &str, ops: &[TxnOp]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A whole transaction, as the caller's role may send it.
-pub fn txn(role: Role, req: &TxnRequest) -> Result<(), ApiError> {
+/// A whole transaction, as the caller may send it: it reads every key it compares.
+pub fn txn(caller: &Caller, req: &TxnRequest) -> Result<(), ApiError> {
     if req.compare.len() > MAX_TXN_OPS {
         return Err(ApiError::new(
             ErrorCode::TxnTooLarge,
@@ -348,7 +353,8 @@ pub fn txn(role: Role, req: &TxnRequest) -> Result<(), ApiError> {
     }
     for (i, c) in req.compare.iter().enumerate() {
         compare(i, c)?;
+        caller.may_read(&c.key)?;
     }
-    branch(role, "success", &req.success)?;
-    branch(role, "failure", &req.failure)
+    branch(caller, "success", &req.success)?;
+    branch(caller, "failure", &req.failure)
 }

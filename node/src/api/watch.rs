@@ -36,7 +36,7 @@ use tokio::sync::broadcast;
 use super::ApiError;
 use super::body::QueryParams;
 use super::validate;
-use crate::auth::Role;
+use crate::auth::Caller;
 use crate::change_feed::FeedBatch;
 use crate::service::SharedNode;
 use crate::service::WatchPermit;
@@ -263,17 +263,19 @@ impl Watch {
 
 pub async fn watch(
     State(node): State<SharedNode>,
-    Extension(role): Extension<Role>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     QueryParams(params): QueryParams<WatchParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter = match (params.key, params.prefix) {
         (Some(k), None) => {
             validate::key(&k)?;
+            caller.may_read(&k)?;
             Filter::Key(k)
         }
         (None, Some(p)) => {
             validate::prefix(&p)?;
+            caller.may_read_prefix(&p)?;
             Filter::Prefix(p)
         }
         _ => {
@@ -313,7 +315,7 @@ pub async fn watch(
     if start < oldest {
         return Err(compacted(start, oldest));
     }
-    let permit = crate::service::open_watch(&node, role.name())?;
+    let permit = crate::service::open_watch(&node, caller.name.clone())?;
     let watch = Watch {
         _permit: permit,
         node,

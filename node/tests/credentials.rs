@@ -1,0 +1,521 @@
+//! Named credentials (`--credentials-file`): every sub-operation checked against the caller's
+//! key prefixes, a token rotated on every member under load with no failed write, a bad file
+//! refused at start and a bad change not taken, and the audit log (`--audit-log`): a line per
+//! admin call, prefix delete, revoke and refusal, and never a token.
+
+mod common;
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use common::*;
+use concordance_client::Client;
+use concordance_client::Consistency;
+use concordance_client::ErrorCode;
+use concordance_client::TxnOp;
+use concordance_client::TxnRequest;
+use serde_json::Value;
+use serde_json::json;
+
+const KEYS: &[(&str, &str)] = &[
+    ("CONCORDANCE_API_KEY", ADMIN_KEY),
+    ("CONCORDANCE_AGENT_API_KEY", AGENT_KEY),
+];
+const A17_TOKEN: &str = "a17-token-0123456789";
+const OPS_TOKEN: &str = "ops-token-0123456789";
+
+/// agent-a17 may write `agents/a17/` and read `shared/`; ops is an admin.
+fn a17_and_ops(a17_tokens: &[&str]) -> String {
+    format!(
+        "credentials:\n\
+         - name: agent-a17\n  role: agent\n  tokens: [{}]\n  read: [shared/]\n  write: [agents/a17/]\n\
+         - name: ops\n  role: admin\n  tokens: [{OPS_TOKEN}]\n",
+        a17_tokens.join(", ")
+    )
+}
+
+fn write_file(path: &Path, text: &str) {
+    // Written aside and renamed, as a mounted Secret changes: a reader never sees half a file.
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+fn start(dir: &Path, name: &str, file: &Path, extra: &[&str]) -> NodeProc {
+    let credentials = format!("--credentials-file={}", file.display());
+    let mut args = vec![credentials.as_str()];
+    args.extend_from_slice(extra);
+    NodeProc::start_env(name, dir, &args, KEYS)
+}
+
+fn forbidden(result: Result<impl std::fmt::Debug, concordance_client::Error>, names: &str) {
+    let e = result.expect_err("refused");
+    assert_eq!(e.error_code(), Some(ErrorCode::Forbidden), "{e}");
+    assert!(
+        e.to_string().contains(names),
+        "the refusal says what: {e} (wanted {names:?})"
+    );
+}
+
+fn txn(compare_key: Option<&str>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> TxnRequest {
+    serde_json::from_value(json!({
+        "compare": compare_key.map(|k| vec![json!({"key": k, "target": "version", "op": "equal", "value": 0})]).unwrap_or_default(),
+        "success": success,
+        "failure": failure,
+    }))
+    .unwrap()
+}
+
+fn put(key: &str) -> TxnOp {
+    TxnOp::Put {
+        key: key.into(),
+        value: json!(1),
+        lease: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.yaml");
+    write_file(&file, &a17_and_ops(&[A17_TOKEN]));
+    let node = start(dir.path(), "n1", &file, &["--bootstrap"]);
+    node.wait_ready().await;
+    let admin = node.admin();
+    let a17 = node.client().with_key(A17_TOKEN);
+    let agent = node.client().with_key(AGENT_KEY);
+    admin.put("shared/config", &json!("c")).await.unwrap();
+    admin.put("agents/a18/x", &json!("theirs")).await.unwrap();
+
+    // Keys.
+    a17.put("agents/a17/x", &json!(1)).await.unwrap();
+    forbidden(
+        a17.put("shared/config", &json!(2)).await,
+        "may not write key \"shared/config\"",
+    );
+    assert!(a17.get("shared/config").await.unwrap().is_some());
+    forbidden(a17.get("agents/a18/x").await, "may not read key");
+    forbidden(a17.delete("agents/a18/x").await, "may not write key");
+    // Lists: within a rule, not wider.
+    a17.list("agents/a17/", None, None, Consistency::Linearizable)
+        .await
+        .unwrap();
+    forbidden(
+        a17.list("agents/", None, None, Consistency::Linearizable)
+            .await,
+        "the keys under \"agents/\"",
+    );
+    forbidden(
+        a17.list("", None, None, Consistency::Linearizable).await,
+        "the keys under \"\"",
+    );
+
+    // Transactions: every compare and every operation of both branches; refused whole.
+    let mine = || put("agents/a17/t");
+    for (what, request) in [
+        ("a compare", txn(Some("agents/a18/x"), vec![mine()], vec![])),
+        (
+            "a get in the branch not taken",
+            txn(
+                None,
+                vec![mine()],
+                vec![TxnOp::Get {
+                    key: "agents/a18/x".into(),
+                }],
+            ),
+        ),
+        ("a put", txn(None, vec![mine(), put("shared/t")], vec![])),
+        (
+            "a delete",
+            txn(
+                None,
+                vec![
+                    mine(),
+                    TxnOp::Delete {
+                        key: "shared/config".into(),
+                    },
+                ],
+                vec![],
+            ),
+        ),
+        (
+            "a prefix delete wider than its rule",
+            txn(
+                None,
+                vec![TxnOp::DeletePrefix {
+                    prefix: "agents/".into(),
+                }],
+                vec![],
+            ),
+        ),
+    ] {
+        let e = a17.txn(&request).await.expect_err(what);
+        assert_eq!(e.error_code(), Some(ErrorCode::Forbidden), "{what}: {e}");
+    }
+    assert!(
+        admin.get("agents/a17/t").await.unwrap().is_none(),
+        "a refused transaction applied nothing"
+    );
+    assert!(admin.get("agents/a18/x").await.unwrap().is_some());
+    a17.txn(&txn(
+        Some("agents/a17/t"),
+        vec![
+            mine(),
+            TxnOp::Get {
+                key: "shared/config".into(),
+            },
+        ],
+        vec![],
+    ))
+    .await
+    .unwrap();
+    a17.txn(&txn(
+        None,
+        vec![TxnOp::DeletePrefix {
+            prefix: "agents/a17/".into(),
+        }],
+        vec![],
+    ))
+    .await
+    .unwrap();
+
+    // Watches, raw: a refusal is an answer, an allowed watch a stream.
+    let http = reqwest::Client::new();
+    let watch = |query: &str| {
+        http.get(node.url(&format!("/api/v1/watch?{query}")))
+            .bearer_auth(A17_TOKEN)
+            .send()
+    };
+    assert_eq!(watch("prefix=agents/a18/").await.unwrap().status(), 403);
+    assert_eq!(watch("prefix=").await.unwrap().status(), 403);
+    assert_eq!(watch("key=shared/config").await.unwrap().status(), 200);
+
+    // Locks and elections go by their names.
+    let lease = a17.lease_grant(Duration::from_secs(60)).await.unwrap().id;
+    let lock = |name: &str| {
+        http.post(node.url("/api/v1/lock/acquire"))
+            .bearer_auth(A17_TOKEN)
+            .json(&json!({"name": name, "lease": lease, "wait": false}))
+            .send()
+    };
+    assert_eq!(lock("agents/a18/job").await.unwrap().status(), 403);
+    let held = lock("agents/a17/job").await.unwrap();
+    assert_eq!(held.status(), 200);
+    let queue_key = held.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Its queue is readable to it, as the lock's name.
+    assert!(a17.get(&queue_key).await.unwrap().is_some());
+    let leader = http
+        .get(node.url("/api/v1/election/leader?name=shared/lead"))
+        .bearer_auth(A17_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(leader.status(), 200, "it reads shared/");
+    let campaign = http
+        .post(node.url("/api/v1/election/campaign"))
+        .bearer_auth(A17_TOKEN)
+        .json(&json!({"name": "shared/lead", "lease": lease, "value": "me"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(campaign.status(), 403, "it does not write shared/");
+
+    // A lease holding a key the caller may not write: revoking it would delete that key.
+    let other = agent.lease_grant(Duration::from_secs(60)).await.unwrap().id;
+    agent
+        .put_leased("agents/a18/leased", &json!(1), other)
+        .await
+        .unwrap();
+    forbidden(
+        a17.lease_revoke(other).await,
+        "may not write key \"agents/a18/leased\"",
+    );
+    assert!(admin.get("agents/a18/leased").await.unwrap().is_some());
+    // Its own lease, holding its lock's queue key, it revokes.
+    a17.lease_revoke(lease).await.unwrap();
+    assert!(admin.get(&queue_key).await.unwrap().is_none());
+}
+
+/// A writer through one member, with whatever token is current; counts writes and failures.
+fn spawn_writer(
+    client: Client,
+    member: usize,
+    token: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    written: Arc<Mutex<Vec<String>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("agents/a17/m{member}/{i:06}");
+            let current = token.lock().unwrap().clone();
+            match client.clone().with_key(&current).put(&key, &json!(i)).await {
+                Ok(_) => written.lock().unwrap().push(key),
+                Err(e) => failures.lock().unwrap().push(format!("{key}: {e}")),
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// Waits until `token` gets `expected` (a status) from every member.
+async fn on_every_member(nodes: &[NodeProc], token: &str, expected: u16, what: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in nodes {
+        loop {
+            let status = http
+                .get(node.url("/api/v1/kv/agents/a17/probe"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            if status.as_ref().is_ok_and(|s| *s == expected) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} answered {status:?}",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_rotates_member_by_member_under_load_with_no_failed_write_and_no_term_change() {
+    const NEW_TOKEN: &str = "a17-rotated-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.path().join(format!("credentials-{i}.yaml")))
+        .collect();
+    for f in &files {
+        write_file(f, &a17_and_ops(&[A17_TOKEN]));
+    }
+    let first = start(dir.path(), "node1", &files[0], &["--bootstrap"]);
+    first.wait_ready().await;
+    let join = format!("--join={}", first.addr());
+    let mut nodes = vec![first];
+    for i in 2..=3 {
+        let node = start(dir.path(), &format!("node{i}"), &files[i - 1], &[&join]);
+        node.wait_ready().await;
+        nodes.push(node);
+    }
+    let term = nodes[0].admin().status().await.unwrap().term;
+
+    let token = Arc::new(Mutex::new(A17_TOKEN.to_string()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(m, node)| {
+            spawn_writer(
+                node.client(),
+                m,
+                token.clone(),
+                stop.clone(),
+                written.clone(),
+                failures.clone(),
+            )
+        })
+        .collect();
+
+    // 1. Every member takes the new token besides the old, one at a time.
+    for f in &files {
+        write_file(f, &a17_and_ops(&[A17_TOKEN, NEW_TOKEN]));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    on_every_member(&nodes, NEW_TOKEN, 404, "the new token is taken").await;
+    // 2. The writers move to it.
+    *token.lock().unwrap() = NEW_TOKEN.to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 3. The old one is retired, member by member.
+    for f in &files {
+        write_file(f, &a17_and_ops(&[NEW_TOKEN]));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    on_every_member(&nodes, A17_TOKEN, 401, "the old token is refused").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let failures = failures.lock().unwrap().clone();
+    let written = written.lock().unwrap().clone();
+    println!(
+        "{} writes through 3 members while the token rotated, {} failed",
+        written.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed writes: {failures:#?}");
+    assert!(written.len() >= 100, "only {} writes", written.len());
+    let admin = nodes[0].admin();
+    assert_eq!(admin.status().await.unwrap().term, term, "no election");
+    for key in &written {
+        assert!(admin.get(key).await.unwrap().is_some(), "{key} is lost");
+    }
+    for node in &nodes {
+        let log = node.log_text();
+        assert_eq!(
+            log.matches("the credentials file changed: its credentials are taken")
+                .count(),
+            2,
+            "{}: two changes taken:\n{log}",
+            node.name
+        );
+        assert!(!log.contains(A17_TOKEN) && !log.contains(NEW_TOKEN));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_credentials_file_stops_the_start_and_a_bad_change_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.yaml");
+    write_file(&file, &a17_and_ops(&["too-short"]));
+    let mut refused = start(dir.path(), "refused", &file, &["--bootstrap"]);
+    let status = refused.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let log = refused.log_text();
+    assert!(
+        log.contains("credentials.yaml") && log.contains("at least 16 characters"),
+        "the start says which file and why:\n{log}"
+    );
+    assert!(!log.contains("too-short"), "{log}");
+
+    write_file(&file, &a17_and_ops(&[A17_TOKEN]));
+    let node = start(dir.path(), "n1", &file, &["--bootstrap"]);
+    node.wait_ready().await;
+    // The data dir the node made is its own only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&node.data_dir)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "data dir mode {mode:o}");
+    }
+    let a17 = node.client().with_key(A17_TOKEN);
+    a17.put("agents/a17/x", &json!(1)).await.unwrap();
+    write_file(&file, "credentials:\n- name: agent-a17\n  role: agent\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node
+        .log_text()
+        .contains("is not valid: the credentials before it stay")
+    {
+        assert!(Instant::now() < deadline, "no word of the bad change");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(node.log_text().contains("has no token"));
+    a17.put("agents/a17/x", &json!(2)).await.unwrap();
+    // Fixed: taken.
+    write_file(&file, &a17_and_ops(&["a17-third-token-0123456789"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match a17.put("agents/a17/x", &json!(3)).await {
+            Err(e) if e.error_code() == Some(ErrorCode::Unauthorized) => break,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the fixed file was not taken");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    node.client()
+        .with_key("a17-third-token-0123456789")
+        .put("agents/a17/x", &json!(4))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_log_has_a_line_per_admin_call_prefix_delete_revoke_and_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.yaml");
+    write_file(&file, &a17_and_ops(&[A17_TOKEN]));
+    let audit = dir.path().join("audit.jsonl");
+    let audit_flag = format!("--audit-log={}", audit.display());
+    let node = start(dir.path(), "n1", &file, &["--bootstrap", &audit_flag]);
+    node.wait_ready().await;
+    let admin = node.admin();
+    let ops = node.client().with_key(OPS_TOKEN);
+    let a17 = node.client().with_key(A17_TOKEN);
+
+    // Not audited: data calls within the rules, and metrics scrapes.
+    a17.put("agents/a17/x", &json!(1)).await.unwrap();
+    a17.get("shared/none").await.unwrap();
+    admin_metrics(&node).await;
+    // Audited.
+    admin.alarms().await.unwrap();
+    ops.compact(None).await.unwrap();
+    a17.txn(&txn(
+        None,
+        vec![TxnOp::DeletePrefix {
+            prefix: "agents/a17/".into(),
+        }],
+        vec![],
+    ))
+    .await
+    .unwrap();
+    let lease = a17.lease_grant(Duration::from_secs(60)).await.unwrap().id;
+    a17.lease_revoke(lease).await.unwrap();
+    forbidden(a17.put("shared/x", &json!(1)).await, "may not write");
+    let wrong = node.client().with_key("not-a-token-at-all-0123");
+    assert_eq!(
+        wrong.get("agents/a17/x").await.unwrap_err().error_code(),
+        Some(ErrorCode::Unauthorized)
+    );
+    let expected: Vec<(Option<&str>, &str, &str, u16)> = vec![
+        (Some("admin"), "GET", "/api/v1/cluster/alarms", 200),
+        (Some("ops"), "POST", "/api/v1/cluster/compact", 200),
+        (Some("agent-a17"), "POST", "/api/v1/txn", 200),
+        (Some("agent-a17"), "DELETE", "/api/v1/lease/{id}", 200),
+        (Some("agent-a17"), "PUT", "/api/v1/kv/{*key}", 403),
+        (None, "GET", "/api/v1/kv/{*key}", 401),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        if lines.len() >= expected.len() || Instant::now() > deadline {
+            for token in [ADMIN_KEY, AGENT_KEY, A17_TOKEN, OPS_TOKEN, "not-a-token"] {
+                assert!(!text.contains(token), "a token in the audit log:\n{text}");
+            }
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let got: Vec<(Option<&str>, &str, &str, u16)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["credential"].as_str(),
+                l["method"].as_str().unwrap(),
+                l["route"].as_str().unwrap(),
+                u16::try_from(l["status"].as_u64().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected, "{lines:#?}");
+    assert_eq!(lines[2]["prefixes"], json!(["agents/a17/"]));
+    assert_eq!(lines[3]["path"], format!("/api/v1/lease/{lease}"));
+    assert_eq!(lines[4]["path"], "/api/v1/kv/shared/x");
+    for l in &lines {
+        assert!(l["time"].as_str().unwrap().ends_with('Z'), "{l}");
+    }
+}
