@@ -283,6 +283,9 @@ error_codes! {
     /// This credential has as many watch streams open as a member allows
     /// (`--max-watches-per-credential`): close one first.
     TooManyWatches = "too_many_watches",
+    /// This credential is over its request rate on this member (`requestsPerSecond` in the
+    /// credentials file): retry after the answer's `Retry-After` seconds.
+    RateLimited = "rate_limited",
     /// A key or prefix is empty, too long or has control characters.
     InvalidKey = "invalid_key",
     /// A value is over the size limit.

@@ -519,3 +519,101 @@ async fn the_audit_log_has_a_line_per_admin_call_prefix_delete_revoke_and_refusa
         assert!(l["time"].as_str().unwrap().ends_with('Z'), "{l}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_over_its_rate_is_refused_with_when_to_retry_and_another_goes_on() {
+    const SLOW: &str = "slow-token-0123456789";
+    const FAST: &str = "fast-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.yaml");
+    write_file(
+        &file,
+        &format!(
+            "credentials:\n\
+             - name: slow\n  role: agent\n  tokens: [{SLOW}]\n  write: [slow/]\n  requestsPerSecond: 5\n  burst: 5\n\
+             - name: fast\n  role: agent\n  tokens: [{FAST}]\n  write: [fast/]\n"
+        ),
+    );
+    let audit = dir.path().join("audit.jsonl");
+    let audit_flag = format!("--audit-log={}", audit.display());
+    let node = start(dir.path(), "n1", &file, &["--bootstrap", &audit_flag]);
+    node.wait_ready().await;
+    let slow = node.client().with_key(SLOW);
+    let fast = node.client().with_key(FAST);
+
+    let started = Instant::now();
+    let (slow_results, fast_results) = tokio::join!(
+        async {
+            // Two seconds of a request every 20 ms: the burst, then the rate.
+            let mut results = Vec::new();
+            let mut i = 0;
+            while started.elapsed() < Duration::from_secs(2) {
+                results.push(slow.put(&format!("slow/{i}"), &json!(i)).await);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            results
+        },
+        async {
+            let mut results = Vec::new();
+            for i in 0..40 {
+                results.push(fast.put(&format!("fast/{i}"), &json!(i)).await);
+            }
+            results
+        }
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        fast_results.iter().all(Result::is_ok),
+        "the other credential goes on: {fast_results:?}"
+    );
+    let admitted = slow_results.iter().filter(|r| r.is_ok()).count();
+    let refused: Vec<_> = slow_results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .collect();
+    println!(
+        "slow: {admitted} admitted, {} refused in {elapsed:?}",
+        refused.len()
+    );
+    // The burst, then 5 a second (a margin of one).
+    assert!(
+        admitted > 5,
+        "the burst is admitted, and more as the rate refills it: {admitted}"
+    );
+    let bound = 5 + (5.0 * elapsed.as_secs_f64()).ceil() as usize + 1;
+    assert!(admitted <= bound, "{admitted} admitted in {elapsed:?}");
+    assert!(!refused.is_empty());
+    for e in &refused {
+        assert_eq!(e.error_code(), Some(ErrorCode::RateLimited), "{e}");
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(429), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the slow credential is over its rate of 5 requests per second"),
+            "the refusal says which limit: {e}"
+        );
+        assert!(e.retry_after().is_some_and(|d| d >= Duration::from_secs(1)));
+    }
+    // Once the time it was told has passed, it is admitted again.
+    tokio::time::sleep(refused.last().unwrap().retry_after().unwrap()).await;
+    slow.put("slow/again", &json!(1)).await.unwrap();
+
+    // Each refusal is audited.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let lines = text
+            .lines()
+            .filter(|l| l.contains("\"status\":429") && l.contains("\"credential\":\"slow\""))
+            .count();
+        if lines == refused.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{lines} audit lines for {} refusals:\n{text}",
+            refused.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

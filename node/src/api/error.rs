@@ -15,6 +15,8 @@ use crate::error::NodeError;
 pub struct ApiError {
     pub status: StatusCode,
     pub detail: ErrorDetail,
+    /// `Retry-After` seconds, besides `overloaded`'s own.
+    pub retry_after_secs: Option<u64>,
 }
 
 /// The status an error code answers with. Exhaustive, so a new code cannot be added without
@@ -65,7 +67,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::AlarmStillRaised
         | ErrorCode::CommandSetUnsupported => StatusCode::CONFLICT,
         ErrorCode::Compacted => StatusCode::GONE,
-        ErrorCode::TooManyWatches => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyWatches | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
@@ -106,6 +108,7 @@ impl ApiError {
                 leader_address: None,
                 oldest_revision: None,
             },
+            retry_after_secs: None,
         }
     }
 
@@ -116,6 +119,14 @@ impl ApiError {
     /// Storage failures: reported (and logged), never papered over with a guess.
     pub fn storage(e: impl std::fmt::Display) -> Self {
         NodeError::storage(e).into()
+    }
+}
+
+impl From<crate::auth::RateLimited> for ApiError {
+    fn from(e: crate::auth::RateLimited) -> Self {
+        let mut answer = Self::new(ErrorCode::RateLimited, e.to_string());
+        answer.retry_after_secs = Some(e.retry_in.as_secs_f64().ceil().max(1.0) as u64);
+        answer
     }
 }
 
@@ -138,6 +149,7 @@ impl From<NodeError> for ApiError {
             NodeError::Remote { status, detail } => Self {
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
                 detail,
+                retry_after_secs: None,
             },
             // Whatever kept it from catching up, the read can be served once it has.
             NodeError::NotCaughtUp(why) => {
@@ -161,12 +173,10 @@ pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // Set from the code, so an `overloaded` passed on from the leader carries it too.
-        let retry_after = (self.detail.code == ErrorCode::Overloaded).then(|| {
-            (
-                axum::http::header::RETRY_AFTER,
-                OVERLOADED_RETRY_AFTER_SECS.to_string(),
-            )
-        });
+        let secs = self
+            .retry_after_secs
+            .or((self.detail.code == ErrorCode::Overloaded).then_some(OVERLOADED_RETRY_AFTER_SECS));
+        let retry_after = secs.map(|s| (axum::http::header::RETRY_AFTER, s.to_string()));
         (
             self.status,
             axum::response::AppendHeaders(retry_after),

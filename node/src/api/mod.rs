@@ -258,6 +258,7 @@ async fn require(
     if let Some(audit) = req.extensions().get::<crate::audit::Note>() {
         audit.caller(&caller.name);
     }
+    caller.admit()?;
     if caller.role < required {
         return Err(ApiError::new(
             ErrorCode::Forbidden,

@@ -12,12 +12,14 @@
 //! ```
 
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::Access;
 use super::Caller;
+use super::RateLimit;
 use super::Role;
 use super::digest;
 
@@ -47,6 +49,10 @@ struct Entry {
     read: Vec<String>,
     #[serde(default)]
     write: Vec<String>,
+    /// Requests per second it may make on each member (none: no limit).
+    requests_per_second: Option<u32>,
+    /// Requests it may make at once beyond that rate (default: one second's worth).
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -147,10 +153,33 @@ pub(super) fn parse(path: &str, text: &str, taken: &[&str]) -> Result<Table, Cre
                 Access::prefixes(entry.read.clone(), entry.write.clone()),
             ),
         };
+        let rate = match (entry.requests_per_second, entry.burst) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(format!(
+                    "credential {name:?}: burst needs requestsPerSecond"
+                )));
+            }
+            (Some(per_second), burst) => {
+                let per_second = NonZeroU32::new(per_second).ok_or_else(|| {
+                    invalid(format!(
+                        "credential {name:?}: requestsPerSecond is at least 1"
+                    ))
+                })?;
+                let burst = match burst {
+                    None => per_second,
+                    Some(b) => NonZeroU32::new(b).ok_or_else(|| {
+                        invalid(format!("credential {name:?}: burst is at least 1"))
+                    })?,
+                };
+                Some(Arc::new(RateLimit::new(per_second, burst)))
+            }
+        };
         let caller = Caller {
             name: Arc::from(name),
             role,
             access: Arc::new(access),
+            rate,
         };
         for d in own {
             // One token, one credential: otherwise which one a request is would depend on
@@ -281,6 +310,18 @@ mod tests {
             (
                 "credentials:\n- name: a\n  role: agent\n  tokenSha256: [abc]\n  read: [x/]\n",
                 "64 hex digits",
+            ),
+            (
+                &format!(
+                    "credentials:\n- name: a\n  role: agent\n  tokens: [{TOKEN}]\n  read: [x/]\n  burst: 5\n"
+                ),
+                "burst needs requestsPerSecond",
+            ),
+            (
+                &format!(
+                    "credentials:\n- name: a\n  role: agent\n  tokens: [{TOKEN}]\n  read: [x/]\n  requestsPerSecond: 0\n"
+                ),
+                "at least 1",
             ),
             (
                 &format!("credentials:\n- name: a\n  role: root\n  tokens: [{TOKEN}]\n"),

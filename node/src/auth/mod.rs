@@ -6,6 +6,7 @@
 
 pub mod credentials;
 
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -122,12 +123,55 @@ pub struct AccessDenied {
     pub target: String,
 }
 
-/// Who a request is: its credential's name, role and rules.
+/// A credential's request rate on this member: a GCRA bucket of `burst` requests refilled
+/// at `per_second`. Kept across reloads of the file while the numbers stay the same.
+pub struct RateLimit {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl RateLimit {
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        let quota = governor::Quota::per_second(per_second).allow_burst(burst);
+        Self {
+            per_second,
+            burst,
+            limiter: governor::RateLimiter::direct(quota),
+        }
+    }
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("per_second", &self.per_second)
+            .field("burst", &self.burst)
+            .finish()
+    }
+}
+
+/// A request over its credential's rate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {credential} credential is over its rate of {per_second} requests per second (burst \
+     {burst}) on this member: retry in {} ms",
+    retry_in.as_millis()
+)]
+pub struct RateLimited {
+    pub credential: Arc<str>,
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+    pub retry_in: std::time::Duration,
+}
+
+/// Who a request is: its credential's name, role, rules and request rate.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: Arc<str>,
     pub role: Role,
     access: Arc<Access>,
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl Caller {
@@ -140,7 +184,22 @@ impl Caller {
             name: Arc::from(role.name()),
             role,
             access: Arc::new(access),
+            rate: None,
         }
+    }
+
+    /// Counts one request against the credential's rate on this member.
+    pub fn admit(&self) -> Result<(), RateLimited> {
+        use governor::clock::Clock;
+        let Some(rate) = &self.rate else {
+            return Ok(());
+        };
+        rate.limiter.check().map_err(|not_until| RateLimited {
+            credential: self.name.clone(),
+            per_second: rate.per_second,
+            burst: rate.burst,
+            retry_in: not_until.wait_time_from(governor::clock::DefaultClock::default().now()),
+        })
     }
 
     /// Whoever calls a node without keys (loopback only).
@@ -294,7 +353,23 @@ impl Keys {
         *last = Some(text.clone());
         drop(last);
         let taken: Vec<&str> = self.builtin.iter().map(|(_, c)| &*c.name).collect();
-        let from_file = credentials::parse(&shown, &text, &taken)?;
+        let mut from_file = credentials::parse(&shown, &text, &taken)?;
+        // A credential whose rate did not change keeps its bucket: a reload is no reset.
+        let before = self.current();
+        for (_, caller) in &mut from_file {
+            let kept = before.iter().find_map(|(_, old)| {
+                let (Some(old_rate), Some(new_rate)) = (&old.rate, &caller.rate) else {
+                    return None;
+                };
+                (old.name == caller.name
+                    && old_rate.per_second == new_rate.per_second
+                    && old_rate.burst == new_rate.burst)
+                    .then(|| old_rate.clone())
+            });
+            if kept.is_some() {
+                caller.rate = kept;
+            }
+        }
         let mut table = (*self.builtin).clone();
         table.extend(from_file);
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
@@ -400,6 +475,7 @@ mod tests {
                 read.iter().map(|s| s.to_string()).collect(),
                 write.iter().map(|s| s.to_string()).collect(),
             )),
+            rate: None,
         }
     }
 
@@ -498,5 +574,50 @@ mod tests {
         let shown = format!("{keys:?}");
         assert!(!shown.contains("second-token"), "{shown}");
         assert!(!shown.contains("admin-secret"), "{shown}");
+    }
+
+    #[test]
+    fn a_rate_limited_credential_keeps_its_bucket_across_a_reload_of_the_same_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials.yaml");
+        let write = |token: &str, rate: u32| {
+            std::fs::write(
+                &file,
+                format!(
+                    "credentials:\n- name: slow\n  role: agent\n  tokens: [{token}]\n  read: [\"\"]\n  requestsPerSecond: {rate}\n  burst: 2\n"
+                ),
+            )
+            .unwrap()
+        };
+        write("slow-token-0123456789", 1);
+        let keys = Keys::with_file(Some("admin-secret"), None, &file).unwrap();
+        let slow = keys.caller_of("slow-token-0123456789").unwrap();
+        slow.admit().unwrap();
+        slow.admit().unwrap();
+        let over = slow.admit().unwrap_err();
+        assert!(over.retry_in > std::time::Duration::ZERO, "{over:?}");
+        assert!(
+            over.to_string().starts_with(
+                "the slow credential is over its rate of 1 requests per second (burst 2)"
+            ),
+            "{over}"
+        );
+        // Another token, the same rate: the same bucket, still empty.
+        write("slow-token-9876543210", 1);
+        assert!(keys.reload().unwrap());
+        let again = keys.caller_of("slow-token-9876543210").unwrap();
+        assert!(again.admit().is_err(), "a reload is no reset");
+        // A new rate: a new bucket.
+        write("slow-token-9876543210", 5);
+        assert!(keys.reload().unwrap());
+        keys.caller_of("slow-token-9876543210")
+            .unwrap()
+            .admit()
+            .unwrap();
+        // Admins of the keys have no rate.
+        let admin = keys.caller_of("admin-secret").unwrap();
+        for _ in 0..100 {
+            admin.admit().unwrap();
+        }
     }
 }
