@@ -641,6 +641,11 @@ pub struct LeaseInfo {
     pub remaining_ms: u64,
     /// Keys attached to the lease, in order.
     pub keys: Vec<String>,
+    /// The credential that granted it: only it or an admin may revoke it, keep it alive, or
+    /// release a lock and resign an election held with it. None for a lease granted before
+    /// every member knew owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -31,6 +31,7 @@ use crate::error::NodeError;
 use crate::raft::wire;
 use crate::service::Node;
 use crate::store::records::COMMAND_VERSION_LEADER_LEASES;
+use crate::store::records::COMMAND_VERSION_LEASE_OWNERS;
 use crate::store::records::CompareOpRecord;
 use crate::store::records::CompareRecord;
 use crate::store::records::CompareTargetRecord;
@@ -93,6 +94,7 @@ fn lease_info(l: LeaseRecord, remaining_ms: Option<u64>) -> LeaseInfo {
         ttl_ms: l.ttl_ms,
         remaining_ms: remaining_ms.unwrap_or_else(|| l.expires_at_ms.saturating_sub(now_ms())),
         keys: l.keys,
+        owner: l.owner,
     }
 }
 
@@ -319,15 +321,19 @@ impl Node {
         Ok((kvs, more))
     }
 
-    /// Grants a lease under a new random id.
+    /// Grants a lease under a new random id, owned by the credential `owner` once every
+    /// member knows owners (command set 7; before, it has none).
     pub async fn lease_grant(
         &self,
         ttl_ms: u64,
+        owner: &str,
         idempotency_key: Option<String>,
     ) -> Result<LeaseGrantResponse, NodeError> {
         let id = rand::random_range(1..=MAX_LEASE_ID);
+        let owner = (self.reader.command_version() >= COMMAND_VERSION_LEASE_OWNERS)
+            .then(|| owner.to_string());
         match self
-            .propose(Operation::LeaseGrant { id, ttl_ms }, idempotency_key)
+            .propose(Operation::LeaseGrant { id, ttl_ms, owner }, idempotency_key)
             .await?
         {
             Response::Lease { id, ttl_ms } => Ok(LeaseGrantResponse { id, ttl_ms }),

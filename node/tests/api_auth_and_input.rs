@@ -338,9 +338,14 @@ async fn every_route_checks_the_callers_role() {
 
     for (method, path, body, needs) in routes.iter().cloned() {
         let (method, path, body) = (method, path.as_str(), body.as_deref());
-        // Leases have no owner yet: the lease routes touch no key (this lease holds none
-        // by the time it is revoked).
+        // The lease routes touch no key; those that use the lease (keep it alive, revoke it,
+        // hold a lock or an election's place with it) are its owner's (the agent key's,
+        // which granted it) and the admins'.
         let keyed = !path.starts_with("/api/v1/lease");
+        let uses_lease = (path.starts_with("/api/v1/lease/") && method != "GET")
+            || ["/lock/acquire", "/lock/release", "/campaign", "/resign"]
+                .iter()
+                .any(|p| path.ends_with(p));
         for (who, key) in [
             ("nobody", None),
             ("a wrong key", Some("not-the-key")),
@@ -354,6 +359,7 @@ async fn every_route_checks_the_callers_role() {
             let admin = who == "admin" || who == "ops";
             let allowed = match needs {
                 Needs::Nothing => true,
+                Needs::Agent if uses_lease && (who == "inside" || who == "outside") => false,
                 Needs::Agent if who == "outside" => !keyed,
                 Needs::Agent => who == "agent" || who == "inside" || admin,
                 Needs::Admin => admin,

@@ -72,6 +72,16 @@ fn txn(compare_key: Option<&str>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> T
     .unwrap()
 }
 
+fn delete_prefix(prefix: &str) -> TxnRequest {
+    txn(
+        None,
+        vec![TxnOp::DeletePrefix {
+            prefix: prefix.into(),
+        }],
+        vec![],
+    )
+}
+
 fn put(key: &str) -> TxnOp {
     TxnOp::Put {
         key: key.into(),
@@ -146,13 +156,7 @@ async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
         ),
         (
             "a prefix delete wider than its rule",
-            txn(
-                None,
-                vec![TxnOp::DeletePrefix {
-                    prefix: "agents/".into(),
-                }],
-                vec![],
-            ),
+            delete_prefix("agents/"),
         ),
     ] {
         let e = a17.txn(&request).await.expect_err(what);
@@ -175,15 +179,7 @@ async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
     ))
     .await
     .unwrap();
-    a17.txn(&txn(
-        None,
-        vec![TxnOp::DeletePrefix {
-            prefix: "agents/a17/".into(),
-        }],
-        vec![],
-    ))
-    .await
-    .unwrap();
+    a17.txn(&delete_prefix("agents/a17/")).await.unwrap();
 
     // Watches, raw: a refusal is an answer, an allowed watch a stream.
     let http = reqwest::Client::new();
@@ -229,20 +225,43 @@ async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
         .unwrap();
     assert_eq!(campaign.status(), 403, "it does not write shared/");
 
-    // A lease holding a key the caller may not write: revoking it would delete that key.
+    // A lease is its granter's: another credential may not revoke it, keep it alive, or
+    // hold a lock with it.
     let other = agent.lease_grant(Duration::from_secs(60)).await.unwrap().id;
     agent
         .put_leased("agents/a18/leased", &json!(1), other)
         .await
         .unwrap();
-    forbidden(
-        a17.lease_revoke(other).await,
-        "may not write key \"agents/a18/leased\"",
-    );
+    let theirs = format!("may not use lease {other}, which belongs to the agent credential");
+    forbidden(a17.lease_revoke(other).await, &theirs);
+    forbidden(a17.lease_keep_alive(other).await, &theirs);
+    let with_theirs = http
+        .post(node.url("/api/v1/lock/acquire"))
+        .bearer_auth(A17_TOKEN)
+        .json(&json!({"name": "agents/a17/other", "lease": other, "wait": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_theirs.status(), 403);
     assert!(admin.get("agents/a18/leased").await.unwrap().is_some());
-    // Its own lease, holding its lock's queue key, it revokes.
+    let info = admin.lease_get(other).await.unwrap().unwrap();
+    assert_eq!(info.owner.as_deref(), Some("agent"));
+    assert_eq!(
+        admin
+            .lease_get(lease)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("agent-a17")
+    );
+    // Its own lease, holding its lock's queue key, it revokes; an admin revokes any.
+    a17.lease_keep_alive(lease).await.unwrap();
     a17.lease_revoke(lease).await.unwrap();
     assert!(admin.get(&queue_key).await.unwrap().is_none());
+    admin.lease_revoke(other).await.unwrap();
+    assert!(admin.get("agents/a18/leased").await.unwrap().is_none());
 }
 
 /// A writer through one member, with whatever token is current; counts writes and failures.
@@ -460,15 +479,7 @@ async fn the_audit_log_has_a_line_per_admin_call_prefix_delete_revoke_and_refusa
     // Audited.
     admin.alarms().await.unwrap();
     ops.compact(None).await.unwrap();
-    a17.txn(&txn(
-        None,
-        vec![TxnOp::DeletePrefix {
-            prefix: "agents/a17/".into(),
-        }],
-        vec![],
-    ))
-    .await
-    .unwrap();
+    a17.txn(&delete_prefix("agents/a17/")).await.unwrap();
     let lease = a17.lease_grant(Duration::from_secs(60)).await.unwrap().id;
     a17.lease_revoke(lease).await.unwrap();
     forbidden(a17.put("shared/x", &json!(1)).await, "may not write");

@@ -4,8 +4,9 @@
 //! 3-member cluster of the earlier build is upgraded member by member, rolled back before the
 //! new command sets can be enabled, then upgraded for good; every acknowledged write reads
 //! back, and a lease kept alive all along lives on (by replicated keep-alives on the earlier
-//! set, by the leader's clock on this one). Once this build's command set is enabled, the
-//! earlier build is refused at join.
+//! set, by the leader's clock on this one). Leases granted on the earlier set keep no owner;
+//! those granted once this build's set is enabled are their granter's. Once it is enabled,
+//! the earlier build is refused at join.
 
 mod common;
 
@@ -124,6 +125,11 @@ async fn restart_on(
     .await;
 }
 
+async fn owner_of(client: &Client, lease: u64) -> Option<String> {
+    let info = client.lease_get(lease).await.unwrap();
+    info.expect("the lease lives").owner
+}
+
 async fn versions(nodes: &[NodeProc]) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     for n in nodes {
@@ -202,6 +208,10 @@ async fn upgrade_and_rollback_with_the_earlier_build_lose_no_acknowledged_write(
     // and a lease granted and left alone ends.
     let admin = nodes[0].admin();
     let abandoned = admin.lease_grant(LEASE_TTL).await.unwrap().id;
+    // A lease granted on the earlier set has no owner (any agent keeps it alive, as the
+    // keeper does); one granted on this build's set is its granter's.
+    assert_eq!(owner_of(&admin, kept).await, None);
+    assert_eq!(owner_of(&admin, abandoned).await.as_deref(), Some("admin"));
     tokio::time::sleep(2 * LEASE_TTL).await;
     keeper_stop.store(true, Ordering::Relaxed);
     let keep_alives_failed = keeper.await.unwrap();

@@ -20,31 +20,35 @@ use super::JsonBody;
 use super::body::QueryParams;
 use super::kv::ReadParams;
 use super::validate;
+use crate::auth::AccessDenied;
 use crate::auth::Caller;
+use crate::auth::Role;
+use crate::error::NodeError;
 use crate::service::SharedNode;
 
 pub async fn grant(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<LeaseGrantRequest>,
 ) -> Result<Json<LeaseGrantResponse>, ApiError> {
     validate::lease_ttl(req.ttl_ms)?;
     let ik = validate::idempotency_key(&headers)?;
-    Ok(Json(node.lease_grant(req.ttl_ms, ik).await?))
+    Ok(Json(node.lease_grant(req.ttl_ms, &caller.name, ik).await?))
 }
 
 pub async fn keep_alive(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<LeaseKeepAliveResponse>, ApiError> {
     let id = validate::lease_id(&id)?;
     let ik = validate::idempotency_key(&headers)?;
+    may_use_lease(&node, &caller, id, Use::Hold).await?;
     Ok(Json(node.lease_keep_alive(id, ik).await?))
 }
 
-/// Leases have no owner yet: a credential whose rules do not cover every key may revoke a
-/// lease only if it may delete every key attached to it now.
 pub async fn revoke(
     State(node): State<SharedNode>,
     Extension(caller): Extension<Caller>,
@@ -53,13 +57,56 @@ pub async fn revoke(
 ) -> Result<Json<LeaseRevokeResponse>, ApiError> {
     let id = validate::lease_id(&id)?;
     let ik = validate::idempotency_key(&headers)?;
-    if !caller.writes_every_key() {
-        let lease = node.lease(id, Consistency::Linearizable).await?;
-        for key in &lease.keys {
-            caller.may_write(key)?;
-        }
-    }
+    may_use_lease(&node, &caller, id, Use::Revoke).await?;
     Ok(Json(node.lease_revoke(id, ik).await?))
+}
+
+/// What a request does with a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Revoking it deletes its keys.
+    Revoke,
+    /// Keeping it alive, or a lock or an election's place held with it.
+    Hold,
+}
+
+/// Only a lease's owner, or an admin, may use it. A lease granted before every member knew
+/// owners (command set 7) has none: revoking it needs the right to delete every key it holds
+/// now. A lease that does not exist is let through: the request itself answers why.
+pub async fn may_use_lease(
+    node: &SharedNode,
+    caller: &Caller,
+    id: u64,
+    what: Use,
+) -> Result<(), ApiError> {
+    if caller.role == Role::Admin {
+        return Ok(());
+    }
+    // The owner never changes: this member's copy tells it, once it has the grant.
+    let owner = match node.reader.lease(id).map_err(NodeError::storage)? {
+        Some(lease) => lease.owner,
+        None => match node.lease(id, Consistency::Linearizable).await {
+            Ok(lease) => lease.owner,
+            Err(_) => return Ok(()),
+        },
+    };
+    match owner {
+        Some(owner) if *owner == *caller.name => Ok(()),
+        Some(owner) => Err(AccessDenied {
+            credential: caller.name.clone(),
+            action: "use",
+            target: format!("lease {id}, which belongs to the {owner} credential"),
+        }
+        .into()),
+        None if what == Use::Revoke && !caller.writes_every_key() => {
+            let lease = node.lease(id, Consistency::Linearizable).await?;
+            for key in &lease.keys {
+                caller.may_write(key)?;
+            }
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 pub async fn get(

@@ -24,6 +24,8 @@ use serde_json::Value;
 use super::ApiError;
 use super::JsonBody;
 use super::body::QueryParams;
+use super::lease::Use;
+use super::lease::may_use_lease;
 use super::validate;
 use crate::auth::Action;
 use crate::auth::Caller;
@@ -94,6 +96,7 @@ pub async fn acquire(
     let timeout = validate::wait(req.timeout_ms)?;
     candidate(Kind::Lock, &req.name, req.lease)?;
     caller.may_use_name(Action::Write, "lock", &req.name)?;
+    may_use_lease(&node, &caller, req.lease, Use::Hold).await?;
     let holder = node
         .join_queue(
             Kind::Lock,
@@ -121,6 +124,7 @@ pub async fn release(
 ) -> Result<Json<UnlockResponse>, ApiError> {
     validate::name(&req.name)?;
     caller.may_use_name(Action::Write, "lock", &req.name)?;
+    may_use_lease(&node, &caller, req.lease, Use::Hold).await?;
     validate::lease_id(&req.lease.to_string())?;
     let (released, revision) = node.quit_queue(Kind::Lock, &req.name, req.lease).await?;
     Ok(Json(UnlockResponse { released, revision }))
@@ -145,6 +149,7 @@ pub async fn campaign(
     validate::value(&req.value)?;
     candidate(Kind::Election, &req.name, req.lease)?;
     caller.may_use_name(Action::Write, "election", &req.name)?;
+    may_use_lease(&node, &caller, req.lease, Use::Hold).await?;
     let leader = node
         .join_queue(
             Kind::Election,
@@ -200,6 +205,7 @@ pub async fn resign(
 ) -> Result<Json<ResignResponse>, ApiError> {
     validate::name(&req.name)?;
     caller.may_use_name(Action::Write, "election", &req.name)?;
+    may_use_lease(&node, &caller, req.lease, Use::Hold).await?;
     validate::lease_id(&req.lease.to_string())?;
     let (resigned, revision) = node
         .quit_queue(Kind::Election, &req.name, req.lease)

@@ -72,6 +72,7 @@ fn forwarded_writes() -> wire::ForwardedWrites {
             records::command(Operation::LeaseGrant {
                 id: 7,
                 ttl_ms: 5000,
+                owner: Some("agent-a17".into()),
             }),
         ],
     }

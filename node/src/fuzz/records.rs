@@ -215,6 +215,7 @@ fn seeds() -> Arc<Vec<Seed>> {
                 ttl_ms: 5000,
                 expires_at_ms: 1_700_000_005_000,
                 keys: vec!["a/b".into(), "c".into()],
+                owner: Some("agent-a17".into()),
             };
             add("lease", codec::encode(RecordKind::Lease, &lease));
             let answer = IdempotencyRecord {

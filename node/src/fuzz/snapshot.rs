@@ -99,6 +99,7 @@ fn seeds() -> Arc<Vec<Seed>> {
                 ttl_ms: 5000,
                 expires_at_ms: 1_700_000_005_000,
                 keys: vec!["a/b".into()],
+                owner: Some("agent-a17".into()),
             };
             put(
                 CF_LEASES,

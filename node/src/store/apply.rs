@@ -521,7 +521,9 @@ impl<'a> Batch<'a> {
                 success,
                 failure,
             } => self.txn(compare, success, failure),
-            Operation::LeaseGrant { id, ttl_ms } => self.lease_grant(id, ttl_ms, now_ms),
+            Operation::LeaseGrant { id, ttl_ms, owner } => {
+                self.lease_grant(id, ttl_ms, owner, now_ms)
+            }
             Operation::LeaseKeepAlive { id } => self.lease_keep_alive(id, now_ms),
             Operation::LeaseRevoke { id } => self.lease_revoke(id),
             Operation::ExpireLeases { ids } => self.expire_leases(ids, now_ms),
@@ -581,7 +583,13 @@ impl<'a> Batch<'a> {
         Ok(Response::Put { revision, prev })
     }
 
-    fn lease_grant(&mut self, id: u64, ttl_ms: u64, now_ms: u64) -> io::Result<Response> {
+    fn lease_grant(
+        &mut self,
+        id: u64,
+        ttl_ms: u64,
+        owner: Option<String>,
+        now_ms: u64,
+    ) -> io::Result<Response> {
         if self.lease(id)?.is_some() {
             return Ok(reject(
                 RejectCode::LeaseExists,
@@ -594,6 +602,7 @@ impl<'a> Batch<'a> {
             ttl_ms,
             expires_at_ms,
             keys: Vec::new(),
+            owner,
         });
         self.index_lease(id, expires_at_ms);
         self.lease_changes.push(LeaseChange::Granted { id, ttl_ms });
@@ -832,7 +841,11 @@ mod tests {
     }
 
     fn grant(id: u64, ttl_ms: u64) -> Cmd {
-        cmd(Operation::LeaseGrant { id, ttl_ms })
+        cmd(Operation::LeaseGrant {
+            id,
+            ttl_ms,
+            owner: None,
+        })
     }
 
     fn keep(id: u64) -> Cmd {

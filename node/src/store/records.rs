@@ -114,7 +114,16 @@ impl std::fmt::Display for Command {
                 success.len(),
                 failure.len()
             ),
-            Operation::LeaseGrant { id, ttl_ms } => write!(f, "grant lease {id} ttl {ttl_ms} ms"),
+            Operation::LeaseGrant {
+                id,
+                ttl_ms,
+                owner: None,
+            } => write!(f, "grant lease {id} ttl {ttl_ms} ms"),
+            Operation::LeaseGrant {
+                id,
+                ttl_ms,
+                owner: Some(owner),
+            } => write!(f, "grant lease {id} ttl {ttl_ms} ms to {owner}"),
             Operation::LeaseKeepAlive { id } => write!(f, "keep lease {id} alive"),
             Operation::LeaseRevoke { id } => write!(f, "revoke lease {id}"),
             Operation::ExpireLeases { ids } => write!(f, "expire leases {ids:?}"),
@@ -152,13 +161,16 @@ pub const COMMAND_VERSION_BASE: u32 = 1;
 /// sweeps; 3 the bounded idempotency sweep; 4 state checks and alarms; 5 leases timed on the
 /// leader's monotonic clock (keep-alives no longer replicated, ends by `EndLeases`); 6 the
 /// `no_space` alarm, disarming alarms, compacting the history on demand, and idempotency
-/// answers kept without their values when large.
-pub const COMMAND_VERSION: u32 = 6;
+/// answers kept without their values when large; 7 leases owned by the credential that
+/// granted them.
+pub const COMMAND_VERSION: u32 = 7;
 /// The command set from which leases are timed on the leader's monotonic clock.
 pub const COMMAND_VERSION_LEADER_LEASES: u32 = 5;
 /// The command set of the `no_space` alarm, `DisarmAlarm`, `CompactHistory`, and of large
 /// idempotency answers kept without their values.
 pub const COMMAND_VERSION_NO_SPACE: u32 = 6;
+/// The command set of leases with an owner (`LeaseGrant.owner`, `LeaseRecord.owner`).
+pub const COMMAND_VERSION_LEASE_OWNERS: u32 = 7;
 
 impl Operation {
     /// The command set that introduced this operation: it is proposed only once the cluster
@@ -166,6 +178,7 @@ impl Operation {
     pub fn command_version(&self) -> u32 {
         match self {
             Operation::Put { .. } | Operation::Delete { .. } => COMMAND_VERSION_BASE,
+            Operation::LeaseGrant { owner: Some(_), .. } => COMMAND_VERSION_LEASE_OWNERS,
             Operation::Txn { .. }
             | Operation::LeaseGrant { .. }
             | Operation::LeaseKeepAlive { .. }
@@ -235,11 +248,14 @@ pub enum Operation {
         success: Vec<TxnOpRecord>,
         failure: Vec<TxnOpRecord>,
     },
-    /// Creates a lease expiring `ttl_ms` after the command's proposal time.
+    /// Creates a lease expiring `ttl_ms` after the command's proposal time, owned by the
+    /// credential `owner` (command set 7; before, no owner).
     #[serde(rename_all = "camelCase")]
     LeaseGrant {
         id: u64,
         ttl_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Restarts a lease's time to live from the command's proposal time.
     LeaseKeepAlive {
@@ -585,6 +601,10 @@ pub struct LeaseRecord {
     pub ttl_ms: u64,
     pub expires_at_ms: u64,
     pub keys: Vec<String>,
+    /// The credential that granted it (command set 7): only it or an admin may revoke it,
+    /// keep it alive, or release a lock and resign an election in its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The answer to an applied command carrying an idempotency key.
