@@ -88,6 +88,13 @@ pub struct ConcordanceClusterSpec {
     /// change once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_key_secret: Option<SecretKeyRef>,
+    /// Secret holding a credentials file (YAML or JSON, under key `credentials.yaml` unless
+    /// `key` says otherwise): named credentials besides the two keys, each a role, its tokens
+    /// and, for an agent, the key prefixes it may read and write. Members read it again when
+    /// the Secret changes, so a token rotates by editing the Secret, with no restart. Setting
+    /// or changing this reference rolls the members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecretRef>,
     /// Deprecated: use `pod.affinity` (which wins when both are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
@@ -238,6 +245,21 @@ pub struct SecretKeyRef {
     /// Key within the Secret.
     #[serde(default = "default_secret_key")]
     pub key: String,
+}
+
+/// A Secret holding a credentials file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of a Secret in the cluster's namespace.
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_credentials_key")]
+    pub key: String,
+}
+
+fn default_credentials_key() -> String {
+    "credentials.yaml".to_string()
 }
 
 fn default_secret_key() -> String {

@@ -48,8 +48,8 @@ pub struct Observed {
     /// The cluster's own objects besides members: the Services and the disruption budget
     /// always, a key Secret when the operator generates it (the spec names none).
     pub objects: BTreeMap<Owned, Presence>,
-    /// Keys whose Secret the spec names but which does not exist.
-    pub missing_secrets: Vec<KeyKind>,
+    /// Secrets the spec names which do not exist (or lack the key it names).
+    pub missing_secrets: Vec<MissingSecret>,
     /// `allowVolumeExpansion` of the members' StorageClass; `None` when it could not be read.
     pub volume_expansion: Option<bool>,
     /// Every member that has a pod or a volume.
@@ -58,6 +58,16 @@ pub struct Observed {
     pub cluster: Option<ClusterStatus>,
     /// [`PAUSED_ANNOTATION`] is `"true"`: a person has the cluster in hand.
     pub paused: bool,
+}
+
+/// A Secret the spec names that is not there: the members could not start with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingSecret {
+    pub name: String,
+    /// The key the spec names, when the Secret exists without it.
+    pub without_key: Option<String>,
+    /// The field of the spec that names it (`spec.adminKeySecret`).
+    pub field: &'static str,
 }
 
 /// An object a cluster owns besides its members' pods and volumes.
@@ -692,12 +702,9 @@ impl<'a> View<'a> {
         self.o
             .missing_secrets
             .iter()
-            .map(|k| {
-                format!(
-                    "Secret {} ({})",
-                    resources::key_ref(&self.o.name, &self.o.spec, *k).name,
-                    k.spec_field()
-                )
+            .map(|m| match &m.without_key {
+                None => format!("Secret {} ({})", m.name, m.field),
+                Some(key) => format!("key {key} of Secret {} ({})", m.name, m.field),
             })
             .collect()
     }

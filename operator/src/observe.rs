@@ -19,7 +19,8 @@ use kube::{Client, ResourceExt};
 
 use crate::crd::ConcordanceCluster;
 use crate::decide::{
-    DataState, Observed, ObservedMember, Owned, PodPhase, PodState, Presence, VolumeState,
+    DataState, MissingSecret, Observed, ObservedMember, Owned, PodPhase, PodState, Presence,
+    VolumeState,
 };
 use crate::error::Error;
 use crate::placement;
@@ -119,7 +120,11 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
         match key.given(&cluster.spec) {
             Some(given) => {
                 if secrets.get_opt(&given.name).await?.is_none() {
-                    missing_secrets.push(key);
+                    missing_secrets.push(MissingSecret {
+                        name: given.name.clone(),
+                        without_key: None,
+                        field: key.spec_field(),
+                    });
                 }
             }
             None => {
@@ -127,6 +132,23 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
                 let meta = meta_of(&secrets, &owned.object_name(&name)).await?;
                 objects.insert(owned, presence(uid.as_deref(), meta.as_ref()));
             }
+        }
+    }
+    if let Some(given) = &cluster.spec.credentials_secret {
+        let found = secrets.get_opt(&given.name).await?;
+        let has_key = |s: &Secret| {
+            s.data.as_ref().is_some_and(|d| d.contains_key(&given.key))
+                || s.string_data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(&given.key))
+        };
+        match found {
+            Some(s) if has_key(&s) => {}
+            found => missing_secrets.push(MissingSecret {
+                name: given.name.clone(),
+                without_key: found.is_some().then(|| given.key.clone()),
+                field: "spec.credentialsSecret",
+            }),
         }
     }
     for owned in [Owned::PeerService, Owned::ClientService] {

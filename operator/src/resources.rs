@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec as K8sServiceSpec,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    Pod, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, Probe, SeccompProfile,
+    Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec as K8sServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -20,7 +20,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::crd::{
-    ConcordanceCluster, ConcordanceClusterSpec, LogFormat, NodeConfig, PodSettings, SecretKeyRef,
+    ConcordanceCluster, ConcordanceClusterSpec, CredentialsSecretRef, LogFormat, NodeConfig,
+    PodSettings, SecretKeyRef,
 };
 
 /// Field manager of everything the operator writes (server-side apply).
@@ -35,6 +36,9 @@ pub const POD_HASH_ANNOTATION: &str = "concordance.io/pod-hash";
 pub const API_PORT: u16 = 4100;
 /// Where the member's volume is mounted.
 pub const DATA_DIR: &str = "/data";
+/// Where a member reads the credentials file of `spec.credentialsSecret`.
+const CREDENTIALS_DIR: &str = "/etc/concordance/credentials";
+const CREDENTIALS_FILE: &str = "credentials.yaml";
 /// User and group the node image runs as; the volume is made writable for this group.
 pub const NODE_UID: i64 = 10001;
 /// The node's environment variables holding the two keys.
@@ -372,6 +376,11 @@ pub fn node_args(c: &ConcordanceCluster, member: &str, mode: &StartMode) -> Vec<
             args.push(format!("--force-new-cluster={old_cluster_id}"))
         }
     }
+    if c.spec.credentials_secret.is_some() {
+        args.push(format!(
+            "--credentials-file={CREDENTIALS_DIR}/{CREDENTIALS_FILE}"
+        ));
+    }
     args.extend(config_args(&c.spec.config));
     args
 }
@@ -392,6 +401,9 @@ struct PodInputs<'a> {
     node_selector: &'a BTreeMap<String, String>,
     admin_key_secret: &'a Option<SecretKeyRef>,
     agent_key_secret: &'a Option<SecretKeyRef>,
+    /// The reference only: the Secret's content reaches the members with no restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials_secret: &'a Option<CredentialsSecretRef>,
     /// The port new members join through.
     join_port: u16,
 }
@@ -409,6 +421,7 @@ pub fn pod_hash(spec: &ConcordanceClusterSpec) -> String {
         node_selector: &spec.node_selector,
         admin_key_secret: &spec.admin_key_secret,
         agent_key_secret: &spec.agent_key_secret,
+        credentials_secret: &spec.credentials_secret,
         join_port: client_port(spec),
     };
     let bytes = serde_json::to_vec(&inputs).expect("the spec serializes");
@@ -489,6 +502,55 @@ fn spread(
     (!list.is_empty()).then_some(list)
 }
 
+/// The member's volume, and the credentials Secret when the spec names one.
+fn volumes(spec: &ConcordanceClusterSpec, member: &str) -> Vec<Volume> {
+    let mut volumes = vec![Volume {
+        name: "data".to_string(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: member.to_string(),
+            read_only: None,
+        }),
+        ..Default::default()
+    }];
+    if let Some(credentials) = &spec.credentials_secret {
+        volumes.push(Volume {
+            name: "credentials".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(credentials.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: credentials.key.clone(),
+                    path: CREDENTIALS_FILE.to_string(),
+                    mode: None,
+                }]),
+                // Readable by the pod's group (fsGroup) only: the file holds tokens.
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+fn volume_mounts(spec: &ConcordanceClusterSpec) -> Vec<VolumeMount> {
+    let mut mounts = vec![VolumeMount {
+        name: "data".to_string(),
+        mount_path: DATA_DIR.to_string(),
+        ..Default::default()
+    }];
+    // A directory mount, not a subPath: the kubelet swaps the Secret's files in place when
+    // it changes, and the node reads the file again.
+    if spec.credentials_secret.is_some() {
+        mounts.push(VolumeMount {
+            name: "credentials".to_string(),
+            mount_path: CREDENTIALS_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    mounts
+}
+
 pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) -> Pod {
     let name = c.name_any();
     let spec = &c.spec;
@@ -533,11 +595,7 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) 
             .resources
             .clone()
             .or_else(|| spec.resources.clone()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".to_string(),
-            mount_path: DATA_DIR.to_string(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(volume_mounts(spec)),
         security_context: Some(container_security_context()),
         // A node that refuses to start (e.g. a join refused because the data dir was lost)
         // leaves `{"code","message"}` at /dev/termination-log: the operator reads its code
@@ -561,14 +619,7 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) 
             hostname: Some(member.to_string()),
             subdomain: Some(headless_service_name(&name)),
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "data".to_string(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: member.to_string(),
-                    read_only: None,
-                }),
-                ..Default::default()
-            }]),
+            volumes: Some(volumes(spec, member)),
             affinity: Some(affinity(
                 &name,
                 settings.affinity.as_ref().or(spec.affinity.as_ref()),
@@ -826,6 +877,36 @@ mod tests {
         // The pod carries the hash of its own image.
         let p = pod(&c, "demo-0", "concordance:1", &StartMode::Bootstrap);
         assert_eq!(p.metadata.annotations.unwrap()[POD_HASH_ANNOTATION], base);
+    }
+
+    #[test]
+    fn a_credentials_secret_is_mounted_as_a_directory_and_named_to_the_node() {
+        let mut c = cluster();
+        let without = pod_spec(&c);
+        assert_eq!(without.volumes.as_ref().unwrap().len(), 1);
+        let base = pod_hash(&c.spec);
+        c.spec.credentials_secret =
+            Some(serde_json::from_value(serde_json::json!({"name": "demo-credentials"})).unwrap());
+        assert_ne!(base, pod_hash(&c.spec), "naming it rolls the members");
+        let spec = pod_spec(&c);
+        let secret = spec.volumes.unwrap()[1].secret.clone().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("demo-credentials"));
+        let item = &secret.items.unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("credentials.yaml", CREDENTIALS_FILE)
+        );
+        assert_eq!(secret.default_mode, Some(0o440));
+        let container = &spec.containers[0];
+        let mount = &container.volume_mounts.as_ref().unwrap()[1];
+        assert_eq!(mount.mount_path, CREDENTIALS_DIR);
+        assert!(
+            mount.sub_path.is_none(),
+            "a subPath would never see the Secret change"
+        );
+        assert!(container.args.as_ref().unwrap().contains(
+            &"--credentials-file=/etc/concordance/credentials/credentials.yaml".to_string()
+        ));
     }
 
     #[test]

@@ -8,8 +8,9 @@ use concordance_operator::crd::{
     ConcordanceClusterSpec, ConcordanceClusterStatus, PendingAction, PendingKind, StorageSpec,
 };
 use concordance_operator::decide::{
-    Action, DataState, ObjectStep, Observed, ObservedMember, Owned, PodPhase, PodState, Presence,
-    VolumeState, conditions, decide, min_available, objects, record, report, summarize,
+    Action, DataState, MissingSecret, ObjectStep, Observed, ObservedMember, Owned, PodPhase,
+    PodState, Presence, VolumeState, conditions, decide, min_available, objects, record, report,
+    summarize,
 };
 use concordance_operator::resources::{KeyKind, StartMode, pod_hash};
 
@@ -319,9 +320,30 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
                 o.spec.admin_key_secret =
                     Some(serde_json::from_value(serde_json::json!({"name": "mine"})).unwrap());
                 o.objects.remove(&Owned::KeySecret(KeyKind::Admin));
-                o.missing_secrets = vec![KeyKind::Admin];
+                o.missing_secrets = vec![MissingSecret {
+                    name: "mine".into(),
+                    without_key: None,
+                    field: "spec.adminKeySecret",
+                }];
             }),
             Wait("Secret mine (spec.adminKeySecret) named by the spec do(es) not exist"),
+        ),
+        (
+            "the credentials Secret lacks the key the spec names: wait and say which",
+            with(healthy(3, 3), |o| {
+                o.spec.credentials_secret = Some(
+                    serde_json::from_value(serde_json::json!({"name": "creds", "key": "file"}))
+                        .unwrap(),
+                );
+                o.missing_secrets = vec![MissingSecret {
+                    name: "creds".into(),
+                    without_key: Some("file".into()),
+                    field: "spec.credentialsSecret",
+                }];
+            }),
+            Wait(
+                "key file of Secret creds (spec.credentialsSecret) named by the spec do(es) not exist",
+            ),
         ),
         (
             "node reports an id that is not recorded: record it",
