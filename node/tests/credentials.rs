@@ -628,3 +628,119 @@ async fn a_credential_over_its_rate_is_refused_with_when_to_retry_and_another_go
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The admin key is the members' own key to each other (without peer TLS). It rotates with a
+/// restart per member and no refused request: an admin credential of the file holds the old
+/// and the new key while the members move to the new one, one at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_key_rotates_member_by_member_while_the_file_holds_both() {
+    // Keys of the file's length (the test's usual admin key is shorter).
+    const OLD_ADMIN_KEY: &str = "first-admin-key-0123456789";
+    const NEW_ADMIN_KEY: &str = "rotated-admin-key-0123456789";
+    let with_both = format!(
+        "{}- name: admin-rotation\n  role: admin\n  tokens: [{OLD_ADMIN_KEY}, {NEW_ADMIN_KEY}]\n",
+        a17_and_ops(&[A17_TOKEN])
+    );
+    let start = |dir: &Path, name: &str, file: &Path, extra: &[&str]| {
+        let credentials = format!("--credentials-file={}", file.display());
+        let mut args = vec![credentials.as_str()];
+        args.extend_from_slice(extra);
+        NodeProc::start_env(
+            name,
+            dir,
+            &args,
+            &[
+                ("CONCORDANCE_API_KEY", OLD_ADMIN_KEY),
+                ("CONCORDANCE_AGENT_API_KEY", AGENT_KEY),
+            ],
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.path().join(format!("credentials-{i}.yaml")))
+        .collect();
+    for f in &files {
+        write_file(f, &a17_and_ops(&[A17_TOKEN]));
+    }
+    let first = start(dir.path(), "node1", &files[0], &["--bootstrap"]);
+    first.wait_ready().await;
+    let join = format!("--join={}", first.addr());
+    let mut nodes = vec![first];
+    for i in 2..=3 {
+        let node = start(dir.path(), &format!("node{i}"), &files[i - 1], &[&join]);
+        node.wait_ready().await;
+        nodes.push(node);
+    }
+    // Writes through every member (a follower forwards them to the leader with its admin
+    // key), by a client that moves to another member while one restarts.
+    let writer = Client::builder()
+        .endpoints(nodes.iter().map(NodeProc::addr))
+        .api_key(A17_TOKEN)
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..3)
+        .map(|m| {
+            spawn_writer(
+                writer.clone(),
+                m,
+                Arc::new(Mutex::new(A17_TOKEN.to_string())),
+                stop.clone(),
+                written.clone(),
+                failures.clone(),
+            )
+        })
+        .collect();
+
+    // 1. Every member takes the new admin key besides the old one.
+    for f in &files {
+        write_file(f, &with_both);
+    }
+    on_every_member(&nodes, NEW_ADMIN_KEY, 404, "the new admin key is taken").await;
+    // 2. Member by member, the node's own key moves to the new one.
+    for node in nodes.iter_mut() {
+        for (name, value) in node.env.iter_mut() {
+            if name == "CONCORDANCE_API_KEY" {
+                *value = NEW_ADMIN_KEY.to_string();
+            }
+        }
+        node.restart();
+        node.wait_ready().await;
+    }
+    // 3. The old key is retired.
+    for f in &files {
+        write_file(f, &a17_and_ops(&[A17_TOKEN]));
+    }
+    on_every_member(&nodes, OLD_ADMIN_KEY, 401, "the old admin key is refused").await;
+    let before = written.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let failures = failures.lock().unwrap().clone();
+    let written = written.lock().unwrap().clone();
+    println!(
+        "admin key rotated over 3 restarts: {} writes, {} failed",
+        written.len(),
+        failures.len()
+    );
+    let refused: Vec<&String> = failures
+        .iter()
+        .filter(|f| f.contains("unauthorized") || f.contains("forbidden"))
+        .collect();
+    assert!(refused.is_empty(), "refused by a key: {refused:#?}");
+    assert!(
+        written.len() > before,
+        "writes go on through every member on the new key"
+    );
+    let admin = nodes[0].client().with_key(NEW_ADMIN_KEY);
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    for key in &written {
+        assert!(admin.get(key).await.unwrap().is_some(), "{key} is lost");
+    }
+}
