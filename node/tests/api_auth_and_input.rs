@@ -287,6 +287,8 @@ async fn every_route_checks_the_callers_role() {
         &["--bootstrap", &admin, &agent, &credentials],
     );
     node.wait_ready().await;
+    // The lease below is owned by the agent key's credential.
+    newest_command_set(&node).await;
     let (_, granted) = call(
         &node,
         "POST",

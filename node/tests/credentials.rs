@@ -97,6 +97,7 @@ async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
     write_file(&file, &a17_and_ops(&[A17_TOKEN]));
     let node = start(dir.path(), "n1", &file, &["--bootstrap"]);
     node.wait_ready().await;
+    newest_command_set(&node).await;
     let admin = node.admin();
     let a17 = node.client().with_key(A17_TOKEN);
     let agent = node.client().with_key(AGENT_KEY);

@@ -73,6 +73,26 @@ pub async fn space_clear(
     }
 }
 
+/// Waits until the cluster has enabled this build's newest command set: a new cluster enables
+/// it a moment after it is ready, and what it adds (lease owners) only counts from then.
+pub async fn newest_command_set(node: &NodeProc) {
+    let c = node.client();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(v) = c.version().await
+            && v.cluster_command_version == v.command_version
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the newest command set was not enabled",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Mounts a tmpfs at `at` (made if missing) with these mount options (`size=128m`, ...).
 pub fn mount_tmpfs(at: &Path, options: &str) {
     std::fs::create_dir_all(at).unwrap();
