@@ -48,10 +48,41 @@ fn write_file(path: &Path, text: &str) {
 }
 
 fn start(dir: &Path, name: &str, file: &Path, extra: &[&str]) -> NodeProc {
+    start_with_keys(dir, name, file, extra, KEYS)
+}
+
+fn start_with_keys(
+    dir: &Path,
+    name: &str,
+    file: &Path,
+    extra: &[&str],
+    keys: &[(&str, &str)],
+) -> NodeProc {
     let credentials = format!("--credentials-file={}", file.display());
     let mut args = vec![credentials.as_str()];
     args.extend_from_slice(extra);
-    NodeProc::start_env(name, dir, &args, KEYS)
+    NodeProc::start_env(name, dir, &args, keys)
+}
+
+/// Three members started with `keys`, each with its own credentials file (agent-a17 and ops),
+/// which the tests change member by member.
+async fn three_members(dir: &Path, keys: &[(&str, &str)]) -> (Vec<PathBuf>, Vec<NodeProc>) {
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.join(format!("credentials-{i}.yaml")))
+        .collect();
+    for f in &files {
+        write_file(f, &a17_and_ops(&[A17_TOKEN]));
+    }
+    let first = start_with_keys(dir, "node1", &files[0], &["--bootstrap"], keys);
+    first.wait_ready().await;
+    let join = format!("--join={}", first.addr());
+    let mut nodes = vec![first];
+    for i in 2..=3 {
+        let node = start_with_keys(dir, &format!("node{i}"), &files[i - 1], &[&join], keys);
+        node.wait_ready().await;
+        nodes.push(node);
+    }
+    (files, nodes)
 }
 
 fn forbidden(result: Result<impl std::fmt::Debug, concordance_client::Error>, names: &str) {
@@ -318,21 +349,7 @@ async fn on_every_member(nodes: &[NodeProc], token: &str, expected: u16, what: &
 async fn a_token_rotates_member_by_member_under_load_with_no_failed_write_and_no_term_change() {
     const NEW_TOKEN: &str = "a17-rotated-token-0123456789";
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = (1..=3)
-        .map(|i| dir.path().join(format!("credentials-{i}.yaml")))
-        .collect();
-    for f in &files {
-        write_file(f, &a17_and_ops(&[A17_TOKEN]));
-    }
-    let first = start(dir.path(), "node1", &files[0], &["--bootstrap"]);
-    first.wait_ready().await;
-    let join = format!("--join={}", first.addr());
-    let mut nodes = vec![first];
-    for i in 2..=3 {
-        let node = start(dir.path(), &format!("node{i}"), &files[i - 1], &[&join]);
-        node.wait_ready().await;
-        nodes.push(node);
-    }
+    let (files, nodes) = three_members(dir.path(), KEYS).await;
     let term = nodes[0].admin().status().await.unwrap().term;
 
     let token = Arc::new(Mutex::new(A17_TOKEN.to_string()));
@@ -642,36 +659,12 @@ async fn the_admin_key_rotates_member_by_member_while_the_file_holds_both() {
         "{}- name: admin-rotation\n  role: admin\n  tokens: [{OLD_ADMIN_KEY}, {NEW_ADMIN_KEY}]\n",
         a17_and_ops(&[A17_TOKEN])
     );
-    let start = |dir: &Path, name: &str, file: &Path, extra: &[&str]| {
-        let credentials = format!("--credentials-file={}", file.display());
-        let mut args = vec![credentials.as_str()];
-        args.extend_from_slice(extra);
-        NodeProc::start_env(
-            name,
-            dir,
-            &args,
-            &[
-                ("CONCORDANCE_API_KEY", OLD_ADMIN_KEY),
-                ("CONCORDANCE_AGENT_API_KEY", AGENT_KEY),
-            ],
-        )
-    };
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = (1..=3)
-        .map(|i| dir.path().join(format!("credentials-{i}.yaml")))
-        .collect();
-    for f in &files {
-        write_file(f, &a17_and_ops(&[A17_TOKEN]));
-    }
-    let first = start(dir.path(), "node1", &files[0], &["--bootstrap"]);
-    first.wait_ready().await;
-    let join = format!("--join={}", first.addr());
-    let mut nodes = vec![first];
-    for i in 2..=3 {
-        let node = start(dir.path(), &format!("node{i}"), &files[i - 1], &[&join]);
-        node.wait_ready().await;
-        nodes.push(node);
-    }
+    let keys = [
+        ("CONCORDANCE_API_KEY", OLD_ADMIN_KEY),
+        ("CONCORDANCE_AGENT_API_KEY", AGENT_KEY),
+    ];
+    let (files, mut nodes) = three_members(dir.path(), &keys).await;
     // Writes through every member (a follower forwards them to the leader with its admin
     // key), by a client that moves to another member while one restarts.
     let writer = Client::builder()
