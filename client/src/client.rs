@@ -116,6 +116,8 @@ pub struct ClientBuilder {
     ca_pem: Option<Vec<u8>>,
     /// PEM client certificate and its key, for nodes that ask for one (`--tls-client-ca`).
     identity_pem: Option<Vec<u8>>,
+    /// Host names reached at a given address instead of through DNS.
+    resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Default for ClientBuilder {
@@ -130,6 +132,7 @@ impl Default for ClientBuilder {
             request_timeout: Duration::from_secs(30),
             ca_pem: None,
             identity_pem: None,
+            resolve: Vec::new(),
         }
     }
 }
@@ -221,6 +224,14 @@ impl ClientBuilder {
         Ok(self.client_certificate_pem(pem))
     }
 
+    /// Reaches `host` at `address` instead of looking it up, its certificate still checked
+    /// for `host`: for a caller that knows a node's address but cannot resolve the name its
+    /// certificate carries (the operator, which reaches members at their pod addresses).
+    pub fn resolve(mut self, host: impl Into<String>, address: std::net::SocketAddr) -> Self {
+        self.resolve.push((host.into(), address));
+        self
+    }
+
     pub fn build(self) -> Result<Client, Error> {
         if self.endpoints.is_empty() {
             return Err(Error::Endpoint(String::new(), "no endpoint given".into()));
@@ -268,6 +279,9 @@ impl ClientBuilder {
         }
         if let Some(pem) = &self.identity_pem {
             http = http.identity(reqwest::Identity::from_pem(pem).map_err(Error::Tls)?);
+        }
+        for (host, address) in &self.resolve {
+            http = http.resolve(host, *address);
         }
         let http = http.build()?;
         Ok(Client {
