@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -25,6 +25,7 @@ use crate::decide::{self, Action, ConditionState, ObjectStep, Owned};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::observe::{self, Observation};
+use crate::pki;
 use crate::resources::{self, CLUSTER_LABEL, KeyKind};
 
 /// Name of the finalizer that keeps a deleted cluster until its volumes are dealt with.
@@ -174,8 +175,9 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
     let o = &obs.observed;
 
     // The owned objects, kept in their rendered state on every pass.
+    let mut ca = obs.ca.clone();
     for step in decide::objects(o) {
-        keep_object(cluster, ctx, &step).await?;
+        keep_object(cluster, ctx, &step, &mut ca).await?;
     }
 
     let action = decide::decide(o);
@@ -231,6 +233,7 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
     status.members = s.members;
     status.recovered_from = report.recovered_from;
     status.message = report.message;
+    status.tls = Some(report.tls);
     status.conditions = conditions(cluster, report.conditions, &written);
     let out_of_space = |s: &ConcordanceClusterStatus| {
         s.conditions
@@ -318,17 +321,26 @@ async fn write_status(
     Ok(())
 }
 
-/// Keeps one owned object as [`decide::objects`] says.
+/// Keeps one owned object as [`decide::objects`] says. `ca`: the cluster's CA as observed, or
+/// as created by an earlier step of this pass.
 async fn keep_object(
     cluster: &ConcordanceCluster,
     ctx: &Context,
     step: &ObjectStep,
+    ca: &mut Option<pki::Pair>,
 ) -> Result<(), Error> {
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
     let name = cluster.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let no_ca = || {
+        Error::Certificate(format!(
+            "Secret {} holds no CA",
+            resources::ca_secret_name(&name)
+        ))
+    };
     match step {
         ObjectStep::CreateKeySecret(key) => {
             create(&secrets, &resources::secret(cluster, *key, random_key())).await?;
@@ -345,12 +357,48 @@ async fn keep_object(
         ObjectStep::ApplyDisruptionBudget { min_available } => {
             apply_object(&pdbs, &resources::pdb(cluster, *min_available)).await?;
         }
+        ObjectStep::CreateCa => {
+            let made = pki::new_ca(&name, &ns)?;
+            if create(&secrets, &resources::ca_secret(cluster, &made)).await? {
+                tracing::info!(cluster = %name, "created the cluster's CA");
+                *ca = Some(made);
+            }
+        }
+        ObjectStep::IssueCertificate { why } => {
+            let ca = ca.as_ref().ok_or_else(no_ca)?;
+            let names = resources::certificate_names(cluster);
+            let issued = pki::issue(ca, &name, &names)?;
+            let issued_for = resources::issued_for(&ca.certificate, &names);
+            let secret =
+                resources::certificate_secret(cluster, &issued, &ca.certificate, issued_for);
+            apply_object(&secrets, &secret).await?;
+            tracing::info!(cluster = %name, why, "issued the members' certificate");
+            event(
+                ctx,
+                cluster,
+                "CertificateIssued",
+                "IssueCertificate",
+                &format!(
+                    "the members' certificate was issued ({why}), valid {} days; the members \
+                     read it with no restart",
+                    pki::CERTIFICATE_DAYS
+                ),
+            )
+            .await;
+        }
+        ObjectStep::ApplyCaConfigMap => {
+            let ca = ca.as_ref().ok_or_else(no_ca)?;
+            apply_object(&maps, &resources::ca_config_map(cluster, &ca.certificate)).await?;
+        }
         ObjectStep::Delete(owned) => {
             let object = owned.object_name(&name);
             match owned {
-                Owned::KeySecret(_) => delete(&secrets, &object).await?,
+                Owned::KeySecret(_) | Owned::CaSecret | Owned::CertificateSecret => {
+                    delete(&secrets, &object).await?
+                }
                 Owned::PeerService | Owned::ClientService => delete(&services, &object).await?,
                 Owned::DisruptionBudget => delete(&pdbs, &object).await?,
+                Owned::CaConfigMap => delete(&maps, &object).await?,
             };
             tracing::info!(cluster = %name, kind = owned.kind(), %object, "deleted");
         }
@@ -381,7 +429,8 @@ async fn take(
             Ok(true)
         }
         Action::CreatePod { name, image, mode } => {
-            create(&pods, &resources::pod(cluster, name, image, mode)).await
+            let tls = obs.observed.tls.enabled;
+            create(&pods, &resources::pod(cluster, name, image, mode, tls)).await
         }
         Action::DeletePod { name } | Action::RestartMember { name, .. } => {
             delete(&pods, name).await
@@ -492,8 +541,8 @@ async fn admin_client(
     ctx: &Context,
     obs: &Observation,
 ) -> Result<concordance_client::Client, Error> {
-    let endpoint = obs
-        .leader_endpoint()
+    let node = obs
+        .leader_client()
         .ok_or(Error::NoEndpoint("change the membership"))?;
     let r = resources::key_ref(&cluster.name_any(), &cluster.spec, KeyKind::Admin);
     let secrets: Api<Secret> =
@@ -505,7 +554,7 @@ async fn admin_client(
         .and_then(|d| d.get(&r.key))
         .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
         .ok_or_else(|| Error::MissingKey(r.name.clone(), r.key.clone()))?;
-    Ok(concordance_client::Client::new(&endpoint)?.with_key(key))
+    Ok(node.api_key(key).build()?)
 }
 
 /// 32 random bytes, hex: a generated API key.

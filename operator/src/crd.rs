@@ -58,6 +58,9 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new(
     "has(self.agentKeySecret) == has(oldSelf.agentKeySecret) && (!has(self.agentKeySecret) || self.agentKeySecret == oldSelf.agentKeySecret)"
 ).message("agentKeySecret cannot change: key rotation is not supported yet"))]
+#[x_kube(validation = Rule::new(
+    "has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || self.tls == oldSelf.tls)"
+).message("tls cannot change: the operator sets TLS up when it creates a cluster, and does not yet turn it on or off in a running one"))]
 #[serde(rename_all = "camelCase")]
 pub struct ConcordanceClusterSpec {
     /// Number of voting members. Odd sizes only: an even size adds no fault tolerance. Also
@@ -95,6 +98,14 @@ pub struct ConcordanceClusterSpec {
     /// or changing this reference rolls the members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsSecretRef>,
+    /// TLS between clients and members and mutual TLS between members, on unless
+    /// `enabled: false`: the operator makes a CA for the cluster (Secret `<name>-ca`), the
+    /// members' certificate from it (Secret `<name>-tls`, renewed before it expires with no
+    /// restart), and publishes the CA for clients (ConfigMap `<name>-ca`, key `ca.crt`).
+    /// Decided when the cluster is created: it cannot change afterwards, and a cluster
+    /// created by an operator without TLS support stays in plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
     /// Deprecated: use `pod.affinity` (which wins when both are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
@@ -258,6 +269,26 @@ pub struct CredentialsSecretRef {
     pub key: String,
 }
 
+/// TLS settings of a cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Members serve TLS only and know each other by certificate.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl ConcordanceClusterSpec {
+    /// TLS as the spec asks for it: on unless turned off.
+    pub fn tls_wanted(&self) -> bool {
+        self.tls.as_ref().is_none_or(|t| t.enabled)
+    }
+}
+
 fn default_credentials_key() -> String {
     "credentials.yaml".to_string()
 }
@@ -336,6 +367,22 @@ pub struct ConcordanceClusterStatus {
     pub recovered_from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// TLS as the cluster runs it, fixed when it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The members serve TLS only and know each other by certificate.
+    pub enabled: bool,
+    /// The ConfigMap holding the CA certificate clients trust (key `ca.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map: Option<String>,
+    /// When the members' current certificate expires (RFC 3339). It is renewed well before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -437,6 +484,7 @@ mod tests {
         assert!(yaml.contains("quantity(self).compareTo(quantity(oldSelf)) >= 0"));
         assert!(yaml.contains("self.storageClassName == oldSelf.storageClassName"));
         assert!(yaml.contains("self.adminKeySecret == oldSelf.adminKeySecret"));
+        assert!(yaml.contains("self.tls == oldSelf.tls"));
         assert!(yaml.contains("scope: Namespaced"));
     }
 

@@ -15,7 +15,7 @@ use concordance_client::ClusterStatus;
 
 use crate::crd::{
     ConcordanceClusterSpec, ConcordanceClusterStatus, MemberRole, MemberStatus, PendingAction,
-    PendingKind,
+    PendingKind, TlsStatus,
 };
 use crate::resources::{self, KeyKind, StartMode};
 
@@ -58,7 +58,64 @@ pub struct Observed {
     pub cluster: Option<ClusterStatus>,
     /// [`PAUSED_ANNOTATION`] is `"true"`: a person has the cluster in hand.
     pub paused: bool,
+    /// TLS as the cluster runs it.
+    pub tls: TlsState,
 }
+
+/// TLS as the cluster runs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TlsState {
+    /// In effect: see [`tls_in_effect`].
+    pub enabled: bool,
+    /// The members' certificate, when its Secret exists.
+    pub certificate: Option<CertificateState>,
+}
+
+/// The members' certificate as its Secret holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CertificateState {
+    /// Seconds until it expires (negative once expired); `None` when the Secret holds no
+    /// readable certificate.
+    pub expires_in_seconds: Option<i64>,
+    /// When it expires (RFC 3339), for the status.
+    pub expires: Option<String>,
+    /// Issued for the cluster's current CA and names (`resources::issued_for`).
+    pub current: bool,
+}
+
+/// What tells whether a cluster runs TLS.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsEvidence {
+    /// Some pod or volume of the cluster exists.
+    pub has_members: bool,
+    /// The cluster's own CA Secret exists: it is made, before anything else, only for a
+    /// cluster that runs TLS.
+    pub ca_exists: bool,
+    /// Some member's pod was started with a certificate.
+    pub pods_with_tls: bool,
+}
+
+/// Whether a cluster runs TLS. Decided when it is created: what it was made with (its CA
+/// Secret, its pods' flags) wins over a status that may be read stale; then the status; a
+/// cluster with no members yet takes its spec. A cluster with members and none of these was
+/// created by an operator without TLS support, and stays in plaintext (turning TLS on in a
+/// running cluster takes three rolling restarts the operator does not take yet).
+pub fn tls_in_effect(
+    spec: &ConcordanceClusterSpec,
+    status: &ConcordanceClusterStatus,
+    seen: TlsEvidence,
+) -> bool {
+    if seen.ca_exists || seen.pods_with_tls {
+        return true;
+    }
+    match &status.tls {
+        Some(recorded) => recorded.enabled,
+        None => !seen.has_members && status.cluster_id.is_none() && spec.tls_wanted(),
+    }
+}
+
+/// Seconds before its expiry the members' certificate is issued again.
+pub const RENEW_BEFORE_SECONDS: i64 = crate::pki::RENEW_BEFORE_DAYS * 86_400;
 
 /// A Secret the spec names that is not there: the members could not start with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,14 +137,21 @@ pub enum Owned {
     /// The Service clients and joining members use.
     ClientService,
     DisruptionBudget,
+    /// The cluster's CA, when it runs TLS.
+    CaSecret,
+    /// The members' certificate and key, when the cluster runs TLS.
+    CertificateSecret,
+    /// The CA certificate published for clients, when the cluster runs TLS.
+    CaConfigMap,
 }
 
 impl Owned {
     pub fn kind(self) -> &'static str {
         match self {
-            Owned::KeySecret(_) => "Secret",
+            Owned::KeySecret(_) | Owned::CaSecret | Owned::CertificateSecret => "Secret",
             Owned::PeerService | Owned::ClientService => "Service",
             Owned::DisruptionBudget => "PodDisruptionBudget",
+            Owned::CaConfigMap => "ConfigMap",
         }
     }
 
@@ -97,6 +161,9 @@ impl Owned {
             Owned::PeerService => resources::headless_service_name(cluster),
             Owned::ClientService => resources::client_service_name(cluster),
             Owned::DisruptionBudget => resources::pdb_name(cluster),
+            Owned::CaSecret => resources::ca_secret_name(cluster),
+            Owned::CertificateSecret => resources::certificate_secret_name(cluster),
+            Owned::CaConfigMap => resources::ca_config_map_name(cluster),
         }
     }
 }
@@ -479,6 +546,15 @@ pub enum ObjectStep {
     /// Delete an object the cluster owns and no longer needs (or one of an earlier shape that
     /// applying cannot turn into the current one; it is created again on the next pass).
     Delete(Owned),
+    /// Create the cluster's CA Secret, with a new CA.
+    CreateCa,
+    /// Issue the members' certificate from the CA Secret, into its Secret (created or
+    /// replaced): the members read the new files with no restart.
+    IssueCertificate {
+        why: &'static str,
+    },
+    /// Publish the CA Secret's certificate in the ConfigMap.
+    ApplyCaConfigMap,
 }
 
 /// The owned objects to apply, create or delete this pass. Objects that exist under another
@@ -513,6 +589,38 @@ pub fn objects(o: &Observed) -> Vec<ObjectStep> {
             steps.push(ObjectStep::Delete(Owned::DisruptionBudget))
         }
         (Some(min_available), _) => steps.push(ObjectStep::ApplyDisruptionBudget { min_available }),
+    }
+    if o.tls.enabled {
+        steps.extend(tls_objects(o));
+    }
+    steps
+}
+
+/// The CA first, then the certificate it signs, then the CA's publication. An object that
+/// belongs to someone else stops the chain: [`decide`] waits on it.
+fn tls_objects(o: &Observed) -> Vec<ObjectStep> {
+    let presence = |owned: Owned| o.objects.get(&owned).copied().unwrap_or(Presence::Missing);
+    let mut steps = Vec::new();
+    match presence(Owned::CaSecret) {
+        Presence::Foreign => return steps,
+        Presence::Missing => steps.push(ObjectStep::CreateCa),
+        Presence::Ours { .. } => {}
+    }
+    let why = match (presence(Owned::CertificateSecret), &o.tls.certificate) {
+        (Presence::Foreign, _) => return steps,
+        (Presence::Missing, _) | (_, None) => Some("there is none"),
+        (_, Some(c)) if !c.current => Some("it was issued for another CA or other names"),
+        (_, Some(c)) => match c.expires_in_seconds {
+            None => Some("its Secret holds no readable certificate"),
+            Some(left) if left < RENEW_BEFORE_SECONDS => Some("it expires soon"),
+            Some(_) => None,
+        },
+    };
+    if let Some(why) = why {
+        steps.push(ObjectStep::IssueCertificate { why });
+    }
+    if presence(Owned::CaConfigMap) != Presence::Foreign {
+        steps.push(ObjectStep::ApplyCaConfigMap);
     }
     steps
 }
@@ -561,7 +669,7 @@ impl<'a> View<'a> {
             o,
             membership,
             leader,
-            pod_hash: resources::pod_hash(&o.spec),
+            pod_hash: resources::pod_hash(&o.spec, o.tls.enabled),
         }
     }
 
@@ -1340,7 +1448,46 @@ pub fn conditions(o: &Observed, next: &Action) -> Vec<ConditionState> {
         degraded,
         storage_condition(&v),
         space_condition(o),
+        tls_condition(o),
     ]
+}
+
+/// `TLS`: whether the members serve TLS, and why not when the spec asks for it.
+fn tls_condition(o: &Observed) -> ConditionState {
+    let name = &o.name;
+    match (o.tls.enabled, o.spec.tls_wanted()) {
+        (true, _) => condition(
+            "TLS",
+            true,
+            "Enabled",
+            format!(
+                "members serve TLS only and know each other by certificate; clients trust the \
+                 CA in ConfigMap {}",
+                resources::ca_config_map_name(name)
+            ),
+        ),
+        (false, false) => condition("TLS", false, "Disabled", "spec.tls.enabled is false"),
+        (false, true) => condition(
+            "TLS",
+            false,
+            "CreatedWithoutTLS",
+            "the cluster was created by an operator without TLS support and stays in plaintext; \
+             the operator does not turn TLS on in a running cluster yet (docs/security.md has \
+             the steps for members run by hand)",
+        ),
+    }
+}
+
+/// `status.tls`.
+fn tls_status(o: &Observed) -> TlsStatus {
+    TlsStatus {
+        enabled: o.tls.enabled,
+        ca_config_map: o
+            .tls
+            .enabled
+            .then(|| resources::ca_config_map_name(&o.name)),
+        certificate_expires: o.tls.certificate.as_ref().and_then(|c| c.expires.clone()),
+    }
 }
 
 /// `SpaceAvailable`: false while a member's `no_space` alarm is raised (the node refuses
@@ -1530,6 +1677,7 @@ pub struct Report {
     pub recovered_from: Option<String>,
     pub message: Option<String>,
     pub conditions: Vec<ConditionState>,
+    pub tls: TlsStatus,
 }
 
 pub fn report(o: &Observed, next: &Action) -> Report {
@@ -1551,5 +1699,6 @@ pub fn report(o: &Observed, next: &Action) -> Report {
         recovered_from,
         message,
         conditions: conditions(o, next),
+        tls: tls_status(o),
     }
 }

@@ -15,6 +15,8 @@ pub enum Error {
     NoEndpoint(&'static str),
     #[error("secret {0} holds no key {1}")]
     MissingKey(String, String),
+    #[error("certificate: {0}")]
+    Certificate(String),
     #[error("finalizer: {0}")]
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
 }

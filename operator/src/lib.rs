@@ -8,5 +8,6 @@ pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod observe;
+pub mod pki;
 pub mod placement;
 pub mod resources;

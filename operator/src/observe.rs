@@ -5,11 +5,14 @@
 //! leader knows each member's replication lag.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use concordance_client::{ClusterStatus, ErrorCode, TerminationMessage};
+use concordance_client::{
+    ClientBuilder, ClusterStatus, ErrorCode, RetryPolicy, TerminationMessage,
+};
 use k8s_openapi::api::core::v1::{
-    Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -19,10 +22,11 @@ use kube::{Client, ResourceExt};
 
 use crate::crd::ConcordanceCluster;
 use crate::decide::{
-    DataState, MissingSecret, Observed, ObservedMember, Owned, PodPhase, PodState, Presence,
-    VolumeState,
+    CertificateState, DataState, MissingSecret, Observed, ObservedMember, Owned, PodPhase,
+    PodState, Presence, TlsEvidence, TlsState, VolumeState,
 };
 use crate::error::Error;
+use crate::pki;
 use crate::placement;
 use crate::resources::{
     self, API_PORT, CLUSTER_LABEL, FIELD_MANAGER, KeyKind, POD_HASH_ANNOTATION, StartMode,
@@ -37,26 +41,52 @@ pub struct Observation {
     pub pods: BTreeMap<String, Pod>,
     /// What each answering node says about itself, by member name.
     pub nodes: BTreeMap<String, ClusterStatus>,
+    /// How to reach each member with an address: see [`member_client`].
+    pub clients: BTreeMap<String, ClientBuilder>,
+    /// The cluster's CA, when it runs TLS and the CA Secret holds one.
+    pub ca: Option<pki::Pair>,
 }
 
 impl Observation {
-    /// `http://<pod ip>:4100` of a member's pod, if it has an address.
-    pub fn endpoint(&self, member: &str) -> Option<String> {
-        let ip = self.pods.get(member)?.status.as_ref()?.pod_ip.clone()?;
-        Some(format!("http://{ip}:{API_PORT}"))
-    }
-
-    /// The leader's endpoint, else any answering node's.
-    pub fn leader_endpoint(&self) -> Option<String> {
+    /// A client of the leader, else of any answering node.
+    pub fn leader_client(&self) -> Option<ClientBuilder> {
         let leader = self
             .observed
             .cluster
             .as_ref()
             .and_then(|c| c.leader.clone());
         leader
-            .and_then(|l| self.endpoint(&l))
-            .or_else(|| self.nodes.keys().find_map(|m| self.endpoint(m)))
+            .and_then(|l| self.clients.get(&l))
+            .or_else(|| self.nodes.keys().find_map(|m| self.clients.get(m)))
+            .cloned()
     }
+}
+
+/// A client of one member's node at its pod address (reachable from inside the cluster and
+/// from the host of a test control plane alike, where the members' names do not resolve).
+/// Over TLS, the member's certificate is checked against the cluster CA for its name. Every
+/// failure is returned as it came: no retry, no other member.
+fn member_client(
+    cluster: &ConcordanceCluster,
+    member: &str,
+    pod: &Pod,
+    ca: Option<&pki::Pair>,
+) -> Option<ClientBuilder> {
+    let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+    let builder = concordance_client::Client::builder()
+        .retry(RetryPolicy::none())
+        .auto_idempotency(false)
+        .follow_leader(false);
+    Some(match ca {
+        None => builder.endpoint(format!("http://{ip}:{API_PORT}")),
+        Some(ca) => {
+            let host = resources::member_host(cluster, member);
+            builder
+                .endpoint(format!("https://{host}:{API_PORT}"))
+                .ca_pem(ca.certificate.as_bytes().to_vec())
+                .resolve(host, SocketAddr::new(ip, API_PORT))
+        }
+    })
 }
 
 /// Whether an object of the cluster's naming exists and is this cluster's.
@@ -85,8 +115,8 @@ where
     Ok(api.get_opt(name).await?.map(|o| o.meta().clone()))
 }
 
-async fn node_status(endpoint: String) -> Option<ClusterStatus> {
-    let client = concordance_client::Client::new(&endpoint).ok()?;
+async fn node_status(client: ClientBuilder) -> Option<ClusterStatus> {
+    let client = client.build().ok()?;
     tokio::time::timeout(NODE_STATUS_TIMEOUT, client.status())
         .await
         .ok()?
@@ -159,6 +189,40 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
     let meta = meta_of(&pdbs, &owned.object_name(&name)).await?;
     objects.insert(owned, presence(uid.as_deref(), meta.as_ref()));
 
+    let status = cluster.status.clone().unwrap_or_default();
+    let ca_secret = secrets.get_opt(&Owned::CaSecret.object_name(&name)).await?;
+    let ca_presence = presence(uid.as_deref(), ca_secret.as_ref().map(|s| &s.metadata));
+    let seen = TlsEvidence {
+        has_members: !pod_list.items.is_empty() || !claims.items.is_empty(),
+        ca_exists: matches!(ca_presence, Presence::Ours { .. }),
+        pods_with_tls: pod_list.items.iter().any(started_with_tls),
+    };
+    let mut tls = TlsState {
+        enabled: crate::decide::tls_in_effect(&cluster.spec, &status, seen),
+        certificate: None,
+    };
+    let mut ca = None;
+    if tls.enabled {
+        objects.insert(Owned::CaSecret, ca_presence);
+        if ca_presence != Presence::Foreign {
+            ca = ca_secret.as_ref().and_then(ca_pair);
+        }
+        let certificate = secrets
+            .get_opt(&Owned::CertificateSecret.object_name(&name))
+            .await?;
+        objects.insert(
+            Owned::CertificateSecret,
+            presence(uid.as_deref(), certificate.as_ref().map(|s| &s.metadata)),
+        );
+        let names = resources::certificate_names(cluster);
+        tls.certificate = certificate
+            .as_ref()
+            .map(|s| certificate_state(s, ca.as_ref().map(|ca| ca.certificate.as_str()), &names));
+        let maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        let meta = meta_of(&maps, &Owned::CaConfigMap.object_name(&name)).await?;
+        objects.insert(Owned::CaConfigMap, presence(uid.as_deref(), meta.as_ref()));
+    }
+
     // Pods being deleted are gone as far as decisions go; their replacement waits for the
     // name to be free (creating it fails with a conflict until then).
     let terminating: Vec<String> = pod_list
@@ -174,10 +238,22 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
         .map(|p| (p.name_any(), p))
         .collect();
 
-    let asks = pods.iter().filter_map(|(member, p)| {
-        let ip = p.status.as_ref()?.pod_ip.clone()?;
-        let member = member.clone();
-        Some(async move { (member, node_status(format!("http://{ip}:{API_PORT}")).await) })
+    // A cluster running TLS is not asked before its CA exists (it has no pods then).
+    let clients: BTreeMap<String, ClientBuilder> = if tls.enabled && ca.is_none() {
+        BTreeMap::new()
+    } else {
+        pods.iter()
+            .filter_map(|(member, p)| {
+                Some((
+                    member.clone(),
+                    member_client(cluster, member, p, ca.as_ref())?,
+                ))
+            })
+            .collect()
+    };
+    let asks = clients.iter().map(|(member, client)| {
+        let (member, client) = (member.clone(), client.clone());
+        async move { (member, node_status(client).await) }
     });
     let nodes: BTreeMap<String, ClusterStatus> = futures::future::join_all(asks)
         .await
@@ -258,7 +334,7 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
             name,
             generation: cluster.metadata.generation,
             spec: cluster.spec.clone(),
-            status: cluster.status.clone().unwrap_or_default(),
+            status,
             objects,
             missing_secrets,
             volume_expansion,
@@ -268,10 +344,55 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
                 .annotations()
                 .get(crate::decide::PAUSED_ANNOTATION)
                 .is_some_and(|v| v == "true"),
+            tls,
         },
         pods,
         nodes,
+        clients,
+        ca,
     })
+}
+
+/// The pod's node was started with a certificate (`--tls-cert`).
+fn started_with_tls(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.args.as_ref())
+        .is_some_and(|args| args.iter().any(|a| a.starts_with("--tls-cert")))
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+/// The CA certificate and key of the CA Secret, when it holds both.
+fn ca_pair(secret: &Secret) -> Option<pki::Pair> {
+    Some(pki::Pair {
+        certificate: secret_text(secret, resources::CA_CERT_KEY)?,
+        key: secret_text(secret, resources::CA_KEY_KEY)?,
+    })
+}
+
+/// The members' certificate: when it expires, and whether it was issued for this CA (`ca`,
+/// `None` when the CA Secret is missing or unreadable) and these names.
+fn certificate_state(secret: &Secret, ca: Option<&str>, names: &[String]) -> CertificateState {
+    let expires_at =
+        secret_text(secret, resources::TLS_CERT_KEY).and_then(|pem| pki::expiry(pem.as_bytes()));
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let issued_for = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(resources::ISSUED_FOR_ANNOTATION));
+    CertificateState {
+        expires_in_seconds: expires_at.map(|at| at - now),
+        expires: expires_at
+            .and_then(|at| k8s_openapi::jiff::Timestamp::from_second(at).ok())
+            .map(|t| t.to_string()),
+        current: ca.is_some_and(|ca| issued_for == Some(&resources::issued_for(ca, names))),
+    }
 }
 
 /// `allowVolumeExpansion` of a StorageClass; `None` when it cannot be read.

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    Pod, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-    Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec as K8sServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec as K8sServiceSpec, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -39,6 +39,15 @@ pub const DATA_DIR: &str = "/data";
 /// Where a member reads the credentials file of `spec.credentialsSecret`.
 const CREDENTIALS_DIR: &str = "/etc/concordance/credentials";
 const CREDENTIALS_FILE: &str = "credentials.yaml";
+/// Where a member reads its certificate, key and the cluster CA, when the cluster runs TLS.
+const TLS_DIR: &str = "/etc/concordance/tls";
+/// Annotation of the members' certificate Secret: what it was issued for ([`issued_for`]).
+pub const ISSUED_FOR_ANNOTATION: &str = "concordance.io/issued-for";
+/// Keys of the CA Secret and ConfigMap, and of the members' certificate Secret.
+pub const CA_CERT_KEY: &str = "ca.crt";
+pub const CA_KEY_KEY: &str = "ca.key";
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
 /// User and group the node image runs as; the volume is made writable for this group.
 pub const NODE_UID: i64 = 10001;
 /// The node's environment variables holding the two keys.
@@ -155,13 +164,119 @@ pub fn client_port(spec: &ConcordanceClusterSpec) -> u16 {
         .unwrap_or(API_PORT)
 }
 
-/// The fully qualified address peers reach a member at.
-pub fn advertise_address(c: &ConcordanceCluster, member: &str) -> String {
+/// The domain the members' names are under: `<cluster>-peers.<namespace>.svc.cluster.local`.
+fn peer_domain(c: &ConcordanceCluster) -> String {
     format!(
-        "{member}.{}.{}.svc.cluster.local:{API_PORT}",
+        "{}.{}.svc.cluster.local",
         headless_service_name(&c.name_any()),
         c.namespace().unwrap_or_default()
     )
+}
+
+/// The fully qualified name peers reach a member by (and its certificate carries).
+pub fn member_host(c: &ConcordanceCluster, member: &str) -> String {
+    format!("{member}.{}", peer_domain(c))
+}
+
+/// The fully qualified address peers reach a member at.
+pub fn advertise_address(c: &ConcordanceCluster, member: &str) -> String {
+    format!("{}:{API_PORT}", member_host(c, member))
+}
+
+pub fn ca_secret_name(cluster: &str) -> String {
+    format!("{cluster}-ca")
+}
+
+pub fn certificate_secret_name(cluster: &str) -> String {
+    format!("{cluster}-tls")
+}
+
+pub fn ca_config_map_name(cluster: &str) -> String {
+    format!("{cluster}-ca")
+}
+
+/// The names the members' one certificate carries: every member under the peer domain, the
+/// client Service by each name a pod may use for it, and the loopback address.
+pub fn certificate_names(c: &ConcordanceCluster) -> Vec<String> {
+    let service = client_service_name(&c.name_any());
+    let ns = c.namespace().unwrap_or_default();
+    vec![
+        format!("*.{}", peer_domain(c)),
+        service.clone(),
+        format!("{service}.{ns}"),
+        format!("{service}.{ns}.svc"),
+        format!("{service}.{ns}.svc.cluster.local"),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ]
+}
+
+/// What a members' certificate was issued for: this CA and these names. A certificate
+/// issued for anything else (the CA was replaced, an upgrade added a name) is issued again.
+pub fn issued_for(ca_certificate: &str, names: &[String]) -> String {
+    let mut digest = Sha256::new();
+    digest.update(ca_certificate.trim().as_bytes());
+    for name in names {
+        digest.update(b"\n");
+        digest.update(name.as_bytes());
+    }
+    digest.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn string_data(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The cluster's CA, created once.
+pub fn ca_secret(c: &ConcordanceCluster, ca: &crate::pki::Pair) -> Secret {
+    Secret {
+        metadata: meta(c, ca_secret_name(&c.name_any()), true),
+        type_: Some("Opaque".to_string()),
+        string_data: Some(string_data(&[
+            (CA_CERT_KEY, &ca.certificate),
+            (CA_KEY_KEY, &ca.key),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The members' certificate, its key and the CA they trust for peers.
+pub fn certificate_secret(
+    c: &ConcordanceCluster,
+    member: &crate::pki::Pair,
+    ca_certificate: &str,
+    issued_for: String,
+) -> Secret {
+    let mut metadata = meta(c, certificate_secret_name(&c.name_any()), true);
+    metadata.annotations = Some(BTreeMap::from([(
+        ISSUED_FOR_ANNOTATION.to_string(),
+        issued_for,
+    )]));
+    Secret {
+        metadata,
+        type_: Some("kubernetes.io/tls".to_string()),
+        string_data: Some(string_data(&[
+            (TLS_CERT_KEY, &member.certificate),
+            (TLS_KEY_KEY, &member.key),
+            (CA_CERT_KEY, ca_certificate),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The CA certificate, published for the cluster's clients.
+pub fn ca_config_map(c: &ConcordanceCluster, ca_certificate: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(c, ca_config_map_name(&c.name_any()), true),
+        data: Some(string_data(&[(CA_CERT_KEY, ca_certificate)])),
+        ..Default::default()
+    }
 }
 
 /// The generated Secret for a key, when the spec references none.
@@ -314,11 +429,14 @@ fn key_env(cluster: &str, spec: &ConcordanceClusterSpec, var: &str, key: KeyKind
     }
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// A probe of a node route; over TLS when the node serves only TLS (the kubelet does not
+/// check the certificate).
+fn http_probe(path: &str, period: i32, failures: i32, tls: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
             port: IntOrString::Int(i32::from(API_PORT)),
+            scheme: tls.then(|| "HTTPS".to_string()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -357,7 +475,7 @@ pub fn config_args(config: &NodeConfig) -> Vec<String> {
 }
 
 /// The node's arguments: an explicit name and a fully qualified advertise address always.
-pub fn node_args(c: &ConcordanceCluster, member: &str, mode: &StartMode) -> Vec<String> {
+pub fn node_args(c: &ConcordanceCluster, member: &str, mode: &StartMode, tls: bool) -> Vec<String> {
     let mut args = vec![
         format!("--node-id={member}"),
         format!("--listen=0.0.0.0:{API_PORT}"),
@@ -380,6 +498,15 @@ pub fn node_args(c: &ConcordanceCluster, member: &str, mode: &StartMode) -> Vec<
         args.push(format!(
             "--credentials-file={CREDENTIALS_DIR}/{CREDENTIALS_FILE}"
         ));
+    }
+    if tls {
+        // Peers are known by the cluster CA's certificate for a member name, never by a key.
+        args.extend([
+            format!("--tls-cert={TLS_DIR}/{TLS_CERT_KEY}"),
+            format!("--tls-key={TLS_DIR}/{TLS_KEY_KEY}"),
+            format!("--peer-ca={TLS_DIR}/{CA_CERT_KEY}"),
+            format!("--peer-names=*.{}", peer_domain(c)),
+        ]);
     }
     args.extend(config_args(&c.spec.config));
     args
@@ -406,11 +533,15 @@ struct PodInputs<'a> {
     credentials_secret: &'a Option<CredentialsSecretRef>,
     /// The port new members join through.
     join_port: u16,
+    /// Only when on, so that clusters without TLS keep their hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tls: bool,
 }
 
 /// The hash stamped on each member's pod (`concordance.io/pod-hash`). A member whose pod
-/// carries another one is restarted onto the current spec, one member at a time.
-pub fn pod_hash(spec: &ConcordanceClusterSpec) -> String {
+/// carries another one is restarted onto the current spec, one member at a time. `tls`: the
+/// cluster runs TLS (fixed when it was created, see `status.tls`).
+pub fn pod_hash(spec: &ConcordanceClusterSpec, tls: bool) -> String {
     let inputs = PodInputs {
         image: &spec.image,
         pod: &spec.pod,
@@ -423,6 +554,7 @@ pub fn pod_hash(spec: &ConcordanceClusterSpec) -> String {
         agent_key_secret: &spec.agent_key_secret,
         credentials_secret: &spec.credentials_secret,
         join_port: client_port(spec),
+        tls,
     };
     let bytes = serde_json::to_vec(&inputs).expect("the spec serializes");
     let digest = Sha256::digest(&bytes);
@@ -502,8 +634,10 @@ fn spread(
     (!list.is_empty()).then_some(list)
 }
 
-/// The member's volume, and the credentials Secret when the spec names one.
-fn volumes(spec: &ConcordanceClusterSpec, member: &str) -> Vec<Volume> {
+/// The member's volume, the credentials Secret when the spec names one, and the certificate
+/// Secret when the cluster runs TLS.
+fn volumes(c: &ConcordanceCluster, member: &str, tls: bool) -> Vec<Volume> {
+    let spec = &c.spec;
     let mut volumes = vec![Volume {
         name: "data".to_string(),
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -529,10 +663,23 @@ fn volumes(spec: &ConcordanceClusterSpec, member: &str) -> Vec<Volume> {
             ..Default::default()
         });
     }
+    if tls {
+        volumes.push(Volume {
+            name: "tls".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(certificate_secret_name(&c.name_any())),
+                // The pod's group only: the key is private.
+                default_mode: Some(0o440),
+                optional: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     volumes
 }
 
-fn volume_mounts(spec: &ConcordanceClusterSpec) -> Vec<VolumeMount> {
+fn volume_mounts(spec: &ConcordanceClusterSpec, tls: bool) -> Vec<VolumeMount> {
     let mut mounts = vec![VolumeMount {
         name: "data".to_string(),
         mount_path: DATA_DIR.to_string(),
@@ -548,10 +695,20 @@ fn volume_mounts(spec: &ConcordanceClusterSpec) -> Vec<VolumeMount> {
             ..Default::default()
         });
     }
+    // A directory too: a renewed certificate reaches the node, which reads it again.
+    if tls {
+        mounts.push(VolumeMount {
+            name: "tls".to_string(),
+            mount_path: TLS_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     mounts
 }
 
-pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) -> Pod {
+/// A member's pod. `tls`: the cluster runs TLS (`status.tls`).
+pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode, tls: bool) -> Pod {
     let name = c.name_any();
     let spec = &c.spec;
     let settings = &spec.pod;
@@ -565,7 +722,7 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) 
         image: image.to_string(),
         ..spec.clone()
     };
-    annotations.insert(POD_HASH_ANNOTATION.to_string(), pod_hash(&hash_spec));
+    annotations.insert(POD_HASH_ANNOTATION.to_string(), pod_hash(&hash_spec, tls));
     metadata.annotations = Some(annotations);
 
     let mut env = vec![
@@ -582,20 +739,20 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) 
     let container = Container {
         name: "concordance".to_string(),
         image: Some(image.to_string()),
-        args: Some(node_args(c, member, mode)),
+        args: Some(node_args(c, member, mode, tls)),
         env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("api".to_string()),
             container_port: i32::from(API_PORT),
             ..Default::default()
         }]),
-        readiness_probe: Some(http_probe("/api/v1/ready", 2, 1)),
-        liveness_probe: Some(http_probe("/api/v1/health", 10, 6)),
+        readiness_probe: Some(http_probe("/api/v1/ready", 2, 1, tls)),
+        liveness_probe: Some(http_probe("/api/v1/health", 10, 6, tls)),
         resources: settings
             .resources
             .clone()
             .or_else(|| spec.resources.clone()),
-        volume_mounts: Some(volume_mounts(spec)),
+        volume_mounts: Some(volume_mounts(spec, tls)),
         security_context: Some(container_security_context()),
         // A node that refuses to start (e.g. a join refused because the data dir was lost)
         // leaves `{"code","message"}` at /dev/termination-log: the operator reads its code
@@ -619,7 +776,7 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode) 
             hostname: Some(member.to_string()),
             subdomain: Some(headless_service_name(&name)),
             containers: vec![container],
-            volumes: Some(volumes(spec, member)),
+            volumes: Some(volumes(c, member, tls)),
             affinity: Some(affinity(
                 &name,
                 settings.affinity.as_ref().or(spec.affinity.as_ref()),
@@ -719,14 +876,20 @@ mod tests {
     }
 
     fn pod_spec(c: &ConcordanceCluster) -> PodSpec {
-        pod(c, "demo-1", &c.spec.image, &StartMode::Join)
+        pod(c, "demo-1", &c.spec.image, &StartMode::Join, false)
             .spec
             .unwrap()
     }
 
     #[test]
     fn pods_get_an_explicit_name_and_a_fully_qualified_address() {
-        let p = pod(&cluster(), "demo-1", "concordance:1", &StartMode::Join);
+        let p = pod(
+            &cluster(),
+            "demo-1",
+            "concordance:1",
+            &StartMode::Join,
+            false,
+        );
         let args = p.spec.unwrap().containers[0].args.clone().unwrap();
         assert!(args.contains(&"--node-id=demo-1".to_string()));
         assert!(args.contains(&"--advertise=demo-1.demo-peers.ns.svc.cluster.local:4100".into()));
@@ -745,7 +908,7 @@ mod tests {
             },
         ] {
             assert_eq!(
-                start_mode_of(&pod(&c, "demo-0", "i", &mode)),
+                start_mode_of(&pod(&c, "demo-0", "i", &mode, false)),
                 Some(mode.clone())
             );
         }
@@ -824,7 +987,7 @@ mod tests {
             "config": {"logFormat": "json", "snapshotEntries": 5000, "httpThreads": 1}
         }))
         .unwrap();
-        let p = pod(&c, "demo-1", "concordance:1", &StartMode::Join);
+        let p = pod(&c, "demo-1", "concordance:1", &StartMode::Join, false);
         let labels = p.metadata.labels.unwrap();
         assert_eq!(labels["team"], "a");
         assert_eq!(labels[CLUSTER_LABEL], "demo", "the operator's labels win");
@@ -855,13 +1018,13 @@ mod tests {
     #[test]
     fn the_pod_hash_follows_what_reaches_the_pod_and_nothing_else() {
         let c = cluster();
-        let base = pod_hash(&c.spec);
+        let base = pod_hash(&c.spec, false);
         let changed = |f: &dyn Fn(&mut ConcordanceClusterSpec)| {
             let mut s = c.spec.clone();
             f(&mut s);
-            pod_hash(&s)
+            pod_hash(&s, false)
         };
-        assert_eq!(base, pod_hash(&c.spec.clone()), "stable");
+        assert_eq!(base, pod_hash(&c.spec.clone(), false), "stable");
         assert_ne!(base, changed(&|s| s.image = "concordance:2".into()));
         assert_ne!(
             base,
@@ -875,7 +1038,7 @@ mod tests {
         assert_eq!(base, changed(&|s| s.storage.size = "2Gi".into()));
         assert_eq!(base, changed(&|s| s.unready_replacement_seconds = 60));
         // The pod carries the hash of its own image.
-        let p = pod(&c, "demo-0", "concordance:1", &StartMode::Bootstrap);
+        let p = pod(&c, "demo-0", "concordance:1", &StartMode::Bootstrap, false);
         assert_eq!(p.metadata.annotations.unwrap()[POD_HASH_ANNOTATION], base);
     }
 
@@ -884,10 +1047,14 @@ mod tests {
         let mut c = cluster();
         let without = pod_spec(&c);
         assert_eq!(without.volumes.as_ref().unwrap().len(), 1);
-        let base = pod_hash(&c.spec);
+        let base = pod_hash(&c.spec, false);
         c.spec.credentials_secret =
             Some(serde_json::from_value(serde_json::json!({"name": "demo-credentials"})).unwrap());
-        assert_ne!(base, pod_hash(&c.spec), "naming it rolls the members");
+        assert_ne!(
+            base,
+            pod_hash(&c.spec, false),
+            "naming it rolls the members"
+        );
         let spec = pod_spec(&c);
         let secret = spec.volumes.unwrap()[1].secret.clone().unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("demo-credentials"));
@@ -907,6 +1074,57 @@ mod tests {
         assert!(container.args.as_ref().unwrap().contains(
             &"--credentials-file=/etc/concordance/credentials/credentials.yaml".to_string()
         ));
+    }
+
+    #[test]
+    fn a_tls_cluster_mounts_its_certificate_names_it_to_the_node_and_probes_over_https() {
+        let c = cluster();
+        assert_ne!(
+            pod_hash(&c.spec, true),
+            pod_hash(&c.spec, false),
+            "TLS reaches the pod"
+        );
+        let p = pod(&c, "demo-1", "concordance:1", &StartMode::Join, true);
+        assert_eq!(
+            p.metadata.annotations.unwrap()[POD_HASH_ANNOTATION],
+            pod_hash(&c.spec, true)
+        );
+        let spec = p.spec.unwrap();
+        let secret = spec.volumes.unwrap()[1].secret.clone().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("demo-tls"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        let container = &spec.containers[0];
+        let mount = &container.volume_mounts.as_ref().unwrap()[1];
+        assert_eq!(mount.mount_path, TLS_DIR);
+        assert!(
+            mount.sub_path.is_none(),
+            "a renewed certificate must reach the node"
+        );
+        let args = container.args.clone().unwrap();
+        for a in [
+            "--tls-cert=/etc/concordance/tls/tls.crt",
+            "--tls-key=/etc/concordance/tls/tls.key",
+            "--peer-ca=/etc/concordance/tls/ca.crt",
+            "--peer-names=*.demo-peers.ns.svc.cluster.local",
+        ] {
+            assert!(args.contains(&a.to_string()), "{a} in {args:?}");
+        }
+        for probe in [&container.readiness_probe, &container.liveness_probe] {
+            let get = probe.clone().unwrap().http_get.unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        // The certificate covers every member's advertised host and the client Service.
+        let names = certificate_names(&c);
+        assert_eq!(names[0], "*.demo-peers.ns.svc.cluster.local");
+        assert!(names.contains(&"demo.ns.svc.cluster.local".to_string()));
+        let advertised = advertise_address(&c, "demo-1");
+        let domain = names[0].strip_prefix("*.").unwrap();
+        assert_eq!(advertised, format!("demo-1.{domain}:4100"));
+        // Issued for a CA and names: either changing issues it again.
+        let a = issued_for("CA one", &names);
+        assert_eq!(a, issued_for("CA one\n", &names));
+        assert_ne!(a, issued_for("CA two", &names));
+        assert_ne!(a, issued_for("CA one", &names[1..]));
     }
 
     #[test]
@@ -937,7 +1155,7 @@ mod tests {
         let s = client_service(&c).spec.unwrap();
         assert_eq!(s.ports.unwrap()[0].port, 8080);
         assert_eq!(s.type_.as_deref(), Some("NodePort"));
-        let args = node_args(&c, "demo-3", &StartMode::Join);
+        let args = node_args(&c, "demo-3", &StartMode::Join, false);
         assert!(args.contains(&"--join=demo.ns.svc.cluster.local:8080".to_string()));
     }
 

@@ -8,9 +8,9 @@ use concordance_operator::crd::{
     ConcordanceClusterSpec, ConcordanceClusterStatus, PendingAction, PendingKind, StorageSpec,
 };
 use concordance_operator::decide::{
-    Action, DataState, MissingSecret, ObjectStep, Observed, ObservedMember, Owned, PodPhase,
-    PodState, Presence, VolumeState, conditions, decide, min_available, objects, record, report,
-    summarize,
+    Action, CertificateState, DataState, MissingSecret, ObjectStep, Observed, ObservedMember,
+    Owned, PodPhase, PodState, Presence, RENEW_BEFORE_SECONDS, TlsEvidence, TlsState, VolumeState,
+    conditions, decide, min_available, objects, record, report, summarize, tls_in_effect,
 };
 use concordance_operator::resources::{KeyKind, StartMode, pod_hash};
 
@@ -49,7 +49,7 @@ fn member(name: &str) -> ObservedMember {
             phase: PodPhase::Running,
             ready: true,
             image: OLD.to_string(),
-            pod_hash: Some(pod_hash(&spec(3))),
+            pod_hash: Some(pod_hash(&spec(3), false)),
             age_seconds: 3600,
             unready_seconds: 0,
             version: Some("0.1.0".to_string()),
@@ -85,6 +85,7 @@ fn empty(replicas: i32) -> Observed {
         members: vec![],
         cluster: None,
         paused: false,
+        tls: TlsState::default(),
     }
 }
 
@@ -162,7 +163,7 @@ fn unready(o: &mut Observed, name: &str, seconds: i64) {
 
 /// The member's pod runs the current spec.
 fn on_current_spec(o: &mut Observed, name: &str) {
-    let (image, hash) = (o.spec.image.clone(), pod_hash(&o.spec));
+    let (image, hash) = (o.spec.image.clone(), pod_hash(&o.spec, false));
     let p = pod(o, name);
     p.image = image;
     p.pod_hash = Some(hash);
@@ -234,7 +235,7 @@ fn restart(name: &str) -> Expect {
     Is(Action::RestartMember {
         name: name.to_string(),
         image: NEW.to_string(),
-        pod_hash: pod_hash(&new_spec()),
+        pod_hash: pod_hash(&new_spec(), false),
     })
 }
 
@@ -279,7 +280,7 @@ fn restart_onto(o: &Observed, name: &str) -> Expect {
     Is(Action::RestartMember {
         name: name.to_string(),
         image: o.spec.image.clone(),
-        pod_hash: pod_hash(&o.spec),
+        pod_hash: pod_hash(&o.spec, false),
     })
 }
 
@@ -1078,13 +1079,13 @@ fn cases() -> Vec<(&'static str, Observed, Expect)> {
             with(healthy(3, 3), |o| {
                 pending(o, PendingKind::RestartMember, "c-1", Some(NEW));
                 pod(o, "c-1").image = NEW.to_string();
-                pod(o, "c-1").pod_hash = Some(pod_hash(&new_spec()));
+                pod(o, "c-1").pod_hash = Some(pod_hash(&new_spec(), false));
                 unready(o, "c-1", 30);
             }),
             Is(Action::RestartMember {
                 name: n(1),
                 image: OLD.to_string(),
-                pod_hash: pod_hash(&spec(3)),
+                pod_hash: pod_hash(&spec(3), false),
             }),
         ),
         // Drains: a member whose volume cannot follow it.
@@ -1202,7 +1203,7 @@ fn status_reports_each_member_version_image_and_spec() {
     let o = with(healthy(3, 3), |o| {
         pod(o, "c-2").version = Some("0.2.0".to_string());
         pod(o, "c-2").image = NEW.to_string();
-        pod(o, "c-2").pod_hash = Some(pod_hash(&new_spec()));
+        pod(o, "c-2").pod_hash = Some(pod_hash(&new_spec(), false));
     });
     let s = summarize(&o);
     let c2 = s.members.iter().find(|m| m.name == "c-2").unwrap();
@@ -1219,7 +1220,7 @@ fn status_reports_each_member_version_image_and_spec() {
     assert_eq!(s.replicas, 3);
     assert_eq!(s.updated_members, 2);
     assert_eq!(s.selector.as_deref(), Some("concordance.io/cluster=c"));
-    assert_eq!(s.pod_hash, Some(pod_hash(&o.spec)));
+    assert_eq!(s.pod_hash, Some(pod_hash(&o.spec, false)));
     assert_eq!(s.leader.as_deref(), Some("c-0"));
 }
 
@@ -1238,7 +1239,7 @@ fn membership_steps_are_recorded_before_they_are_taken() {
     let r = record(&o, &decide(&o)).unwrap();
     assert_eq!(r.kind, PendingKind::RestartMember);
     assert_eq!(r.image.as_deref(), Some(NEW));
-    assert_eq!(r.pod_hash, Some(pod_hash(&new_spec())));
+    assert_eq!(r.pod_hash, Some(pod_hash(&new_spec(), false)));
 
     // A step re-issued while recorded does not rewrite the record.
     let o = with(healthy(5, 3), |o| {
@@ -1348,7 +1349,8 @@ fn conditions_follow_quorum_and_readiness() {
             ("Progressing", false),
             ("Degraded", false),
             ("StorageResized", true),
-            ("SpaceAvailable", true)
+            ("SpaceAvailable", true),
+            ("TLS", false)
         ]
     );
     assert_eq!(
@@ -1359,7 +1361,8 @@ fn conditions_follow_quorum_and_readiness() {
             ("Progressing", true),
             ("Degraded", true),
             ("StorageResized", true),
-            ("SpaceAvailable", true)
+            ("SpaceAvailable", true),
+            ("TLS", false)
         ]
     );
     let lost = with(healthy(3, 3), two_down);
@@ -1371,7 +1374,8 @@ fn conditions_follow_quorum_and_readiness() {
             ("Progressing", true),
             ("Degraded", true),
             ("StorageResized", true),
-            ("SpaceAvailable", true)
+            ("SpaceAvailable", true),
+            ("TLS", false)
         ]
     );
 }
@@ -1712,4 +1716,260 @@ fn every_step_has_one_name_and_description() {
     );
     assert_eq!(Action::Nothing.info().event, None);
     assert!(!Action::UpdateStatus.is_step());
+}
+
+/// A cluster running TLS whose CA, certificate (`days_left`, issued for the current CA and
+/// names) and ConfigMap exist.
+fn tls_cluster(days_left: i64) -> Observed {
+    with(healthy(3, 3), |o| {
+        o.tls = TlsState {
+            enabled: true,
+            certificate: Some(CertificateState {
+                expires_in_seconds: Some(days_left * 86_400),
+                expires: Some("2027-03-01T00:00:00Z".to_string()),
+                current: true,
+            }),
+        };
+        for owned in [
+            Owned::CaSecret,
+            Owned::CertificateSecret,
+            Owned::CaConfigMap,
+        ] {
+            o.objects.insert(owned, Presence::Ours { applied: true });
+        }
+    })
+}
+
+fn tls_steps(o: &Observed) -> Vec<ObjectStep> {
+    objects(o)
+        .into_iter()
+        .filter(|s| {
+            matches!(
+                s,
+                ObjectStep::CreateCa
+                    | ObjectStep::IssueCertificate { .. }
+                    | ObjectStep::ApplyCaConfigMap
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tls_is_decided_when_the_cluster_is_created_and_kept() {
+    let wanted = spec(3);
+    let off: ConcordanceClusterSpec = serde_json::from_value(serde_json::json!({
+        "replicas": 3, "image": OLD, "storage": {"size": "1Gi"}, "tls": {"enabled": false}
+    }))
+    .unwrap();
+    let fresh = ConcordanceClusterStatus::default();
+    let recorded = |enabled| ConcordanceClusterStatus {
+        tls: Some(concordance_operator::crd::TlsStatus {
+            enabled,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let earlier_operator = ConcordanceClusterStatus {
+        cluster_id: Some(ID.to_string()),
+        ..Default::default()
+    };
+    let seen = |has_members, ca_exists, pods_with_tls| TlsEvidence {
+        has_members,
+        ca_exists,
+        pods_with_tls,
+    };
+    let nothing = seen(false, false, false);
+    let members = seen(true, false, false);
+    // (spec, status, what exists, runs TLS, why)
+    let table = [
+        (
+            &wanted,
+            &fresh,
+            nothing,
+            true,
+            "a new cluster runs TLS by default",
+        ),
+        (&off, &fresh, nothing, false, "unless its spec turns it off"),
+        (&off, &fresh, members, false, "and then keeps it off"),
+        (
+            &wanted,
+            &recorded(true),
+            members,
+            true,
+            "as recorded, once it has members",
+        ),
+        (
+            &wanted,
+            &recorded(false),
+            members,
+            false,
+            "a plaintext cluster stays so",
+        ),
+        (
+            &wanted,
+            &fresh,
+            members,
+            false,
+            "members and no record: made by an earlier operator",
+        ),
+        (
+            &wanted,
+            &earlier_operator,
+            nothing,
+            false,
+            "bootstrapped by an earlier operator",
+        ),
+        // R2: a status read from a stale cache has no record yet, but the cluster's own
+        // objects say what it was made with.
+        (
+            &wanted,
+            &fresh,
+            seen(true, true, false),
+            true,
+            "its CA exists",
+        ),
+        (
+            &wanted,
+            &fresh,
+            seen(true, false, true),
+            true,
+            "a pod runs with a certificate",
+        ),
+        (
+            &off,
+            &recorded(false),
+            seen(true, true, true),
+            true,
+            "what it runs wins",
+        ),
+    ];
+    for (spec, status, seen, runs, why) in table {
+        assert_eq!(tls_in_effect(spec, status, seen), runs, "{why}");
+    }
+}
+
+#[test]
+fn tls_objects_ca_first_then_the_certificate_renewed_before_it_expires() {
+    use ObjectStep::*;
+    let settled = tls_cluster(80);
+    assert_eq!(
+        tls_steps(&settled),
+        vec![ApplyCaConfigMap],
+        "only the CA's publication is kept"
+    );
+
+    let created = with(settled.clone(), |o| {
+        for owned in [
+            Owned::CaSecret,
+            Owned::CertificateSecret,
+            Owned::CaConfigMap,
+        ] {
+            o.objects.insert(owned, Presence::Missing);
+        }
+        o.tls.certificate = None;
+    });
+    assert_eq!(
+        tls_steps(&created),
+        vec![
+            CreateCa,
+            IssueCertificate {
+                why: "there is none"
+            },
+            ApplyCaConfigMap
+        ],
+        "the CA first, then the certificate it signs, then its publication"
+    );
+
+    let margin = RENEW_BEFORE_SECONDS / 86_400;
+    assert_eq!(tls_steps(&tls_cluster(margin + 1)), vec![ApplyCaConfigMap]);
+    assert_eq!(
+        tls_steps(&tls_cluster(margin - 1)),
+        vec![
+            IssueCertificate {
+                why: "it expires soon"
+            },
+            ApplyCaConfigMap
+        ]
+    );
+    assert_eq!(
+        tls_steps(&tls_cluster(-1)),
+        vec![
+            IssueCertificate {
+                why: "it expires soon"
+            },
+            ApplyCaConfigMap
+        ],
+        "an expired one too"
+    );
+    let other_ca = with(settled.clone(), |o| {
+        o.tls.certificate.as_mut().unwrap().current = false;
+    });
+    assert_eq!(
+        tls_steps(&other_ca),
+        vec![
+            IssueCertificate {
+                why: "it was issued for another CA or other names"
+            },
+            ApplyCaConfigMap
+        ]
+    );
+    let unreadable = with(settled.clone(), |o| {
+        o.tls.certificate.as_mut().unwrap().expires_in_seconds = None;
+    });
+    assert_eq!(
+        tls_steps(&unreadable),
+        vec![
+            IssueCertificate {
+                why: "its Secret holds no readable certificate"
+            },
+            ApplyCaConfigMap
+        ]
+    );
+
+    // Someone else's CA Secret: never written over, nothing signed with it, and no step taken.
+    let foreign = with(settled.clone(), |o| {
+        o.objects.insert(Owned::CaSecret, Presence::Foreign);
+        o.tls.certificate.as_mut().unwrap().current = false;
+    });
+    assert_eq!(tls_steps(&foreign), vec![]);
+    assert!(
+        matches!(decide(&foreign), Action::WaitFor { reason } if reason.contains("Secret c-ca"))
+    );
+
+    let plaintext = with(settled, |o| o.tls.enabled = false);
+    assert_eq!(
+        tls_steps(&plaintext),
+        vec![],
+        "no TLS objects for a plaintext cluster"
+    );
+}
+
+#[test]
+fn tls_changes_what_the_members_run_and_is_reported() {
+    // The same spec with TLS is another pod: members of a plaintext hash are not up to date.
+    let o = tls_cluster(80);
+    assert_ne!(summarize(&o).pod_hash, Some(pod_hash(&o.spec, false)));
+    assert_eq!(summarize(&o).pod_hash, Some(pod_hash(&o.spec, true)));
+
+    let (on, reason, message) = condition_of(&o, "TLS");
+    assert!(
+        on && reason == "Enabled" && message.contains("ConfigMap c-ca"),
+        "{message}"
+    );
+    let r = report(&o, &decide(&o));
+    assert!(r.tls.enabled);
+    assert_eq!(r.tls.ca_config_map.as_deref(), Some("c-ca"));
+    assert_eq!(
+        r.tls.certificate_expires.as_deref(),
+        Some("2027-03-01T00:00:00Z")
+    );
+
+    let earlier = healthy(3, 3);
+    let (on, reason, message) = condition_of(&earlier, "TLS");
+    assert!(!on && reason == "CreatedWithoutTLS", "{message}");
+    assert!(!report(&earlier, &decide(&earlier)).tls.enabled);
+    let off = with(healthy(3, 3), |o| {
+        o.spec.tls = Some(serde_json::from_value(serde_json::json!({"enabled": false})).unwrap());
+    });
+    assert_eq!(condition_of(&off, "TLS").1, "Disabled");
 }
