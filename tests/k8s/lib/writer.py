@@ -1,15 +1,28 @@
 #!/usr/bin/env python3
 """Continuous writer for the operator end-to-end tests, and the check of what it wrote.
 
-  writer.py write ENDPOINT KEYFILE PREFIX OUT   # until SIGTERM; one line per acknowledged write
-  writer.py verify ENDPOINT KEYFILE OUT         # every acknowledged write must read back
+  writer.py write [TLS] ENDPOINT KEYFILE PREFIX OUT   # until SIGTERM; one line per acknowledged write
+  writer.py verify [TLS] ENDPOINT KEYFILE OUT         # every acknowledged write must read back
+
+ENDPOINT is `http://HOST:PORT` or `https://HOST:PORT`. TLS options, for https:
+  --ca FILE           verify the server's certificate against this CA (PEM) instead of the system's
+  --server-name NAME  connect to ENDPOINT's host but verify the certificate for NAME (and send
+                      it as SNI): the e2e reaches a client Service by its clusterIP, which the
+                      certificate does not name, and cannot resolve the Service's DNS name
+Without them an https ENDPOINT is verified the usual way; an http one is plain HTTP.
 
 `write` records each write the server acknowledged (key, value, revision, time) and, on stop,
-the longest time without an acknowledged write (the write unavailability). `verify` reads every
-acknowledged key back (linearizable) and fails on any that is missing or different.
+the longest time without an acknowledged write (the write unavailability) and how many writes
+failed (OUT.summary). `verify` reads every acknowledged key back (linearizable) and fails on any
+that is missing or different.
 """
+import argparse
+import functools
+import http.client
 import json
 import signal
+import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -23,17 +36,54 @@ def on_term(*_):
     stop = True
 
 
-def call(endpoint, key, method, path, body=None, timeout=3):
+class NamedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection to the URL's host that verifies the certificate for server_name
+    (the URL's host when None); the context's check_hostname stays on."""
+
+    def __init__(self, host, *, context, server_name=None, **kwargs):
+        super().__init__(host, context=context, **kwargs)
+        self.tls = context
+        self.server_name = server_name
+
+    def connect(self):
+        sock = socket.create_connection((self.host, self.port), self.timeout, self.source_address)
+        try:
+            self.sock = self.tls.wrap_socket(sock, server_hostname=self.server_name or self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+class NamedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context, server_name):
+        super().__init__(context=context)
+        self.tls = context
+        self.server_name = server_name
+
+    def https_open(self, req):
+        return self.do_open(
+            functools.partial(NamedHTTPSConnection, context=self.tls, server_name=self.server_name), req)
+
+
+def opener(ca=None, server_name=None):
+    # No proxy: the endpoint is an address on the test network, reached directly.
+    handlers = [urllib.request.ProxyHandler({})]
+    if ca is not None or server_name is not None:
+        handlers.append(NamedHTTPSHandler(ssl.create_default_context(cafile=ca), server_name))
+    return urllib.request.build_opener(*handlers)
+
+
+def call(client, endpoint, key, method, path, body=None, timeout=3):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{endpoint}/api/v1/{path}", data=data, method=method)
     req.add_header("Authorization", f"Bearer {key}")
     if data is not None:
         req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    with client.open(req, timeout=timeout) as r:
         return json.loads(r.read())
 
 
-def write(endpoint, keyfile, prefix, out):
+def write(client, endpoint, keyfile, prefix, out):
     signal.signal(signal.SIGTERM, on_term)
     key = open(keyfile).read().strip()
     i = 0
@@ -45,7 +95,7 @@ def write(endpoint, keyfile, prefix, out):
             i += 1
             k = f"{prefix}/{i:06d}"
             try:
-                r = call(endpoint, key, "PUT", f"kv/{k}", {"value": {"i": i}})
+                r = call(client, endpoint, key, "PUT", f"kv/{k}", {"value": {"i": i}})
                 now = time.monotonic()
                 longest = max(longest, now - last_ack)
                 last_ack = now
@@ -63,7 +113,7 @@ def write(endpoint, keyfile, prefix, out):
         json.dump(summary, f)
 
 
-def verify(endpoint, keyfile, out):
+def verify(client, endpoint, keyfile, out):
     key = open(keyfile).read().strip()
     lost = []
     n = 0
@@ -72,7 +122,7 @@ def verify(endpoint, keyfile, out):
         n += 1
         for attempt in range(20):
             try:
-                r = call(endpoint, key, "GET", f"kv/{w['key']}")
+                r = call(client, endpoint, key, "GET", f"kv/{w['key']}")
                 break
             except urllib.error.HTTPError as e:
                 if e.code == 404:
@@ -94,8 +144,27 @@ def verify(endpoint, keyfile, out):
     print(f"all {n} acknowledged writes read back")
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "write":
-        write(*sys.argv[2:6])
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    modes = p.add_subparsers(dest="mode", required=True)
+    w = modes.add_parser("write")
+    v = modes.add_parser("verify")
+    for m in (w, v):
+        m.add_argument("--ca", metavar="FILE", help="the CA (PEM) that signs the server's certificate")
+        m.add_argument("--server-name", metavar="NAME", help="the name to verify the certificate for")
+        m.add_argument("endpoint")
+        m.add_argument("keyfile")
+    w.add_argument("prefix")
+    for m in (w, v):
+        m.add_argument("out")
+    a = p.parse_args()
+    client = opener(a.ca, a.server_name)
+    endpoint = a.endpoint.rstrip("/")
+    if a.mode == "write":
+        write(client, endpoint, a.keyfile, a.prefix, a.out)
     else:
-        verify(*sys.argv[2:5])
+        verify(client, endpoint, a.keyfile, a.out)
+
+
+if __name__ == "__main__":
+    main()
