@@ -268,7 +268,8 @@ async fn upgrade_and_rollback_with_the_earlier_build_lose_no_acknowledged_write(
         written.failed.len()
     );
 
-    // The earlier build cannot apply what is now enabled: the leader refuses its join.
+    // The earlier build cannot apply what is now enabled: the leader refuses its join, or,
+    // from a build that reads the cluster's command set first, it refuses itself.
     let late = NodeProc::start_program(
         &previous,
         "node4",
@@ -276,13 +277,27 @@ async fn upgrade_and_rollback_with_the_earlier_build_lose_no_acknowledged_write(
         &[&format!("--join={}", nodes[0].addr())],
         KEYS,
     );
-    let refused = format!(
+    let by_leader = format!(
         "applies command sets up to {earlier_set}, and the cluster has enabled {COMMAND_VERSION}"
     );
-    eventually("the earlier build's join refused", WAIT, || async {
-        late.log_text().contains(&refused).then_some(())
+    let by_itself = format!(
+        "code=command_set_unsupported error=the cluster has enabled command set {COMMAND_VERSION}, and this binary applies sets up to {earlier_set}"
+    );
+    let refused = |log: &str| log.contains(&by_leader) || log.contains(&by_itself);
+    let seen = tokio::time::timeout(WAIT, async {
+        while !refused(&late.log_text()) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     })
     .await;
+    if seen.is_err() {
+        let log = late.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!(
+            "the earlier build's join was not refused ({by_leader:?} or {by_itself:?}) within {WAIT:?}; the end of its log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     let members = nodes[0].admin().status().await.unwrap().members;
     assert!(
         members.iter().all(|m| m.node_id != "node4"),
