@@ -288,6 +288,39 @@ async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
             .as_deref(),
         Some("agent-a17")
     );
+    // It sees its own lease, not the other's (whose key it may not read): refused by id,
+    // left out of the list. The built-in agent key reads every key, so it sees both.
+    assert_eq!(
+        a17.lease_get(lease).await.unwrap().unwrap().keys,
+        vec![queue_key.clone()]
+    );
+    forbidden(
+        a17.lease_get(other).await,
+        &format!("may not read lease {other}: it is another credential's"),
+    );
+    let listed = |leases: Vec<concordance_client::LeaseInfo>| {
+        leases.into_iter().map(|l| l.id).collect::<Vec<_>>()
+    };
+    assert_eq!(listed(a17.lease_list().await.unwrap().leases), vec![lease]);
+    let mut both = vec![lease, other];
+    both.sort();
+    assert_eq!(listed(agent.lease_list().await.unwrap().leases), both);
+    // A lease of another whose keys it may all read, it sees.
+    let shared = agent.lease_grant(Duration::from_secs(60)).await.unwrap().id;
+    agent
+        .put_leased("shared/leased", &json!(1), shared)
+        .await
+        .unwrap();
+    assert_eq!(
+        a17.lease_get(shared)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("agent")
+    );
+    admin.lease_revoke(shared).await.unwrap();
     // Its own lease, holding its lock's queue key, it revokes; an admin revokes any.
     a17.lease_keep_alive(lease).await.unwrap();
     a17.lease_revoke(lease).await.unwrap();

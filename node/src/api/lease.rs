@@ -109,18 +109,43 @@ pub async fn may_use_lease(
     }
 }
 
+/// Whether the caller may see a lease, whose answer names its keys and its owner: its owner
+/// and an admin may, and a credential that reads every key; another only when the lease
+/// holds keys and it may read each of them.
+fn may_see(caller: &Caller, lease: &LeaseInfo) -> bool {
+    caller.reads_every_key()
+        || lease.owner.as_deref() == Some(&*caller.name)
+        || (!lease.keys.is_empty() && lease.keys.iter().all(|k| caller.may_read(k).is_ok()))
+}
+
 pub async fn get(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> Result<Json<LeaseInfo>, ApiError> {
     let id = validate::lease_id(&id)?;
-    Ok(Json(node.lease(id, params.consistency).await?))
+    let lease = node.lease(id, params.consistency).await?;
+    if !may_see(&caller, &lease) {
+        return Err(AccessDenied {
+            credential: caller.name.clone(),
+            action: "read",
+            target: format!(
+                "lease {id}: it is another credential's and holds keys outside its read rules"
+            ),
+        }
+        .into());
+    }
+    Ok(Json(lease))
 }
 
+/// The leases the caller may see ([`may_see`]): a list is filtered, as it names no prefix.
 pub async fn list(
     State(node): State<SharedNode>,
+    Extension(caller): Extension<Caller>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> Result<Json<LeaseListResponse>, ApiError> {
-    Ok(Json(node.leases(params.consistency).await?))
+    let mut answer = node.leases(params.consistency).await?;
+    answer.leases.retain(|lease| may_see(&caller, lease));
+    Ok(Json(answer))
 }

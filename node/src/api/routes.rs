@@ -114,7 +114,7 @@ pub fn routes() -> Vec<(RouteDoc, MethodRouter<SharedNode>)> {
             post(lease::grant),
         ),
         (
-            doc("get", "/api/v1/lease", Agent, "List leases").query(read).json::<api::LeaseListResponse>(),
+            doc("get", "/api/v1/lease", Agent, "List the leases the caller may see").query(read).json::<api::LeaseListResponse>(),
             get(lease::list),
         ),
         (

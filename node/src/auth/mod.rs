@@ -258,6 +258,10 @@ impl Caller {
     pub fn writes_every_key(&self) -> bool {
         self.role == Role::Admin || self.access.allows(Action::Write, Some(""))
     }
+
+    pub fn reads_every_key(&self) -> bool {
+        self.role == Role::Admin || self.access.allows(Action::Read, Some(""))
+    }
 }
 
 fn digest(key: &str) -> [u8; 32] {
