@@ -329,28 +329,63 @@ async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
     assert!(admin.get("agents/a18/leased").await.unwrap().is_none());
 }
 
-/// A writer through one member, with whatever token is current; counts writes and failures.
-fn spawn_writer(
-    client: Client,
-    member: usize,
-    token: Arc<Mutex<String>>,
+/// Writers of `agents/a17/m<n>/<i>` every 5 ms, one per client, each with whatever token its
+/// cell holds at the time; they record the keys acknowledged and the writes that failed.
+struct Writers {
     stop: Arc<AtomicBool>,
     written: Arc<Mutex<Vec<String>>>,
     failures: Arc<Mutex<Vec<String>>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let key = format!("agents/a17/m{member}/{i:06}");
-            let current = token.lock().unwrap().clone();
-            match client.clone().with_key(&current).put(&key, &json!(i)).await {
-                Ok(_) => written.lock().unwrap().push(key),
-                Err(e) => failures.lock().unwrap().push(format!("{key}: {e}")),
-            }
-            i += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn spawn(clients: Vec<(Client, Arc<Mutex<String>>)>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = clients
+            .into_iter()
+            .enumerate()
+            .map(|(member, (client, token))| {
+                let (stop, written, failures) = (stop.clone(), written.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("agents/a17/m{member}/{i:06}");
+                        let current = token.lock().unwrap().clone();
+                        match client.clone().with_key(&current).put(&key, &json!(i)).await {
+                            Ok(_) => written.lock().unwrap().push(key),
+                            Err(e) => failures.lock().unwrap().push(format!("{key}: {e}")),
+                        }
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            written,
+            failures,
+            tasks,
         }
-    })
+    }
+
+    /// Writes acknowledged so far.
+    fn written(&self) -> usize {
+        self.written.lock().unwrap().len()
+    }
+
+    /// Stops them: the keys acknowledged and the failures.
+    async fn stop(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let written = self.written.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (written, failures)
+    }
 }
 
 /// Waits until `token` gets `expected` (a status) from every member.
@@ -386,23 +421,12 @@ async fn a_token_rotates_member_by_member_under_load_with_no_failed_write_and_no
     let term = nodes[0].admin().status().await.unwrap().term;
 
     let token = Arc::new(Mutex::new(A17_TOKEN.to_string()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(Mutex::new(Vec::new()));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let writers: Vec<_> = nodes
-        .iter()
-        .enumerate()
-        .map(|(m, node)| {
-            spawn_writer(
-                node.client(),
-                m,
-                token.clone(),
-                stop.clone(),
-                written.clone(),
-                failures.clone(),
-            )
-        })
-        .collect();
+    let writers = Writers::spawn(
+        nodes
+            .iter()
+            .map(|node| (node.client(), token.clone()))
+            .collect(),
+    );
 
     // 1. Every member takes the new token besides the old, one at a time.
     for f in &files {
@@ -420,13 +444,7 @@ async fn a_token_rotates_member_by_member_under_load_with_no_failed_write_and_no
     }
     on_every_member(&nodes, A17_TOKEN, 401, "the old token is refused").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-
-    let failures = failures.lock().unwrap().clone();
-    let written = written.lock().unwrap().clone();
+    let (written, failures) = writers.stop().await;
     println!(
         "{} writes through 3 members while the token rotated, {} failed",
         written.len(),
@@ -705,21 +723,11 @@ async fn the_admin_key_rotates_member_by_member_while_the_file_holds_both() {
         .api_key(A17_TOKEN)
         .build()
         .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(Mutex::new(Vec::new()));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let writers: Vec<_> = (0..3)
-        .map(|m| {
-            spawn_writer(
-                writer.clone(),
-                m,
-                Arc::new(Mutex::new(A17_TOKEN.to_string())),
-                stop.clone(),
-                written.clone(),
-                failures.clone(),
-            )
-        })
-        .collect();
+    let writers = Writers::spawn(
+        (0..3)
+            .map(|_| (writer.clone(), Arc::new(Mutex::new(A17_TOKEN.to_string()))))
+            .collect(),
+    );
 
     // 1. Every member takes the new admin key besides the old one.
     for f in &files {
@@ -741,15 +749,9 @@ async fn the_admin_key_rotates_member_by_member_while_the_file_holds_both() {
         write_file(f, &a17_and_ops(&[A17_TOKEN]));
     }
     on_every_member(&nodes, OLD_ADMIN_KEY, 401, "the old admin key is refused").await;
-    let before = written.lock().unwrap().len();
+    let before = writers.written();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-
-    let failures = failures.lock().unwrap().clone();
-    let written = written.lock().unwrap().clone();
+    let (written, failures) = writers.stop().await;
     println!(
         "admin key rotated over 3 restarts: {} writes, {} failed",
         written.len(),
