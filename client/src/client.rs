@@ -427,12 +427,16 @@ impl Client {
     /// retries, no generated idempotency keys: every failure is returned as the server (or
     /// the network) gave it. `endpoint` is `http://host:port` or `host:port`.
     pub fn new(endpoint: &str) -> Result<Self, Error> {
+        Self::single_endpoint(endpoint).build()
+    }
+
+    /// What [`Client::new`] builds, as a builder, to add TLS settings to.
+    pub fn single_endpoint(endpoint: impl Into<String>) -> ClientBuilder {
         Self::builder()
             .endpoint(endpoint)
             .retry(RetryPolicy::none())
             .auto_idempotency(false)
             .follow_leader(false)
-            .build()
     }
 
     /// Several endpoints with leader discovery, retries and generated idempotency keys.

@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use concordance_client::{
-    ClientBuilder, ClusterStatus, ErrorCode, RetryPolicy, TerminationMessage,
-};
+use concordance_client::{ClientBuilder, ClusterStatus, ErrorCode, TerminationMessage};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
@@ -73,16 +71,11 @@ fn member_client(
     ca: Option<&pki::Pair>,
 ) -> Option<ClientBuilder> {
     let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
-    let builder = concordance_client::Client::builder()
-        .retry(RetryPolicy::none())
-        .auto_idempotency(false)
-        .follow_leader(false);
     Some(match ca {
-        None => builder.endpoint(format!("http://{ip}:{API_PORT}")),
+        None => concordance_client::Client::single_endpoint(format!("http://{ip}:{API_PORT}")),
         Some(ca) => {
             let host = resources::member_host(cluster, member);
-            builder
-                .endpoint(format!("https://{host}:{API_PORT}"))
+            concordance_client::Client::single_endpoint(format!("https://{host}:{API_PORT}"))
                 .ca_pem(ca.certificate.as_bytes().to_vec())
                 .resolve(host, SocketAddr::new(ip, API_PORT))
         }
@@ -195,7 +188,7 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
     let seen = TlsEvidence {
         has_members: !pod_list.items.is_empty() || !claims.items.is_empty(),
         ca_exists: matches!(ca_presence, Presence::Ours { .. }),
-        pods_with_tls: pod_list.items.iter().any(started_with_tls),
+        pods_with_tls: pod_list.items.iter().any(resources::started_with_tls),
     };
     let mut tls = TlsState {
         enabled: crate::decide::tls_in_effect(&cluster.spec, &status, seen),
@@ -351,15 +344,6 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
         clients,
         ca,
     })
-}
-
-/// The pod's node was started with a certificate (`--tls-cert`).
-fn started_with_tls(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.args.as_ref())
-        .is_some_and(|args| args.iter().any(|a| a.starts_with("--tls-cert")))
 }
 
 fn secret_text(secret: &Secret, key: &str) -> Option<String> {

@@ -806,10 +806,20 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode, 
     }
 }
 
+/// The node's arguments in a member's pod.
+fn node_args_of(pod: &Pod) -> Option<&Vec<String>> {
+    pod.spec.as_ref()?.containers.first()?.args.as_ref()
+}
+
+/// Whether a pod's node was started with a certificate (`--tls-cert`), read back from its
+/// arguments.
+pub fn started_with_tls(pod: &Pod) -> bool {
+    node_args_of(pod).is_some_and(|args| args.iter().any(|a| a.starts_with("--tls-cert")))
+}
+
 /// The start mode a pod was created with, read back from its arguments.
 pub fn start_mode_of(pod: &Pod) -> Option<StartMode> {
-    let args = pod.spec.as_ref()?.containers.first()?.args.as_ref()?;
-    args.iter().find_map(|a| {
+    node_args_of(pod)?.iter().find_map(|a| {
         if a == "--bootstrap" {
             Some(StartMode::Bootstrap)
         } else if a.starts_with("--join") {
