@@ -356,6 +356,10 @@ error_codes! {
     /// A member is out of disk space (the `no_space` alarm): writes that grow the state are
     /// refused until an admin makes room and disarms it. Reads, deletes and revokes work.
     NoSpace = "no_space",
+    /// The write would take the keys under a prefix past their storage quota (the
+    /// credentials file's `quotas`): nothing was written. Not retried: delete keys under the
+    /// prefix, write smaller values, or have the quota raised.
+    QuotaExceeded = "quota_exceeded",
     /// The alarm is still warranted (its member is not yet clear of its bounds), or is not one
     /// that is disarmed.
     AlarmStillRaised = "alarm_still_raised",

@@ -4,7 +4,7 @@
 //! request validation, and the only place an error becomes a status) -> `membership`,
 //! `coordination`, `integrity` (state checks and the fence), `data` (keys, transactions, leases in the API's types), `locks` (the lock and
 //! election queue) -> `service` (what a node does for a request: propose, forward, linearize
-//! reads) -> `forward`, `features`, `auth`, `change_feed` (one history read per applied batch for every
+//! reads) -> `forward`, `features`, `auth`, `quota` (storage quotas per prefix), `change_feed` (one history read per applied batch for every
 //! watch) -> `raft` (settings, wire types, the peer client and
 //! network) and `error` (typed errors, no HTTP) -> `store` (RocksDB: the Raft type configuration,
 //! the log, the state machine's apply, reader and openraft glue, snapshots) -> `metrics`,
@@ -32,6 +32,7 @@ pub mod locks;
 pub mod membership;
 pub mod metrics;
 pub mod offline;
+pub mod quota;
 pub mod raft;
 pub mod server;
 pub mod service;

@@ -93,6 +93,8 @@ pub struct Node {
     pub watches: OpenWatches,
     /// This member's disk space as last measured (see [`crate::space`]).
     pub space: Arc<crate::space::SpaceWatch>,
+    /// The storage quotas per key prefix the leader checks writes against.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 /// Bounds on the writes a node holds, past which new ones are refused as `overloaded` (and
@@ -437,11 +439,15 @@ impl Node {
             // A retry of a write already applied is answered from the idempotency table by
             // the apply, changing nothing: refusing it would tell the client it was not
             // applied. (Looked up only when refusing, off every write's path.)
-            let refused = self.check_space().err().filter(|_| {
-                !cmd.idempotency_key
-                    .as_deref()
-                    .is_some_and(|k| self.reader.answered(k))
-            });
+            let refused = self
+                .check_space()
+                .and_then(|()| self.quotas.check(&cmd.op, &self.reader))
+                .err()
+                .filter(|_| {
+                    !cmd.idempotency_key
+                        .as_deref()
+                        .is_some_and(|k| self.reader.answered(k))
+                });
             if let Some(e) = refused {
                 return Err(Refusal::Failed(e));
             }

@@ -257,8 +257,8 @@ async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
         .unwrap();
     assert_eq!(campaign.status(), 403, "it does not write shared/");
 
-    // A lease is its granter's: another credential may not revoke it, keep it alive, or
-    // hold a lock with it.
+    // A lease is its granter's: another credential may not revoke it, keep it alive, put a
+    // key on it, or hold a lock with it.
     let other = agent.lease_grant(Duration::from_secs(60)).await.unwrap().id;
     agent
         .put_leased("agents/a18/leased", &json!(1), other)
@@ -267,6 +267,19 @@ async fn every_sub_operation_is_checked_against_the_callers_prefixes() {
     let theirs = format!("may not use lease {other}, which belongs to the agent credential");
     forbidden(a17.lease_revoke(other).await, &theirs);
     forbidden(a17.lease_keep_alive(other).await, &theirs);
+    // Nor put a key on it, alone or in a transaction.
+    forbidden(
+        a17.put_leased("agents/a17/on-theirs", &json!(1), other)
+            .await,
+        &theirs,
+    );
+    let on_theirs = TxnOp::Put {
+        key: "agents/a17/on-theirs".into(),
+        value: json!(1),
+        lease: Some(other),
+    };
+    forbidden(a17.txn(&txn(None, vec![], vec![on_theirs])).await, &theirs);
+    assert!(admin.get("agents/a17/on-theirs").await.unwrap().is_none());
     let with_theirs = http
         .post(node.url("/api/v1/lock/acquire"))
         .bearer_auth(A17_TOKEN)
@@ -772,4 +785,132 @@ async fn the_admin_key_rotates_member_by_member_while_the_file_holds_both() {
     for key in &written {
         assert!(admin.get(key).await.unwrap().is_some(), "{key} is lost");
     }
+}
+
+fn over(result: Result<impl std::fmt::Debug, concordance_client::Error>, bound: &str) {
+    let e = result.expect_err("refused by the quota");
+    assert_eq!(e.error_code(), Some(ErrorCode::QuotaExceeded), "{e}");
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(507), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("the keys under \"agents/a17/\"") && message.contains(bound),
+        "the refusal says which quota: {message} (wanted {bound:?})"
+    );
+}
+
+/// A quota of `agents/a17/` (5 keys, 140 bytes) and one of `agents/` (1 MiB), on 3 members:
+/// `agent-a17`, writing through a follower, is refused with 507 `quota_exceeded` naming the
+/// prefix and the bound, while `agent-a18` writes on. Overwrites by smaller values and deletes
+/// always pass; a transaction past the quota writes nothing; a new leader counts the same;
+/// a quota raised in the file is taken within its reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefix_over_its_storage_quota_is_refused_and_another_credential_goes_on() {
+    const A18_TOKEN: &str = "a18-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.yaml");
+    let text = |a17_keys: u32| {
+        format!(
+            "credentials:\n\
+             - name: agent-a17\n  role: agent\n  tokens: [{A17_TOKEN}]\n  read: [shared/]\n  write: [agents/a17/]\n\
+             - name: agent-a18\n  role: agent\n  tokens: [{A18_TOKEN}]\n  write: [agents/a18/]\n\
+             quotas:\n\
+             - prefix: agents/a17/\n  maxKeys: {a17_keys}\n  maxBytes: 140\n\
+             - prefix: agents/\n  maxBytes: 1MiB\n"
+        )
+    };
+    write_file(&file, &text(5));
+    let first = start(dir.path(), "node1", &file, &["--bootstrap"]);
+    first.wait_ready().await;
+    // The first request of a new cluster: a lease granted now has its owner.
+    let lease = first
+        .client()
+        .with_key(A17_TOKEN)
+        .lease_grant(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .id;
+    let owner = first.admin().lease_get(lease).await.unwrap().unwrap().owner;
+    assert_eq!(owner.as_deref(), Some("agent-a17"));
+    let join = format!("--join={}", first.addr());
+    let mut nodes = vec![first];
+    for i in 2..=3 {
+        let node = start(dir.path(), &format!("node{i}"), &file, &[&join]);
+        node.wait_ready().await;
+        nodes.push(node);
+    }
+    let admin = nodes[0].admin();
+    let leader = admin.status().await.unwrap().leader.unwrap();
+    let followers: Vec<&NodeProc> = nodes.iter().filter(|n| n.name != leader).collect();
+    let follower = followers[0];
+    let a17 = follower.client().with_key(A17_TOKEN);
+    let a18 = follower.client().with_key(A18_TOKEN);
+    // 5 keys of 14 bytes ("agents/a17/k1" and 1, ...): 70 bytes.
+    for i in 1..=5 {
+        a17.put(&format!("agents/a17/k{i}"), &json!(i))
+            .await
+            .unwrap();
+    }
+    over(
+        a17.put("agents/a17/k6", &json!(6)).await,
+        "they are 5 keys and this write adds 1, past their quota of 5 keys",
+    );
+    // The other credential, under the wider quota only, goes on.
+    for i in 0..20 {
+        a18.put(&format!("agents/a18/k{i}"), &json!(i))
+            .await
+            .unwrap();
+    }
+    // An overwrite that grows past the bytes is refused; one that does not passes.
+    over(
+        a17.put("agents/a17/k1", &json!("x".repeat(80))).await,
+        "they take 70 bytes and this write adds 81, past their quota of 140 bytes",
+    );
+    a17.put("agents/a17/k1", &json!("x".repeat(40)))
+        .await
+        .unwrap();
+    // A transaction past the quota writes nothing, not even the keys within it.
+    let refused = a17
+        .txn(&txn(
+            None,
+            vec![put("agents/a17/k1"), put("agents/a17/t1")],
+            vec![],
+        ))
+        .await;
+    over(refused, "past their quota of 5 keys");
+    assert!(admin.get("agents/a17/t1").await.unwrap().is_none());
+    // A delete makes room.
+    a17.delete("agents/a17/k5").await.unwrap();
+    a17.put("agents/a17/k6", &json!(6)).await.unwrap();
+
+    // A new leader counts the keys from its own state.
+    let other = followers[1].name.clone();
+    admin.transfer_leader(Some(&other)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.status().await.unwrap().leader.as_deref() != Some(other.as_str()) {
+        assert!(Instant::now() < deadline, "leadership moved to {other}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    over(
+        a17.put("agents/a17/k7", &json!(7)).await,
+        "they are 5 keys and this write adds 1",
+    );
+
+    // A quota raised in the file is taken within its reload.
+    write_file(&file, &text(6));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match a17.put("agents/a17/k7", &json!(7)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.error_code(), Some(ErrorCode::QuotaExceeded), "{e}");
+                assert!(Instant::now() < deadline, "the raised quota is taken");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let listed = admin
+        .list_all("agents/a17/", 100, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 6);
 }

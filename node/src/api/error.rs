@@ -72,7 +72,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
         // Not retried by clients: it lasts until an admin makes room and disarms the alarm.
-        ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::NoSpace | ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::StorageError | ErrorCode::Internal | ErrorCode::Unknown => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

@@ -16,6 +16,8 @@ use super::ApiError;
 use super::JsonBody;
 use super::body::KeyPath;
 use super::body::QueryParams;
+use super::lease::Use;
+use super::lease::may_use_lease;
 use super::validate;
 use crate::auth::Caller;
 use crate::service::SharedNode;
@@ -39,6 +41,9 @@ pub async fn put(
     validate::writable(&caller, &key)?;
     validate::value(&req.value)?;
     validate::attached_lease(req.lease)?;
+    if let Some(lease) = req.lease {
+        may_use_lease(&node, &caller, lease, Use::Hold).await?;
+    }
     let ik = validate::idempotency_key(&headers)?;
     Ok(Json(node.put(key, req, ik).await?))
 }

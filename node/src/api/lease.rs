@@ -66,7 +66,7 @@ pub async fn revoke(
 pub enum Use {
     /// Revoking it deletes its keys.
     Revoke,
-    /// Keeping it alive, or a lock or an election's place held with it.
+    /// Keeping it alive, putting a key on it, or a lock or an election's place held with it.
     Hold,
 }
 

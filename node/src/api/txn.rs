@@ -12,6 +12,8 @@ use concordance_client::TxnResponse;
 
 use super::ApiError;
 use super::JsonBody;
+use super::lease::Use;
+use super::lease::may_use_lease;
 use super::validate;
 use crate::auth::Caller;
 use crate::service::SharedNode;
@@ -25,6 +27,15 @@ pub async fn txn(
 ) -> Result<Json<TxnResponse>, ApiError> {
     let ik = validate::idempotency_key(&headers)?;
     validate::txn(&caller, &req)?;
+    // A key is put on a lease only by whoever may hold the lease.
+    for op in req.success.iter().chain(&req.failure) {
+        if let concordance_client::TxnOp::Put {
+            lease: Some(lease), ..
+        } = op
+        {
+            may_use_lease(&node, &caller, *lease, Use::Hold).await?;
+        }
+    }
     // A prefix delete is audited, with its prefixes.
     if let Some(Extension(audit)) = audit {
         for op in req.success.iter().chain(&req.failure) {

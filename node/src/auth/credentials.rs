@@ -1,6 +1,7 @@
 //! Named credentials from a file (`--credentials-file`, YAML or JSON): each has a role, one
 //! or more tokens (several at once while one rotates), and, for an agent, the key prefixes it
-//! may read and write.
+//! may read and write. The file may also hold storage quotas per key prefix
+//! ([`crate::quota`]).
 //!
 //! ```yaml
 //! credentials:
@@ -9,6 +10,10 @@
 //!     tokens: ["<at least 16 characters>"]
 //!     read: ["shared/"]
 //!     write: ["agents/a17/"]
+//! quotas:
+//!   - prefix: agents/a17/
+//!     maxBytes: 64MiB
+//!     maxKeys: 10000
 //! ```
 
 use std::collections::HashSet;
@@ -22,6 +27,7 @@ use super::Caller;
 use super::RateLimit;
 use super::Role;
 use super::digest;
+use crate::quota::Quota;
 
 /// The shortest token taken from a credentials file.
 pub const MIN_TOKEN_BYTES: usize = 16;
@@ -32,6 +38,25 @@ const MAX_NAME_BYTES: usize = 64;
 #[serde(deny_unknown_fields)]
 struct CredentialsFile {
     credentials: Vec<Entry>,
+    /// Storage quotas per key prefix, whoever writes the keys.
+    #[serde(default)]
+    quotas: Vec<QuotaEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct QuotaEntry {
+    prefix: String,
+    /// Bytes of names and values (as JSON): a number, or with KiB, MiB or GiB.
+    max_bytes: Option<ByteCount>,
+    max_keys: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ByteCount {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,9 +104,15 @@ pub enum CredentialsError {
 /// One credential's token digests and what it grants.
 pub(super) type Table = Vec<([u8; 32], Caller)>;
 
+/// A credentials file, parsed: its credentials and its storage quotas.
+pub(super) struct Parsed {
+    pub table: Table,
+    pub quotas: Vec<Quota>,
+}
+
 /// Parses and checks a credentials file; `taken` are the names already in use (the built-in
 /// credentials of the admin and agent keys).
-pub(super) fn parse(path: &str, text: &str, taken: &[&str]) -> Result<Table, CredentialsError> {
+pub(super) fn parse(path: &str, text: &str, taken: &[&str]) -> Result<Parsed, CredentialsError> {
     let file: CredentialsFile =
         serde_yaml::from_str(text).map_err(|e| CredentialsError::Parse {
             path: path.to_string(),
@@ -126,9 +157,7 @@ pub(super) fn parse(path: &str, text: &str, taken: &[&str]) -> Result<Table, Cre
             )));
         }
         for prefix in entry.read.iter().chain(&entry.write) {
-            if prefix.len() > crate::api::validate::MAX_KEY_BYTES
-                || prefix.chars().any(char::is_control)
-            {
+            if !valid_prefix(prefix) {
                 return Err(invalid(format!(
                     "credential {name:?}: the prefix {prefix:?} is not a valid key prefix"
                 )));
@@ -193,7 +222,46 @@ pub(super) fn parse(path: &str, text: &str, taken: &[&str]) -> Result<Table, Cre
             table.push((d, caller.clone()));
         }
     }
-    Ok(table)
+    let quotas = quotas(&file.quotas).map_err(invalid)?;
+    Ok(Parsed { table, quotas })
+}
+
+fn valid_prefix(prefix: &str) -> bool {
+    prefix.len() <= crate::api::validate::MAX_KEY_BYTES && !prefix.chars().any(char::is_control)
+}
+
+fn quotas(entries: &[QuotaEntry]) -> Result<Vec<Quota>, String> {
+    let mut out: Vec<Quota> = Vec::new();
+    for entry in entries {
+        let prefix = &entry.prefix;
+        if !valid_prefix(prefix) {
+            return Err(format!(
+                "the quota of {prefix:?}: it is not a valid key prefix"
+            ));
+        }
+        if out.iter().any(|q| q.prefix == *prefix) {
+            return Err(format!("the prefix {prefix:?} has two quotas"));
+        }
+        let max_bytes = match &entry.max_bytes {
+            None => None,
+            Some(ByteCount::Bytes(n)) => Some(*n),
+            Some(ByteCount::Text(text)) => Some(
+                crate::config::parse_bytes(text)
+                    .map_err(|e| format!("the quota of {prefix:?}: maxBytes: {e}"))?,
+            ),
+        };
+        if max_bytes.is_none() && entry.max_keys.is_none() {
+            return Err(format!(
+                "the quota of {prefix:?} bounds nothing: give maxBytes, maxKeys or both"
+            ));
+        }
+        out.push(Quota {
+            prefix: prefix.clone(),
+            max_bytes,
+            max_keys: entry.max_keys,
+        });
+    }
+    Ok(out)
 }
 
 /// A parser's message with the values it quotes (between backticks) left out: a misplaced
@@ -239,7 +307,9 @@ mod tests {
     const TOKEN: &str = "a17-token-0123456789";
 
     fn parsed(text: &str) -> Result<Table, String> {
-        parse("creds.yaml", text, &["admin", "agent"]).map_err(|e| e.to_string())
+        parse("creds.yaml", text, &["admin", "agent"])
+            .map(|p| p.table)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -266,6 +336,46 @@ mod tests {
             r#"{{"credentials":[{{"name":"b","role":"agent","tokens":["{TOKEN}"],"read":[""]}}]}}"#
         );
         assert_eq!(parsed(&json).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn quotas_per_prefix_in_bytes_with_units_and_keys() {
+        let text = format!(
+            "credentials:\n- name: a\n  role: agent\n  tokens: [{TOKEN}]\n  write: [a/]\n\
+             quotas:\n- prefix: a/\n  maxBytes: 64MiB\n  maxKeys: 100\n\
+             - prefix: \"\"\n  maxBytes: 1000\n"
+        );
+        let quotas = parse("creds.yaml", &text, &[]).unwrap().quotas;
+        assert_eq!(
+            quotas,
+            vec![
+                Quota {
+                    prefix: "a/".into(),
+                    max_bytes: Some(64 << 20),
+                    max_keys: Some(100),
+                },
+                Quota {
+                    prefix: String::new(),
+                    max_bytes: Some(1000),
+                    max_keys: None,
+                },
+            ]
+        );
+        let base =
+            format!("credentials:\n- name: a\n  role: agent\n  tokens: [{TOKEN}]\n  read: [x/]\n");
+        for (quotas, expected) in [
+            ("- prefix: a/\n", "bounds nothing"),
+            (
+                "- prefix: a/\n  maxKeys: 1\n- prefix: a/\n  maxKeys: 2\n",
+                "two quotas",
+            ),
+            ("- prefix: a/\n  maxBytes: 5 parsecs\n", "maxBytes"),
+            ("- prefix: a/\n  maxKeys: -1\n", "expected u64"),
+            ("- prefix: a/\n  maxkeys: 1\n", "unknown field"),
+        ] {
+            let e = parsed(&format!("{base}quotas:\n{quotas}")).unwrap_err();
+            assert!(e.contains(expected), "{quotas}: {e}");
+        }
     }
 
     #[test]

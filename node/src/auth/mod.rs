@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 use self::credentials::CredentialsError;
 use self::credentials::Table;
 use crate::locks::RESERVED_PREFIX;
+use crate::quota::Quotas;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -278,6 +279,8 @@ pub struct Keys {
     table: Arc<RwLock<Arc<Table>>>,
     /// The file's text last taken or refused, so that a change is handled once.
     last_text: Arc<std::sync::Mutex<Option<String>>>,
+    /// The file's storage quotas, which the leader checks writes against.
+    quotas: Arc<Quotas>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -303,7 +306,13 @@ impl Keys {
             builtin,
             file: None,
             last_text: Arc::default(),
+            quotas: Arc::default(),
         }
+    }
+
+    /// The storage quotas of the file, as it is read again.
+    pub fn quotas(&self) -> Arc<Quotas> {
+        self.quotas.clone()
     }
 
     /// The keys' credentials and those of `file`; refused if the file is not valid.
@@ -357,7 +366,10 @@ impl Keys {
         *last = Some(text.clone());
         drop(last);
         let taken: Vec<&str> = self.builtin.iter().map(|(_, c)| &*c.name).collect();
-        let mut from_file = credentials::parse(&shown, &text, &taken)?;
+        let credentials::Parsed {
+            table: mut from_file,
+            quotas,
+        } = credentials::parse(&shown, &text, &taken)?;
         // A credential whose rate did not change keeps its bucket: a reload is no reset.
         let before = self.current();
         for (_, caller) in &mut from_file {
@@ -377,6 +389,7 @@ impl Keys {
         let mut table = (*self.builtin).clone();
         table.extend(from_file);
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.quotas.set(quotas);
         Ok(true)
     }
 

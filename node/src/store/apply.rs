@@ -167,6 +167,14 @@ fn compare_holds(c: &CompareRecord, kv: Option<&KeyRecord>) -> bool {
     }
 }
 
+/// A batch, applied: what to commit and what to tell once it is.
+pub struct Parts {
+    pub writes: WriteBatch,
+    pub sweep_floor: Option<Vec<u8>>,
+    pub lease_changes: Vec<LeaseChange>,
+    pub touched: HashMap<String, Option<KeyRecord>>,
+}
+
 impl<'a> Batch<'a> {
     /// A batch over `store`, whose state is at `revision` with `command_version` enabled and
     /// no live idempotency index entry below `sweep_floor`.
@@ -218,9 +226,15 @@ impl<'a> Batch<'a> {
     }
 
     /// The writes to commit, atomically with the applied log id; the sweep floor and the
-    /// lease changes once they are.
-    pub fn into_parts(self) -> (WriteBatch, Option<Vec<u8>>, Vec<LeaseChange>) {
-        (self.wb, self.sweep_floor, self.lease_changes)
+    /// lease changes once they are; and the keys written or deleted, each as the batch leaves
+    /// it.
+    pub fn into_parts(self) -> Parts {
+        Parts {
+            writes: self.wb,
+            sweep_floor: self.sweep_floor,
+            lease_changes: self.lease_changes,
+            touched: self.overlay,
+        }
     }
 
     fn current(&self, key: &str) -> io::Result<Option<KeyRecord>> {
@@ -1716,6 +1730,55 @@ mod tests {
             })
             .collect();
         sm.apply_entries(entries).unwrap()
+    }
+
+    /// The quota counts kept by batches equal a scan of the state after them, through
+    /// overwrites, deletes, transactions, prefix deletes and revokes in one batch and many.
+    #[test]
+    fn prefix_counts_kept_by_batches_equal_a_scan_of_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = StateMachine::open(store, Metrics::new()).unwrap();
+        let reader = sm.reader();
+        let mut index = 0;
+        let prefixes = ["a/", "a/b/", "z/"];
+        let counted = |reader: &crate::store::reader::KvReader| {
+            reader.prefix_usage(&prefixes, &prefixes).unwrap()
+        };
+        let scanned = |reader: &crate::store::reader::KvReader| {
+            reader.prefix_usage(&[], &[]).unwrap();
+            counted(reader)
+        };
+        sm_answers(&mut sm, &mut index, vec![put("a/1", json!("x")).0]);
+        // Counted from here on; the first count is a scan.
+        let first = counted(&reader);
+        assert_eq!((first[0].keys, first[0].bytes), (1, 3 + 3));
+        let steps: Vec<Vec<Command>> = vec![
+            vec![put("a/2", json!({"v": [1, 2]})).0, put("a/b/1", json!(7)).0],
+            vec![put("a/1", json!("a longer value")).0, del("a/2").0],
+            vec![grant(9, 60_000).0, put_leased("a/b/2", json!(true), 9).0],
+            vec![txn(vec![], vec![t_put("a/3", json!(3)), t_del("a/1")], vec![]).0],
+            vec![put("b/1", json!(1)).0, put("z", json!(1)).0],
+            vec![revoke(9).0, put("a/b/3", json!(null)).0, del("a/b/3").0],
+            vec![
+                txn(
+                    vec![],
+                    vec![t_del_prefix("a/b/"), t_put("a/b/4", json!("y"))],
+                    vec![],
+                )
+                .0,
+            ],
+        ];
+        for (i, batch) in steps.into_iter().enumerate() {
+            sm_answers(&mut sm, &mut index, batch);
+            let kept = counted(&reader);
+            assert_eq!(kept, scanned(&reader), "after step {i}");
+        }
+        let end = counted(&reader);
+        // a/3 = 3 and a/b/4 = "y": 3 + 1 and 5 + 3 bytes.
+        assert_eq!((end[0].keys, end[0].bytes), (2, 4 + 8));
+        assert_eq!((end[1].keys, end[1].bytes), (1, 8));
+        assert_eq!((end[2].keys, end[2].bytes), (0, 0));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod state_hash;
 pub mod state_machine;
 pub mod time_index;
 pub mod types;
+pub mod usage;
 
 use std::path::Path;
 use std::path::PathBuf;

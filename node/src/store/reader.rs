@@ -23,6 +23,8 @@ use super::records::LeaseRecord;
 use super::state_hash::StateHashes;
 use super::time_index;
 use super::u64_key;
+use super::usage::PrefixUsage;
+use super::usage::Usage;
 use crate::lease_clock::LeaseClock;
 
 /// Read access to the applied state, shared with the HTTP API.
@@ -42,6 +44,8 @@ pub struct KvReader {
     state_hashes: StateHashes,
     /// When each lease may end, on this member's monotonic clock.
     lease_clock: Arc<LeaseClock>,
+    /// What the keys under each prefix with a storage quota take.
+    usage: Arc<PrefixUsage>,
 }
 
 impl KvReader {
@@ -59,6 +63,7 @@ impl KvReader {
             alarms: Arc::new(std::sync::RwLock::new(applied.alarms.clone())),
             state_hashes: StateHashes::default(),
             lease_clock: Arc::default(),
+            usage: Arc::default(),
         }
     }
 
@@ -97,6 +102,19 @@ impl KvReader {
     }
 
     /// The state hashes this replica computed lately (see [`super::state_hash`]).
+    pub(super) fn usage(&self) -> &PrefixUsage {
+        &self.usage
+    }
+
+    /// What the keys under each of `wanted` take in the applied state. Every prefix of
+    /// `quotas` (the storage quotas' prefixes) is counted from then on by every batch; the
+    /// others stop being counted.
+    pub fn prefix_usage(&self, quotas: &[&str], wanted: &[&str]) -> io::Result<Vec<Usage>> {
+        let mut counted = self.usage.lock();
+        counted.keep_only(quotas);
+        wanted.iter().map(|p| counted.of(p, &self.store)).collect()
+    }
+
     pub fn state_hashes(&self) -> &StateHashes {
         &self.state_hashes
     }

@@ -243,7 +243,12 @@ impl StateMachine {
                 .alarms
                 .retain(|a| membership.membership().get_node(&a.member).is_some());
         }
-        let (mut wb, sweep_floor, lease_changes) = batch.into_parts();
+        let super::apply::Parts {
+            writes: mut wb,
+            sweep_floor,
+            lease_changes,
+            touched,
+        } = batch.into_parts();
         let by_bytes = self.history_over_bytes(history_written, applied.revision);
         // History compaction: a function of the revision and the configured retention.
         let keep = self.history_revisions;
@@ -270,8 +275,14 @@ impl StateMachine {
         if let Some(last) = &applied.last_applied {
             time_index::mark_indexed(&self.store, &mut wb, last.index);
         }
+        // The quota counts change with the state, under one lock: a count is never of a
+        // state between two applied indexes.
+        let mut counted = self.reader.usage().lock();
+        let usage_changes = counted.changes(&touched, &self.store)?;
         // Not synced here: the log is synced, and a lost tail of applied state is re-applied.
         self.store.db().write(wb).map_err(io_err)?;
+        counted.apply(usage_changes);
+        drop(counted);
         self.reader.set_sweep_floor(sweep_floor);
         self.reader
             .lease_clock()
@@ -357,7 +368,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> io::Result<()> {
+        let mut counted = self.reader.usage().lock();
         snapshot::install(&self.store, meta, snapshot).map_err(io_err)?;
+        counted.forget_all();
+        drop(counted);
         // Snapshots hold the tables, not their indexes.
         let applied_index = meta.last_log_id.as_ref().map(|l| l.index);
         time_index::rebuild(&self.store, applied_index).map_err(io_err)?;
