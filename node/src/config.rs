@@ -96,6 +96,24 @@ pub struct ServeArgs {
     /// Agent key: may use the data API only.
     #[arg(long, env = "CONCORDANCE_AGENT_API_KEY", hide_env_values = true)]
     pub agent_key: Option<String>,
+    /// Admin keys from a file instead of --api-key, one per line: every one is accepted, and
+    /// the first is the one this node calls its peers with. Read again when it changes, so the
+    /// admin key rotates with no restart.
+    #[arg(
+        long,
+        env = "CONCORDANCE_API_KEY_FILE",
+        value_name = "FILE",
+        conflicts_with = "api_key"
+    )]
+    pub api_key_file: Option<PathBuf>,
+    /// Agent keys from a file instead of --agent-key, one per line, read again when it changes.
+    #[arg(
+        long,
+        env = "CONCORDANCE_AGENT_KEY_FILE",
+        value_name = "FILE",
+        conflicts_with = "agent_key"
+    )]
+    pub agent_key_file: Option<PathBuf>,
     /// Named credentials besides the two keys (YAML or JSON): each a role, its tokens (several
     /// while one rotates), and for an agent the key prefixes it may read and write. Read again
     /// when it changes; a change that is not valid is logged and not taken. Needs --api-key.
@@ -284,8 +302,11 @@ pub struct Config {
     pub bootstrap: bool,
     pub join: Option<String>,
     pub force_new_cluster: Option<String>,
+    /// The admin key: the flag's, or the first of the admin key file at start.
     pub api_key: Option<String>,
     pub agent_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub agent_key_file: Option<PathBuf>,
     pub credentials_file: Option<PathBuf>,
     pub audit_log: Option<PathBuf>,
     pub snapshot_entries: u64,
@@ -320,6 +341,8 @@ pub enum ConfigError {
          (until peer TLS), and it stays the cluster's own credential"
     )]
     CredentialsWithoutAdmin,
+    #[error("{0}")]
+    KeyFile(String),
     #[error(
         "refusing to serve {0} without keys: anyone who can reach it could read and change everything. \
          Set CONCORDANCE_API_KEY (and CONCORDANCE_AGENT_API_KEY), listen on 127.0.0.1, \
@@ -376,8 +399,20 @@ fn hostname() -> Option<String> {
 
 impl ServeArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let api_key = key(self.api_key, "--api-key", "CONCORDANCE_API_KEY")?;
-        let agent_key = key(self.agent_key, "--agent-key", "CONCORDANCE_AGENT_API_KEY")?;
+        let first_of = |file: &Option<PathBuf>| -> Result<Option<String>, ConfigError> {
+            let Some(path) = file else { return Ok(None) };
+            let keys = crate::auth::key_files::read(path)
+                .map_err(|e| ConfigError::KeyFile(e.to_string()))?;
+            Ok(keys.into_iter().next())
+        };
+        let api_key = match first_of(&self.api_key_file)? {
+            Some(first) => Some(first),
+            None => key(self.api_key, "--api-key", "CONCORDANCE_API_KEY")?,
+        };
+        let agent_key = match first_of(&self.agent_key_file)? {
+            Some(first) => Some(first),
+            None => key(self.agent_key, "--agent-key", "CONCORDANCE_AGENT_API_KEY")?,
+        };
         if agent_key.is_some() && api_key.is_none() {
             return Err(ConfigError::AgentKeyWithoutAdmin);
         }
@@ -466,6 +501,8 @@ impl ServeArgs {
             force_new_cluster: self.force_new_cluster,
             api_key,
             agent_key,
+            api_key_file: self.api_key_file,
+            agent_key_file: self.agent_key_file,
             credentials_file: self.credentials_file,
             audit_log: self.audit_log,
             snapshot_entries: self.snapshot_entries,
@@ -515,6 +552,29 @@ mod tests {
             .expect("clap parses")
             .serve
             .validate()
+    }
+
+    #[test]
+    fn a_key_file_gives_the_admin_key_its_first_line_and_excludes_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin-keys");
+        std::fs::write(
+            &file,
+            "# keys\nfirst-admin-key-0123456789\nsecond-admin-key-0123456789\n",
+        )
+        .unwrap();
+        let flag = format!("--api-key-file={}", file.display());
+        let c = parse(&[&flag]).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("first-admin-key-0123456789"));
+        assert_eq!(c.api_key_file.as_deref(), Some(file.as_path()));
+        let both = Cli::try_parse_from(["concordance", &flag, "--api-key=k"]);
+        assert!(both.is_err(), "--api-key-file and --api-key conflict");
+        std::fs::write(&file, "short\n").unwrap();
+        let e = parse(&[&flag]).unwrap_err().to_string();
+        assert!(e.contains("at least 16") && e.contains("admin-keys"), "{e}");
+        let missing = format!("--api-key-file={}", dir.path().join("none").display());
+        let e = parse(&[&missing]).unwrap_err().to_string();
+        assert!(e.contains("cannot read the key file"), "{e}");
     }
 
     #[test]

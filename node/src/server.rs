@@ -208,12 +208,22 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         .into());
     }
     let tls = config.tls.clone().map(Tls::load).transpose()?;
+    let keys = Keys::with_sources(
+        config.api_key.as_deref(),
+        config.agent_key.as_deref(),
+        crate::auth::KeySources {
+            admin_keys_file: config.api_key_file.clone(),
+            agent_keys_file: config.agent_key_file.clone(),
+            credentials_file: config.credentials_file.clone(),
+        },
+    )?;
     let peers = PeerContext::new(
         config.api_key.clone(),
         identity.cluster_uuid.clone(),
         identity.raft_id,
         tls.as_ref(),
     );
+    keys.update_peer_key(peers.clone());
     let raft_config = Arc::new(crate::raft::config(config.snapshot_entries)?);
     let network = Network { ctx: peers.clone() };
     let raft_id = identity.raft_id;
@@ -269,12 +279,6 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         );
     }
 
-    let keys = match &config.credentials_file {
-        None => Keys::new(config.api_key.as_deref(), config.agent_key.as_deref()),
-        Some(file) => {
-            Keys::with_file(config.api_key.as_deref(), config.agent_key.as_deref(), file)?
-        }
-    };
     let stopping = tokio_util::sync::CancellationToken::new();
     let node = Arc::new(Node {
         raft: raft.clone(),

@@ -914,3 +914,126 @@ async fn a_prefix_over_its_storage_quota_is_refused_and_another_credential_goes_
         .unwrap();
     assert_eq!(listed.len(), 6);
 }
+
+/// The admin key from a file (`--api-key-file`) rotates with no restart: on 3 members with
+/// no peer TLS (members call each other with the first key of their file) under admin writers
+/// through each member, each file goes from the old key to both (old first), to both (new
+/// first), to the new one. No write fails, no election happens, the old key is refused at the
+/// end, and a fourth member joins and catches up on the new key alone: the leader calls its
+/// peers with the new key. A file made invalid is not taken, and no key reaches a log.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_key_rotates_through_its_key_file_with_no_restart_and_no_failed_write() {
+    const OLD: &str = "old-admin-key-0123456789";
+    const NEW: &str = "new-admin-key-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("CONCORDANCE_AGENT_API_KEY", AGENT_KEY)];
+    let key_file = |i: usize| dir.path().join(format!("admin-keys-{i}"));
+    let start_member = |i: usize, extra: &str| {
+        write_file(&key_file(i), &format!("{OLD}\n"));
+        let flag = format!("--api-key-file={}", key_file(i).display());
+        NodeProc::start_env(&format!("node{i}"), dir.path(), &[&flag, extra], &env)
+    };
+    let first = start_member(1, "--bootstrap");
+    first.wait_ready().await;
+    let join = format!("--join={}", first.addr());
+    let mut nodes = vec![first];
+    for i in 2..=3 {
+        let node = start_member(i, &join);
+        node.wait_ready().await;
+        nodes.push(node);
+    }
+    let first_client = nodes[0].client();
+    let admin = |key: &str| first_client.clone().with_key(key);
+    let term = admin(OLD).status().await.unwrap().term;
+    let token = Arc::new(Mutex::new(OLD.to_string()));
+    let writers = Writers::spawn(
+        nodes
+            .iter()
+            .map(|node| (node.client(), token.clone()))
+            .collect(),
+    );
+    let write_all = |text: &str| {
+        for i in 1..=3 {
+            write_file(&key_file(i), text);
+        }
+    };
+    let taken = |times: usize| {
+        let nodes = &nodes;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for node in nodes {
+                while node
+                    .log_text()
+                    .matches("the key files changed: their keys are taken")
+                    .count()
+                    < times
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} took change {times}",
+                        node.name
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+
+    // 1. Both keys accepted, members still calling each other with the old one.
+    write_all(&format!("{OLD}\n{NEW}\n"));
+    taken(1).await;
+    on_every_member(&nodes, NEW, 404, "the new admin key is taken").await;
+    // 2. Members call each other with the new one; the clients move to it.
+    write_all(&format!("# rotating\n{NEW}\n{OLD}\n"));
+    taken(2).await;
+    *token.lock().unwrap() = NEW.to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 3. The old one is retired.
+    write_all(&format!("{NEW}\n"));
+    taken(3).await;
+    on_every_member(&nodes, OLD, 401, "the old admin key is refused").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (written, failures) = writers.stop().await;
+    println!(
+        "{} admin writes through 3 members while the admin key rotated in its files, {} failed",
+        written.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed writes: {failures:#?}");
+    assert!(written.len() >= 100, "only {} writes", written.len());
+    assert_eq!(admin(NEW).status().await.unwrap().term, term, "no election");
+
+    // A member that knows only the new key joins: the leader replicates to it with that key.
+    write_file(&key_file(4), &format!("{NEW}\n"));
+    let flag = format!("--api-key-file={}", key_file(4).display());
+    let fourth = NodeProc::start_env("node4", dir.path(), &[&flag, &join], &env);
+    fourth.wait_ready().await;
+    let on_fourth = fourth.client().with_key(NEW);
+    for key in &written {
+        assert!(
+            on_fourth.get(key).await.unwrap().is_some(),
+            "{key} is on the fourth member"
+        );
+    }
+    nodes.push(fourth);
+
+    // A file made invalid is not taken: the keys before it stay.
+    write_file(&key_file(1), "too-short\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes[0]
+        .log_text()
+        .contains("the key files changed but are not valid: the keys before them stay")
+    {
+        assert!(Instant::now() < deadline, "the bad change is logged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admin(NEW).get("agents/a17/probe").await.is_ok());
+    for node in &nodes {
+        let log = node.log_text();
+        assert!(
+            !log.contains(OLD) && !log.contains(NEW),
+            "{}: a key in the log",
+            node.name
+        );
+    }
+}

@@ -5,6 +5,7 @@
 //! either) and never logged.
 
 pub mod credentials;
+pub mod key_files;
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -269,18 +270,29 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// The credentials a node accepts: the admin and agent keys', and those of the credentials
-/// file, read again when it changes ([`Keys::reload`]).
+/// The credentials a node accepts: the admin and agent keys' (from flags, or key files read
+/// again when they change), and those of the credentials file, read again when it changes
+/// ([`Keys::reload`]).
 #[derive(Clone)]
 pub struct Keys {
     open: bool,
-    builtin: Arc<Table>,
+    /// The keys' credentials as the flags give them.
+    flags: Arc<Table>,
+    admin_keys_file: Option<PathBuf>,
+    agent_keys_file: Option<PathBuf>,
     file: Option<PathBuf>,
+    /// The keys' credentials in force, and the credentials file's.
+    builtin: Arc<RwLock<Arc<Table>>>,
+    from_file: Arc<RwLock<Arc<Table>>>,
     table: Arc<RwLock<Arc<Table>>>,
-    /// The file's text last taken or refused, so that a change is handled once.
+    /// The credentials file's text last taken or refused, so that a change is handled once.
     last_text: Arc<std::sync::Mutex<Option<String>>>,
+    /// The key files' keys (or why they were refused) last seen, likewise.
+    last_keys: Arc<std::sync::Mutex<Option<String>>>,
     /// The file's storage quotas, which the leader checks writes against.
     quotas: Arc<Quotas>,
+    /// How this node calls its peers: given the first admin key of its file when it changes.
+    peers: Arc<std::sync::Mutex<Option<crate::raft::client::PeerContext>>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -289,30 +301,52 @@ impl std::fmt::Debug for Keys {
             .field("open", &self.open)
             .field("credentials", &self.names())
             .field("file", &self.file)
+            .field("admin_keys_file", &self.admin_keys_file)
+            .field("agent_keys_file", &self.agent_keys_file)
             .finish()
     }
 }
 
+/// Where a node reads its keys and credentials from, besides the flags.
+#[derive(Debug, Clone, Default)]
+pub struct KeySources {
+    pub admin_keys_file: Option<PathBuf>,
+    pub agent_keys_file: Option<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// Why keys or credentials were not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    KeyFile(#[from] key_files::KeyFileError),
+    #[error("a key is both in the admin key file and in the agent key file (or the flags)")]
+    KeyInBoth,
+}
+
 impl Keys {
     pub fn new(admin: Option<&str>, agent: Option<&str>) -> Self {
-        let builtin: Table = [(admin, Role::Admin), (agent, Role::Agent)]
+        let flags: Table = [(admin, Role::Admin), (agent, Role::Agent)]
             .into_iter()
             .filter_map(|(key, role)| Some((digest(key?), Caller::builtin(role))))
             .collect();
-        let builtin = Arc::new(builtin);
+        let flags = Arc::new(flags);
         Self {
             open: admin.is_none() && agent.is_none(),
-            table: Arc::new(RwLock::new(builtin.clone())),
-            builtin,
+            table: Arc::new(RwLock::new(flags.clone())),
+            builtin: Arc::new(RwLock::new(flags.clone())),
+            from_file: Arc::default(),
+            flags,
+            admin_keys_file: None,
+            agent_keys_file: None,
             file: None,
             last_text: Arc::default(),
+            last_keys: Arc::default(),
             quotas: Arc::default(),
+            peers: Arc::default(),
         }
-    }
-
-    /// The storage quotas of the file, as it is read again.
-    pub fn quotas(&self) -> Arc<Quotas> {
-        self.quotas.clone()
     }
 
     /// The keys' credentials and those of `file`; refused if the file is not valid.
@@ -320,12 +354,45 @@ impl Keys {
         admin: Option<&str>,
         agent: Option<&str>,
         file: &Path,
-    ) -> Result<Self, CredentialsError> {
+    ) -> Result<Self, KeysError> {
+        Self::with_sources(
+            admin,
+            agent,
+            KeySources {
+                credentials_file: Some(file.to_path_buf()),
+                ..KeySources::default()
+            },
+        )
+    }
+
+    /// The keys of the flags or the key files, and the credentials of the credentials file;
+    /// refused if a file is not valid.
+    pub fn with_sources(
+        admin: Option<&str>,
+        agent: Option<&str>,
+        sources: KeySources,
+    ) -> Result<Self, KeysError> {
         let mut keys = Self::new(admin, agent);
-        keys.open = false;
-        keys.file = Some(file.to_path_buf());
+        keys.open = keys.open
+            && sources.admin_keys_file.is_none()
+            && sources.agent_keys_file.is_none()
+            && sources.credentials_file.is_none();
+        keys.admin_keys_file = sources.admin_keys_file;
+        keys.agent_keys_file = sources.agent_keys_file;
+        keys.file = sources.credentials_file;
+        keys.reload_keys()?;
         keys.reload()?;
         Ok(keys)
+    }
+
+    /// From now on, a change of the admin key file changes the key `peers` calls with.
+    pub fn update_peer_key(&self, peers: crate::raft::client::PeerContext) {
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = Some(peers);
+    }
+
+    /// The storage quotas of the file, as it is read again.
+    pub fn quotas(&self) -> Arc<Quotas> {
+        self.quotas.clone()
     }
 
     /// No keys at all: the node serves loopback only, and every caller is an admin.
@@ -348,6 +415,91 @@ impl Keys {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The keys' credentials and the file's, as one table.
+    fn publish(&self) {
+        let mut table = (**self.builtin.read().unwrap_or_else(|p| p.into_inner())).clone();
+        table.extend(
+            self.from_file
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+
+    /// Reads the key files again; `Ok(true)` if they changed and were taken. A file that is
+    /// not valid is refused: the keys before it stay.
+    pub fn reload_keys(&self) -> Result<bool, KeysError> {
+        if self.admin_keys_file.is_none() && self.agent_keys_file.is_none() {
+            return Ok(false);
+        }
+        let read = |file: &Option<PathBuf>| file.as_deref().map(key_files::read).transpose();
+        let (admin, agent) = (read(&self.admin_keys_file), read(&self.agent_keys_file));
+        // What was read, as digests (or why it was refused): a change is handled once.
+        let seen = format!(
+            "{:?}{:?}",
+            admin
+                .as_ref()
+                .map(|k| k
+                    .as_ref()
+                    .map(|k| k.iter().map(|k| digest(k)).collect::<Vec<_>>()))
+                .map_err(ToString::to_string),
+            agent
+                .as_ref()
+                .map(|k| k
+                    .as_ref()
+                    .map(|k| k.iter().map(|k| digest(k)).collect::<Vec<_>>()))
+                .map_err(ToString::to_string),
+        );
+        let mut last = self.last_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(seen.as_str()) {
+            return Ok(false);
+        }
+        *last = Some(seen);
+        drop(last);
+        let (admin, agent) = (admin?, agent?);
+        let from_flags = |role: Role| {
+            self.flags
+                .iter()
+                .filter(move |(_, c)| c.role == role)
+                .cloned()
+        };
+        let mut table = Table::new();
+        match &admin {
+            Some(keys) => table.extend(
+                keys.iter()
+                    .map(|k| (digest(k), Caller::builtin(Role::Admin))),
+            ),
+            None => table.extend(from_flags(Role::Admin)),
+        }
+        match &agent {
+            Some(keys) => table.extend(
+                keys.iter()
+                    .map(|k| (digest(k), Caller::builtin(Role::Agent))),
+            ),
+            None => table.extend(from_flags(Role::Agent)),
+        }
+        let mut digests: Vec<[u8; 32]> = table.iter().map(|(d, _)| *d).collect();
+        digests.sort_unstable();
+        digests.dedup();
+        if digests.len() != table.len() {
+            return Err(KeysError::KeyInBoth);
+        }
+        *self.builtin.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.publish();
+        if let (Some(first), Some(peers)) = (
+            admin.as_ref().and_then(|k| k.first()),
+            self.peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref(),
+        ) {
+            peers.set_key(first.clone());
+        }
+        Ok(true)
+    }
+
     /// Reads the credentials file again; `Ok(true)` if it changed and was taken. A file that
     /// is not valid is refused whole: the credentials before it stay.
     pub fn reload(&self) -> Result<bool, CredentialsError> {
@@ -365,7 +517,12 @@ impl Keys {
         }
         *last = Some(text.clone());
         drop(last);
-        let taken: Vec<&str> = self.builtin.iter().map(|(_, c)| &*c.name).collect();
+        let builtin = self
+            .builtin
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let taken: Vec<&str> = builtin.iter().map(|(_, c)| &*c.name).collect();
         let credentials::Parsed {
             table: mut from_file,
             quotas,
@@ -386,17 +543,16 @@ impl Keys {
                 caller.rate = kept;
             }
         }
-        let mut table = (*self.builtin).clone();
-        table.extend(from_file);
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        *self.from_file.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(from_file);
+        self.publish();
         self.quotas.set(quotas);
         Ok(true)
     }
 
-    /// Reads the credentials file every two seconds, and logs what changed or why a change
-    /// was not taken (once per change; the credentials before it stay).
+    /// Reads the key files and the credentials file every two seconds, and logs what changed
+    /// or why a change was not taken (once per change; what was in force before it stays).
     pub fn spawn_reload(&self, stopping: tokio_util::sync::CancellationToken) {
-        if self.file.is_none() {
+        if self.file.is_none() && self.admin_keys_file.is_none() && self.agent_keys_file.is_none() {
             return;
         }
         let keys = self.clone();
@@ -407,17 +563,30 @@ impl Keys {
                     _ = stopping.cancelled() => return,
                 }
                 let k = keys.clone();
-                match tokio::task::spawn_blocking(move || k.reload()).await {
-                    Ok(Ok(true)) => tracing::info!(
+                let reloaded =
+                    tokio::task::spawn_blocking(move || (k.reload_keys(), k.reload())).await;
+                let Ok((key_files, credentials)) = reloaded else {
+                    tracing::warn!("reading the key and credentials files failed");
+                    continue;
+                };
+                match key_files {
+                    Ok(true) => tracing::info!("the key files changed: their keys are taken"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "the key files changed but are not valid: the keys before them stay"
+                    ),
+                }
+                match credentials {
+                    Ok(true) => tracing::info!(
                         credentials = ?keys.names(),
                         "the credentials file changed: its credentials are taken"
                     ),
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::warn!(
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
                         error = %e,
                         "the credentials file changed but is not valid: the credentials before it stay"
                     ),
-                    Err(e) => tracing::warn!(error = %e, "reading the credentials file failed"),
                 }
             }
         });

@@ -23,7 +23,8 @@ use crate::store::types::TypeConfig;
 #[derive(Clone)]
 pub struct PeerContext {
     pub http: reqwest::Client,
-    key: Option<String>,
+    /// The admin key (the first of its file, which may change).
+    key: Arc<RwLock<Option<String>>>,
     cluster: Arc<RwLock<String>>,
     self_id: u64,
     /// `https` when peers talk mutual TLS: the Raft routes then get the certificate, never
@@ -61,7 +62,7 @@ impl PeerContext {
         }
         Self {
             http: builder.build().expect("HTTP client builds"),
-            key,
+            key: Arc::new(RwLock::new(key)),
             cluster: Arc::new(RwLock::new(cluster.unwrap_or_default())),
             self_id,
             scheme,
@@ -71,6 +72,11 @@ impl PeerContext {
     /// The URL of a route of the member at `addr`.
     pub fn url(&self, addr: &str, path: &str) -> String {
         format!("{}://{addr}/api/v1/{path}", self.scheme)
+    }
+
+    /// Calls peers with this admin key from now on (the admin key file changed).
+    pub fn set_key(&self, key: String) {
+        *self.key.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
     }
 
     pub fn set_cluster(&self, uuid: &str) {
@@ -100,7 +106,7 @@ impl PeerContext {
         // Over mutual TLS the Raft routes know a member by its certificate; the key is not
         // sent where it is not needed.
         let certificate_is_enough = self.scheme == "https" && path.starts_with("raft/");
-        match &self.key {
+        match &*self.key.read().unwrap_or_else(|p| p.into_inner()) {
             Some(k) if !certificate_is_enough => rb.bearer_auth(k),
             _ => rb,
         }
