@@ -96,23 +96,14 @@ pub struct ServeArgs {
     /// Agent key: may use the data API only.
     #[arg(long, env = "CONCORDANCE_AGENT_API_KEY", hide_env_values = true)]
     pub agent_key: Option<String>,
-    /// Admin keys from a file instead of --api-key, one per line: every one is accepted, and
-    /// the first is the one this node calls its peers with. Read again when it changes, so the
-    /// admin key rotates with no restart.
-    #[arg(
-        long,
-        env = "CONCORDANCE_API_KEY_FILE",
-        value_name = "FILE",
-        conflicts_with = "api_key"
-    )]
+    /// Admin keys from a file, one per line: every one is accepted, and the first is the one
+    /// this node calls its peers with. Read again when it changes, so the admin key rotates
+    /// with no restart. Wins over --api-key (which a build before key files takes instead).
+    #[arg(long, env = "CONCORDANCE_API_KEY_FILE", value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
-    /// Agent keys from a file instead of --agent-key, one per line, read again when it changes.
-    #[arg(
-        long,
-        env = "CONCORDANCE_AGENT_KEY_FILE",
-        value_name = "FILE",
-        conflicts_with = "agent_key"
-    )]
+    /// Agent keys from a file, one per line, read again when it changes. Wins over
+    /// --agent-key.
+    #[arg(long, env = "CONCORDANCE_AGENT_KEY_FILE", value_name = "FILE")]
     pub agent_key_file: Option<PathBuf>,
     /// Named credentials besides the two keys (YAML or JSON): each a role, its tokens (several
     /// while one rotates), and for an agent the key prefixes it may read and write. Read again
@@ -405,6 +396,8 @@ impl ServeArgs {
                 .map_err(|e| ConfigError::KeyFile(e.to_string()))?;
             Ok(keys.into_iter().next())
         };
+        // A key file wins over the key: an operator gives both, so that a build before key
+        // files still finds its key.
         let api_key = match first_of(&self.api_key_file)? {
             Some(first) => Some(first),
             None => key(self.api_key, "--api-key", "CONCORDANCE_API_KEY")?,
@@ -555,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_file_gives_the_admin_key_its_first_line_and_excludes_the_flag() {
+    fn a_key_file_gives_the_admin_key_its_first_line_and_wins_over_the_flag() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("admin-keys");
         std::fs::write(
@@ -567,8 +560,12 @@ mod tests {
         let c = parse(&[&flag]).unwrap();
         assert_eq!(c.api_key.as_deref(), Some("first-admin-key-0123456789"));
         assert_eq!(c.api_key_file.as_deref(), Some(file.as_path()));
-        let both = Cli::try_parse_from(["concordance", &flag, "--api-key=k"]);
-        assert!(both.is_err(), "--api-key-file and --api-key conflict");
+        let both = parse(&[&flag, "--api-key=another-admin-key-0123456789"]).unwrap();
+        assert_eq!(
+            both.api_key.as_deref(),
+            Some("first-admin-key-0123456789"),
+            "the file wins over the key"
+        );
         std::fs::write(&file, "short\n").unwrap();
         let e = parse(&[&flag]).unwrap_err().to_string();
         assert!(e.contains("at least 16") && e.contains("admin-keys"), "{e}");

@@ -330,12 +330,32 @@ impl Node {
         idempotency_key: Option<String>,
     ) -> Result<LeaseGrantResponse, NodeError> {
         let id = rand::random_range(1..=MAX_LEASE_ID);
-        let owner = (self.reader.command_version() >= COMMAND_VERSION_LEASE_OWNERS)
-            .then(|| owner.to_string());
-        match self
-            .propose(Operation::LeaseGrant { id, ttl_ms, owner }, idempotency_key)
-            .await?
-        {
+        // Before command set 7 is enabled, the leader (this build) enables it on the way when
+        // every member supports it (a new cluster's first lease, before the leader's own
+        // check); refused as unavailable (a member runs an older build: nothing was
+        // proposed), the lease has no owner. A follower does not send an owner to a leader
+        // that may not know owners.
+        let owners_known = self.reader.command_version() >= COMMAND_VERSION_LEASE_OWNERS
+            || crate::raft::metrics_of(&self.raft).state == openraft::ServerState::Leader;
+        let owned = Operation::LeaseGrant {
+            id,
+            ttl_ms,
+            owner: owners_known.then(|| owner.to_string()),
+        };
+        let answer = match self.propose(owned, idempotency_key.clone()).await {
+            Err(NodeError::Rejected(ErrorCode::FeatureUnavailable, _))
+                if self.reader.command_version() < COMMAND_VERSION_LEASE_OWNERS =>
+            {
+                let unowned = Operation::LeaseGrant {
+                    id,
+                    ttl_ms,
+                    owner: None,
+                };
+                self.propose(unowned, idempotency_key).await?
+            }
+            answer => answer?,
+        };
+        match answer {
             Response::Lease { id, ttl_ms } => Ok(LeaseGrantResponse { id, ttl_ms }),
             other => Err(reused_key(&other)),
         }

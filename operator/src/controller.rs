@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::crd::{ConcordanceCluster, ConcordanceClusterStatus};
 use crate::decide::{self, Action, ConditionState, ObjectStep, Owned};
 use crate::error::Error;
+use crate::keys;
 use crate::metrics::Metrics;
 use crate::observe::{self, Observation};
 use crate::pki;
@@ -234,6 +235,7 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
     status.recovered_from = report.recovered_from;
     status.message = report.message;
     status.tls = Some(report.tls);
+    status.keys = report.keys;
     status.conditions = conditions(cluster, report.conditions, &written);
     let out_of_space = |s: &ConcordanceClusterStatus| {
         s.conditions
@@ -258,7 +260,8 @@ async fn apply(cluster: &ConcordanceCluster, ctx: &Context) -> Result<Requeue, E
     }
 
     let busy = status.pending_action.is_some()
-        || !matches!(action, Action::Nothing | Action::UpdateStatus);
+        || !matches!(action, Action::Nothing | Action::UpdateStatus)
+        || decide::keys_rotating(o);
     Ok(Requeue::requeue(if busy {
         BUSY_REQUEUE
     } else {
@@ -390,12 +393,18 @@ async fn keep_object(
             let ca = ca.as_ref().ok_or_else(no_ca)?;
             apply_object(&maps, &resources::ca_config_map(cluster, &ca.certificate)).await?;
         }
+        ObjectStep::WriteMemberKeys(next) => {
+            apply_object(&secrets, &member_keys_secret(cluster, next)).await?;
+            tracing::info!(cluster = %name, why = %next.why, "wrote the members' keys");
+            event(ctx, cluster, "KeysChanged", "WriteMemberKeys", &next.why).await;
+        }
         ObjectStep::Delete(owned) => {
             let object = owned.object_name(&name);
             match owned {
-                Owned::KeySecret(_) | Owned::CaSecret | Owned::CertificateSecret => {
-                    delete(&secrets, &object).await?
-                }
+                Owned::KeySecret(_)
+                | Owned::CaSecret
+                | Owned::CertificateSecret
+                | Owned::MemberKeys => delete(&secrets, &object).await?,
                 Owned::PeerService | Owned::ClientService => delete(&services, &object).await?,
                 Owned::DisruptionBudget => delete(&pdbs, &object).await?,
                 Owned::CaConfigMap => delete(&maps, &object).await?,
@@ -430,7 +439,10 @@ async fn take(
         }
         Action::CreatePod { name, image, mode } => {
             let tls = obs.observed.tls.enabled;
-            create(&pods, &resources::pod(cluster, name, image, mode, tls)).await
+            // Key files once their Secret exists (it is made before the first member).
+            let key_files = obs.observed.keys.held.is_some();
+            let pod = resources::pod(cluster, name, image, mode, tls, key_files);
+            create(&pods, &pod).await
         }
         Action::DeletePod { name } | Action::RestartMember { name, .. } => {
             delete(&pods, name).await
@@ -443,7 +455,7 @@ async fn take(
             if *stop_first {
                 delete(&pods, name).await?;
             }
-            let node = admin_client(cluster, ctx, obs).await?;
+            let node = admin_client(cluster, obs)?;
             let _: serde_json::Value = node
                 .call(
                     reqwest::Method::POST,
@@ -459,7 +471,7 @@ async fn take(
             Ok(pod || claim)
         }
         Action::TransferLeadership { to, .. } => {
-            let node = admin_client(cluster, ctx, obs).await?;
+            let node = admin_client(cluster, obs)?;
             let _: serde_json::Value = node
                 .call(
                     reqwest::Method::POST,
@@ -536,25 +548,51 @@ where
 }
 
 /// A client of the leader (or any answering member) with the admin key.
-async fn admin_client(
+fn admin_client(
     cluster: &ConcordanceCluster,
-    ctx: &Context,
     obs: &Observation,
 ) -> Result<concordance_client::Client, Error> {
     let node = obs
         .leader_client()
         .ok_or(Error::NoEndpoint("change the membership"))?;
-    let r = resources::key_ref(&cluster.name_any(), &cluster.spec, KeyKind::Admin);
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
-    let secret = secrets.get(&r.name).await?;
-    let key = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-        .ok_or_else(|| Error::MissingKey(r.name.clone(), r.key.clone()))?;
-    Ok(node.api_key(key).build()?)
+    // The key every member accepts: the first of the members' admin key file (the one they
+    // call each other with), else the key Secret's.
+    let key = obs.observed.keys.admin_key().ok_or_else(|| {
+        let r = resources::key_ref(&cluster.name_any(), &cluster.spec, KeyKind::Admin);
+        Error::MissingKey(r.name, r.key)
+    })?;
+    Ok(node.api_key(key.0.clone()).build()?)
+}
+
+/// The member keys Secret as a step writes it: one key per line, and each file's phase (and
+/// when its old key began retiring) in annotations. A new marker key is made here.
+fn member_keys_secret(cluster: &ConcordanceCluster, next: &keys::NextKeys) -> Secret {
+    let mut annotations = std::collections::BTreeMap::new();
+    let mut text = |kind: KeyKind, file: &keys::KeyFile, marker: bool| {
+        let word = kind.word();
+        annotations.insert(
+            format!("{}{word}", resources::KEYS_PHASE_ANNOTATION),
+            file.phase.name().to_string(),
+        );
+        if file.phase == keys::Phase::Retiring {
+            let since = file
+                .retiring_since
+                .clone()
+                .unwrap_or_else(|| now().0.to_string());
+            annotations.insert(
+                format!("{}{word}", resources::KEYS_RETIRING_ANNOTATION),
+                since,
+            );
+        }
+        let mut lines: Vec<String> = file.keys.iter().map(|k| k.0.clone()).collect();
+        if marker {
+            lines.push(random_key());
+        }
+        lines.join("\n") + "\n"
+    };
+    let admin = text(KeyKind::Admin, &next.admin, next.admin_marker);
+    let agent = text(KeyKind::Agent, &next.agent, next.agent_marker);
+    resources::member_keys_secret(cluster, admin, agent, annotations)
 }
 
 /// 32 random bytes, hex: a generated API key.

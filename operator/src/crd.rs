@@ -54,10 +54,10 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new(
     "has(self.adminKeySecret) == has(oldSelf.adminKeySecret) && (!has(self.adminKeySecret) || self.adminKeySecret == oldSelf.adminKeySecret)"
-).message("adminKeySecret cannot change: key rotation is not supported yet"))]
+).message("adminKeySecret cannot change: rotate the key by changing the Secret's content"))]
 #[x_kube(validation = Rule::new(
     "has(self.agentKeySecret) == has(oldSelf.agentKeySecret) && (!has(self.agentKeySecret) || self.agentKeySecret == oldSelf.agentKeySecret)"
-).message("agentKeySecret cannot change: key rotation is not supported yet"))]
+).message("agentKeySecret cannot change: rotate the key by changing the Secret's content"))]
 #[x_kube(validation = Rule::new(
     "has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || self.tls == oldSelf.tls)"
 ).message("tls cannot change: the operator sets TLS up when it creates a cluster, and does not yet turn it on or off in a running one"))]
@@ -83,14 +83,22 @@ pub struct ConcordanceClusterSpec {
     /// Deprecated: use `pod.resources` (which wins when both are set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Secret holding the admin API key (key `key`); generated when absent. Cannot change once
-    /// set: key rotation is not supported yet.
+    /// Secret holding the admin API key (key `key`); generated when absent (`<name>-admin-key`).
+    /// The reference cannot change; the key rotates when the Secret's content changes (or a
+    /// generated Secret is deleted): the members take the new key beside the old one with no
+    /// restart, and the old one is refused `keyRotationGraceSeconds` after every member holds
+    /// the new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_key_secret: Option<SecretKeyRef>,
-    /// Secret holding the agent (data-only) API key (key `key`); generated when absent. Cannot
-    /// change once set.
+    /// Secret holding the agent (data-only) API key (key `key`); generated when absent
+    /// (`<name>-agent-key`). Rotates as the admin key does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_key_secret: Option<SecretKeyRef>,
+    /// How long, once every member holds a rotated admin or agent key, the old one is still
+    /// accepted, so that clients can move to the new one.
+    #[serde(default = "default_key_rotation_grace_seconds")]
+    #[schemars(range(min = 0))]
+    pub key_rotation_grace_seconds: i64,
     /// Secret holding a credentials file (YAML or JSON, under key `credentials.yaml` unless
     /// `key` says otherwise): named credentials besides the two keys, each a role, its tokens
     /// and, for an agent, the key prefixes it may read and write. Members read it again when
@@ -133,6 +141,10 @@ pub struct ConcordanceClusterSpec {
 }
 
 fn default_unready_replacement_seconds() -> i64 {
+    300
+}
+
+fn default_key_rotation_grace_seconds() -> i64 {
     300
 }
 
@@ -370,6 +382,21 @@ pub struct ConcordanceClusterStatus {
     /// TLS as the cluster runs it, fixed when it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsStatus>,
+    /// The admin and agent keys as the members hold them (Secret `<name>-member-keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysStatus>,
+}
+
+/// Where each key's rotation is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeysStatus {
+    /// `InForce` (one key), `Adding` (the new key beside the old, until every member holds
+    /// it), `Switching` (admin only: members move to calling each other with the new key),
+    /// `Retiring` (the old key still accepted for `keyRotationGraceSeconds`), `Dropping`
+    /// (until every member has read its file without the old key).
+    pub admin: String,
+    pub agent: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

@@ -14,9 +14,10 @@ use concordance_client::AlarmKind;
 use concordance_client::ClusterStatus;
 
 use crate::crd::{
-    ConcordanceClusterSpec, ConcordanceClusterStatus, MemberRole, MemberStatus, PendingAction,
-    PendingKind, TlsStatus,
+    ConcordanceClusterSpec, ConcordanceClusterStatus, KeysStatus, MemberRole, MemberStatus,
+    PendingAction, PendingKind, TlsStatus,
 };
+use crate::keys::{self, KeysState, NextKeys};
 use crate::resources::{self, KeyKind, StartMode};
 
 /// Applied-index distance within which a follower counts as caught up for a leadership transfer.
@@ -60,6 +61,8 @@ pub struct Observed {
     pub paused: bool,
     /// TLS as the cluster runs it.
     pub tls: TlsState,
+    /// The admin and agent keys, as the members hold them and as the key Secrets give them.
+    pub keys: KeysState,
 }
 
 /// TLS as the cluster runs it.
@@ -143,12 +146,17 @@ pub enum Owned {
     CertificateSecret,
     /// The CA certificate published for clients, when the cluster runs TLS.
     CaConfigMap,
+    /// The keys the members hold, as their key files.
+    MemberKeys,
 }
 
 impl Owned {
     pub fn kind(self) -> &'static str {
         match self {
-            Owned::KeySecret(_) | Owned::CaSecret | Owned::CertificateSecret => "Secret",
+            Owned::KeySecret(_)
+            | Owned::CaSecret
+            | Owned::CertificateSecret
+            | Owned::MemberKeys => "Secret",
             Owned::PeerService | Owned::ClientService => "Service",
             Owned::DisruptionBudget => "PodDisruptionBudget",
             Owned::CaConfigMap => "ConfigMap",
@@ -164,6 +172,7 @@ impl Owned {
             Owned::CaSecret => resources::ca_secret_name(cluster),
             Owned::CertificateSecret => resources::certificate_secret_name(cluster),
             Owned::CaConfigMap => resources::ca_config_map_name(cluster),
+            Owned::MemberKeys => resources::member_keys_secret_name(cluster),
         }
     }
 }
@@ -555,6 +564,8 @@ pub enum ObjectStep {
     },
     /// Publish the CA Secret's certificate in the ConfigMap.
     ApplyCaConfigMap,
+    /// Write the member keys Secret: the members read the new key files with no restart.
+    WriteMemberKeys(NextKeys),
 }
 
 /// The owned objects to apply, create or delete this pass. Objects that exist under another
@@ -592,6 +603,11 @@ pub fn objects(o: &Observed) -> Vec<ObjectStep> {
     }
     if o.tls.enabled {
         steps.extend(tls_objects(o));
+    }
+    if presence(Owned::MemberKeys) != Presence::Foreign
+        && let Some(next) = keys::decide(&o.keys, o.spec.key_rotation_grace_seconds).next
+    {
+        steps.push(ObjectStep::WriteMemberKeys(next));
     }
     steps
 }
@@ -1449,7 +1465,76 @@ pub fn conditions(o: &Observed, next: &Action) -> Vec<ConditionState> {
         storage_condition(&v),
         space_condition(o),
         tls_condition(o),
+        keys_condition(o),
     ]
+}
+
+/// `KeysInForce`: whether the members hold the keys the key Secrets give, and where a
+/// rotation is when they do not.
+fn keys_condition(o: &Observed) -> ConditionState {
+    let decided = keys::decide(&o.keys, o.spec.key_rotation_grace_seconds);
+    let Some(held) = &o.keys.held else {
+        return if decided.unusable {
+            condition(
+                "KeysInForce",
+                false,
+                "KeyNotUsable",
+                decided.waiting.join("; "),
+            )
+        } else {
+            condition(
+                "KeysInForce",
+                false,
+                "KeysFromSecrets",
+                "the members take their keys from the key Secrets until the member keys Secret \
+                 is made",
+            )
+        };
+    };
+    let rotating = held.admin.phase != keys::Phase::InForce
+        || held.agent.phase != keys::Phase::InForce
+        || decided.next.is_some();
+    if decided.unusable {
+        condition(
+            "KeysInForce",
+            false,
+            "KeyNotUsable",
+            decided.waiting.join("; "),
+        )
+    } else if rotating {
+        let mut what = decided.waiting.clone();
+        if let Some(next) = &decided.next {
+            what.insert(0, next.why.clone());
+        }
+        condition("KeysInForce", false, "Rotating", what.join("; "))
+    } else {
+        condition(
+            "KeysInForce",
+            true,
+            "InForce",
+            format!(
+                "every member holds the admin and agent keys of the key Secrets (Secret {})",
+                resources::member_keys_secret_name(&o.name)
+            ),
+        )
+    }
+}
+
+/// `status.keys`: each key file's phase.
+pub fn keys_status(o: &Observed) -> Option<KeysStatus> {
+    o.keys.held.as_ref().map(|h| KeysStatus {
+        admin: h.admin.phase.name().to_string(),
+        agent: h.agent.phase.name().to_string(),
+    })
+}
+
+/// A key rotation is under way: the cluster is looked at again soon.
+pub fn keys_rotating(o: &Observed) -> bool {
+    o.keys.held.as_ref().is_some_and(|h| {
+        h.admin.phase != keys::Phase::InForce || h.agent.phase != keys::Phase::InForce
+    }) || keys::decide(&o.keys, o.spec.key_rotation_grace_seconds)
+        .next
+        .is_some()
 }
 
 /// `TLS`: whether the members serve TLS, and why not when the spec asks for it.
@@ -1678,6 +1763,7 @@ pub struct Report {
     pub message: Option<String>,
     pub conditions: Vec<ConditionState>,
     pub tls: TlsStatus,
+    pub keys: Option<KeysStatus>,
 }
 
 pub fn report(o: &Observed, next: &Action) -> Report {
@@ -1700,5 +1786,6 @@ pub fn report(o: &Observed, next: &Action) -> Report {
         message,
         conditions: conditions(o, next),
         tls: tls_status(o),
+        keys: keys_status(o),
     }
 }

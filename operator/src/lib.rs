@@ -5,6 +5,7 @@ pub mod controller;
 pub mod crd;
 pub mod decide;
 pub mod error;
+pub mod keys;
 pub mod lease;
 pub mod metrics;
 pub mod observe;

@@ -24,6 +24,7 @@ use crate::decide::{
     PodState, Presence, TlsEvidence, TlsState, VolumeState,
 };
 use crate::error::Error;
+use crate::keys::{Acceptance, Held, Key, KeyFile, KeysState, Phase};
 use crate::pki;
 use crate::placement;
 use crate::resources::{
@@ -114,6 +115,109 @@ async fn node_status(client: ClientBuilder) -> Option<ClusterStatus> {
         .await
         .ok()?
         .ok()
+}
+
+/// A Secret's value under `key`, as text.
+fn secret_value(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .or_else(|| s.string_data.as_ref().and_then(|d| d.get(key)).cloned())
+}
+
+/// The key a key Secret holds (its spaces around trimmed); `None` when it cannot be read.
+async fn given_key(
+    secrets: &Api<Secret>,
+    cluster: &ConcordanceCluster,
+    kind: KeyKind,
+) -> Result<Option<Key>, Error> {
+    let r = resources::key_ref(&cluster.name_any(), &cluster.spec, kind);
+    let secret = secrets.get_opt(&r.name).await?;
+    Ok(secret
+        .as_ref()
+        .and_then(|s| secret_value(s, &r.key))
+        .map(|v| Key(v.trim().to_string()))
+        .filter(|k| !k.0.is_empty()))
+}
+
+/// The key files the member keys Secret holds, with their phases. A file whose keys do not fit
+/// its phase (an edit by hand) counts as in force.
+fn held_keys(s: &Secret) -> Option<Held> {
+    let annotations = s.annotations();
+    let file = |kind: KeyKind, data_key: &str| -> Option<KeyFile> {
+        let text = secret_value(s, data_key)?;
+        let keys: Vec<Key> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| Key(l.to_string()))
+            .collect();
+        if keys.is_empty() {
+            return None;
+        }
+        let word = kind.word();
+        let phase = annotations
+            .get(&format!("{}{word}", resources::KEYS_PHASE_ANNOTATION))
+            .and_then(|p| Phase::parse(p))
+            .unwrap_or_default();
+        let fits = KeyFile::fits(phase) == keys.len();
+        let phase = if fits { phase } else { Phase::InForce };
+        let retiring_since = annotations
+            .get(&format!("{}{word}", resources::KEYS_RETIRING_ANNOTATION))
+            .cloned()
+            .filter(|_| phase == Phase::Retiring);
+        let retiring_seconds = retiring_since
+            .as_deref()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|t| seconds_since(&Time(t)));
+        Some(KeyFile {
+            keys,
+            phase,
+            retiring_since,
+            retiring_seconds,
+        })
+    };
+    Some(Held {
+        admin: file(KeyKind::Admin, resources::ADMIN_KEYS_KEY)?,
+        agent: file(KeyKind::Agent, resources::AGENT_KEYS_KEY)?,
+    })
+}
+
+/// Whether every member (every pod and every volume) accepts `key`: asked with it, a member
+/// answers anything but 401. `None` when there is no key to ask about.
+async fn accepted_by_all(
+    key: Option<&Key>,
+    pods: &BTreeMap<String, Pod>,
+    claims: &[PersistentVolumeClaim],
+    clients: &BTreeMap<String, ClientBuilder>,
+) -> Option<Acceptance> {
+    let key = key?;
+    if let Some(claim) = claims.iter().find(|c| !pods.contains_key(&c.name_any())) {
+        return Some(Acceptance::Not(format!("{} has no pod", claim.name_any())));
+    }
+    for (member, pod) in pods {
+        if !resources::has_key_files(pod) {
+            return Some(Acceptance::Not(format!(
+                "{member} runs without key files, as its pod was made by an earlier operator:                  it takes them when restarted (delete its pod, one member at a time)"
+            )));
+        }
+        let Some(client) = clients
+            .get(member)
+            .and_then(|c| c.clone().api_key(key.0.clone()).build().ok())
+        else {
+            return Some(Acceptance::Not(format!("{member} has no address yet")));
+        };
+        match client.alarms().await {
+            Ok(_) => {}
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 401) => {
+                return Some(Acceptance::Not(format!("{member} does not take it yet")));
+            }
+            Err(e) if e.status().is_some() => {}
+            Err(_) => return Some(Acceptance::Not(format!("{member} did not answer"))),
+        }
+    }
+    Some(Acceptance::All)
 }
 
 fn seconds_since(t: &Time) -> i64 {
@@ -254,6 +358,28 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
         .filter_map(|(m, s)| s.map(|s| (m, s)))
         .collect();
 
+    let member_keys = secrets
+        .get_opt(&Owned::MemberKeys.object_name(&name))
+        .await?;
+    objects.insert(
+        Owned::MemberKeys,
+        presence(uid.as_deref(), member_keys.as_ref().map(|s| &s.metadata)),
+    );
+    let mut keys = KeysState {
+        held: member_keys.as_ref().and_then(held_keys),
+        given_admin: given_key(&secrets, cluster, KeyKind::Admin).await?,
+        given_agent: given_key(&secrets, cluster, KeyKind::Agent).await?,
+        admin_accepted: None,
+        agent_accepted: None,
+    };
+    if let Some(held) = keys.held.clone() {
+        let (admin, agent) = futures::join!(
+            accepted_by_all(held.admin.awaited(), &pods, &claims.items, &clients),
+            accepted_by_all(held.agent.awaited(), &pods, &claims.items, &clients),
+        );
+        (keys.admin_accepted, keys.agent_accepted) = (admin, agent);
+    }
+
     let recorded = cluster.status.as_ref().and_then(|s| s.cluster_id.clone());
     // Pods being deleted likewise keep their names taken.
     let mut members: Vec<ObservedMember> = terminating
@@ -324,6 +450,7 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
     let cluster_view = leader_view(&nodes);
     Ok(Observation {
         observed: Observed {
+            keys,
             name,
             generation: cluster.metadata.generation,
             spec: cluster.spec.clone(),

@@ -53,6 +53,19 @@ pub const NODE_UID: i64 = 10001;
 /// The node's environment variables holding the two keys.
 const ADMIN_KEY_ENV: &str = "CONCORDANCE_API_KEY";
 const AGENT_KEY_ENV: &str = "CONCORDANCE_AGENT_API_KEY";
+/// The node's environment variables naming its key files, which win over the keys (a node
+/// built before key files ignores them and takes the keys).
+pub const ADMIN_KEY_FILE_ENV: &str = "CONCORDANCE_API_KEY_FILE";
+const AGENT_KEY_FILE_ENV: &str = "CONCORDANCE_AGENT_KEY_FILE";
+/// Where a member reads its key files, from the member keys Secret.
+const KEYS_DIR: &str = "/etc/concordance/keys";
+/// Keys of the member keys Secret: the admin and the agent key files.
+pub const ADMIN_KEYS_KEY: &str = "admin";
+pub const AGENT_KEYS_KEY: &str = "agent";
+/// Annotations of the member keys Secret: each file's rotation phase, and when its old key
+/// began retiring.
+pub const KEYS_PHASE_ANNOTATION: &str = "concordance.io/keys-phase-";
+pub const KEYS_RETIRING_ANNOTATION: &str = "concordance.io/keys-retiring-since-";
 
 /// How a member's node starts on an empty data dir. A data dir that already holds a member
 /// resumes it whatever these say.
@@ -77,7 +90,7 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    fn word(self) -> &'static str {
+    pub fn word(self) -> &'static str {
         match self {
             KeyKind::Admin => "admin",
             KeyKind::Agent => "agent",
@@ -290,6 +303,41 @@ pub fn key_ref(cluster: &str, spec: &ConcordanceClusterSpec, key: KeyKind) -> Se
         name: generated_secret_name(cluster, key),
         key: "key".to_string(),
     })
+}
+
+/// The operator's Secret of the keys the members hold (their key files).
+pub fn member_keys_secret_name(cluster: &str) -> String {
+    format!("{cluster}-member-keys")
+}
+
+/// The member keys Secret with these files (`keys`: the admin and agent files' text) and
+/// annotations.
+pub fn member_keys_secret(
+    c: &ConcordanceCluster,
+    admin: String,
+    agent: String,
+    annotations: BTreeMap<String, String>,
+) -> Secret {
+    let mut metadata = meta(c, member_keys_secret_name(&c.name_any()), true);
+    metadata.annotations = Some(annotations);
+    Secret {
+        metadata,
+        type_: Some("Opaque".to_string()),
+        string_data: Some(BTreeMap::from([
+            (ADMIN_KEYS_KEY.to_string(), admin),
+            (AGENT_KEYS_KEY.to_string(), agent),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Whether a pod's node was given key files (a pod of an earlier operator was not).
+pub fn has_key_files(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.env.as_ref())
+        .is_some_and(|env| env.iter().any(|e| e.name == ADMIN_KEY_FILE_ENV))
 }
 
 /// A new generated key Secret.
@@ -636,7 +684,7 @@ fn spread(
 
 /// The member's volume, the credentials Secret when the spec names one, and the certificate
 /// Secret when the cluster runs TLS.
-fn volumes(c: &ConcordanceCluster, member: &str, tls: bool) -> Vec<Volume> {
+fn volumes(c: &ConcordanceCluster, member: &str, tls: bool, key_files: bool) -> Vec<Volume> {
     let spec = &c.spec;
     let mut volumes = vec![Volume {
         name: "data".to_string(),
@@ -663,52 +711,71 @@ fn volumes(c: &ConcordanceCluster, member: &str, tls: bool) -> Vec<Volume> {
             ..Default::default()
         });
     }
+    if key_files {
+        volumes.push(private_secret_volume(
+            "keys",
+            member_keys_secret_name(&c.name_any()),
+        ));
+    }
     if tls {
-        volumes.push(Volume {
-            name: "tls".to_string(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(certificate_secret_name(&c.name_any())),
-                // The pod's group only: the key is private.
-                default_mode: Some(0o440),
-                optional: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        volumes.push(private_secret_volume(
+            "tls",
+            certificate_secret_name(&c.name_any()),
+        ));
     }
     volumes
 }
 
-fn volume_mounts(spec: &ConcordanceClusterSpec, tls: bool) -> Vec<VolumeMount> {
+/// A Secret whose every key is a file readable by the pod's group only (the files hold keys).
+fn private_secret_volume(name: &str, secret: String) -> Volume {
+    Volume {
+        name: name.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn volume_mounts(spec: &ConcordanceClusterSpec, tls: bool, key_files: bool) -> Vec<VolumeMount> {
     let mut mounts = vec![VolumeMount {
         name: "data".to_string(),
         mount_path: DATA_DIR.to_string(),
         ..Default::default()
     }];
-    // A directory mount, not a subPath: the kubelet swaps the Secret's files in place when
-    // it changes, and the node reads the file again.
+    // Directory mounts, not subPaths: the kubelet swaps a Secret's files in place when it
+    // changes (tokens, keys, a renewed certificate), and the node reads them again.
+    let read_only = |name: &str, path: &str| VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    };
     if spec.credentials_secret.is_some() {
-        mounts.push(VolumeMount {
-            name: "credentials".to_string(),
-            mount_path: CREDENTIALS_DIR.to_string(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        mounts.push(read_only("credentials", CREDENTIALS_DIR));
     }
-    // A directory too: a renewed certificate reaches the node, which reads it again.
+    if key_files {
+        mounts.push(read_only("keys", KEYS_DIR));
+    }
     if tls {
-        mounts.push(VolumeMount {
-            name: "tls".to_string(),
-            mount_path: TLS_DIR.to_string(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        mounts.push(read_only("tls", TLS_DIR));
     }
     mounts
 }
 
-/// A member's pod. `tls`: the cluster runs TLS (`status.tls`).
-pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode, tls: bool) -> Pod {
+/// A member's pod. `tls`: the cluster runs TLS (`status.tls`). `key_files`: the member keys
+/// Secret exists, and the node takes its keys from it (they rotate with no restart).
+pub fn pod(
+    c: &ConcordanceCluster,
+    member: &str,
+    image: &str,
+    mode: &StartMode,
+    tls: bool,
+    key_files: bool,
+) -> Pod {
     let name = c.name_any();
     let spec = &c.spec;
     let settings = &spec.pod;
@@ -729,11 +796,29 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode, 
         key_env(&name, spec, ADMIN_KEY_ENV, KeyKind::Admin),
         key_env(&name, spec, AGENT_KEY_ENV, KeyKind::Agent),
     ];
+    if key_files {
+        for (var, file) in [
+            (ADMIN_KEY_FILE_ENV, ADMIN_KEYS_KEY),
+            (AGENT_KEY_FILE_ENV, AGENT_KEYS_KEY),
+        ] {
+            env.push(EnvVar {
+                name: var.to_string(),
+                value: Some(format!("{KEYS_DIR}/{file}")),
+                ..Default::default()
+            });
+        }
+    }
+    let ours = [
+        ADMIN_KEY_ENV,
+        AGENT_KEY_ENV,
+        ADMIN_KEY_FILE_ENV,
+        AGENT_KEY_FILE_ENV,
+    ];
     env.extend(
         settings
             .env
             .iter()
-            .filter(|e| e.name != ADMIN_KEY_ENV && e.name != AGENT_KEY_ENV)
+            .filter(|e| !ours.contains(&e.name.as_str()))
             .cloned(),
     );
     let container = Container {
@@ -752,7 +837,7 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode, 
             .resources
             .clone()
             .or_else(|| spec.resources.clone()),
-        volume_mounts: Some(volume_mounts(spec, tls)),
+        volume_mounts: Some(volume_mounts(spec, tls, key_files)),
         security_context: Some(container_security_context()),
         // A node that refuses to start (e.g. a join refused because the data dir was lost)
         // leaves `{"code","message"}` at /dev/termination-log: the operator reads its code
@@ -776,7 +861,7 @@ pub fn pod(c: &ConcordanceCluster, member: &str, image: &str, mode: &StartMode, 
             hostname: Some(member.to_string()),
             subdomain: Some(headless_service_name(&name)),
             containers: vec![container],
-            volumes: Some(volumes(c, member, tls)),
+            volumes: Some(volumes(c, member, tls, key_files)),
             affinity: Some(affinity(
                 &name,
                 settings.affinity.as_ref().or(spec.affinity.as_ref()),
@@ -886,9 +971,63 @@ mod tests {
     }
 
     fn pod_spec(c: &ConcordanceCluster) -> PodSpec {
-        pod(c, "demo-1", &c.spec.image, &StartMode::Join, false)
+        pod(c, "demo-1", &c.spec.image, &StartMode::Join, false, false)
             .spec
             .unwrap()
+    }
+
+    #[test]
+    fn key_files_are_mounted_from_the_member_keys_secret_beside_the_keys_and_keep_the_hash() {
+        let c = cluster();
+        let p = pod(&c, "demo-1", "concordance:1", &StartMode::Join, false, true);
+        assert!(has_key_files(&p));
+        let spec = p.spec.clone().unwrap();
+        let keys = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "keys")
+            .unwrap();
+        let secret = keys.secret.unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("demo-member-keys"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        let container = &spec.containers[0];
+        let mount = container.volume_mounts.as_ref().unwrap();
+        assert!(
+            mount
+                .iter()
+                .any(|m| m.name == "keys" && m.mount_path == "/etc/concordance/keys")
+        );
+        let env = container.env.as_ref().unwrap();
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            value("CONCORDANCE_API_KEY_FILE").as_deref(),
+            Some("/etc/concordance/keys/admin")
+        );
+        assert_eq!(
+            value("CONCORDANCE_AGENT_KEY_FILE").as_deref(),
+            Some("/etc/concordance/keys/agent")
+        );
+        // The keys stay too, for a node built before key files.
+        assert!(env.iter().any(|e| e.name == "CONCORDANCE_API_KEY"));
+        let without = pod(
+            &c,
+            "demo-1",
+            "concordance:1",
+            &StartMode::Join,
+            false,
+            false,
+        );
+        assert!(!has_key_files(&without));
+        assert_eq!(
+            p.annotations().get(POD_HASH_ANNOTATION),
+            without.annotations().get(POD_HASH_ANNOTATION),
+            "an operator that renders key files restarts no member"
+        );
     }
 
     #[test]
@@ -898,6 +1037,7 @@ mod tests {
             "demo-1",
             "concordance:1",
             &StartMode::Join,
+            false,
             false,
         );
         let args = p.spec.unwrap().containers[0].args.clone().unwrap();
@@ -918,7 +1058,7 @@ mod tests {
             },
         ] {
             assert_eq!(
-                start_mode_of(&pod(&c, "demo-0", "i", &mode, false)),
+                start_mode_of(&pod(&c, "demo-0", "i", &mode, false, false)),
                 Some(mode.clone())
             );
         }
@@ -997,7 +1137,14 @@ mod tests {
             "config": {"logFormat": "json", "snapshotEntries": 5000, "httpThreads": 1}
         }))
         .unwrap();
-        let p = pod(&c, "demo-1", "concordance:1", &StartMode::Join, false);
+        let p = pod(
+            &c,
+            "demo-1",
+            "concordance:1",
+            &StartMode::Join,
+            false,
+            false,
+        );
         let labels = p.metadata.labels.unwrap();
         assert_eq!(labels["team"], "a");
         assert_eq!(labels[CLUSTER_LABEL], "demo", "the operator's labels win");
@@ -1048,7 +1195,14 @@ mod tests {
         assert_eq!(base, changed(&|s| s.storage.size = "2Gi".into()));
         assert_eq!(base, changed(&|s| s.unready_replacement_seconds = 60));
         // The pod carries the hash of its own image.
-        let p = pod(&c, "demo-0", "concordance:1", &StartMode::Bootstrap, false);
+        let p = pod(
+            &c,
+            "demo-0",
+            "concordance:1",
+            &StartMode::Bootstrap,
+            false,
+            false,
+        );
         assert_eq!(p.metadata.annotations.unwrap()[POD_HASH_ANNOTATION], base);
     }
 
@@ -1094,7 +1248,7 @@ mod tests {
             pod_hash(&c.spec, false),
             "TLS reaches the pod"
         );
-        let p = pod(&c, "demo-1", "concordance:1", &StartMode::Join, true);
+        let p = pod(&c, "demo-1", "concordance:1", &StartMode::Join, true, false);
         assert_eq!(
             p.metadata.annotations.unwrap()[POD_HASH_ANNOTATION],
             pod_hash(&c.spec, true)

@@ -12,6 +12,7 @@ use concordance_operator::decide::{
     Owned, PodPhase, PodState, Presence, RENEW_BEFORE_SECONDS, TlsEvidence, TlsState, VolumeState,
     conditions, decide, min_available, objects, record, report, summarize, tls_in_effect,
 };
+use concordance_operator::keys::{Acceptance, Held, Key, KeyFile, KeysState, NextKeys, Phase};
 use concordance_operator::resources::{KeyKind, StartMode, pod_hash};
 
 const OLD: &str = "concordance:1";
@@ -86,6 +87,7 @@ fn empty(replicas: i32) -> Observed {
         cluster: None,
         paused: false,
         tls: TlsState::default(),
+        keys: KeysState::default(),
     }
 }
 
@@ -1350,7 +1352,8 @@ fn conditions_follow_quorum_and_readiness() {
             ("Degraded", false),
             ("StorageResized", true),
             ("SpaceAvailable", true),
-            ("TLS", false)
+            ("TLS", false),
+            ("KeysInForce", false)
         ]
     );
     assert_eq!(
@@ -1362,7 +1365,8 @@ fn conditions_follow_quorum_and_readiness() {
             ("Degraded", true),
             ("StorageResized", true),
             ("SpaceAvailable", true),
-            ("TLS", false)
+            ("TLS", false),
+            ("KeysInForce", false)
         ]
     );
     let lost = with(healthy(3, 3), two_down);
@@ -1375,7 +1379,8 @@ fn conditions_follow_quorum_and_readiness() {
             ("Degraded", true),
             ("StorageResized", true),
             ("SpaceAvailable", true),
-            ("TLS", false)
+            ("TLS", false),
+            ("KeysInForce", false)
         ]
     );
 }
@@ -1972,4 +1977,189 @@ fn tls_changes_what_the_members_run_and_is_reported() {
         o.spec.tls = Some(serde_json::from_value(serde_json::json!({"enabled": false})).unwrap());
     });
     assert_eq!(condition_of(&off, "TLS").1, "Disabled");
+}
+
+fn key(name: &str) -> Key {
+    Key(format!("{name}-key-0123456789abcdef"))
+}
+
+fn file(keys: &[&str], phase: Phase, retiring_seconds: Option<i64>) -> KeyFile {
+    KeyFile {
+        keys: keys.iter().map(|k| key(k)).collect(),
+        phase,
+        retiring_since: retiring_seconds.map(|_| "2026-12-07T00:00:00Z".to_string()),
+        retiring_seconds,
+    }
+}
+
+fn keyed(admin: KeyFile, agent: KeyFile, given: (&str, &str)) -> Observed {
+    let mut o = healthy(3, 3);
+    o.keys = KeysState {
+        held: Some(Held { admin, agent }),
+        given_admin: Some(key(given.0)),
+        given_agent: Some(key(given.1)),
+        admin_accepted: None,
+        agent_accepted: None,
+    };
+    o.objects
+        .insert(Owned::MemberKeys, Presence::Ours { applied: true });
+    o
+}
+
+fn keys_step(o: &Observed) -> Option<NextKeys> {
+    objects(o).into_iter().find_map(|s| match s {
+        ObjectStep::WriteMemberKeys(next) => Some(next),
+        _ => None,
+    })
+}
+
+fn keys_condition(o: &Observed) -> (bool, &'static str, String) {
+    condition_of(o, "KeysInForce")
+}
+
+/// A key rotation, phase by phase: each waits until every member accepts the key it added
+/// (or the grace has passed), and says what it waits for; the admin key alone goes through
+/// `Switching`, with a marker key, so that members call each other with the new key before
+/// the old one is refused; a last marker tells when no member takes the old key.
+#[test]
+fn keys_rotate_phase_by_phase_waiting_for_every_member_and_the_grace() {
+    let in_force = |k: &str| file(&[k], Phase::InForce, None);
+    // Held as given: nothing to do.
+    let o = keyed(in_force("a1"), in_force("g1"), ("a1", "g1"));
+    assert_eq!(keys_step(&o), None);
+    let (ok, reason, _) = keys_condition(&o);
+    assert!(ok, "{reason}");
+    assert_eq!(reason, "InForce");
+
+    // A new admin key: added beside the old, the old one first (members still call with it).
+    let o = keyed(in_force("a1"), in_force("g1"), ("a2", "g1"));
+    let next = keys_step(&o).expect("a step");
+    assert_eq!(next.admin, file(&["a1", "a2"], Phase::Adding, None));
+    assert_eq!(next.agent, in_force("g1"));
+    assert!(!next.admin_marker);
+    assert!(
+        next.why.contains("a new admin key was given"),
+        "{}",
+        next.why
+    );
+
+    // Adding: waits while a member does not take it, saying which.
+    let mut o = keyed(
+        file(&["a1", "a2"], Phase::Adding, None),
+        in_force("g1"),
+        ("a2", "g1"),
+    );
+    o.keys.admin_accepted = Some(Acceptance::Not("c-2 does not take it yet".into()));
+    assert_eq!(keys_step(&o), None);
+    let (ok, reason, message) = keys_condition(&o);
+    assert!(!ok);
+    assert_eq!(reason, "Rotating");
+    assert!(message.contains("c-2 does not take it yet"), "{message}");
+    // Every member takes it: the new key first, the old, and a marker to know when every
+    // member has read that file.
+    o.keys.admin_accepted = Some(Acceptance::All);
+    let next = keys_step(&o).expect("a step");
+    assert_eq!(next.admin, file(&["a2", "a1"], Phase::Switching, None));
+    assert!(next.admin_marker);
+
+    // Switching: every member holds the marker: the old key is retired after the grace.
+    let mut o = keyed(
+        file(&["a2", "a1", "marker"], Phase::Switching, None),
+        in_force("g1"),
+        ("a2", "g1"),
+    );
+    o.keys.admin_accepted = Some(Acceptance::Not("c-0 did not answer".into()));
+    assert_eq!(keys_step(&o), None);
+    o.keys.admin_accepted = Some(Acceptance::All);
+    let next = keys_step(&o).expect("a step");
+    assert_eq!(next.admin, file(&["a2", "a1"], Phase::Retiring, None));
+    assert!(!next.admin_marker);
+
+    // Retiring: the old key stays for keyRotationGraceSeconds (300 by default), then goes.
+    let o = keyed(
+        file(&["a2", "a1"], Phase::Retiring, Some(120)),
+        in_force("g1"),
+        ("a2", "g1"),
+    );
+    assert_eq!(keys_step(&o), None);
+    let (_, reason, message) = keys_condition(&o);
+    assert_eq!(reason, "Rotating");
+    assert!(message.contains("still accepted for 180 s"), "{message}");
+    let o = keyed(
+        file(&["a2", "a1"], Phase::Retiring, Some(300)),
+        in_force("g1"),
+        ("a2", "g1"),
+    );
+    let next = keys_step(&o).expect("a step");
+    assert_eq!(next.admin, file(&["a2"], Phase::Dropping, None));
+    assert!(next.admin_marker && !next.agent_marker);
+    // Dropping: in force once every member has read the file without the old key.
+    let mut o = keyed(
+        file(&["a2", "marker"], Phase::Dropping, None),
+        in_force("g1"),
+        ("a2", "g1"),
+    );
+    o.keys.admin_accepted = Some(Acceptance::Not("c-1 does not take it yet".into()));
+    assert_eq!(keys_step(&o), None);
+    let (_, reason, message) = keys_condition(&o);
+    assert_eq!(reason, "Rotating");
+    assert!(message.contains("being dropped"), "{message}");
+    o.keys.admin_accepted = Some(Acceptance::All);
+    assert_eq!(keys_step(&o).expect("a step").admin, in_force("a2"));
+
+    // The agent key needs no Switching: no member calls another with it.
+    let mut o = keyed(
+        in_force("a1"),
+        file(&["g1", "g2"], Phase::Adding, None),
+        ("a1", "g2"),
+    );
+    o.keys.agent_accepted = Some(Acceptance::All);
+    let next = keys_step(&o).expect("a step");
+    assert_eq!(next.agent, file(&["g2", "g1"], Phase::Retiring, None));
+    assert_eq!(next.admin, in_force("a1"));
+
+    // A key changed again mid-rotation waits for the rotation under way to end.
+    let mut o = keyed(
+        file(&["a1", "a2"], Phase::Adding, None),
+        in_force("g1"),
+        ("a3", "g1"),
+    );
+    o.keys.admin_accepted = Some(Acceptance::All);
+    assert_eq!(
+        keys_step(&o).expect("a step").admin,
+        file(&["a2", "a1"], Phase::Switching, None)
+    );
+    let o = keyed(in_force("a2"), in_force("g1"), ("a3", "g1"));
+    assert_eq!(
+        keys_step(&o).expect("a step").admin,
+        file(&["a2", "a3"], Phase::Adding, None)
+    );
+
+    // A key members would not take (too short) is not used, and the condition says why.
+    let mut o = keyed(in_force("a1"), in_force("g1"), ("a1", "g1"));
+    o.keys.given_admin = Some(Key("short".into()));
+    assert_eq!(keys_step(&o), None);
+    let (ok, reason, message) = keys_condition(&o);
+    assert!(!ok);
+    assert_eq!(reason, "KeyNotUsable");
+    assert!(message.contains("at least 16 characters"), "{message}");
+    assert!(!message.contains("short"), "no key in a message: {message}");
+}
+
+/// The member keys Secret is made from the key Secrets once both are readable and usable,
+/// before the first member; one that belongs to someone else is never written.
+#[test]
+fn the_member_keys_secret_is_made_from_the_key_secrets_and_never_over_a_foreign_one() {
+    let mut o = empty(3);
+    o.keys.given_admin = Some(key("a1"));
+    assert_eq!(keys_step(&o), None, "the agent key is not known yet");
+    o.keys.given_agent = Some(key("g1"));
+    let next = keys_step(&o).expect("a step");
+    assert_eq!(next.admin, file(&["a1"], Phase::InForce, None));
+    assert_eq!(next.agent, file(&["g1"], Phase::InForce, None));
+    o.objects.insert(Owned::MemberKeys, Presence::Foreign);
+    assert_eq!(keys_step(&o), None);
+    // Keys never show in a step's Debug (steps are logged).
+    let shown = format!("{next:?}");
+    assert!(!shown.contains("a1-key"), "{shown}");
 }

@@ -437,21 +437,18 @@ impl Keys {
         let read = |file: &Option<PathBuf>| file.as_deref().map(key_files::read).transpose();
         let (admin, agent) = (read(&self.admin_keys_file), read(&self.agent_keys_file));
         // What was read, as digests (or why it was refused): a change is handled once.
-        let seen = format!(
-            "{:?}{:?}",
-            admin
-                .as_ref()
-                .map(|k| k
-                    .as_ref()
-                    .map(|k| k.iter().map(|k| digest(k)).collect::<Vec<_>>()))
-                .map_err(ToString::to_string),
-            agent
-                .as_ref()
-                .map(|k| k
-                    .as_ref()
-                    .map(|k| k.iter().map(|k| digest(k)).collect::<Vec<_>>()))
-                .map_err(ToString::to_string),
-        );
+        type Read = Result<Option<Vec<String>>, key_files::KeyFileError>;
+        let fingerprint = |read: &Read| -> String {
+            match read {
+                Ok(keys) => format!(
+                    "{:?}",
+                    keys.as_ref()
+                        .map(|k| k.iter().map(|k| digest(k)).collect::<Vec<_>>())
+                ),
+                Err(e) => e.to_string(),
+            }
+        };
+        let seen = format!("{}|{}", fingerprint(&admin), fingerprint(&agent));
         let mut last = self.last_keys.lock().unwrap_or_else(|p| p.into_inner());
         if last.as_deref() == Some(seen.as_str()) {
             return Ok(false);

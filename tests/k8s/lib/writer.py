@@ -13,7 +13,8 @@ Without them an https ENDPOINT is verified the usual way; an http one is plain H
 
 `write` records each write the server acknowledged (key, value, revision, time) and, on stop,
 the longest time without an acknowledged write (the write unavailability) and how many writes
-failed (OUT.summary). `verify` reads every acknowledged key back (linearizable) and fails on any
+failed (OUT.summary). It reads KEYFILE before every write, so a key written there is used from
+the next write on, and records each write refused for its key (401) in OUT.refused. `verify` reads every acknowledged key back (linearizable) and fails on any
 that is missing or different.
 """
 import argparse
@@ -85,7 +86,6 @@ def call(client, endpoint, key, method, path, body=None, timeout=3):
 
 def write(client, endpoint, keyfile, prefix, out):
     signal.signal(signal.SIGTERM, on_term)
-    key = open(keyfile).read().strip()
     i = 0
     started = last_ack = time.monotonic()
     longest = 0.0
@@ -94,6 +94,9 @@ def write(client, endpoint, keyfile, prefix, out):
         while not stop:
             i += 1
             k = f"{prefix}/{i:06d}"
+            # Read for every write, as a client that follows its key's Secret: a rotated key is
+            # used from the next write on.
+            key = open(keyfile).read().strip()
             try:
                 r = call(client, endpoint, key, "PUT", f"kv/{k}", {"value": {"i": i}})
                 now = time.monotonic()
@@ -102,8 +105,13 @@ def write(client, endpoint, keyfile, prefix, out):
                 acked += 1
                 f.write(json.dumps({"key": k, "i": i, "rev": r["revision"], "t": round(now, 3)}) + "\n")
                 f.flush()
-            except Exception:
+            except Exception as e:
                 failed += 1
+                # A write refused for its key is kept apart (OUT.refused): a key rotation must
+                # refuse none.
+                if isinstance(e, urllib.error.HTTPError) and e.code == 401:
+                    with open(out + ".refused", "a") as r401:
+                        r401.write(f"{k} {round(time.monotonic(), 3)}\n")
                 time.sleep(0.05)
             time.sleep(0.02)
         longest = max(longest, time.monotonic() - last_ack)
