@@ -245,6 +245,11 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub http_threads: Option<u16>,
+    /// `--audit-log=/dev/stdout` when true: one JSON line per admin call, prefix delete,
+    /// revoke and refused request on each member's standard output, while its logs go to
+    /// standard error, so a log collector keeps the two streams apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<bool>,
 }
 
 impl NodeConfig {

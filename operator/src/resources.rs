@@ -57,6 +57,9 @@ const AGENT_KEY_ENV: &str = "CONCORDANCE_AGENT_API_KEY";
 /// built before key files ignores them and takes the keys).
 pub const ADMIN_KEY_FILE_ENV: &str = "CONCORDANCE_API_KEY_FILE";
 const AGENT_KEY_FILE_ENV: &str = "CONCORDANCE_AGENT_KEY_FILE";
+/// Where a member writes its audit log when `spec.config.auditLog` is true: its own stream,
+/// beside its logs on standard error.
+const AUDIT_LOG: &str = "/dev/stdout";
 /// Where a member reads its key files, from the member keys Secret.
 const KEYS_DIR: &str = "/etc/concordance/keys";
 /// Keys of the member keys Secret: the admin and the agent key files.
@@ -518,6 +521,9 @@ pub fn config_args(config: &NodeConfig) -> Vec<String> {
     }
     if let Some(n) = config.http_threads {
         args.push(format!("--http-threads={n}"));
+    }
+    if config.audit_log == Some(true) {
+        args.push(format!("--audit-log={AUDIT_LOG}"));
     }
     args
 }
@@ -1134,7 +1140,7 @@ mod tests {
                 "serviceAccountName": "sa",
                 "env": [{"name": "TZ", "value": "UTC"}, {"name": "CONCORDANCE_API_KEY", "value": "leak"}]
             },
-            "config": {"logFormat": "json", "snapshotEntries": 5000, "httpThreads": 1}
+            "config": {"logFormat": "json", "snapshotEntries": 5000, "httpThreads": 1, "auditLog": true}
         }))
         .unwrap();
         let p = pod(
@@ -1167,6 +1173,7 @@ mod tests {
             "--log-format=json",
             "--snapshot-entries=5000",
             "--http-threads=1",
+            "--audit-log=/dev/stdout",
         ] {
             assert!(args.contains(&a.to_string()), "{a} in {args:?}");
         }
