@@ -202,10 +202,13 @@ async fn accepted_by_all(
                 "{member} runs without key files, as its pod was made by an earlier operator:                  it takes them when restarted (delete its pod, one member at a time)"
             )));
         }
-        let Some(client) = clients
-            .get(member)
-            .and_then(|c| c.clone().api_key(key.0.clone()).build().ok())
-        else {
+        let Some(client) = clients.get(member).and_then(|c| {
+            c.clone()
+                .api_key(key.0.clone())
+                .request_timeout(NODE_STATUS_TIMEOUT)
+                .build()
+                .ok()
+        }) else {
             return Some(Acceptance::Not(format!("{member} has no address yet")));
         };
         match client.alarms().await {
