@@ -126,19 +126,11 @@ fn secret_value(s: &Secret, key: &str) -> Option<String> {
         .or_else(|| s.string_data.as_ref().and_then(|d| d.get(key)).cloned())
 }
 
-/// The key a key Secret holds (its spaces around trimmed); `None` when it cannot be read.
-async fn given_key(
-    secrets: &Api<Secret>,
-    cluster: &ConcordanceCluster,
-    kind: KeyKind,
-) -> Result<Option<Key>, Error> {
-    let r = resources::key_ref(&cluster.name_any(), &cluster.spec, kind);
-    let secret = secrets.get_opt(&r.name).await?;
-    Ok(secret
-        .as_ref()
-        .and_then(|s| secret_value(s, &r.key))
+/// The key a key Secret holds under `key` (its spaces around trimmed), if any.
+fn key_of(s: &Secret, key: &str) -> Option<Key> {
+    secret_value(s, key)
         .map(|v| Key(v.trim().to_string()))
-        .filter(|k| !k.0.is_empty()))
+        .filter(|k| !k.0.is_empty())
 }
 
 /// The key files the member keys Secret holds, with their phases. A file whose keys do not fit
@@ -246,34 +238,30 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
 
     let mut objects = BTreeMap::new();
     let mut missing_secrets = Vec::new();
+    // Each key Secret, read once: whether it exists (and is ours, when generated), and the
+    // key it holds, which the members' key files follow.
+    let mut given_keys = BTreeMap::new();
     for key in [KeyKind::Admin, KeyKind::Agent] {
+        let r = resources::key_ref(&name, &cluster.spec, key);
+        let secret = secrets.get_opt(&r.name).await?;
         match key.given(&cluster.spec) {
-            Some(given) => {
-                if secrets.get_opt(&given.name).await?.is_none() {
-                    missing_secrets.push(MissingSecret {
-                        name: given.name.clone(),
-                        without_key: None,
-                        field: key.spec_field(),
-                    });
-                }
-            }
+            Some(given) if secret.is_none() => missing_secrets.push(MissingSecret {
+                name: given.name.clone(),
+                without_key: None,
+                field: key.spec_field(),
+            }),
+            Some(_) => {}
             None => {
-                let owned = Owned::KeySecret(key);
-                let meta = meta_of(&secrets, &owned.object_name(&name)).await?;
-                objects.insert(owned, presence(uid.as_deref(), meta.as_ref()));
+                let meta = secret.as_ref().map(|s| &s.metadata);
+                objects.insert(Owned::KeySecret(key), presence(uid.as_deref(), meta));
             }
         }
+        given_keys.insert(key, secret.as_ref().and_then(|s| key_of(s, &r.key)));
     }
     if let Some(given) = &cluster.spec.credentials_secret {
         let found = secrets.get_opt(&given.name).await?;
-        let has_key = |s: &Secret| {
-            s.data.as_ref().is_some_and(|d| d.contains_key(&given.key))
-                || s.string_data
-                    .as_ref()
-                    .is_some_and(|d| d.contains_key(&given.key))
-        };
         match found {
-            Some(s) if has_key(&s) => {}
+            Some(s) if secret_value(&s, &given.key).is_some() => {}
             found => missing_secrets.push(MissingSecret {
                 name: given.name.clone(),
                 without_key: found.is_some().then(|| given.key.clone()),
@@ -370,8 +358,8 @@ pub async fn observe(cluster: &ConcordanceCluster, client: &Client) -> Result<Ob
     );
     let mut keys = KeysState {
         held: member_keys.as_ref().and_then(held_keys),
-        given_admin: given_key(&secrets, cluster, KeyKind::Admin).await?,
-        given_agent: given_key(&secrets, cluster, KeyKind::Agent).await?,
+        given_admin: given_keys.remove(&KeyKind::Admin).flatten(),
+        given_agent: given_keys.remove(&KeyKind::Agent).flatten(),
         admin_accepted: None,
         agent_accepted: None,
     };
