@@ -241,7 +241,6 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         )
         .await??;
     let mut join_target = None;
-    let mut bootstrapped = false;
 
     if raft.is_initialized().await? {
         if config.bootstrap {
@@ -269,7 +268,6 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
             },
         );
         raft.initialize(members).await?;
-        bootstrapped = true;
         tracing::info!(cluster = %uuid, "bootstrapped a new one-member cluster");
     } else if config.join.is_some() {
         join_target = config.join.clone();
@@ -317,9 +315,6 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         },
     );
     crate::integrity::spawn(node.clone(), config.state_check_interval);
-    if bootstrapped {
-        spawn_enable_newest_commands(node.clone());
-    }
     if let Some(target) = join_target {
         let joiner = node.clone();
         let advertise = config.advertise.clone();
@@ -459,32 +454,6 @@ fn spawn_promoter(node: Arc<Node>) {
             tick.tick().await;
             node.promote_caught_up_learners().await;
         }
-    });
-}
-
-/// A cluster just bootstrapped has one member, this binary: it enables the newest command
-/// set at once, so that its first requests are served as every later one (a lease granted
-/// then has its owner). A member joining later with an older binary is refused, as it could
-/// not apply what this one proposes.
-fn spawn_enable_newest_commands(node: Arc<Node>) {
-    tokio::spawn(async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            let leading =
-                crate::raft::metrics_of(&node.raft).state == openraft::ServerState::Leader;
-            if leading {
-                let newest = crate::store::records::COMMAND_VERSION;
-                match crate::features::enable(&node.raft, &node.reader, &node.peers, newest).await {
-                    Ok(()) if node.reader.command_version() >= newest => return,
-                    Ok(()) => {}
-                    Err(e) => tracing::debug!(error = %e, "enabling the newest command set"),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tracing::warn!(
-            "the newest command set is not enabled yet: it will be when a command needs it"
-        );
     });
 }
 
